@@ -1,0 +1,210 @@
+//! The serde codec behind every typed channel: one place to swap formats.
+//!
+//! Values are encoded with `postcard` (compact, varint-based). File descriptors inside a value
+//! (see [`Fd`]) are collected out of band while encoding and handed back while decoding, so that
+//! the transport can move them with `SCM_RIGHTS`.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::CodecError;
+
+thread_local! {
+    /// Descriptors collected by the encoder that runs on this thread, if it accepts any.
+    static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// Descriptors received with the message being decoded on this thread.
+    static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// The message of the last custom error raised by our own serde impls: postcard keeps
+    /// only "custom error", so the codec puts the words back.
+    static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn custom(message: String) -> String {
+    LAST_CUSTOM.with(|l| *l.borrow_mut() = Some(message.clone()));
+    message
+}
+
+fn encode_error(e: postcard::Error) -> CodecError {
+    CodecError::Encode(explain(e))
+}
+
+fn decode_error(e: postcard::Error) -> CodecError {
+    CodecError::Decode(explain(e))
+}
+
+fn explain(e: postcard::Error) -> String {
+    let ours = LAST_CUSTOM.with(|l| l.borrow_mut().take());
+    match (e, ours) {
+        (postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom, Some(m)) => m,
+        (e, _) => e.to_string(),
+    }
+}
+
+/// Encodes a value that must not carry file descriptors.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    postcard::to_stdvec(value).map_err(encode_error)
+}
+
+/// Decodes a value that carries no file descriptors.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(bytes).map_err(decode_error)
+}
+
+/// Encodes a value, collecting the file descriptors of any [`Fd`] inside it (duplicated, so
+/// the caller keeps its own).
+pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<(Vec<u8>, Vec<OwnedFd>), CodecError> {
+    let saved = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let result = postcard::to_stdvec(value);
+    let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), saved));
+    let bytes = result.map_err(encode_error)?;
+    Ok((bytes, fds.unwrap_or_default()))
+}
+
+/// Decodes a value whose [`Fd`]s refer to `fds` by index. Descriptors that the value does not
+/// claim are closed.
+pub(crate) fn decode_with_fds<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, CodecError> {
+    let slots = fds.into_iter().map(Some).collect();
+    let saved = INCOMING.with(|i| i.borrow_mut().replace(slots));
+    let result = postcard::from_bytes(bytes);
+    INCOMING.with(|i| *i.borrow_mut() = saved);
+    result.map_err(decode_error)
+}
+
+/// An owned file descriptor that can travel to another process inside any value sent
+/// through multiproc: a spawn argument, a process result, and later connections and queues.
+///
+/// On the way out the descriptor is duplicated (the sender keeps its own); the receiver gets
+/// a new descriptor for the same open file description, with close-on-exec set.
+///
+/// ```
+/// use std::os::fd::OwnedFd;
+/// let file = std::fs::File::open("/dev/null").unwrap();
+/// let fd = multiproc::Fd::from(OwnedFd::from(file));
+/// let back: std::fs::File = fd.into_owned().into();
+/// # drop(back);
+/// ```
+#[derive(Debug)]
+pub struct Fd(OwnedFd);
+
+impl Fd {
+    /// Gives back the owned descriptor.
+    pub fn into_owned(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for Fd {
+    fn from(fd: OwnedFd) -> Self {
+        Fd(fd)
+    }
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Serialize for Fd {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let dup = self.0.try_clone().map_err(|e| {
+            S::Error::custom(custom(format!("cannot duplicate file descriptor: {e}")))
+        })?;
+        let index = OUTGOING.with(|o| {
+            o.borrow_mut().as_mut().map(|fds| {
+                fds.push(dup);
+                fds.len() - 1
+            })
+        });
+        match index {
+            Some(i) => serializer.serialize_u32(i as u32),
+            None => Err(S::Error::custom(custom(
+                "a file descriptor can only travel through a multiproc process argument, \
+                 result or connection"
+                    .to_string(),
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let index = u32::deserialize(deserializer)? as usize;
+        INCOMING
+            .with(|i| {
+                i.borrow_mut()
+                    .as_mut()
+                    .and_then(|slots| slots.get_mut(index).and_then(Option::take))
+            })
+            .map(Fd)
+            .ok_or_else(|| {
+                D::Error::custom(custom(format!(
+                    "file descriptor #{index} was not received with this message"
+                )))
+            })
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn round_trip_plain_values() {
+        let v = (1u64, String::from("x"), vec![1u8, 2, 3]);
+        let bytes = encode(&v).unwrap();
+        let back: (u64, String, Vec<u8>) = decode(&bytes).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn fd_outside_a_channel_is_an_error() {
+        let fd = Fd::from(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let err = encode(&fd).unwrap_err();
+        assert!(err.to_string().contains("file descriptor"), "{err}");
+    }
+
+    #[test]
+    fn fds_travel_out_of_band() {
+        let a = Fd::from(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let (bytes, fds) = encode_with_fds(&(7u8, &a)).unwrap();
+        assert_eq!(fds.len(), 1);
+        assert_ne!(fds[0].as_raw_fd(), a.as_raw_fd());
+        let (n, b): (u8, Fd) = decode_with_fds(&bytes, fds).unwrap();
+        assert_eq!(n, 7);
+        assert!(b.as_raw_fd() >= 0);
+    }
+
+    #[test]
+    fn missing_fd_is_a_decode_error() {
+        let a = Fd::from(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let (bytes, _fds) = encode_with_fds(&a).unwrap();
+        let err = decode_with_fds::<Fd>(&bytes, Vec::new()).unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)));
+    }
+
+    #[test]
+    fn wrong_type_is_a_decode_error() {
+        let bytes = encode(&"hello").unwrap();
+        assert!(matches!(
+            decode::<Vec<u64>>(&bytes[..2]),
+            Err(CodecError::Decode(_))
+        ));
+    }
+}

@@ -1,0 +1,115 @@
+//! # multiproc
+//!
+//! Python's `multiprocessing` model for Rust: a [`Process`] API shaped like threading, typed
+//! results and panics that come back as errors, three start methods, and children that never
+//! become zombies or outlive a parent they belong to.
+//!
+//! ```no_run
+//! #[multiproc::func]
+//! fn crunch(limit: u64) -> u64 {
+//!     (2..limit).filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0)).sum()
+//! }
+//!
+//! #[multiproc::main]
+//! fn main() -> multiproc::Result<()> {
+//!     use multiproc::Func;
+//!     let p = crunch.spawn(100_000)?;
+//!     let total: u64 = p.join()?;
+//!     assert_eq!(total, 454_396_537);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Functions that run in a spawned child are registered with [`#[multiproc::func]`](func);
+//! closures run with [`Process::fork`]. Arguments and results are any
+//! `Serialize + DeserializeOwned` type; an [`Fd`] inside the arguments travels as a real file
+//! descriptor. Children also work inside `#[test]` functions, under `cargo test` and
+//! `cargo nextest`, with nothing to add: a re-run test binary becomes the child before the
+//! test harness starts.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod cpu;
+mod error;
+mod process;
+mod sys;
+
+pub use codec::Fd;
+pub use cpu::cpu_count;
+pub use error::{CodecError, Error, ProcessError, Result};
+pub use multiproc_macros::{func, main, test};
+pub use process::registry::Func;
+pub use process::{
+    ActiveChild, Builder, CurrentProcess, ParentProcess, Process, StartMethod, UnknownStartMethod,
+    active_children, current_process, get_start_method, parent_process, set_start_method,
+    start_forkserver,
+};
+
+/// Runs the child bootstrap if this process is a multiproc child whose life-before-main hook
+/// did not run (it normally does). Call it first in `main` when not using
+/// `#[multiproc::main]`; in a normal start it returns at once.
+pub fn init() {
+    process::bootstrap::on_load();
+}
+
+/// Ends this process's children as Python does when the main process exits: daemonic ones
+/// are terminated, the others joined. `#[multiproc::main]` calls it when `main` returns.
+pub fn shutdown() {
+    process::child::finish_children(None);
+}
+
+/// What the macros expand to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::process::registry::{Entry, FUNCTIONS, Invoke, decode_args, encode_result};
+    pub use linkme;
+
+    /// Ends the children when `main` returns or unwinds.
+    #[derive(Debug)]
+    pub struct MainGuard(());
+
+    impl MainGuard {
+        /// Runs the bootstrap check and arms the guard.
+        pub fn new() -> Self {
+            crate::init();
+            MainGuard(())
+        }
+    }
+
+    impl Default for MainGuard {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Drop for MainGuard {
+        fn drop(&mut self) {
+            crate::shutdown();
+        }
+    }
+
+    /// Ends the children a test started (on its own thread) when the test returns or fails.
+    #[derive(Debug)]
+    pub struct TestGuard(std::thread::ThreadId);
+
+    impl TestGuard {
+        /// Arms the guard for the current thread.
+        pub fn new() -> Self {
+            crate::init();
+            TestGuard(std::thread::current().id())
+        }
+    }
+
+    impl Default for TestGuard {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Drop for TestGuard {
+        fn drop(&mut self) {
+            crate::process::child::finish_children(Some(self.0));
+        }
+    }
+}

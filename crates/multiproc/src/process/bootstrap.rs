@@ -1,0 +1,133 @@
+//! The child's side of starting: intercepting a re-run binary before `main`, running the
+//! registered function, reporting how it ended.
+
+use std::any::Any;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::wire::{self, Kind, Outcome, Start};
+use super::{child, current, forkserver, registry};
+use crate::error::CodecError;
+use crate::sys;
+
+/// Set in the environment of a re-run binary: `child` or `forkserver`. The bootstrap socket is
+/// descriptor [`sys::CHILD_BOOTSTRAP_FD`].
+pub(crate) const ENV: &str = "MULTIPROC_BOOTSTRAP";
+
+static INTERCEPTED: AtomicBool = AtomicBool::new(false);
+
+/// Exit code of a child whose bootstrap itself failed (`EX_SOFTWARE`).
+const BOOTSTRAP_FAILED: i32 = 70;
+
+/// Runs before `main` (and before a test harness parses its arguments) in every binary that
+/// links multiproc. In a normal start it only looks at one environment variable.
+pub(crate) fn on_load() {
+    let Some(role) = std::env::var_os(ENV) else {
+        return;
+    };
+    if INTERCEPTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // Remove the marker first: whatever this process starts later is not a multiproc child.
+    sys::remove_env(ENV);
+    let sock = match sys::take_inherited_fd(sys::CHILD_BOOTSTRAP_FD) {
+        Ok(sock) => sock,
+        Err(e) => die(&format!(
+            "started as a child but has no bootstrap socket ({e})"
+        )),
+    };
+    match role.to_str() {
+        Some("child") => run_spawned(sock, true),
+        Some("forkserver") => forkserver::serve(sock),
+        _ => die(&format!("unknown bootstrap role {role:?}")),
+    }
+}
+
+/// Whether this process was started as a multiproc child whose bootstrap has not run.
+pub(crate) fn pending() -> bool {
+    !INTERCEPTED.load(Ordering::SeqCst) && std::env::var_os(ENV).is_some()
+}
+
+fn die(msg: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "multiproc: {msg}");
+    sys::exit_now(BOOTSTRAP_FAILED)
+}
+
+/// Reads the start message from `sock`, becomes that child, runs its function, reports, exits.
+/// `direct`: the OS parent is the process that asked for us (not a forkserver).
+pub(crate) fn run_spawned(sock: OwnedFd, direct: bool) -> ! {
+    let (kind, payload, fds) = match wire::read_frame(sock.as_fd(), u64::MAX) {
+        Ok(frame) => frame,
+        Err(e) => die(&format!(
+            "cannot read the start message from the parent: {e}"
+        )),
+    };
+    if kind != Kind::Start {
+        die(&format!("expected a start message, got {kind:?}"));
+    }
+    let start: Start = match crate::codec::decode(&payload) {
+        Ok(s) => s,
+        Err(e) => die(&format!("unreadable start message: {e}")),
+    };
+    current::become_child(
+        &mut current::lock_me(),
+        start.name,
+        start.identity,
+        start.daemon,
+        start.parent_pid,
+        start.parent_name,
+        direct,
+    );
+    let outcome = match registry::lookup(&start.function) {
+        None => Outcome::Failed(format!(
+            "function `{}` is not registered in this binary: add `#[multiproc::func]` to it",
+            start.function
+        )),
+        Some(entry) => run_guarded(|| (entry.invoke)(&start.args, fds)),
+    };
+    finish(sock, outcome)
+}
+
+/// Runs the body of a child, turning a panic or a codec error into an [`Outcome`].
+pub(crate) fn run_guarded(body: impl FnOnce() -> Result<Vec<u8>, CodecError>) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(bytes)) => Outcome::Returned(bytes),
+        Ok(Err(CodecError::Encode(message))) => Outcome::Codec {
+            encode: true,
+            message,
+        },
+        Ok(Err(CodecError::Decode(message))) => Outcome::Codec {
+            encode: false,
+            message,
+        },
+        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// Reports `outcome` to the parent, ends this process's own children as Python does at
+/// exit (daemons terminated, others joined), flushes stdio and exits.
+pub(crate) fn finish(sock: OwnedFd, outcome: Outcome) -> ! {
+    let code = match outcome {
+        Outcome::Returned(_) => 0,
+        _ => 1,
+    };
+    // A parent that dropped its handle may have closed the socket: not an error here.
+    let _ = wire::write_value(sock.as_fd(), Kind::Outcome, &outcome, &[]);
+    drop(sock);
+    child::finish_children(None);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::exit_now(code)
+}

@@ -1,0 +1,311 @@
+//! Starting processes: the builder, the start methods, and the default method.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::child::{self, ChildShared, Process};
+use super::registry::Func;
+use super::wire::{self, Kind, Start};
+use super::{bootstrap, current, forkserver, registry};
+use crate::error::ProcessError;
+use crate::sys;
+
+/// How a child process is created.
+///
+/// | method | how | cost here | with threads |
+/// |---|---|---|---|
+/// | [`Forkserver`](StartMethod::Forkserver) (default) | a clean helper forks | a fork of a small process | safe |
+/// | [`Spawn`](StartMethod::Spawn) | re-run this executable | an `exec` and a dynamic link | safe |
+/// | [`Fork`](StartMethod::Fork) | fork this process | a fork of this process | opt-in: locks held by other threads stay locked in the child |
+///
+/// The default is the forkserver: measured on a 2-core machine it starts and joins an empty
+/// function several times faster than spawn, and it is just as safe in a program with
+/// threads, because the helper itself was started by spawn before any user code ran. Run
+/// `multiproc bench --group spawn` to see the figures on your machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Re-run the same executable; the child is intercepted before `main`.
+    Spawn,
+    /// Fork this process; the only method that can run a closure.
+    Fork,
+    /// Fork a helper process that was started clean, early.
+    Forkserver,
+}
+
+impl StartMethod {
+    /// All methods, in Python's order of `get_all_start_methods()` on Linux.
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ];
+
+    /// The method's name as Python spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Spawn => "spawn",
+            StartMethod::Fork => "fork",
+            StartMethod::Forkserver => "forkserver",
+        }
+    }
+}
+
+impl fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name was none of `spawn`, `fork`, `forkserver`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown start method `{0}`: expected spawn, fork or forkserver")]
+pub struct UnknownStartMethod(pub String);
+
+impl FromStr for StartMethod {
+    type Err = UnknownStartMethod;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "spawn" => Ok(StartMethod::Spawn),
+            "fork" => Ok(StartMethod::Fork),
+            "forkserver" => Ok(StartMethod::Forkserver),
+            other => Err(UnknownStartMethod(other.to_string())),
+        }
+    }
+}
+
+const UNSET: u8 = 0;
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(UNSET);
+
+fn code(m: StartMethod) -> u8 {
+    match m {
+        StartMethod::Spawn => 1,
+        StartMethod::Fork => 2,
+        StartMethod::Forkserver => 3,
+    }
+}
+
+/// Sets the start method used when a builder names none (Python's `set_start_method`).
+pub fn set_start_method(method: StartMethod) {
+    DEFAULT_METHOD.store(code(method), Ordering::Relaxed);
+}
+
+/// The start method used when a builder names none: the one set with [`set_start_method`],
+/// else the environment variable `MULTIPROC_START_METHOD`, else
+/// [`StartMethod::Forkserver`].
+pub fn get_start_method() -> StartMethod {
+    match DEFAULT_METHOD.load(Ordering::Relaxed) {
+        1 => StartMethod::Spawn,
+        2 => StartMethod::Fork,
+        3 => StartMethod::Forkserver,
+        _ => std::env::var("MULTIPROC_START_METHOD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(StartMethod::Forkserver),
+    }
+}
+
+/// Configures and starts a [`Process`]: `Process::builder().name("w1").daemon(true)...`.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    name: Option<String>,
+    daemon: Option<bool>,
+    method: Option<StartMethod>,
+}
+
+impl Builder {
+    /// A builder with the defaults: name `Process-N`, daemon flag of the current process,
+    /// the default start method.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// The process's name (as `current_process().name()` reports it in the child).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemonic process is killed when its parent ends, even by `SIGKILL`, and is
+    /// terminated rather than joined when `#[multiproc::main]` returns.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = Some(daemon);
+        self
+    }
+
+    /// The start method for this process (otherwise [`get_start_method`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts registered function `f` with `args` in a new process.
+    ///
+    /// ```no_run
+    /// use multiproc::{Process, StartMethod};
+    ///
+    /// #[multiproc::func]
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let p = Process::builder().name("sq").start_method(StartMethod::Spawn).start(&square, 7)?;
+    /// assert_eq!(p.join()?, 49);
+    /// # Ok(()) }
+    /// ```
+    pub fn start<F: Func<M>, M>(
+        self,
+        f: &F,
+        args: F::Args,
+    ) -> Result<Process<F::Output>, ProcessError> {
+        let function = f.registered_name();
+        if registry::lookup(function).is_none() {
+            return Err(ProcessError::NotRegistered {
+                name: function.to_string(),
+            });
+        }
+        let (args, fds) = crate::codec::encode_with_fds(&args)?;
+        self.launch(|start| start.function = function.to_string(), args, fds)
+    }
+
+    /// Runs closure `f` in a forked child (always the fork method) and gives back its result
+    /// through [`Process::join`].
+    ///
+    /// In a program with other threads the child has only this thread: a lock another
+    /// thread held at the moment of the fork stays locked in the child.
+    pub fn fork<R, C>(self, f: C) -> Result<Process<R>, ProcessError>
+    where
+        C: FnOnce() -> R,
+        R: Serialize + DeserializeOwned,
+    {
+        check_bootstrapped()?;
+        child::reap_finished();
+        let start = self.describe(String::new(), Vec::new());
+        let (ours, theirs) =
+            sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
+        let pid = fork_child(ours.as_raw_fd(), || {
+            current::become_child(
+                &mut current::lock_me(),
+                start.name.clone(),
+                start.identity.clone(),
+                start.daemon,
+                start.parent_pid,
+                start.parent_name.clone(),
+                true,
+            );
+            let outcome = bootstrap::run_guarded(|| crate::codec::encode(&f()));
+            bootstrap::finish(theirs, outcome)
+        })
+        .map_err(ProcessError::io("fork"))?;
+        self.register(pid, start, true, ours)
+    }
+
+    fn describe(&self, function: String, args: Vec<u8>) -> Start {
+        let (identity, default_name) = current::next_child_identity();
+        let me = current::current_process();
+        Start {
+            function,
+            name: self.name.clone().unwrap_or(default_name),
+            identity,
+            daemon: self.daemon.unwrap_or(me.daemon()),
+            parent_pid: me.pid(),
+            parent_name: me.name().to_string(),
+            args,
+        }
+    }
+
+    fn launch<R>(
+        self,
+        set: impl FnOnce(&mut Start),
+        args: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Process<R>, ProcessError> {
+        check_bootstrapped()?;
+        child::reap_finished();
+        let mut start = self.describe(String::new(), args);
+        set(&mut start);
+        let io = ProcessError::io;
+        let (ours, theirs) = sys::socketpair().map_err(io("creating a socket pair"))?;
+        let method = self.method.unwrap_or_else(get_start_method);
+        let (pid, direct) = match method {
+            StartMethod::Spawn => (
+                sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
+                    .map_err(io("spawning a child"))?,
+                true,
+            ),
+            StartMethod::Forkserver => (forkserver::request(theirs.as_fd())?, false),
+            StartMethod::Fork => {
+                let child_sock = &theirs;
+                let pid = fork_child(ours.as_raw_fd(), || match child_sock.try_clone() {
+                    Ok(sock) => bootstrap::run_spawned(sock, true),
+                    Err(_) => 70,
+                })
+                .map_err(io("fork"))?;
+                (pid, true)
+            }
+        };
+        drop(theirs);
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let sent = wire::write_value(ours.as_fd(), Kind::Start, &start, &borrowed);
+        drop(fds);
+        // A child that died before reading is reported by its exit status at join.
+        if let Err(e) = sent {
+            if e.kind() != std::io::ErrorKind::BrokenPipe
+                && e.kind() != std::io::ErrorKind::ConnectionReset
+            {
+                let _ = sys::send_signal(pid, sys::SIGKILL);
+            }
+        }
+        self.register(pid, start, direct, ours)
+    }
+
+    fn register<R>(
+        &self,
+        pid: u32,
+        start: Start,
+        direct: bool,
+        sock: OwnedFd,
+    ) -> Result<Process<R>, ProcessError> {
+        let shared = ChildShared::new(pid, start.name, start.daemon, !direct, sock)
+            .map_err(ProcessError::io("watching the child"))?;
+        let shared = Arc::new(shared);
+        child::register(shared.clone());
+        Ok(Process::new(shared))
+    }
+}
+
+fn check_bootstrapped() -> Result<(), ProcessError> {
+    if bootstrap::pending() {
+        Err(ProcessError::NotBootstrapped)
+    } else {
+        Ok(())
+    }
+}
+
+/// Forks with every global lock of the crate held, so that the child finds them in a known
+/// state: it empties the parent's tables (those children are not its own) and unlocks.
+fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let mut locks = Some((
+        forkserver::lock_client(),
+        child::lock_children(),
+        current::lock_me(),
+    ));
+    let pid = sys::fork_then(&[close], || {
+        if let Some((mut client, mut children, me)) = locks.take() {
+            *client = None;
+            children.clear();
+            drop((client, children, me));
+        }
+        body()
+    });
+    drop(locks);
+    pid
+}

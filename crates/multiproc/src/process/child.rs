@@ -1,0 +1,425 @@
+//! The parent's side of a child: its state, waiting, signals, results, and the table of
+//! children that keeps every one of them reaped.
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::wire::{self, Kind, Outcome};
+use crate::error::{CodecError, ProcessError};
+use crate::sys::{self, ExitStatus};
+
+/// One started child, shared by its handles and the table of children.
+#[derive(Debug)]
+pub(crate) struct ChildShared {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    /// The forkserver, not this process, is the OS parent: the exit status comes as a frame.
+    via_forkserver: bool,
+    spawner: ThreadId,
+    pidfd: OwnedFd,
+    state: Mutex<ChildState>,
+}
+
+#[derive(Debug, Default)]
+struct ChildState {
+    /// The channel from the child (non-blocking); dropped once the child is over.
+    sock: Option<Arc<OwnedFd>>,
+    buf: Vec<u8>,
+    outcome: Option<Outcome>,
+    outcome_taken: bool,
+    status: Option<ExitStatus>,
+    /// The process has ended (pidfd ready); for a forkserver child the status may follow.
+    ended: bool,
+    /// No handle is left: discard the result instead of keeping it.
+    detached: bool,
+}
+
+impl ChildShared {
+    pub(crate) fn new(
+        pid: u32,
+        name: String,
+        daemon: bool,
+        via_forkserver: bool,
+        sock: OwnedFd,
+    ) -> io::Result<Self> {
+        let pidfd = sys::pidfd_open(pid)?;
+        sys::set_nonblocking(sock.as_fd(), true)?;
+        Ok(ChildShared {
+            pid,
+            name,
+            daemon,
+            via_forkserver,
+            spawner: std::thread::current().id(),
+            pidfd,
+            state: Mutex::new(ChildState {
+                sock: Some(Arc::new(sock)),
+                ..ChildState::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChildState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads what the child sent so far, and reaps it if it has ended. Never blocks.
+    fn progress(&self, st: &mut ChildState) -> io::Result<()> {
+        self.drain(st);
+        if st.status.is_none() && !self.via_forkserver {
+            if let Some(s) = sys::try_wait(self.pid)? {
+                st.status = Some(s);
+                st.ended = true;
+                // The child wrote everything before it ended: take the rest now.
+                self.drain(st);
+            }
+        }
+        if st.status.is_some() || (self.via_forkserver && st.sock.is_none()) {
+            if st.status.is_none() {
+                // The forkserver went away without reporting (it was killed): the child
+                // has ended or will not be reported; say so rather than wait forever.
+                st.status = Some(ExitStatus::Code(255));
+                if st.outcome.is_none() {
+                    st.outcome = Some(Outcome::Failed(
+                        "the forkserver ended before reporting this child's exit status".into(),
+                    ));
+                }
+            }
+            st.sock = None;
+            st.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn drain(&self, st: &mut ChildState) {
+        let Some(sock) = st.sock.clone() else { return };
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match sys::read_some(sock.as_fd(), &mut chunk) {
+                Ok(0) => {
+                    st.sock = None;
+                    break;
+                }
+                Ok(n) => st.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    st.sock = None;
+                    break;
+                }
+            }
+            self.parse(st);
+        }
+        self.parse(st);
+    }
+
+    fn parse(&self, st: &mut ChildState) {
+        loop {
+            match wire::take_frame(&mut st.buf) {
+                Ok(Some((Kind::Outcome, payload))) => {
+                    let outcome = crate::codec::decode::<Outcome>(&payload).unwrap_or_else(|e| {
+                        Outcome::Failed(format!("unreadable report from the child: {e}"))
+                    });
+                    if !st.detached {
+                        st.outcome = Some(outcome);
+                    }
+                }
+                Ok(Some((Kind::Status, payload))) => {
+                    st.status =
+                        Some(crate::codec::decode(&payload).unwrap_or(ExitStatus::Code(255)));
+                    st.ended = true;
+                }
+                Ok(Some(_)) | Err(_) => {
+                    // A frame that has no business here: stop listening to this child.
+                    st.sock = None;
+                    st.buf.clear();
+                    return;
+                }
+                Ok(None) => return,
+            }
+        }
+    }
+
+    /// Waits until the child has ended, at most `timeout` (`None`: no limit).
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ExitStatus>, ProcessError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let (sock, ended) = {
+                let mut st = self.lock();
+                self.progress(&mut st)
+                    .map_err(ProcessError::io("waiting for a child"))?;
+                if let Some(s) = st.status {
+                    return Ok(Some(s));
+                }
+                (st.sock.clone(), st.ended)
+            };
+            let left = match deadline {
+                None => None,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    Some(d - now)
+                }
+            };
+            let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
+            if let Some(s) = &sock {
+                fds.push(s.as_fd());
+            }
+            if !ended {
+                fds.push(self.pidfd.as_fd());
+            }
+            let ready =
+                sys::poll_readable(&fds, left).map_err(ProcessError::io("waiting for a child"))?;
+            if !ended && ready.last() == Some(&true) && self.via_forkserver {
+                self.lock().ended = true;
+            }
+        }
+    }
+
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        let mut st = self.lock();
+        let _ = self.progress(&mut st);
+        st.status
+    }
+
+    pub(crate) fn signal(&self, sig: i32) -> Result<(), ProcessError> {
+        let st = self.lock();
+        if st.status.is_some() {
+            return Ok(()); // Already over, as Python's terminate() on a finished process.
+        }
+        match sys::pidfd_send_signal(self.pidfd.as_fd(), sig) {
+            Err(e) if e.raw_os_error() == Some(3) => Ok(()), // ESRCH: ended meanwhile
+            other => other.map_err(ProcessError::io("sending a signal")),
+        }
+    }
+
+    /// The child's result once it has ended (call after `wait` returned a status).
+    pub(crate) fn take_result<R: DeserializeOwned>(&self) -> Result<R, ProcessError> {
+        let mut st = self.lock();
+        let status = st.status.expect("take_result after the child ended");
+        if st.outcome_taken {
+            return Err(ProcessError::ResultTaken { pid: self.pid });
+        }
+        st.outcome_taken = true;
+        let pid = self.pid;
+        match st.outcome.take() {
+            Some(Outcome::Returned(bytes)) => Ok(crate::codec::decode(&bytes)?),
+            Some(Outcome::Panicked(message)) => Err(ProcessError::Panicked { pid, message }),
+            Some(Outcome::Codec {
+                encode: true,
+                message,
+            }) => Err(CodecError::Encode(message).into()),
+            Some(Outcome::Codec {
+                encode: false,
+                message,
+            }) => Err(CodecError::Decode(message).into()),
+            Some(Outcome::Failed(message)) => Err(ProcessError::Bootstrap { pid, message }),
+            None => Err(match status {
+                ExitStatus::Code(code) => ProcessError::Exited { pid, code },
+                ExitStatus::Signal(signal) => ProcessError::Killed { pid, signal },
+            }),
+        }
+    }
+
+    fn detach(&self) {
+        let mut st = self.lock();
+        st.detached = true;
+        st.outcome = None;
+        let _ = self.progress(&mut st);
+    }
+}
+
+static CHILDREN: Mutex<Vec<Arc<ChildShared>>> = Mutex::new(Vec::new());
+
+pub(crate) fn lock_children() -> MutexGuard<'static, Vec<Arc<ChildShared>>> {
+    CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn register(child: Arc<ChildShared>) {
+    lock_children().push(child);
+}
+
+/// Reaps children that have ended and forgets them (Python's `_cleanup`).
+pub(crate) fn reap_finished() {
+    let snapshot = lock_children().clone();
+    let done: Vec<u32> = snapshot
+        .iter()
+        .filter(|c| c.exit_status().is_some())
+        .map(|c| c.pid)
+        .collect();
+    if !done.is_empty() {
+        lock_children().retain(|c| !done.contains(&c.pid));
+    }
+}
+
+/// Terminates daemonic children and joins the others, as Python does when the main process
+/// ends. `only_from` limits it to children started by one thread.
+pub(crate) fn finish_children(only_from: Option<ThreadId>) {
+    let mine: Vec<Arc<ChildShared>> = lock_children()
+        .iter()
+        .filter(|c| only_from.is_none_or(|t| c.spawner == t))
+        .cloned()
+        .collect();
+    for c in mine.iter().filter(|c| c.daemon) {
+        let _ = c.signal(sys::SIGTERM);
+    }
+    for c in &mine {
+        let _ = c.wait(None);
+    }
+    reap_finished();
+}
+
+/// A started process. Dropping the handle neither kills nor waits: the child goes on and is
+/// reaped later (on the next start, by [`active_children`], or at the end of `main`).
+///
+/// `R` is what the child's function returns; [`join`](Process::join) gives it back.
+pub struct Process<R> {
+    shared: Arc<ChildShared>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("pid", &self.shared.pid)
+            .field("name", &self.shared.name)
+            .field("daemon", &self.shared.daemon)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}
+
+impl<R> Process<R> {
+    pub(crate) fn new(shared: Arc<ChildShared>) -> Self {
+        Process {
+            shared,
+            _result: PhantomData,
+        }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// The name given at start, or `Process-N`.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the process is daemonic (dies with its parent).
+    pub fn daemon(&self) -> bool {
+        self.shared.daemon
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.exitcode().is_none()
+    }
+
+    /// `None` while running; the exit code once ended; the negative signal number if a signal
+    /// killed it; `1` if its function panicked.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.shared.exit_status().map(ExitStatus::exitcode)
+    }
+
+    /// Waits at most `timeout` for the process to end; returns whether it has.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
+        Ok(self.shared.wait(Some(timeout))?.is_some())
+    }
+
+    /// Sends `SIGTERM`. A process that already ended is left alone.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGTERM)
+    }
+
+    /// Sends `SIGKILL`.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGKILL)
+    }
+
+    /// Sends `SIGINT`.
+    pub fn interrupt(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGINT)
+    }
+
+    /// A descriptor that becomes readable when the process ends (a pidfd), for `poll`,
+    /// `epoll` or `multiproc::connection::wait`. Valid as long as this handle lives.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.shared.pidfd.as_fd()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the process to end and returns what its function returned.
+    ///
+    /// Errors tell how it ended otherwise: [`ProcessError::Panicked`] with the panic message,
+    /// [`ProcessError::Exited`], [`ProcessError::Killed`], or a codec error.
+    pub fn join(self) -> Result<R, ProcessError> {
+        self.shared.wait(None)?;
+        self.shared.take_result()
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        self.shared.detach();
+    }
+}
+
+/// A running child of this process, as [`active_children`] lists it.
+#[derive(Debug, Clone)]
+pub struct ActiveChild {
+    shared: Arc<ChildShared>,
+}
+
+impl ActiveChild {
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    /// Whether it is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.shared.daemon
+    }
+    /// `None` while running, else as [`Process::exitcode`].
+    pub fn exitcode(&self) -> Option<i32> {
+        self.shared.exit_status().map(ExitStatus::exitcode)
+    }
+    /// Sends `SIGTERM`.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGTERM)
+    }
+    /// Sends `SIGKILL`.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGKILL)
+    }
+    /// Waits at most `timeout` for it to end; returns whether it has.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
+        Ok(self.shared.wait(Some(timeout))?.is_some())
+    }
+}
+
+/// The children of this process that are still running. Finished ones are reaped as a side
+/// effect, as in Python.
+pub fn active_children() -> Vec<ActiveChild> {
+    reap_finished();
+    lock_children()
+        .iter()
+        .map(|c| ActiveChild { shared: c.clone() })
+        .collect()
+}

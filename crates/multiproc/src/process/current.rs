@@ -1,0 +1,179 @@
+//! Who this process is: `current_process()`, `parent_process()`, and the names of children.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::sys;
+
+/// This process as multiproc sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Me {
+    pub(crate) name: String,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) daemon: bool,
+    pub(crate) parent: Option<ParentProcess>,
+}
+
+static ME: Mutex<Option<Me>> = Mutex::new(None);
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub(crate) fn lock_me() -> MutexGuard<'static, Option<Me>> {
+    ME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn me() -> Me {
+    lock_me().clone().unwrap_or_else(|| Me {
+        name: "MainProcess".into(),
+        identity: Vec::new(),
+        daemon: false,
+        parent: None,
+    })
+}
+
+/// The identity and default name of the next child: `Process-1`, `Process-1:2`, ...
+pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
+    let mut identity = me().identity;
+    identity.push(COUNTER.fetch_add(1, Ordering::Relaxed) + 1);
+    let name = format!(
+        "Process-{}",
+        identity
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    (identity, name)
+}
+
+/// Records, in a new child, who it is; opens a handle on the parent and, for a daemon, makes
+/// sure the child dies with it. `direct` says the parent is the OS parent (spawn and fork),
+/// which lets us detect a parent that died before we got here.
+pub(crate) fn become_child(
+    slot: &mut Option<Me>,
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+    parent_pid: u32,
+    parent_name: String,
+    direct: bool,
+) {
+    COUNTER.store(0, Ordering::Relaxed);
+    let pidfd = sys::pidfd_open(parent_pid).ok().map(Arc::new);
+    let parent_gone = pidfd.is_none() || (direct && sys::getppid() != parent_pid);
+    if daemon {
+        if parent_gone {
+            let _ = sys::send_signal(sys::getpid(), sys::SIGKILL);
+        }
+        if let Some(fd) = pidfd.clone() {
+            watch_parent(fd);
+        }
+    }
+    *slot = Some(Me {
+        name,
+        identity,
+        daemon,
+        parent: Some(ParentProcess {
+            pid: parent_pid,
+            name: parent_name,
+            pidfd,
+        }),
+    });
+}
+
+/// A daemonic child ends (SIGKILL) as soon as its parent does, however the parent ended.
+fn watch_parent(pidfd: Arc<OwnedFd>) {
+    let spawned = std::thread::Builder::new()
+        .name("multiproc-parent-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while !matches!(
+                sys::poll_readable(&[pidfd.as_fd()], None).as_deref(),
+                Ok([true])
+            ) {}
+            let _ = sys::send_signal(sys::getpid(), sys::SIGKILL);
+        });
+    if spawned.is_err() {
+        // Without a watcher the daemon guarantee cannot hold: do not outlive the parent.
+        let _ = sys::send_signal(sys::getpid(), sys::SIGKILL);
+    }
+}
+
+/// This process: its name, pid and whether it is a daemon. See [`current_process`].
+#[derive(Debug, Clone)]
+pub struct CurrentProcess {
+    name: String,
+    pid: u32,
+    daemon: bool,
+    identity: Vec<u32>,
+}
+
+impl CurrentProcess {
+    /// `MainProcess` in the main process, the name given at start in a child.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// Whether this process was started as a daemon.
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+    /// Python's `_identity`: the position in the tree of processes (empty for the main
+    /// process, `[1]` for its first child, `[1, 2]` for that child's second child).
+    pub fn identity(&self) -> &[u32] {
+        &self.identity
+    }
+}
+
+/// The process this code runs in.
+///
+/// ```
+/// let me = multiproc::current_process();
+/// assert_eq!(me.pid(), std::process::id());
+/// ```
+pub fn current_process() -> CurrentProcess {
+    let m = me();
+    CurrentProcess {
+        name: m.name,
+        pid: sys::getpid(),
+        daemon: m.daemon,
+        identity: m.identity,
+    }
+}
+
+/// The process that started this one, as seen from a child. See [`parent_process`].
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    pid: u32,
+    name: String,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl ParentProcess {
+    /// The parent's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// The parent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Whether the parent is still running (exact: uses a pidfd, not the reusable pid).
+    pub fn is_alive(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => matches!(
+                sys::poll_readable(&[fd.as_fd()], Some(std::time::Duration::ZERO)).as_deref(),
+                Ok([false])
+            ),
+            None => false,
+        }
+    }
+}
+
+/// The parent of this process if multiproc started it, `None` in the main process.
+pub fn parent_process() -> Option<ParentProcess> {
+    me().parent
+}

@@ -1,0 +1,67 @@
+//! Processes: start a function in a child, wait for its typed result, signal it.
+//!
+//! ```no_run
+//! #[multiproc::func]
+//! fn crunch(limit: u64) -> u64 {
+//!     (2..limit).filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0)).sum()
+//! }
+//!
+//! #[multiproc::main]
+//! fn main() -> multiproc::Result<()> {
+//!     use multiproc::Func;
+//!     let p = crunch.spawn(100_000)?;
+//!     let total: u64 = p.join()?;
+//!     println!("{total}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! How it works: a child is either this executable re-run ([`StartMethod::Spawn`]), a fork
+//! of a clean helper ([`StartMethod::Forkserver`], the default) or a fork of this process
+//! ([`StartMethod::Fork`], which alone can run closures). A re-run binary is intercepted
+//! before `main` (or before the test harness) by a life-before-main hook; it reads the name
+//! of a registered function and its arguments from a socket inherited as descriptor 3, with
+//! any file descriptors in the arguments attached (`SCM_RIGHTS`). The result or the panic
+//! message comes back on the same socket; the exit status comes from `waitpid`.
+
+pub(crate) mod bootstrap;
+mod builder;
+pub(crate) mod child;
+mod current;
+mod forkserver;
+pub(crate) mod registry;
+mod wire;
+
+pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};
+pub use child::{ActiveChild, Process, active_children};
+pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+
+impl Process<()> {
+    /// A builder for a process: name, daemon flag, start method.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// Runs closure `f` in a forked child; see [`Builder::fork`].
+    ///
+    /// ```no_run
+    /// let data = vec![1u64, 2, 3];
+    /// let p = multiproc::Process::fork(move || data.iter().sum::<u64>())?;
+    /// assert_eq!(p.join()?, 6);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
+    pub fn fork<R, C>(f: C) -> Result<Process<R>, crate::ProcessError>
+    where
+        C: FnOnce() -> R,
+        R: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Builder::new().start_method(StartMethod::Fork).fork(f)
+    }
+}
+
+/// Starts the forkserver now, from wherever this is called (it is always a clean re-run of
+/// this executable, so calling this early only moves its start-up cost out of the first
+/// child's start). Returns the forkserver's pid.
+pub fn start_forkserver() -> Result<u32, crate::ProcessError> {
+    forkserver::ensure_started()
+}
