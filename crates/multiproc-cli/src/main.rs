@@ -1,1 +1,40 @@
-fn main() {}
+//! `multiproc`: the command-line companion of the library.
+//!
+//! ```text
+//! multiproc bench [--quick | --full] [--group NAME]...
+//! ```
+
+mod bench;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: multiproc bench [--quick | --full] [--group NAME]...
+groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS)";
+
+#[multiproc::main]
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => match bench::Options::parse(&args[1..]) {
+            Ok(opts) => match bench::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("multiproc bench: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(msg) => {
+                eprintln!("{msg}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

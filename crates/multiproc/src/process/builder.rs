@@ -202,7 +202,7 @@ impl Builder {
             bootstrap::finish(theirs, outcome)
         })
         .map_err(ProcessError::io("fork"))?;
-        self.register(pid, start, true, ours)
+        Self::register(pid, &start, None, ours)
     }
 
     fn describe(&self, function: String, args: Vec<u8>) -> Start {
@@ -232,13 +232,16 @@ impl Builder {
         let io = ProcessError::io;
         let (ours, theirs) = sys::socketpair().map_err(io("creating a socket pair"))?;
         let method = self.method.unwrap_or_else(get_start_method);
-        let (pid, direct) = match method {
+        let (pid, pidfd) = match method {
             StartMethod::Spawn => (
                 sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
                     .map_err(io("spawning a child"))?,
-                true,
+                None,
             ),
-            StartMethod::Forkserver => (forkserver::request(theirs.as_fd())?, false),
+            StartMethod::Forkserver => {
+                let (pid, pidfd) = forkserver::request(theirs.as_fd())?;
+                (pid, Some(pidfd))
+            }
             StartMethod::Fork => {
                 let child_sock = &theirs;
                 let pid = fork_child(ours.as_raw_fd(), || match child_sock.try_clone() {
@@ -246,32 +249,43 @@ impl Builder {
                     Err(_) => 70,
                 })
                 .map_err(io("fork"))?;
-                (pid, true)
+                (pid, None)
             }
         };
         drop(theirs);
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = wire::write_value(ours.as_fd(), Kind::Start, &start, &borrowed);
         drop(fds);
-        // A child that died before reading is reported by its exit status at join.
-        if let Err(e) = sent {
-            if e.kind() != std::io::ErrorKind::BrokenPipe
-                && e.kind() != std::io::ErrorKind::ConnectionReset
+        let process = Self::register(pid, &start, pidfd, ours)?;
+        match sent {
+            Ok(()) => Ok(process),
+            // A child that died before reading is reported by its exit status at join.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
             {
-                let _ = sys::send_signal(pid, sys::SIGKILL);
+                Ok(process)
+            }
+            Err(e) => {
+                let _ = process.kill();
+                let _ = process.join_timeout(std::time::Duration::from_secs(5));
+                Err(ProcessError::Io {
+                    op: "sending the start message",
+                    source: e,
+                })
             }
         }
-        self.register(pid, start, direct, ours)
     }
 
     fn register<R>(
-        &self,
         pid: u32,
-        start: Start,
-        direct: bool,
+        start: &Start,
+        pidfd: Option<OwnedFd>,
         sock: OwnedFd,
     ) -> Result<Process<R>, ProcessError> {
-        let shared = ChildShared::new(pid, start.name, start.daemon, !direct, sock)
+        let shared = ChildShared::new(pid, start.name.clone(), start.daemon, pidfd, sock)
             .map_err(ProcessError::io("watching the child"))?;
         let shared = Arc::new(shared);
         child::register(shared.clone());

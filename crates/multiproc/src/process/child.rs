@@ -42,14 +42,19 @@ struct ChildState {
 }
 
 impl ChildShared {
+    /// `pidfd`: the forkserver's, for its children; opened here for our own.
     pub(crate) fn new(
         pid: u32,
         name: String,
         daemon: bool,
-        via_forkserver: bool,
+        pidfd: Option<OwnedFd>,
         sock: OwnedFd,
     ) -> io::Result<Self> {
-        let pidfd = sys::pidfd_open(pid)?;
+        let via_forkserver = pidfd.is_some();
+        let pidfd = match pidfd {
+            Some(fd) => fd,
+            None => sys::pidfd_open(pid)?,
+        };
         sys::set_nonblocking(sock.as_fd(), true)?;
         Ok(ChildShared {
             pid,

@@ -52,9 +52,10 @@ fn client(guard: &mut Option<Client>) -> Result<&Client, ProcessError> {
     Ok(guard.as_ref().expect("set above"))
 }
 
-/// Asks the forkserver for a child that bootstraps from `child_sock`; returns its pid.
-/// A forkserver that died is replaced once.
-pub(crate) fn request(child_sock: BorrowedFd<'_>) -> Result<u32, ProcessError> {
+/// Asks the forkserver for a child that bootstraps from `child_sock`; returns its pid and a
+/// pidfd for it (opened by the forkserver before it could reap the child, so it cannot
+/// miss a child that ends at once). A forkserver that died is replaced once.
+pub(crate) fn request(child_sock: BorrowedFd<'_>) -> Result<(u32, OwnedFd), ProcessError> {
     let mut guard = lock_client();
     for attempt in 0..2 {
         let c = client(&mut guard)?;
@@ -77,9 +78,12 @@ pub(crate) fn request(child_sock: BorrowedFd<'_>) -> Result<u32, ProcessError> {
     unreachable!("the loop returns on its second attempt")
 }
 
-fn ask(c: &Client, child_sock: BorrowedFd<'_>) -> std::io::Result<Result<u32, ProcessError>> {
+fn ask(
+    c: &Client,
+    child_sock: BorrowedFd<'_>,
+) -> std::io::Result<Result<(u32, OwnedFd), ProcessError>> {
     wire::write_frame(c.sock.as_fd(), Kind::ForkRequest, &[], &[child_sock])?;
-    let (kind, payload, _) = wire::read_frame(c.sock.as_fd(), 1 << 16)?;
+    let (kind, payload, mut fds) = wire::read_frame(c.sock.as_fd(), 1 << 16)?;
     if kind != Kind::ForkReply {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -88,10 +92,17 @@ fn ask(c: &Client, child_sock: BorrowedFd<'_>) -> std::io::Result<Result<u32, Pr
     }
     let reply: Result<u32, String> = crate::codec::decode(&payload)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    Ok(reply.map_err(|message| ProcessError::Io {
-        op: "forking in the forkserver",
-        source: std::io::Error::other(message),
-    }))
+    Ok(match (reply, fds.pop()) {
+        (Ok(pid), Some(pidfd)) => Ok((pid, pidfd)),
+        (Ok(_), None) => Err(ProcessError::Io {
+            op: "forking in the forkserver",
+            source: std::io::Error::other("no pidfd came with the reply"),
+        }),
+        (Err(message), _) => Err(ProcessError::Io {
+            op: "forking in the forkserver",
+            source: std::io::Error::other(message),
+        }),
+    })
 }
 
 /// A child of the forkserver, watched until it ends.
@@ -168,11 +179,15 @@ fn handle_request(ctrl: &OwnedFd, owner_fd: &OwnedFd, children: &mut HashMap<u32
         Ok(frame) => frame,
         Err(_) => return false,
     };
-    let reply: Result<u32, String> = match (kind, fds.pop()) {
-        (Kind::ForkRequest, Some(sock)) => fork_child(sock, ctrl, owner_fd, children),
-        _ => Err("malformed fork request".into()),
+    let (reply, pidfd): (Result<u32, String>, _) = match (kind, fds.pop()) {
+        (Kind::ForkRequest, Some(sock)) => match fork_child(sock, ctrl, owner_fd, children) {
+            Ok(pid) => (Ok(pid), children.get(&pid).map(|f| f.pidfd.as_fd())),
+            Err(e) => (Err(e), None),
+        },
+        _ => (Err("malformed fork request".into()), None),
     };
-    wire::write_value(ctrl.as_fd(), Kind::ForkReply, &reply, &[]).is_ok()
+    let fds: Vec<BorrowedFd<'_>> = pidfd.into_iter().collect();
+    wire::write_value(ctrl.as_fd(), Kind::ForkReply, &reply, &fds).is_ok()
 }
 
 fn fork_child(

@@ -1,0 +1,95 @@
+//! Samples and their spread.
+
+use std::time::Instant;
+
+/// Measurements of one figure, in seconds.
+#[derive(Debug, Clone)]
+pub(crate) struct Samples(pub(crate) Vec<f64>);
+
+impl Samples {
+    /// Runs `f` `n` times (after `warmup` unmeasured runs) and records each wall time.
+    pub(crate) fn measure(n: usize, warmup: usize, mut f: impl FnMut()) -> Samples {
+        for _ in 0..warmup {
+            f();
+        }
+        Samples(
+            (0..n.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    pub(crate) fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+
+    pub(crate) fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    pub(crate) fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+        }
+    }
+}
+
+/// `ours / reference`, the way the tables print ratios.
+pub(crate) fn ratio(ours: f64, reference: f64) -> f64 {
+    if reference > 0.0 {
+        ours / reference
+    } else {
+        f64::NAN
+    }
+}
+
+/// Seconds in a unit a reader takes in at a glance.
+pub(crate) fn human(secs: f64) -> String {
+    if !secs.is_finite() {
+        "-".into()
+    } else if secs >= 1.0 {
+        format!("{secs:.3} s")
+    } else if secs >= 1e-3 {
+        format!("{:.3} ms", secs * 1e3)
+    } else {
+        format!("{:.1} µs", secs * 1e6)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn spread_of_samples() {
+        let s = Samples(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(s.min(), 1.0);
+        assert_eq!(s.max(), 10.0);
+        assert_eq!(s.median(), 2.5);
+        assert_eq!(Samples(vec![5.0, 1.0, 3.0]).median(), 3.0);
+        assert!(Samples(vec![]).median().is_nan());
+    }
+
+    #[test]
+    fn ratios_and_units() {
+        assert_eq!(ratio(2.0, 1.0), 2.0);
+        assert!(ratio(1.0, 0.0).is_nan());
+        assert_eq!(human(2.5), "2.500 s");
+        assert_eq!(human(0.0025), "2.500 ms");
+        assert_eq!(human(0.0000025), "2.5 µs");
+        assert_eq!(human(f64::NAN), "-");
+    }
+}

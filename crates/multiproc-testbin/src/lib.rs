@@ -1,0 +1,1 @@
+//! Helper binaries for the lifecycle tests live in `src/bin`.

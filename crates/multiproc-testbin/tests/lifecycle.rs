@@ -1,0 +1,173 @@
+//! Lifetimes across real program boundaries: the end of `main`, a SIGKILLed parent, a
+//! binary started as a child without its bootstrap socket.
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mp-lifecycle");
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mp-lifecycle-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+fn read_pid(dir: &Path, file: &str) -> u32 {
+    let path = dir.join(file);
+    assert!(
+        eventually(Duration::from_secs(20), || path.exists()),
+        "{file} never written"
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("program did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn main_end_joins_non_daemons_and_terminates_daemons(method: &str) {
+    let dir = tempdir(&format!("end-{method}"));
+    let mut child = Command::new(BIN)
+        .args(["main-end", dir.to_str().unwrap(), method])
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        dir.join("nondaemon.done").exists(),
+        "the non-daemon child was not joined"
+    );
+    let daemon = read_pid(&dir, "daemon.pid");
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(daemon)),
+        "daemon {daemon} survived main"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn main_end_spawn() {
+    main_end_joins_non_daemons_and_terminates_daemons("spawn");
+}
+#[test]
+fn main_end_fork() {
+    main_end_joins_non_daemons_and_terminates_daemons("fork");
+}
+#[test]
+fn main_end_forkserver() {
+    main_end_joins_non_daemons_and_terminates_daemons("forkserver");
+}
+
+fn sigkilled_parent_takes_daemons_and_forkserver_along(method: &str) {
+    let dir = tempdir(&format!("kill-{method}"));
+    let mut child = Command::new(BIN)
+        .args(["hold", dir.to_str().unwrap(), method])
+        .spawn()
+        .unwrap();
+    let daemon = read_pid(&dir, "daemon.pid");
+    let forkserver = read_pid(&dir, "forkserver.pid");
+    assert!(alive(daemon) && alive(forkserver));
+    child.kill().unwrap(); // SIGKILL: no exit handler runs in the parent
+    child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || !alive(daemon)),
+        "daemon {daemon} outlived its parent"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || !alive(forkserver)),
+        "forkserver {forkserver} outlived its owner"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sigkill_spawn() {
+    sigkilled_parent_takes_daemons_and_forkserver_along("spawn");
+}
+#[test]
+fn sigkill_fork() {
+    sigkilled_parent_takes_daemons_and_forkserver_along("fork");
+}
+#[test]
+fn sigkill_forkserver() {
+    sigkilled_parent_takes_daemons_and_forkserver_along("forkserver");
+}
+
+#[test]
+fn started_as_child_without_bootstrap_socket_fails_fast_with_a_message() {
+    let t0 = Instant::now();
+    let out = Command::new(BIN)
+        .env("MULTIPROC_BOOTSTRAP", "child")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(70));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bootstrap socket"), "{err}");
+}
+
+#[test]
+fn garbage_on_the_bootstrap_socket_fails_fast() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    std::io::Write::write_all(&mut ours, &[0u8; 64]).unwrap();
+    let raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(BIN);
+    cmd.env("MULTIPROC_BOOTSTRAP", "child")
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it only places the inherited socket at fd 3.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("multiproc"), "{err}");
+}

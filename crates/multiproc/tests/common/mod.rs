@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests: bounded waits and leak checks.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+/// `(pid, ppid, state)` of every process on the machine.
+pub fn processes() -> Vec<(u32, u32, char)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // comm may hold spaces and parentheses: the fields after the last ')' are fixed.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, state));
+    }
+    out
+}
+
+/// Zombie children of this process.
+pub fn zombies() -> Vec<u32> {
+    let me = std::process::id();
+    processes()
+        .into_iter()
+        .filter(|&(_, ppid, st)| ppid == me && st == 'Z')
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+/// Whether `pid` is running (a zombie counts as ended).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Entries of /dev/shm.
+pub fn shm_entries() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Asserts on drop that the test left no zombie child and no new /dev/shm entry.
+pub struct LeakCheck {
+    shm: Vec<String>,
+}
+
+impl LeakCheck {
+    pub fn new() -> Self {
+        LeakCheck { shm: shm_entries() }
+    }
+}
+
+impl Drop for LeakCheck {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Children still running (forkserver) are fine; zombies are not: give the
+        // reaping a moment, since a child may end right now.
+        let clean = eventually(Duration::from_secs(2), || {
+            let _ = multiproc::active_children(); // reaps children whose handles were dropped
+            zombies().is_empty()
+        });
+        assert!(clean, "zombies left: {:?}", zombies());
+        let now = shm_entries();
+        let new: Vec<_> = now.iter().filter(|e| !self.shm.contains(e)).collect();
+        assert!(new.is_empty(), "/dev/shm entries left: {new:?}");
+    }
+}

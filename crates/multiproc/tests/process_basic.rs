@@ -1,0 +1,385 @@
+//! Process API: results, exit codes, panics, signals, timeouts, names, handles, nesting.
+//! Every body runs once per start method.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use common::{LeakCheck, alive, eventually};
+use multiproc::{Fd, Func, Process, ProcessError, StartMethod};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Report {
+    name: String,
+    pid: u32,
+    parent_pid: Option<u32>,
+    parent_alive: bool,
+    identity: Vec<u32>,
+    daemon: bool,
+    cpus: usize,
+}
+
+#[multiproc::func]
+fn whoami() -> Report {
+    let me = multiproc::current_process();
+    let parent = multiproc::parent_process();
+    Report {
+        name: me.name().to_string(),
+        pid: me.pid(),
+        parent_pid: parent.as_ref().map(|p| p.pid()),
+        parent_alive: parent.as_ref().is_some_and(|p| p.is_alive()),
+        identity: me.identity().to_vec(),
+        daemon: me.daemon(),
+        cpus: multiproc::cpu_count(),
+    }
+}
+
+#[multiproc::func]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[multiproc::func]
+fn exit_with(code: i32) -> u8 {
+    std::process::exit(code)
+}
+
+#[multiproc::func]
+fn panics(msg: String) -> u8 {
+    panic!("custom: {msg}")
+}
+
+#[multiproc::func]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[multiproc::func]
+fn echo_big(data: Vec<u8>) -> Vec<u8> {
+    data.iter().rev().copied().collect()
+}
+
+#[multiproc::func]
+fn write_to(fd: Fd, text: String) -> usize {
+    use std::io::Write;
+    let mut f = std::fs::File::from(fd.into_owned());
+    f.write_all(text.as_bytes()).unwrap();
+    text.len()
+}
+
+#[multiproc::func]
+fn nested(method: String) -> (Report, Report) {
+    let method: StartMethod = method.parse().unwrap();
+    let inner = Process::builder()
+        .start_method(method)
+        .start(&whoami, ())
+        .unwrap();
+    (whoami(), inner.join().unwrap())
+}
+
+fn not_registered(x: u32) -> u32 {
+    x
+}
+
+fn builder(method: StartMethod) -> multiproc::Builder {
+    Process::builder().start_method(method)
+}
+
+macro_rules! per_method {
+    ($($name:ident),* $(,)?) => {
+        mod spawn { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
+        mod fork { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
+        mod forkserver { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
+    };
+}
+
+per_method!(
+    typed_result_and_identity,
+    several_arguments,
+    exit_codes,
+    panic_message_comes_back,
+    signals_give_negative_exit_codes,
+    join_timeout_is_accurate,
+    large_arguments_and_results,
+    file_descriptor_passes_to_child,
+    sentinel_becomes_readable_at_exit,
+    child_spawns_its_own_child,
+    many_concurrent_children,
+    sequential_spawns_leave_no_zombie,
+    unregistered_function_is_refused,
+    daemon_flag_and_names,
+);
+
+fn typed_result_and_identity(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let p = builder(method).name("worker-a").start(&whoami, ()).unwrap();
+    let pid = p.pid();
+    let r = p.join().unwrap();
+    assert_eq!(r.name, "worker-a");
+    assert_eq!(r.pid, pid);
+    assert_eq!(r.parent_pid, Some(std::process::id()));
+    assert!(r.parent_alive);
+    assert_eq!(r.identity.len(), 1);
+    assert!(!r.daemon);
+    assert_eq!(r.cpus, multiproc::cpu_count());
+}
+
+fn several_arguments(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    assert_eq!(
+        builder(method)
+            .start(&add, (40, 2))
+            .unwrap()
+            .join()
+            .unwrap(),
+        42
+    );
+}
+
+fn exit_codes(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let ok = builder(method).start(&add, (1, 1)).unwrap();
+    assert!(ok.join_timeout(Duration::from_secs(20)).unwrap());
+    assert_eq!(ok.exitcode(), Some(0));
+    for code in [3, 42] {
+        let p = builder(method).start(&exit_with, code).unwrap();
+        assert!(p.join_timeout(Duration::from_secs(20)).unwrap());
+        assert_eq!(p.exitcode(), Some(code));
+        match p.join() {
+            Err(ProcessError::Exited { code: c, .. }) => assert_eq!(c, code),
+            other => panic!("expected Exited, got {other:?}"),
+        }
+    }
+    let p = builder(method).start(&panics, "x".into()).unwrap();
+    assert!(p.join_timeout(Duration::from_secs(20)).unwrap());
+    assert_eq!(p.exitcode(), Some(1));
+}
+
+fn panic_message_comes_back(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let p = builder(method)
+        .start(&panics, "the answer is 42".into())
+        .unwrap();
+    let pid = p.pid();
+    match p.join() {
+        Err(ProcessError::Panicked { pid: p2, message }) => {
+            assert_eq!(p2, pid);
+            assert_eq!(message, "custom: the answer is 42");
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+}
+
+fn signals_give_negative_exit_codes(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    for (sig, send) in [
+        (
+            15,
+            Process::terminate as fn(&Process<u64>) -> Result<(), ProcessError>,
+        ),
+        (9, Process::kill),
+        (2, Process::interrupt),
+    ] {
+        let p = builder(method).start(&sleep_ms, 30_000).unwrap();
+        assert!(p.is_alive());
+        assert_eq!(p.exitcode(), None);
+        send(&p).unwrap();
+        assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+        assert_eq!(p.exitcode(), Some(-sig));
+        assert!(!p.is_alive());
+        match p.join() {
+            Err(ProcessError::Killed { signal, .. }) => assert_eq!(signal, sig),
+            other => panic!("expected Killed, got {other:?}"),
+        }
+    }
+    // Signalling a finished process is a no-op, not an error.
+    let p = builder(method).start(&add, (1, 2)).unwrap();
+    assert!(p.join_timeout(Duration::from_secs(20)).unwrap());
+    p.terminate().unwrap();
+    assert_eq!(p.join().unwrap(), 3);
+}
+
+fn join_timeout_is_accurate(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let p = builder(method).start(&sleep_ms, 30_000).unwrap();
+    let t0 = Instant::now();
+    assert!(!p.join_timeout(Duration::from_millis(300)).unwrap());
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "returned early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(400),
+        "returned late: {waited:?}"
+    );
+    p.kill().unwrap();
+    assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+    // A short sleeper ends within its time.
+    let p = builder(method).start(&sleep_ms, 100).unwrap();
+    assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+    assert_eq!(p.join().unwrap(), 100);
+}
+
+fn large_arguments_and_results(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7) as u8).collect();
+    let expected: Vec<u8> = data.iter().rev().copied().collect();
+    let p = builder(method).start(&echo_big, data).unwrap();
+    // Polling while the child writes a result larger than the socket buffer must not stall.
+    assert!(eventually(Duration::from_secs(30), || !p.is_alive()));
+    assert_eq!(p.join().unwrap(), expected);
+}
+
+fn file_descriptor_passes_to_child(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let (read, write) = std::io::pipe().unwrap();
+    let p = builder(method)
+        .start(
+            &write_to,
+            (Fd::from(OwnedFd::from(write)), "through SCM_RIGHTS".into()),
+        )
+        .unwrap();
+    assert_eq!(p.join().unwrap(), 18);
+    let mut got = String::new();
+    let mut read = read;
+    read.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "through SCM_RIGHTS");
+}
+
+fn sentinel_becomes_readable_at_exit(method: StartMethod) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let _leaks = LeakCheck::new();
+    let p = builder(method).start(&sleep_ms, 200).unwrap();
+    let mut set = [PollFd::new(p.sentinel(), PollFlags::POLLIN)];
+    assert_eq!(
+        poll(&mut set, PollTimeout::ZERO).unwrap(),
+        0,
+        "ready while running"
+    );
+    assert_eq!(
+        poll(&mut set, PollTimeout::from(10_000u16)).unwrap(),
+        1,
+        "not ready after exit"
+    );
+    assert_eq!(p.join().unwrap(), 200);
+}
+
+fn child_spawns_its_own_child(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let p = builder(method).start(&nested, method.to_string()).unwrap();
+    let (outer, inner) = p.join().unwrap();
+    assert_eq!(inner.parent_pid, Some(outer.pid));
+    assert!(inner.parent_alive);
+    assert_eq!(inner.identity.len(), 2);
+    assert_eq!(inner.identity[..1], outer.identity[..]);
+    assert_eq!(inner.name, format!("Process-{}:1", outer.identity[0]));
+}
+
+fn many_concurrent_children(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let procs: Vec<_> = (0..64u64)
+        .map(|i| builder(method).start(&add, (i, 1000)).unwrap())
+        .collect();
+    let pids: std::collections::HashSet<u32> = procs.iter().map(|p| p.pid()).collect();
+    assert_eq!(pids.len(), 64);
+    let results: Vec<u64> = procs.into_iter().map(|p| p.join().unwrap()).collect();
+    assert_eq!(results, (0..64).map(|i| i + 1000).collect::<Vec<_>>());
+}
+
+fn sequential_spawns_leave_no_zombie(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let n = if method == StartMethod::Spawn {
+        300
+    } else {
+        1000
+    };
+    for i in 0..n {
+        let p = builder(method).start(&add, (i, 1)).unwrap();
+        if i % 2 == 0 {
+            assert_eq!(p.join().unwrap(), i + 1);
+        } // odd ones: handle dropped without join; reaped later all the same
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        multiproc::active_children().is_empty()
+    }));
+    assert!(
+        common::zombies().is_empty(),
+        "zombies: {:?}",
+        common::zombies()
+    );
+}
+
+fn unregistered_function_is_refused(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let err = builder(method).start(&not_registered, 1).unwrap_err();
+    assert!(matches!(err, ProcessError::NotRegistered { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not_registered") && msg.contains("#[multiproc::func]"),
+        "{msg}"
+    );
+    let err = (|x: u32| x + 1).spawn(1).unwrap_err();
+    assert!(matches!(err, ProcessError::NotRegistered { .. }));
+}
+
+fn daemon_flag_and_names(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let p = builder(method).daemon(true).start(&whoami, ()).unwrap();
+    assert!(p.daemon());
+    assert!(p.name().starts_with("Process-"));
+    let r = p.join().unwrap();
+    assert!(r.daemon);
+}
+
+#[multiproc::test]
+fn fork_runs_closures_with_captured_state() {
+    let _leaks = LeakCheck::new();
+    let words: Vec<String> = vec!["a".into(), "bc".into(), "def".into()];
+    let words = std::hint::black_box(words);
+    let p = Process::fork(move || words.iter().map(|w| w.len()).sum::<usize>()).unwrap();
+    assert_eq!(p.join().unwrap(), 6);
+    let p = Process::fork(|| -> u8 { panic!("closure panic") }).unwrap();
+    assert!(
+        matches!(p.join(), Err(ProcessError::Panicked { message, .. }) if message == "closure panic")
+    );
+}
+
+#[multiproc::test]
+fn active_children_lists_running_and_reaps_finished() {
+    let _leaks = LeakCheck::new();
+    let running = sleep_ms.spawn(30_000).unwrap();
+    let done = add.spawn((1, 2)).unwrap();
+    assert!(done.join_timeout(Duration::from_secs(20)).unwrap());
+    let pids: Vec<u32> = multiproc::active_children()
+        .iter()
+        .map(|c| c.pid())
+        .collect();
+    assert!(pids.contains(&running.pid()));
+    assert!(!pids.contains(&done.pid()));
+    running.kill().unwrap();
+    assert!(running.join_timeout(Duration::from_secs(10)).unwrap());
+    assert!(!alive(running.pid()));
+}
+
+#[multiproc::test]
+fn result_is_taken_once_and_join_twice_is_not_possible() {
+    // `join` consumes the handle; a second look goes through the exit code.
+    let p = add.spawn((2, 2)).unwrap();
+    assert!(p.join_timeout(Duration::from_secs(20)).unwrap());
+    assert_eq!(p.exitcode(), Some(0));
+    assert_eq!(p.join().unwrap(), 4);
+}
+
+#[test]
+fn start_method_names_round_trip() {
+    for m in StartMethod::ALL {
+        assert_eq!(m.to_string().parse::<StartMethod>().unwrap(), m);
+    }
+    assert!("vfork".parse::<StartMethod>().is_err());
+}
