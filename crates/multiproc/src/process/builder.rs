@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::child::{self, ChildShared, Process};
 use super::registry::Func;
-use super::wire::{self, Kind, Start};
+use super::wire::{self, Kind, Outcome, Start};
 use super::{bootstrap, current, forkserver, registry};
 use crate::error::ProcessError;
 use crate::sys;
@@ -186,6 +186,18 @@ impl Builder {
         check_bootstrapped()?;
         child::reap_finished();
         let start = self.describe(String::new(), Vec::new());
+        Self::fork_with(start, |_| {
+            bootstrap::run_guarded(|| crate::codec::encode(&f()))
+        })
+    }
+
+    /// Forks a child that becomes `start`'s process and reports what `body` returns. The
+    /// child has the start message in memory already: nothing goes through the socket but the
+    /// outcome.
+    fn fork_with<R>(
+        start: Start,
+        body: impl FnOnce(&Start) -> Outcome,
+    ) -> Result<Process<R>, ProcessError> {
         let (ours, theirs) =
             sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
         let pid = fork_child(ours.as_raw_fd(), || {
@@ -198,7 +210,7 @@ impl Builder {
                 start.parent_name.clone(),
                 true,
             );
-            let outcome = bootstrap::run_guarded(|| crate::codec::encode(&f()));
+            let outcome = body(&start);
             bootstrap::finish(theirs, outcome)
         })
         .map_err(ProcessError::io("fork"))?;
@@ -229,9 +241,16 @@ impl Builder {
         child::reap_finished();
         let mut start = self.describe(String::new(), args);
         set(&mut start);
+        let method = self.method.unwrap_or_else(get_start_method);
+        if method == StartMethod::Fork {
+            let entry = registry::lookup(&start.function);
+            return Self::fork_with(start, move |start| match entry {
+                Some(e) => bootstrap::run_guarded(|| (e.invoke)(&start.args, fds)),
+                None => Outcome::Failed(format!("function `{}` is not registered", start.function)),
+            });
+        }
         let io = ProcessError::io;
         let (ours, theirs) = sys::socketpair().map_err(io("creating a socket pair"))?;
-        let method = self.method.unwrap_or_else(get_start_method);
         let (pid, pidfd) = match method {
             StartMethod::Spawn => (
                 sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
@@ -242,15 +261,7 @@ impl Builder {
                 let (pid, pidfd) = forkserver::request(theirs.as_fd())?;
                 (pid, Some(pidfd))
             }
-            StartMethod::Fork => {
-                let child_sock = &theirs;
-                let pid = fork_child(ours.as_raw_fd(), || match child_sock.try_clone() {
-                    Ok(sock) => bootstrap::run_spawned(sock, true),
-                    Err(_) => 70,
-                })
-                .map_err(io("fork"))?;
-                (pid, None)
-            }
+            StartMethod::Fork => unreachable!("forked above"),
         };
         drop(theirs);
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
