@@ -170,7 +170,7 @@ impl Builder {
             });
         }
         let (args, fds) = crate::codec::encode_with_fds(&args)?;
-        self.launch(|start| start.function = function.to_string(), args, fds)
+        self.launch(function, args, fds)
     }
 
     /// Runs closure `f` in a forked child (always the fork method) and gives back its result
@@ -233,14 +233,13 @@ impl Builder {
 
     fn launch<R>(
         self,
-        set: impl FnOnce(&mut Start),
+        function: &str,
         args: Vec<u8>,
         fds: Vec<OwnedFd>,
     ) -> Result<Process<R>, ProcessError> {
         check_bootstrapped()?;
         child::reap_finished();
-        let mut start = self.describe(String::new(), args);
-        set(&mut start);
+        let start = self.describe(function.to_string(), args);
         let method = self.method.unwrap_or_else(get_start_method);
         if method == StartMethod::Fork {
             let entry = registry::lookup(&start.function);
