@@ -57,7 +57,7 @@ pub(crate) fn send_with_fds(
             None,
         ) {
             Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => wait_fd(fd, PollFlags::POLLOUT)?,
+            Err(Errno::EAGAIN) => wait_fd(fd, true)?,
             other => return other.map_err(errno),
         }
     }
@@ -80,7 +80,7 @@ pub(crate) fn recv_with_fds(
         ) {
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => {
-                wait_fd(fd, PollFlags::POLLIN)?;
+                wait_fd(fd, false)?;
                 continue;
             }
             Err(e) => return Err(errno(e)),
@@ -159,13 +159,9 @@ pub(crate) fn poll_readable(
     poll(&set, timeout)
 }
 
-/// Blocks until `fd` is ready for `flags`.
-fn wait_fd(fd: BorrowedFd<'_>, flags: PollFlags) -> io::Result<()> {
-    let mut p = [PollFd::new(fd, flags)];
-    match nix::poll::poll(&mut p, PollTimeout::NONE) {
-        Ok(_) | Err(Errno::EINTR) => Ok(()),
-        Err(e) => Err(errno(e)),
-    }
+/// Blocks until `fd` is readable (or writable).
+fn wait_fd(fd: BorrowedFd<'_>, writable: bool) -> io::Result<()> {
+    poll(&[(fd, writable)], None).map(drop)
 }
 
 /// Writes all of `data`, never raising `SIGPIPE` (a closed peer is `BrokenPipe`).
@@ -183,7 +179,7 @@ pub(crate) fn recv_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> io::Result<(
         match read_some(fd, buf) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => buf = &mut buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(fd, PollFlags::POLLIN)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(fd, false)?,
             Err(e) => return Err(e),
         }
     }
