@@ -55,8 +55,7 @@ fn die(msg: &str) -> ! {
     sys::exit_now(BOOTSTRAP_FAILED)
 }
 
-/// Reads the start message from `sock`, becomes that child, runs its function, reports, exits.
-/// `direct`: the OS parent is the process that asked for us (not a forkserver).
+/// Reads the start message from `sock`, then runs it (see [`run_start`]).
 pub(crate) fn run_spawned(sock: OwnedFd, direct: bool) -> ! {
     let (kind, payload, fds) = match wire::read_frame(sock.as_fd(), u64::MAX) {
         Ok(frame) => frame,
@@ -67,7 +66,14 @@ pub(crate) fn run_spawned(sock: OwnedFd, direct: bool) -> ! {
     if kind != Kind::Start {
         die(&format!("expected a start message, got {kind:?}"));
     }
-    let start: Start = match crate::codec::decode(&payload) {
+    run_start(sock, &payload, fds, direct)
+}
+
+/// Becomes the child that the encoded start message describes, runs its function with
+/// `fds` as the descriptors of its arguments, reports on `sock`, exits.
+/// `direct`: the OS parent is the process that asked for us (not a forkserver).
+pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct: bool) -> ! {
+    let start: Start = match crate::codec::decode(payload) {
         Ok(s) => s,
         Err(e) => die(&format!("unreadable start message: {e}")),
     };
@@ -129,6 +135,6 @@ pub(crate) fn finish(sock: OwnedFd, outcome: Outcome) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // A parent that dropped its handle may have closed the socket: not an error here.
-    let _ = wire::write_value(sock.as_fd(), Kind::Outcome, &outcome, &[]);
+    let _ = wire::write_outcome(sock.as_fd(), &outcome);
     sys::exit_now(code)
 }

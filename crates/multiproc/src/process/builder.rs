@@ -250,23 +250,18 @@ impl Builder {
         }
         let io = ProcessError::io;
         let (ours, theirs) = sys::socketpair().map_err(io("creating a socket pair"))?;
-        let (pid, pidfd) = match method {
-            StartMethod::Spawn => (
-                sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
-                    .map_err(io("spawning a child"))?,
-                None,
-            ),
-            StartMethod::Forkserver => {
-                let (pid, pidfd) = forkserver::request(theirs.as_fd())?;
-                (pid, Some(pidfd))
-            }
-            StartMethod::Fork => unreachable!("forked above"),
-        };
+        let payload = crate::codec::encode(&start)?;
+        let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        if method == StartMethod::Forkserver {
+            // The start message travels with the request: the child has it in memory.
+            let (pid, pidfd) = forkserver::request(theirs.as_fd(), &payload, &fds)?;
+            return Self::register(pid, &start, Some(pidfd), ours);
+        }
+        let pid = sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
+            .map_err(io("spawning a child"))?;
         drop(theirs);
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        let sent = wire::write_value(ours.as_fd(), Kind::Start, &start, &borrowed);
-        drop(fds);
-        let process = Self::register(pid, &start, pidfd, ours)?;
+        let sent = wire::write_frame(ours.as_fd(), Kind::Start, &payload, &fds);
+        let process = Self::register(pid, &start, None, ours)?;
         match sent {
             Ok(()) => Ok(process),
             // A child that died before reading is reported by its exit status at join.

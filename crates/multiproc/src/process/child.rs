@@ -39,6 +39,10 @@ struct ChildState {
     ended: bool,
     /// No handle is left: discard the result instead of keeping it.
     detached: bool,
+    /// Descriptors received with the report (a memfd holding a large outcome).
+    fds: Vec<OwnedFd>,
+    /// The exit code the child's report implies (0 returned, 1 otherwise).
+    outcome_code: Option<i32>,
 }
 
 impl ChildShared {
@@ -74,44 +78,63 @@ impl ChildShared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reads what the child sent so far, and reaps it if it has ended. Never blocks.
+    /// Reaps the child if it has ended and takes its report. Never blocks.
+    ///
+    /// The child never blocks on its report (large ones go through a memfd), so the report
+    /// is read once, after the exit: waiting costs one wake-up, as a bare `waitpid` does.
     fn progress(&self, st: &mut ChildState) -> io::Result<()> {
-        self.drain(st);
-        if st.status.is_none() && !self.via_forkserver {
+        if st.status.is_some() {
+            return Ok(());
+        }
+        if !self.via_forkserver {
             if let Some(s) = sys::try_wait(self.pid)? {
                 st.status = Some(s);
                 st.ended = true;
-                // The child wrote everything before it ended: take the rest now.
                 self.drain(st);
             }
-        }
-        if st.status.is_some() || (self.via_forkserver && st.sock.is_none()) {
-            if st.status.is_none() {
-                // The forkserver went away without reporting (it was killed): the child
-                // has ended or will not be reported; say so rather than wait forever.
-                st.status = Some(ExitStatus::Code(255));
-                if st.outcome.is_none() {
+        } else {
+            if !st.ended {
+                st.ended = matches!(
+                    sys::poll_readable(&[self.pidfd.as_fd()], Some(Duration::ZERO)).as_deref(),
+                    Ok([true])
+                );
+            }
+            if st.ended {
+                self.drain(st);
+                if st.status.is_none() {
+                    // The forkserver reports the status after reaping. A child that reported
+                    // an outcome ends right after with a known code (`finish`), so there is
+                    // no need to wait for that report.
+                    st.status = st.outcome_code.map(ExitStatus::Code);
+                }
+                if st.status.is_none() && st.sock.is_none() {
+                    // The forkserver went away (killed) without reporting: say so rather
+                    // than wait forever.
+                    st.status = Some(ExitStatus::Code(255));
                     st.outcome = Some(Outcome::Failed(
                         "the forkserver ended before reporting this child's exit status".into(),
                     ));
                 }
             }
+        }
+        if st.status.is_some() {
             st.sock = None;
             st.buf = Vec::new();
+            st.fds.clear();
         }
         Ok(())
     }
 
+    /// Reads everything the child (or the forkserver) has sent so far.
     fn drain(&self, st: &mut ChildState) {
         let Some(sock) = st.sock.clone() else { return };
-        let mut chunk = [0u8; 64 * 1024];
         loop {
-            match sys::read_some(sock.as_fd(), &mut chunk) {
+            match read_into(sock.as_fd(), &mut st.buf, &mut st.fds) {
                 Ok(0) => {
                     st.sock = None;
                     break;
                 }
-                Ok(n) => st.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     st.sock = None;
@@ -125,27 +148,50 @@ impl ChildShared {
 
     fn parse(&self, st: &mut ChildState) {
         loop {
-            match wire::take_frame(&mut st.buf) {
-                Ok(Some((Kind::Outcome, payload))) => {
-                    let outcome = crate::codec::decode::<Outcome>(&payload).unwrap_or_else(|e| {
-                        Outcome::Failed(format!("unreadable report from the child: {e}"))
-                    });
-                    if !st.detached {
-                        st.outcome = Some(outcome);
-                    }
-                }
-                Ok(Some((Kind::Status, payload))) => {
-                    st.status =
-                        Some(crate::codec::decode(&payload).unwrap_or(ExitStatus::Code(255)));
-                    st.ended = true;
-                }
-                Ok(Some(_)) | Err(_) => {
-                    // A frame that has no business here: stop listening to this child.
+            let frame = match wire::take_frame(&mut st.buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(_) => {
+                    // Not our protocol: stop listening to this child.
                     st.sock = None;
                     st.buf.clear();
                     return;
                 }
-                Ok(None) => return,
+            };
+            let outcome = match frame {
+                (Kind::Outcome, payload) => Some(payload),
+                (Kind::OutcomeInFd, _) if !st.fds.is_empty() => {
+                    let mut file = std::fs::File::from(st.fds.remove(0));
+                    let mut payload = Vec::new();
+                    Some(match std::io::Read::read_to_end(&mut file, &mut payload) {
+                        Ok(_) => payload,
+                        Err(_) => Vec::new(),
+                    })
+                }
+                (Kind::Status, payload) => {
+                    st.status =
+                        Some(crate::codec::decode(&payload).unwrap_or(ExitStatus::Code(255)));
+                    st.ended = true;
+                    None
+                }
+                _ => {
+                    st.sock = None;
+                    st.buf.clear();
+                    return;
+                }
+            };
+            if let Some(payload) = outcome {
+                let outcome = crate::codec::decode::<Outcome>(&payload).unwrap_or_else(|e| {
+                    Outcome::Failed(format!("unreadable report from the child: {e}"))
+                });
+                st.outcome_code = Some(if matches!(outcome, Outcome::Returned(_)) {
+                    0
+                } else {
+                    1
+                });
+                if !st.detached {
+                    st.outcome = Some(outcome);
+                }
             }
         }
     }
@@ -176,16 +222,15 @@ impl ChildShared {
                     Some(d - now)
                 }
             };
-            let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(2);
-            if let Some(s) = &sock {
-                fds.push(s.as_fd());
-            }
-            if !ended {
-                fds.push(self.pidfd.as_fd());
-            }
+            // Running: the pidfd alone tells the end. Ended (a forkserver child with no
+            // report): the forkserver's status frame comes on the socket.
+            let fd = match (&sock, ended) {
+                (Some(s), true) => s.as_fd(),
+                _ => self.pidfd.as_fd(),
+            };
             let ready =
-                sys::poll_readable(&fds, left).map_err(ProcessError::io("waiting for a child"))?;
-            if !ended && ready.last() == Some(&true) && self.via_forkserver {
+                sys::poll_readable(&[fd], left).map_err(ProcessError::io("waiting for a child"))?;
+            if ready == [true] && !ended {
                 self.lock().ended = true;
             }
         }
@@ -242,6 +287,18 @@ impl ChildShared {
         st.outcome = None;
         let _ = self.progress(&mut st);
     }
+}
+
+/// Appends one receive's worth of bytes to `buf` and descriptors to `fds`. Reports are small
+/// (large outcomes come as a memfd), so one page of stack suffices and waiting on a child
+/// touches no fresh memory (each fresh page is a page fault, copy-on-write while a fork
+/// child lives).
+fn read_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let (n, received) = sys::recv_with_fds(fd, &mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    fds.extend(received);
+    Ok(n)
 }
 
 static CHILDREN: Mutex<Vec<Arc<ChildShared>>> = Mutex::new(Vec::new());

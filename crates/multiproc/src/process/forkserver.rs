@@ -52,14 +52,19 @@ fn client(guard: &mut Option<Client>) -> Result<&Client, ProcessError> {
     Ok(guard.as_ref().expect("set above"))
 }
 
-/// Asks the forkserver for a child that bootstraps from `child_sock`; returns its pid and a
+/// Asks the forkserver for a child that runs the encoded start message `start` (with `fds`,
+/// its arguments' descriptors) and reports on `child_sock`; returns its pid and a
 /// pidfd for it (opened by the forkserver before it could reap the child, so it cannot
 /// miss a child that ends at once). A forkserver that died is replaced once.
-pub(crate) fn request(child_sock: BorrowedFd<'_>) -> Result<(u32, OwnedFd), ProcessError> {
+pub(crate) fn request(
+    child_sock: BorrowedFd<'_>,
+    start: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(u32, OwnedFd), ProcessError> {
     let mut guard = lock_client();
     for attempt in 0..2 {
         let c = client(&mut guard)?;
-        match ask(c, child_sock) {
+        match ask(c, child_sock, start, fds) {
             Ok(reply) => return reply,
             Err(_) if attempt == 0 => {
                 if let Some(old) = guard.take() {
@@ -81,8 +86,13 @@ pub(crate) fn request(child_sock: BorrowedFd<'_>) -> Result<(u32, OwnedFd), Proc
 fn ask(
     c: &Client,
     child_sock: BorrowedFd<'_>,
+    start: &[u8],
+    fds: &[BorrowedFd<'_>],
 ) -> std::io::Result<Result<(u32, OwnedFd), ProcessError>> {
-    wire::write_frame(c.sock.as_fd(), Kind::ForkRequest, &[], &[child_sock])?;
+    let mut all = Vec::with_capacity(fds.len() + 1);
+    all.push(child_sock);
+    all.extend_from_slice(fds);
+    wire::write_frame(c.sock.as_fd(), Kind::ForkRequest, start, &all)?;
     let (kind, payload, mut fds) = wire::read_frame(c.sock.as_fd(), 1 << 16)?;
     if kind != Kind::ForkReply {
         return Err(std::io::Error::new(
@@ -175,23 +185,31 @@ fn status_frame(status: ExitStatus) -> Vec<u8> {
 
 /// Handles one request; `false` when the owner closed the control socket.
 fn handle_request(ctrl: &OwnedFd, owner_fd: &OwnedFd, children: &mut HashMap<u32, Forked>) -> bool {
-    let (kind, _, mut fds) = match wire::read_frame(ctrl.as_fd(), 1 << 16) {
+    // The owner is trusted (it started us): no size limit on its start messages.
+    let (kind, start, fds) = match wire::read_frame(ctrl.as_fd(), u64::MAX) {
         Ok(frame) => frame,
         Err(_) => return false,
     };
-    let (reply, pidfd): (Result<u32, String>, _) = match (kind, fds.pop()) {
-        (Kind::ForkRequest, Some(sock)) => match fork_child(sock, ctrl, owner_fd, children) {
-            Ok(pid) => (Ok(pid), children.get(&pid).map(|f| f.pidfd.as_fd())),
-            Err(e) => (Err(e), None),
-        },
+    let mut fds = fds.into_iter();
+    let (reply, pidfd): (Result<u32, String>, _) = match (kind, fds.next()) {
+        (Kind::ForkRequest, Some(sock)) => {
+            match fork_child(sock, &start, fds.collect(), ctrl, owner_fd, children) {
+                Ok(pid) => (Ok(pid), children.get(&pid).map(|f| f.pidfd.as_fd())),
+                Err(e) => (Err(e), None),
+            }
+        }
         _ => (Err("malformed fork request".into()), None),
     };
     let fds: Vec<BorrowedFd<'_>> = pidfd.into_iter().collect();
     wire::write_value(ctrl.as_fd(), Kind::ForkReply, &reply, &fds).is_ok()
 }
 
+/// Forks a child that runs `start` with `args` (its arguments' descriptors, which this
+/// process closes once the child has them) and reports on `sock`.
 fn fork_child(
     sock: OwnedFd,
+    start: &[u8],
+    args: Vec<OwnedFd>,
     ctrl: &OwnedFd,
     owner_fd: &OwnedFd,
     children: &mut HashMap<u32, Forked>,
@@ -203,7 +221,7 @@ fn fork_child(
             Ok(s) => s,
             Err(_) => return 70,
         };
-        bootstrap::run_spawned(own, false)
+        bootstrap::run_start(own, start, args, false)
     });
     let pid = forked.map_err(|e| e.to_string())?;
     let pidfd = sys::pidfd_open(pid).map_err(|e| e.to_string())?;

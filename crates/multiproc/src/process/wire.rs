@@ -26,6 +26,10 @@ pub(crate) enum Kind {
     ForkRequest = 4,
     /// Forkserver → parent: the new child's pid, or why it failed.
     ForkReply = 5,
+    /// Child → parent: an [`Outcome`] too large for the socket buffer, in the attached memfd,
+    /// so that the child never blocks on its report and the parent need not read while it
+    /// waits.
+    OutcomeInFd = 6,
 }
 
 impl Kind {
@@ -36,6 +40,7 @@ impl Kind {
             3 => Kind::Status,
             4 => Kind::ForkRequest,
             5 => Kind::ForkReply,
+            6 => Kind::OutcomeInFd,
             _ => return None,
         })
     }
@@ -110,6 +115,25 @@ pub(crate) fn write_frame(
     sys::send_all(sock, &payload[sent - HEADER..])
 }
 
+/// Reports `outcome` to the parent: inline when small, else through a memfd. Never blocks
+/// for long: a small frame always fits the socket buffer.
+pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: &Outcome) -> io::Result<()> {
+    let payload = crate::codec::encode(outcome).map_err(|e| invalid(e.to_string()))?;
+    if payload.len() <= INLINE_OUTCOME {
+        return write_frame(sock, Kind::Outcome, &payload, &[]);
+    }
+    let fd = sys::memfd_with("multiproc-outcome", &payload)?;
+    write_frame(
+        sock,
+        Kind::OutcomeInFd,
+        &[],
+        &[std::os::fd::AsFd::as_fd(&fd)],
+    )
+}
+
+/// The largest outcome sent inline: well under any socket buffer (Linux: about 200 KiB).
+pub(crate) const INLINE_OUTCOME: usize = 32 * 1024;
+
 /// The bytes of a frame without descriptors, for writers that send them on their own.
 pub(crate) fn frame_bytes(kind: Kind, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(HEADER + payload.len());
@@ -135,7 +159,16 @@ pub(crate) fn read_frame(
     max_len: u64,
 ) -> io::Result<(Kind, Vec<u8>, Vec<OwnedFd>)> {
     let mut h = [0u8; HEADER];
-    let (n, fds) = sys::recv_with_fds(sock, &mut h)?;
+    // The socket may be non-blocking (the file description can be shared with a process
+    // that set O_NONBLOCK): wait for readiness then.
+    let (n, fds) = loop {
+        match sys::recv_with_fds(sock, &mut h) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                sys::poll_readable(&[sock], None)?;
+            }
+            other => break other?,
+        }
+    };
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }

@@ -64,7 +64,7 @@ pub(crate) fn send_with_fds(
 }
 
 /// Receives into `buf` and takes ownership of any descriptors that came with the bytes.
-/// Returns `(0, [])` at end of stream.
+/// Returns `(0, [])` at end of stream, `WouldBlock` on a non-blocking socket with no data.
 pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -79,10 +79,6 @@ pub(crate) fn recv_with_fds(
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
-                wait_fd(fd, false)?;
-                continue;
-            }
             Err(e) => return Err(errno(e)),
             Ok(msg) => msg,
         };
@@ -382,6 +378,17 @@ pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Res
             exit_now(code)
         }
     }
+}
+
+/// An anonymous in-memory file (close-on-exec) holding `data`, to hand to another process.
+pub(crate) fn memfd_with(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(errno)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, data)?;
+    // The offset belongs to the open file description the receiver shares: rewind it.
+    std::io::Seek::rewind(&mut file)?;
+    Ok(OwnedFd::from(file))
 }
 
 /// CPUs this process may run on (its affinity mask).
