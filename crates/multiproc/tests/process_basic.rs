@@ -383,3 +383,37 @@ fn start_method_names_round_trip() {
     }
     assert!("vfork".parse::<StartMethod>().is_err());
 }
+
+#[multiproc::test]
+fn fork_child_does_not_hang_on_stdout_held_by_another_thread() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _leaks = LeakCheck::new();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let holder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _held = std::io::stdout().lock();
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    for _ in 0..40 {
+        let p = Process::fork(|| -> u8 {
+            let _ = std::io::stdout().write_all(b"");
+            let _ = std::io::stderr().write_all(b"");
+            std::process::exit(7)
+        })
+        .unwrap();
+        let ended = p.join_timeout(Duration::from_secs(10)).unwrap();
+        if !ended {
+            let _ = p.kill();
+            let _ = p.join_timeout(Duration::from_secs(5));
+        }
+        assert!(ended, "a forked child hung on a lock another thread held");
+        assert_eq!(p.exitcode(), Some(7));
+    }
+    stop.store(true, Ordering::Relaxed);
+    holder.join().unwrap();
+}

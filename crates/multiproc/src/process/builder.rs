@@ -308,10 +308,14 @@ fn check_bootstrapped() -> Result<(), ProcessError> {
 
 /// Forks with every global lock of the crate held, so that the child finds them in a known
 /// state: it empties the parent's tables (those children are not its own) and unlocks.
+/// Standard output and error are held too (flushed first): a child that prints or exits
+/// through `std::process::exit` would otherwise hang if another thread was printing.
 fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> {
     use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let _ = stdout.flush();
+    let _ = stderr.flush();
     let mut locks = Some((
         forkserver::lock_client(),
         child::lock_children(),
@@ -323,6 +327,7 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
             children.clear();
             drop((client, children, me));
         }
+        drop((stdout, stderr));
         body()
     });
     drop(locks);
