@@ -121,8 +121,19 @@ impl AsRawFd for Fd {
 
 impl Serialize for Fd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0.as_fd(), serializer)
+    }
+}
+
+/// Serializes a descriptor as [`Fd`] does: a duplicate goes out of band, its index in band.
+/// Any handle that wraps a descriptor (a `Connection`, ...) serializes through this.
+pub(crate) fn serialize_fd<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    {
         use serde::ser::Error;
-        let dup = self.0.try_clone().map_err(|e| {
+        let dup = fd.try_clone_to_owned().map_err(|e| {
             S::Error::custom(custom(format!("cannot duplicate file descriptor: {e}")))
         })?;
         let index = OUTGOING.with(|o| {

@@ -97,6 +97,50 @@ impl ProcessError {
     }
 }
 
+/// Errors of connections: pipes, listeners, clients and their handshake.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The peer closed the connection (end of stream where a message was expected).
+    #[error("the connection was closed by the peer")]
+    Closed,
+    /// The message did not fit the buffer given to `recv_bytes_into`; it is here whole.
+    #[error("message of {} bytes does not fit the buffer", .0.len())]
+    BufferTooShort(Vec<u8>),
+    /// A peer announced a message larger than this end accepts.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The announced size.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The peer sent bytes that are not a message: a truncated or impossible frame.
+    #[error("bad frame from the peer: {0}")]
+    BadFrame(String),
+    /// The handshake failed: wrong key, a peer with a key against one without, a protocol
+    /// error, or no handshake within the time limit.
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    /// A wait ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// This end was opened write-only or read-only.
+    #[error("this end of the connection is not {0}")]
+    WrongDirection(&'static str),
+    /// The address could not be understood.
+    #[error(
+        "bad address `{0}`: expected HOST:PORT, a socket path, or @name for an abstract socket"
+    )]
+    BadAddress(String),
+    /// A value could not go through the codec.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// An operating system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// The umbrella error of the crate: every area's error converts into it with `?`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +151,9 @@ pub enum Error {
     /// See [`CodecError`].
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// See [`ConnectionError`].
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
     /// An operating system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -30,14 +30,16 @@
 #![warn(missing_docs)]
 
 mod codec;
+pub mod connection;
 mod cpu;
 mod error;
 mod process;
 mod sys;
 
 pub use codec::Fd;
+pub use connection::{Address, Client, Connection, Listener, pipe, wait};
 pub use cpu::cpu_count;
-pub use error::{CodecError, Error, ProcessError, Result};
+pub use error::{CodecError, ConnectionError, Error, ProcessError, Result};
 pub use multiproc_macros::{func, main, test};
 pub use process::registry::Func;
 pub use process::{

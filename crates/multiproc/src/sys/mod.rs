@@ -13,6 +13,8 @@
 //! Errors are `io::Error`; the modules above map them to their own error enums.
 #![allow(unsafe_code)]
 
+mod net;
 mod unix;
 
+pub(crate) use net::*;
 pub(crate) use unix::*;

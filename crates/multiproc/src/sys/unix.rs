@@ -21,7 +21,7 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 /// The fd number at which a spawned child finds its bootstrap socket.
 pub(crate) const CHILD_BOOTSTRAP_FD: RawFd = 3;
 
-fn errno(e: Errno) -> io::Error {
+pub(super) fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 

@@ -1,0 +1,411 @@
+//! `Connection`: one end of a pipe or socket, speaking CPython's framing.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::codec::{self, Fd};
+use crate::error::ConnectionError;
+use crate::sys;
+
+/// The largest message a connection from a [`Listener`](super::Listener) or
+/// [`Client`](super::Client) accepts unless configured otherwise.
+pub const DEFAULT_MAX_MESSAGE: u64 = 256 * 1024 * 1024;
+
+/// Messages up to this size are read straight into their final buffer; larger ones grow it
+/// as bytes arrive, so a peer that announces a huge message but sends little cannot make us
+/// allocate much.
+const GROW_STEP: usize = 1 << 20;
+
+/// One end of a connection: a pipe from [`pipe`](super::pipe), or a socket from a
+/// [`Listener`](super::Listener) or [`Client`](super::Client).
+///
+/// Messages are framed as CPython's `multiprocessing.connection` frames them (a 4-byte
+/// big-endian signed length, or `-1` and an 8-byte length for messages over 2 GiB), so
+/// [`send_bytes`](Connection::send_bytes)/[`recv_bytes`](Connection::recv_bytes) interoperate
+/// with Python byte for byte. [`send`](Connection::send)/[`recv`](Connection::recv) carry typed
+/// values through the crate's codec; file descriptors inside them (an [`Fd`], another
+/// `Connection`) travel with `SCM_RIGHTS` over Unix sockets.
+///
+/// A `Connection` is itself a handle that can be passed to a child process as an argument,
+/// or sent through another connection.
+///
+/// ```
+/// let (a, b) = multiproc::pipe(true)?;
+/// a.send(&("hello", 42u32))?;
+/// let (word, n): (String, u32) = b.recv()?;
+/// assert_eq!((word.as_str(), n), ("hello", 42));
+/// b.send_bytes(b"raw bytes")?;
+/// assert_eq!(a.recv_bytes()?, b"raw bytes");
+/// # Ok::<(), multiproc::ConnectionError>(())
+/// ```
+pub struct Connection {
+    fd: OwnedFd,
+    readable: bool,
+    writable: bool,
+    max_message: u64,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+/// A frame header: the length as CPython writes it.
+fn header(len: usize) -> ([u8; 12], usize) {
+    let mut h = [0u8; 12];
+    if len > 0x7fff_ffff {
+        h[..4].copy_from_slice(&(-1i32).to_be_bytes());
+        h[4..].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 12)
+    } else {
+        h[..4].copy_from_slice(&(len as i32).to_be_bytes());
+        (h, 4)
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool, max_message: u64) -> Self {
+        Connection {
+            fd,
+            readable,
+            writable,
+            max_message,
+        }
+    }
+
+    /// Wraps a connected stream socket (Unix or TCP) as a duplex connection without a size
+    /// limit on messages.
+    pub fn from_socket(fd: OwnedFd) -> Self {
+        Connection::new(fd, true, true, u64::MAX)
+    }
+
+    /// Whether this end can receive.
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The largest message this end accepts (`u64::MAX`: no limit).
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message
+    }
+
+    /// Sets the largest message this end accepts; a larger one is refused with
+    /// [`ConnectionError::MessageTooLarge`] before anything is allocated for it.
+    pub fn set_max_message_size(&mut self, limit: u64) {
+        self.max_message = limit;
+    }
+
+    fn check_writable(&self) -> Result<(), ConnectionError> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(ConnectionError::WrongDirection("writable"))
+        }
+    }
+
+    fn check_readable(&self) -> Result<(), ConnectionError> {
+        if self.readable {
+            Ok(())
+        } else {
+            Err(ConnectionError::WrongDirection("readable"))
+        }
+    }
+
+    /// Sends `buf` as one message.
+    pub fn send_bytes(&self, buf: &[u8]) -> Result<(), ConnectionError> {
+        self.check_writable()?;
+        self.send_frame(buf, &[])
+    }
+
+    fn send_frame(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ConnectionError> {
+        let (h, n) = header(buf.len());
+        sys::send_parts(self.fd.as_fd(), &[&h[..n], buf], fds).map_err(map_send)
+    }
+
+    /// Receives one message.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, ConnectionError> {
+        self.check_readable()?;
+        Ok(self.recv_frame(None, self.max_message)?.0)
+    }
+
+    /// Receives one message of at most `maxlength` bytes: a longer one is an error
+    /// ([`ConnectionError::MessageTooLarge`], as CPython's "bad message length").
+    pub fn recv_bytes_max(&self, maxlength: usize) -> Result<Vec<u8>, ConnectionError> {
+        self.check_readable()?;
+        Ok(self
+            .recv_frame(None, (maxlength as u64).min(self.max_message))?
+            .0)
+    }
+
+    /// Receives one message with a time limit.
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, ConnectionError> {
+        self.check_readable()?;
+        Ok(self
+            .recv_frame(Some(Instant::now() + timeout), self.max_message)?
+            .0)
+    }
+
+    /// Receives one message into `buf` and returns its length. A message longer than `buf`
+    /// is returned whole inside [`ConnectionError::BufferTooShort`].
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
+        let message = self.recv_bytes()?;
+        if message.len() > buf.len() {
+            return Err(ConnectionError::BufferTooShort(message));
+        }
+        buf[..message.len()].copy_from_slice(&message);
+        Ok(message.len())
+    }
+
+    /// Sends a typed value (through the crate's codec). File descriptors inside it travel
+    /// along (Unix sockets only).
+    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), ConnectionError> {
+        self.check_writable()?;
+        let (bytes, fds) = codec::encode_with_fds(value)?;
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        if borrowed.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(ConnectionError::BadFrame(format!(
+                "a message can carry at most {} file descriptors",
+                sys::MAX_FDS_PER_MESSAGE
+            )));
+        }
+        self.send_frame(&bytes, &borrowed)
+    }
+
+    /// Receives a typed value.
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
+        self.check_readable()?;
+        let (bytes, fds) = self.recv_frame(None, self.max_message)?;
+        Ok(codec::decode_with_fds(&bytes, fds)?)
+    }
+
+    /// Receives a typed value with a time limit ([`ConnectionError::Timeout`]).
+    pub fn recv_timeout<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Result<T, ConnectionError> {
+        self.check_readable()?;
+        let (bytes, fds) = self.recv_frame(Some(Instant::now() + timeout), self.max_message)?;
+        Ok(codec::decode_with_fds(&bytes, fds)?)
+    }
+
+    /// Whether there is something to receive (or the peer closed), waiting at most
+    /// `timeout` (`None`: until there is).
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool, ConnectionError> {
+        self.check_readable()?;
+        Ok(sys::poll_readable(&[self.fd.as_fd()], timeout)? == [true])
+    }
+
+    /// Sends a file descriptor as CPython's `multiprocessing.reduction.send_handle` does
+    /// (one byte with `SCM_RIGHTS`, outside the message framing).
+    pub fn send_handle(&self, handle: BorrowedFd<'_>) -> Result<(), ConnectionError> {
+        self.check_writable()?;
+        sys::send_parts(self.fd.as_fd(), &[&[1u8]], &[handle]).map_err(map_send)
+    }
+
+    /// Receives a file descriptor sent with [`send_handle`](Connection::send_handle) (or by
+    /// CPython's `send_handle`).
+    pub fn recv_handle(&self) -> Result<OwnedFd, ConnectionError> {
+        self.check_readable()?;
+        let mut byte = [0u8; 1];
+        let (n, mut fds) = self.recv_some(&mut byte, None)?;
+        if n == 0 && fds.is_empty() {
+            return Err(ConnectionError::Closed);
+        }
+        match (byte[0], fds.len()) {
+            (1, 1) => Ok(fds.remove(0)),
+            (_, got) => Err(ConnectionError::BadFrame(format!(
+                "expected one file descriptor, received {got}"
+            ))),
+        }
+    }
+
+    /// One message of at most `limit` bytes, before `deadline` (for handshakes).
+    pub(crate) fn recv_frame_until(
+        &self,
+        deadline: Instant,
+        limit: u64,
+    ) -> Result<Vec<u8>, ConnectionError> {
+        Ok(self.recv_frame(Some(deadline), limit)?.0)
+    }
+
+    /// Closes this end (dropping it does the same).
+    pub fn close(self) {}
+
+    /// One receive, waiting for readiness first when there is a deadline.
+    fn recv_some(
+        &self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<(usize, Vec<OwnedFd>), ConnectionError> {
+        loop {
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if sys::poll_readable(&[self.fd.as_fd()], Some(left))? != [true] {
+                    return Err(ConnectionError::Timeout(left));
+                }
+            }
+            match sys::recv_with_fds(self.fd.as_fd(), buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    sys::poll_readable(&[self.fd.as_fd()], None)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ok((0, Vec::new()));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Fills `buf`; `fds` collects descriptors that came along. End of stream before the
+    /// first byte of a message is `Closed`, inside a message a `BadFrame`.
+    fn fill(
+        &self,
+        mut buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        deadline: Option<Instant>,
+        message_start: bool,
+    ) -> Result<(), ConnectionError> {
+        let mut first = message_start;
+        while !buf.is_empty() {
+            let (n, got) = self.recv_some(buf, deadline)?;
+            fds.extend(got);
+            if n == 0 {
+                return Err(if first {
+                    ConnectionError::Closed
+                } else {
+                    ConnectionError::BadFrame(
+                        "the peer closed the connection in the middle of a message".into(),
+                    )
+                });
+            }
+            first = false;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Reads one frame: its payload and the descriptors that came with it.
+    fn recv_frame(
+        &self,
+        deadline: Option<Instant>,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), ConnectionError> {
+        let mut fds = Vec::new();
+        let mut h = [0u8; 4];
+        self.fill(&mut h, &mut fds, deadline, true)?;
+        let size = match i32::from_be_bytes(h) {
+            -1 => {
+                let mut h8 = [0u8; 8];
+                self.fill(&mut h8, &mut fds, deadline, false)?;
+                u64::from_be_bytes(h8)
+            }
+            n if n < 0 => {
+                return Err(ConnectionError::BadFrame(format!(
+                    "negative message length {n}"
+                )));
+            }
+            n => n as u64,
+        };
+        if size > limit {
+            return Err(ConnectionError::MessageTooLarge { size, limit });
+        }
+        let size =
+            usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
+        let mut payload = Vec::new();
+        while payload.len() < size {
+            let start = payload.len();
+            let step = (size - start).min(GROW_STEP.max(start));
+            payload.resize(start + step, 0);
+            self.fill(&mut payload[start..], &mut fds, deadline, false)?;
+        }
+        Ok((payload, fds))
+    }
+}
+
+fn map_send(e: std::io::Error) -> ConnectionError {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            ConnectionError::Closed
+        }
+        _ => ConnectionError::Io(e),
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<Connection> for OwnedFd {
+    fn from(c: Connection) -> OwnedFd {
+        c.fd
+    }
+}
+
+impl Serialize for Connection {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Descriptor<'a>(BorrowedFd<'a>);
+        impl Serialize for Descriptor<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                codec::serialize_fd(self.0, serializer)
+            }
+        }
+        let mut t = serializer.serialize_tuple(4)?;
+        t.serialize_element(&Descriptor(self.fd.as_fd()))?;
+        t.serialize_element(&self.readable)?;
+        t.serialize_element(&self.writable)?;
+        t.serialize_element(&self.max_message)?;
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Connection {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (fd, readable, writable, max_message) =
+            <(Fd, bool, bool, u64)>::deserialize(deserializer)?;
+        Ok(Connection::new(
+            fd.into_owned(),
+            readable,
+            writable,
+            max_message,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn headers_follow_cpython() {
+        assert_eq!(header(0), ([0u8; 12], 4));
+        let (h, n) = header(0x0102_0304);
+        assert_eq!(&h[..n], &[1, 2, 3, 4]);
+        let (h, n) = header(0x8000_0000);
+        assert_eq!(n, 12);
+        assert_eq!(&h[..4], &[0xff; 4]);
+        assert_eq!(&h[4..], &0x8000_0000u64.to_be_bytes());
+    }
+}

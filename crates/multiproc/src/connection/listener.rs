@@ -1,0 +1,223 @@
+//! `Listener` and `Client`: connections over TCP and Unix sockets, with CPython's
+//! authentication handshake.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::address::{Address, ToAddress};
+use super::auth;
+use super::conn::{Connection, DEFAULT_MAX_MESSAGE};
+use crate::error::ConnectionError;
+use crate::sys;
+
+/// How long a handshake may take by default: a silent or mismatched peer fails after this
+/// instead of hanging (CPython waits for ever).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default backlog: that of Rust's std listeners, not CPython's 1 (which drops bursts of
+/// clients).
+pub const DEFAULT_BACKLOG: i32 = 128;
+
+/// Settings shared by listeners and clients.
+#[derive(Debug, Clone)]
+struct Settings {
+    authkey: Option<Vec<u8>>,
+    handshake_timeout: Duration,
+    max_message: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            authkey: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+/// Accepts connections on an [`Address`], authenticating each client when there is an
+/// authkey. Wire-compatible with CPython's `multiprocessing.connection.Client`.
+///
+/// ```
+/// use multiproc::{Client, Listener};
+/// let listener = Listener::bind("127.0.0.1:0", Some(b"secret"))?;
+/// let address = listener.address().clone();
+/// let t = std::thread::spawn(move || -> Result<(), multiproc::ConnectionError> {
+///     let conn = listener.accept()?;
+///     let msg = conn.recv_bytes()?;
+///     conn.send_bytes(&msg)
+/// });
+/// let conn = Client::connect(&address, Some(b"secret"))?;
+/// conn.send_bytes(b"ping")?;
+/// assert_eq!(conn.recv_bytes()?, b"ping");
+/// t.join().unwrap()?;
+/// # Ok::<(), multiproc::ConnectionError>(())
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    address: Address,
+    settings: Settings,
+}
+
+/// Configures a [`Listener`]: `Listener::builder().authkey(k).backlog(512).bind(addr)`.
+#[derive(Debug, Clone)]
+pub struct ListenerBuilder {
+    settings: Settings,
+    backlog: i32,
+}
+
+impl ListenerBuilder {
+    /// Clients must prove they know this key (HMAC challenge, both ways).
+    pub fn authkey(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.settings.authkey = Some(key.into());
+        self
+    }
+
+    /// How many pending connections the OS queues (default [`DEFAULT_BACKLOG`]).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// How long a client has to complete the handshake (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest message accepted connections receive (default [`DEFAULT_MAX_MESSAGE`]).
+    pub fn max_message_size(mut self, limit: u64) -> Self {
+        self.settings.max_message = limit;
+        self
+    }
+
+    /// Binds and listens.
+    pub fn bind(self, address: impl ToAddress) -> Result<Listener, ConnectionError> {
+        let mut address = address.to_address()?;
+        let fd = sys::listen(address.target(), self.backlog)?;
+        if let Address::Tcp(_) = address {
+            if let Some(bound) = sys::local_tcp_address(fd.as_fd())? {
+                address = Address::Tcp(bound); // port 0 becomes the real port
+            }
+        }
+        Ok(Listener {
+            fd,
+            address,
+            settings: self.settings,
+        })
+    }
+}
+
+impl Listener {
+    /// A builder with the defaults: no authkey, backlog 128, 5 s handshake, 256 MiB messages.
+    pub fn builder() -> ListenerBuilder {
+        ListenerBuilder {
+            settings: Settings::default(),
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+
+    /// Binds to `address` with the defaults and `authkey` (`None`: no authentication).
+    pub fn bind(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+    ) -> Result<Listener, ConnectionError> {
+        let mut b = Listener::builder();
+        if let Some(k) = authkey {
+            b = b.authkey(k);
+        }
+        b.bind(address)
+    }
+
+    /// The address clients connect to (with the real port when bound to port 0).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Waits for the next client and authenticates it. A failed handshake is an error for
+    /// that client only: call `accept` again to go on serving.
+    pub fn accept(&self) -> Result<Connection, ConnectionError> {
+        let fd = sys::accept(self.fd.as_fd())?;
+        let conn = Connection::new(fd, true, true, self.settings.max_message);
+        if let Some(key) = &self.settings.authkey {
+            let deadline = Instant::now() + self.settings.handshake_timeout;
+            auth::deliver_challenge(&conn, key, deadline)?;
+            auth::answer_challenge(&conn, key, deadline)?;
+        }
+        Ok(conn)
+    }
+
+    /// Accepted connections, one after another, for ever (each item is the result of one
+    /// [`accept`](Listener::accept)).
+    pub fn incoming(&self) -> impl Iterator<Item = Result<Connection, ConnectionError>> + '_ {
+        std::iter::repeat_with(|| self.accept())
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Address::Unix(path) = &self.address {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Connects to a [`Listener`] (or a CPython `multiprocessing.connection.Listener`).
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    settings: Settings,
+}
+
+impl Client {
+    /// Connects to `address` with the defaults and `authkey` (`None`: no authentication).
+    pub fn connect(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+    ) -> Result<Connection, ConnectionError> {
+        let mut c = Client::default();
+        if let Some(k) = authkey {
+            c = c.authkey(k);
+        }
+        c.open(address)
+    }
+
+    /// Prove knowledge of this key to the server, and make it prove it too.
+    pub fn authkey(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.settings.authkey = Some(key.into());
+        self
+    }
+
+    /// How long the handshake may take (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest message the connection receives (default [`DEFAULT_MAX_MESSAGE`]).
+    pub fn max_message_size(mut self, limit: u64) -> Self {
+        self.settings.max_message = limit;
+        self
+    }
+
+    /// Connects and authenticates.
+    pub fn open(&self, address: impl ToAddress) -> Result<Connection, ConnectionError> {
+        let address = address.to_address()?;
+        let fd = sys::connect(address.target())?;
+        let conn = Connection::new(fd, true, true, self.settings.max_message);
+        if let Some(key) = &self.settings.authkey {
+            let deadline = Instant::now() + self.settings.handshake_timeout;
+            auth::answer_challenge(&conn, key, deadline)?;
+            auth::deliver_challenge(&conn, key, deadline)?;
+        }
+        Ok(conn)
+    }
+}

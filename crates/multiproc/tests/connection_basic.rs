@@ -1,0 +1,412 @@
+//! Connections: pipes, typed and raw messages, descriptors, wait(), listeners and clients over
+//! every address family, authentication, limits and hostile input.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use common::LeakCheck;
+use multiproc::connection::{DEFAULT_MAX_MESSAGE, Listener as L};
+use multiproc::{Address, Client, Connection, ConnectionError, Fd, Func, Listener, pipe, wait};
+
+#[test]
+fn duplex_pipe_carries_typed_and_raw_messages_both_ways() {
+    let (a, b) = pipe(true).unwrap();
+    a.send(&(1u8, "two".to_string(), vec![3.0f64])).unwrap();
+    let got: (u8, String, Vec<f64>) = b.recv().unwrap();
+    assert_eq!(got, (1, "two".into(), vec![3.0]));
+    b.send_bytes(b"").unwrap();
+    assert_eq!(a.recv_bytes().unwrap(), b"");
+    b.send_bytes(b"xyz").unwrap();
+    let mut small = [0u8; 2];
+    match a.recv_bytes_into(&mut small) {
+        Err(ConnectionError::BufferTooShort(m)) => assert_eq!(m, b"xyz"),
+        other => panic!("expected BufferTooShort, got {other:?}"),
+    }
+    b.send_bytes(b"xyz").unwrap();
+    let mut big = [0u8; 8];
+    assert_eq!(a.recv_bytes_into(&mut big).unwrap(), 3);
+    assert_eq!(&big[..3], b"xyz");
+}
+
+#[test]
+fn simplex_pipe_has_directions() {
+    let (rx, tx) = pipe(false).unwrap();
+    assert!(rx.readable() && !rx.writable());
+    assert!(tx.writable() && !tx.readable());
+    assert!(matches!(
+        rx.send_bytes(b"x"),
+        Err(ConnectionError::WrongDirection(_))
+    ));
+    assert!(matches!(
+        tx.recv_bytes(),
+        Err(ConnectionError::WrongDirection(_))
+    ));
+    tx.send_bytes(b"one way").unwrap();
+    assert_eq!(rx.recv_bytes().unwrap(), b"one way");
+}
+
+#[test]
+fn closed_peer_and_timeouts() {
+    let (a, b) = pipe(true).unwrap();
+    assert!(!a.poll(Some(Duration::ZERO)).unwrap());
+    let t0 = Instant::now();
+    assert!(matches!(
+        a.recv_timeout::<u8>(Duration::from_millis(200)),
+        Err(ConnectionError::Timeout(_))
+    ));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
+        "{waited:?}"
+    );
+    b.send(&5u8).unwrap();
+    assert!(a.poll(Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(a.recv_timeout::<u8>(Duration::from_secs(5)).unwrap(), 5);
+    drop(b);
+    assert!(matches!(a.recv_bytes(), Err(ConnectionError::Closed)));
+    assert!(matches!(a.send_bytes(b"x"), Err(ConnectionError::Closed)));
+}
+
+#[test]
+fn large_and_empty_messages() {
+    let (a, b) = pipe(true).unwrap();
+    let big: Vec<u8> = (0..64 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let expected = big.clone();
+    let t = std::thread::spawn(move || a.send_bytes(&big).map(|()| a));
+    let got = b.recv_bytes().unwrap();
+    assert!(got == expected, "64 MiB message corrupted");
+    let a = t.join().unwrap().unwrap();
+    a.send_bytes(&[]).unwrap();
+    assert!(b.recv_bytes().unwrap().is_empty());
+}
+
+#[test]
+fn wrong_type_is_a_codec_error_not_a_panic() {
+    // The codec is compact, not self-describing: a mismatch shows when the bytes run out
+    // or cannot be what the receiver expects.
+    let (a, b) = pipe(true).unwrap();
+    a.send(&1u8).unwrap();
+    assert!(matches!(
+        b.recv::<(u64, String)>(),
+        Err(ConnectionError::Codec(_))
+    ));
+    a.send(&[0xffu8; 4]).unwrap();
+    assert!(matches!(b.recv::<String>(), Err(ConnectionError::Codec(_))));
+    a.send(&"a string").unwrap();
+    assert!(matches!(b.recv::<bool>(), Err(ConnectionError::Codec(_))));
+}
+
+#[test]
+fn descriptors_and_connections_travel_through_connections() {
+    let (a, b) = pipe(true).unwrap();
+    // A raw handle, CPython style.
+    let (mut r, w) = std::io::pipe().unwrap();
+    a.send_handle(w.as_fd()).unwrap();
+    drop(w);
+    let w2 = std::fs::File::from(b.recv_handle().unwrap());
+    (&w2).write_all(b"via send_handle").unwrap();
+    drop(w2);
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "via send_handle");
+    // A connection inside a typed message.
+    let (inner_a, inner_b) = pipe(true).unwrap();
+    a.send(&("take this", inner_b)).unwrap();
+    let (label, inner): (String, Connection) = b.recv().unwrap();
+    assert_eq!(label, "take this");
+    inner_a.send(&42u32).unwrap();
+    assert_eq!(inner.recv::<u32>().unwrap(), 42);
+    // An Fd inside a typed message.
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    a.send(&Fd::from(OwnedFd::from(file))).unwrap();
+    let fd: Fd = b.recv().unwrap();
+    let mut head = [0u8; 4];
+    std::fs::File::from(fd.into_owned())
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(&head, b"\x7fELF");
+}
+
+#[multiproc::func]
+fn echo_through(conn: Connection, times: u32) -> u32 {
+    let mut n = 0;
+    for _ in 0..times {
+        let v: u64 = conn.recv().unwrap();
+        conn.send(&(v * 2)).unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[multiproc::test]
+fn a_connection_end_passes_to_a_child() {
+    let _leaks = LeakCheck::new();
+    for method in multiproc::StartMethod::ALL {
+        let (ours, theirs) = pipe(true).unwrap();
+        let p = multiproc::Process::builder()
+            .start_method(method)
+            .start(&echo_through, (theirs, 3))
+            .unwrap();
+        for i in 0..3u64 {
+            ours.send(&i).unwrap();
+            assert_eq!(
+                ours.recv_timeout::<u64>(Duration::from_secs(20)).unwrap(),
+                i * 2
+            );
+        }
+        assert_eq!(p.join().unwrap(), 3);
+    }
+}
+
+#[multiproc::func]
+fn sleep_then_exit(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[multiproc::test]
+fn wait_over_many_pipes_and_a_sentinel() {
+    let _leaks = LeakCheck::new();
+    let pairs: Vec<(Connection, Connection)> = (0..100).map(|_| pipe(true).unwrap()).collect();
+    let fds: Vec<_> = pairs.iter().map(|(a, _)| a.as_fd()).collect();
+    assert!(
+        wait(&fds, Some(Duration::from_millis(50)))
+            .unwrap()
+            .is_empty()
+    );
+    for i in [3usize, 57, 99] {
+        pairs[i].1.send_bytes(b"ready").unwrap();
+    }
+    assert_eq!(
+        wait(&fds, Some(Duration::from_secs(5))).unwrap(),
+        vec![3, 57, 99]
+    );
+    let p = sleep_then_exit.spawn(100).unwrap();
+    let (quiet, _keep) = pipe(true).unwrap();
+    let ready = wait(
+        &[quiet.as_fd(), p.sentinel()],
+        Some(Duration::from_secs(20)),
+    )
+    .unwrap();
+    assert_eq!(ready, vec![1]);
+    p.join().unwrap();
+}
+
+fn tmp_sock(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mp-conn-{tag}-{}.sock", std::process::id()))
+}
+
+fn serve_echo(listener: Listener, clients: usize) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut errors = Vec::new();
+        for _ in 0..clients {
+            match listener.accept() {
+                Ok(conn) => {
+                    while let Ok(m) = conn.recv_bytes() {
+                        if conn.send_bytes(&m).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        errors
+    })
+}
+
+#[test]
+fn listener_and_client_over_every_family_with_and_without_key() {
+    let addresses: Vec<Address> = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "[::1]:0".parse().unwrap(),
+        Address::Unix(tmp_sock("fam")),
+        Address::Abstract(format!("mp-conn-abstract-{}", std::process::id()).into_bytes()),
+    ];
+    for addr in addresses {
+        for key in [None, Some(&b"k3y"[..])] {
+            let listener = match Listener::bind(&addr, key) {
+                Ok(l) => l,
+                Err(e) if matches!(addr, Address::Tcp(a) if a.is_ipv6()) => {
+                    eprintln!("skipping IPv6: {e}");
+                    continue;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            };
+            let bound = listener.address().clone();
+            let server = serve_echo(listener, 1);
+            let conn = Client::connect(&bound, key).unwrap();
+            conn.send_bytes(b"hello").unwrap();
+            assert_eq!(conn.recv_bytes().unwrap(), b"hello");
+            conn.send(&vec![7u32; 3]).unwrap();
+            assert_eq!(conn.recv::<Vec<u32>>().unwrap(), vec![7; 3]);
+            drop(conn);
+            assert!(server.join().unwrap().is_empty());
+            if let Address::Unix(p) = &bound {
+                assert!(!p.exists(), "socket file left behind");
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_key_fails_on_both_ends_and_the_server_goes_on() {
+    let listener = Listener::bind("127.0.0.1:0", Some(b"right")).unwrap();
+    let addr = listener.address().clone();
+    let server = serve_echo(listener, 2);
+    let err = Client::connect(&addr, Some(b"wrong")).unwrap_err();
+    assert!(matches!(err, ConnectionError::Authentication(_)), "{err}");
+    let ok = Client::connect(&addr, Some(b"right")).unwrap();
+    ok.send_bytes(b"still serving").unwrap();
+    assert_eq!(ok.recv_bytes().unwrap(), b"still serving");
+    drop(ok);
+    let errors = server.join().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("authentication"), "{errors:?}");
+}
+
+#[test]
+fn key_against_no_key_fails_within_the_handshake_timeout() {
+    // Client with a key, server without: the client gets no challenge.
+    let plain = Listener::bind("127.0.0.1:0", None).unwrap();
+    let addr = plain.address().clone();
+    let hold = std::thread::spawn(move || {
+        let c = plain.accept().unwrap();
+        let _ = c.recv_bytes_timeout(Duration::from_secs(5));
+    });
+    let t0 = Instant::now();
+    let err = Client::default()
+        .authkey("k")
+        .handshake_timeout(Duration::from_millis(300))
+        .open(&addr)
+        .unwrap_err();
+    assert!(matches!(err, ConnectionError::Authentication(_)), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    hold.join().unwrap();
+
+    // Server with a key, client without (silent): the server gives up after its timeout.
+    let keyed = L::builder()
+        .authkey("k")
+        .handshake_timeout(Duration::from_millis(300))
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = keyed.address().clone();
+    let server = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        (keyed.accept().map(drop), t0.elapsed())
+    });
+    let silent = Client::connect(&addr, None).unwrap();
+    let (result, took) = server.join().unwrap();
+    assert!(matches!(result, Err(ConnectionError::Authentication(_))));
+    assert!(took < Duration::from_secs(3));
+    drop(silent);
+}
+
+#[test]
+fn hostile_frames_get_typed_errors() {
+    let limit = 1024u64;
+    let listener = L::builder()
+        .max_message_size(limit)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = match listener.address() {
+        Address::Tcp(a) => *a,
+        _ => unreachable!(),
+    };
+    let server = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        for _ in 0..4 {
+            let conn = listener.accept().unwrap();
+            results.push(conn.recv_bytes().map(|m| m.len()));
+        }
+        results
+    });
+    let raw = |bytes: &[u8]| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(bytes).unwrap();
+    };
+    raw(&0x7fff_ffffi32.to_be_bytes()); // announces 2 GiB
+    raw(&[0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0]); // -1 then 2^56 bytes
+    raw(&[0, 0, 0, 10, b'a', b'b']); // truncated, then closed
+    raw(&[0xff, 0xff, 0xff, 0xfe]); // negative length
+    let results = server.join().unwrap();
+    assert!(matches!(
+        results[0],
+        Err(ConnectionError::MessageTooLarge {
+            size: 0x7fff_ffff,
+            limit: 1024
+        })
+    ));
+    assert!(matches!(
+        results[1],
+        Err(ConnectionError::MessageTooLarge { .. })
+    ));
+    assert!(matches!(results[2], Err(ConnectionError::BadFrame(_))));
+    assert!(matches!(results[3], Err(ConnectionError::BadFrame(_))));
+}
+
+#[test]
+fn garbage_during_the_handshake_is_an_authentication_error() {
+    let listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+    let addr = match listener.address() {
+        Address::Tcp(a) => *a,
+        _ => unreachable!(),
+    };
+    let server = std::thread::spawn(move || {
+        (0..3)
+            .map(|_| listener.accept().map(drop))
+            .collect::<Vec<_>>()
+    });
+    for bytes in [
+        &b"\x00\x00\x00\x05hello"[..],
+        &b"\xff\xff\xff\xff"[..],
+        &[0u8; 3][..],
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let mut challenge = [0u8; 4 + 11 + 48];
+        s.read_exact(&mut challenge).unwrap();
+        assert_eq!(&challenge[4..15], b"#CHALLENGE#");
+        s.write_all(bytes).unwrap();
+    }
+    for r in server.join().unwrap() {
+        assert!(
+            matches!(r, Err(ConnectionError::Authentication(_))),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn backlog_takes_a_burst_of_clients() {
+    let listener = Listener::bind("127.0.0.1:0", None).unwrap();
+    let addr = listener.address().clone();
+    // Connect 100 clients before the server accepts any: CPython's backlog of 1 drops them.
+    let clients: Vec<Connection> = (0..100)
+        .map(|_| Client::connect(&addr, None).unwrap())
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.send(&(i as u32)).unwrap();
+    }
+    let mut seen: Vec<u32> = (0..100)
+        .map(|_| listener.accept().unwrap().recv::<u32>().unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    assert_eq!(DEFAULT_MAX_MESSAGE, 256 * 1024 * 1024);
+}
+
+#[test]
+fn bad_addresses_are_typed_errors() {
+    assert!(matches!(
+        "".parse::<Address>(),
+        Err(ConnectionError::BadAddress(_))
+    ));
+    assert!(matches!(
+        Client::connect("127.0.0.1:1", None),
+        Err(ConnectionError::Io(_))
+    ));
+    assert!(Client::connect("/nonexistent/dir/x.sock", None).is_err());
+}
