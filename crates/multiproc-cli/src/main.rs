@@ -9,7 +9,8 @@ mod bench;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: multiproc bench [--quick | --full] [--group NAME]...
-groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS)";
+groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
+        pipe (Connection round trip and bandwidth vs a raw socketpair)";
 
 #[multiproc::main]
 fn main() -> ExitCode {

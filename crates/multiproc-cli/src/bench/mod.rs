@@ -2,6 +2,7 @@
 //! methods measured side by side with the raw OS primitives.
 
 mod pep;
+mod pipe;
 mod spawn;
 mod stats;
 
@@ -14,7 +15,7 @@ pub(crate) struct Options {
     pub(crate) groups: Vec<String>,
 }
 
-pub(crate) const GROUPS: [&str; 5] = ["empty", "fib", "primes", "fileio", "spawn"];
+pub(crate) const GROUPS: [&str; 6] = ["empty", "fib", "primes", "fileio", "spawn", "pipe"];
 
 impl Options {
     pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
@@ -61,6 +62,9 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     }
     if opts.wants("spawn") {
         spawn::run(opts.quick)?;
+    }
+    if opts.wants("pipe") {
+        pipe::run(opts.quick)?;
     }
     Ok(())
 }

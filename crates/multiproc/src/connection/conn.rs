@@ -43,7 +43,9 @@ const GROW_STEP: usize = 1 << 20;
 /// # Ok::<(), multiproc::ConnectionError>(())
 /// ```
 pub struct Connection {
-    fd: OwnedFd,
+    /// The socket. A `File` only for its `Read` implementation, which reads large payloads
+    /// straight into a vector's spare capacity (no zero-filling first).
+    fd: std::fs::File,
     readable: bool,
     writable: bool,
     max_message: u64,
@@ -75,7 +77,7 @@ fn header(len: usize) -> ([u8; 12], usize) {
 impl Connection {
     pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool, max_message: u64) -> Self {
         Connection {
-            fd,
+            fd: std::fs::File::from(fd),
             readable,
             writable,
             max_message,
@@ -325,12 +327,29 @@ impl Connection {
         }
         let size =
             usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
-        let mut payload = Vec::new();
-        while payload.len() < size {
-            let start = payload.len();
-            let step = (size - start).min(GROW_STEP.max(start));
-            payload.resize(start + step, 0);
-            self.fill(&mut payload[start..], &mut fds, deadline, false)?;
+        let mut payload = Vec::with_capacity(size.min(GROW_STEP));
+        if deadline.is_none() {
+            // Reads into spare capacity; the vector grows with what actually arrives.
+            let got = std::io::Read::read_to_end(
+                &mut std::io::Read::take(&self.fd, size as u64),
+                &mut payload,
+            );
+            match got {
+                Ok(_) if payload.len() == size => {}
+                Ok(_) => {
+                    return Err(ConnectionError::BadFrame(
+                        "the peer closed the connection in the middle of a message".into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            while payload.len() < size {
+                let start = payload.len();
+                let step = (size - start).min(GROW_STEP.max(start));
+                payload.resize(start + step, 0);
+                self.fill(&mut payload[start..], &mut fds, deadline, false)?;
+            }
         }
         Ok((payload, fds))
     }
@@ -359,7 +378,7 @@ impl AsRawFd for Connection {
 
 impl From<Connection> for OwnedFd {
     fn from(c: Connection) -> OwnedFd {
-        c.fd
+        OwnedFd::from(c.fd)
     }
 }
 

@@ -69,13 +69,26 @@ pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    thread_local! {
+        // Room for the most descriptors one message may carry, allocated once per thread
+        // (every receive of a frame header goes through here).
+        static SPACE: std::cell::RefCell<Vec<u8>> =
+            std::cell::RefCell::new(nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]));
+    }
+    SPACE.with(|space| recv_with_space(fd, buf, &mut space.borrow_mut()))
+}
+
+fn recv_with_space(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    space: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     loop {
         let mut iov = [IoSliceMut::new(buf)];
         let msg = match nix::sys::socket::recvmsg::<()>(
             fd.as_raw_fd(),
             &mut iov,
-            Some(&mut space),
+            Some(space),
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Err(Errno::EINTR) => continue,
