@@ -157,6 +157,16 @@ impl Listener {
     }
 }
 
+/// `for conn in &listener { ... }`: accepted connections, as [`Listener::incoming`].
+impl<'a> IntoIterator for &'a Listener {
+    type Item = Result<Connection, ConnectionError>;
+    type IntoIter = Box<dyn Iterator<Item = Result<Connection, ConnectionError>> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.incoming())
+    }
+}
+
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
