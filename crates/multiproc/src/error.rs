@@ -141,6 +141,76 @@ pub enum ConnectionError {
     Io(#[from] io::Error),
 }
 
+/// Errors of queues.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// Nothing to get (at once, or within the time limit).
+    #[error("the queue is empty")]
+    Empty,
+    /// No room (at once, or within the time limit).
+    #[error("the queue is full")]
+    Full,
+    /// The queue was closed: nothing more can be put, and a get on an empty closed queue
+    /// returns this instead of waiting for ever.
+    #[error("the queue is closed")]
+    Closed,
+    /// One item is larger than the queue's whole buffer.
+    #[error("an item of {size} bytes does not fit a queue buffer of {limit} bytes")]
+    TooLarge {
+        /// The encoded item's size.
+        size: usize,
+        /// The buffer's size.
+        limit: usize,
+    },
+    /// `task_done` called more times than items were put.
+    #[error("task_done() called more times than there were items")]
+    TooManyTaskDone,
+    /// The item could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// An operating system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Errors of the cross-process synchronization primitives.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// A wait ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The process holding the lock died holding it. The lock was taken over by the caller;
+    /// the data it protected may be half-updated.
+    #[error("the owner of the lock (process {pid}) died holding it")]
+    OwnerDied {
+        /// The dead owner's pid.
+        pid: u32,
+    },
+    /// `release` of a lock that is not locked.
+    #[error("release of a lock that is not locked")]
+    NotLocked,
+    /// `release` of an `RLock` by a thread that does not own it.
+    #[error("release of a lock owned by another thread or process")]
+    NotOwner,
+    /// A `BoundedSemaphore` released more times than acquired.
+    #[error("semaphore released too many times (its bound is {bound})")]
+    OverReleased {
+        /// The semaphore's bound.
+        bound: u32,
+    },
+    /// The barrier is broken (aborted, reset while waiting, or a wait timed out).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+    /// A value outside what the primitive accepts (for example a barrier of 0 parties).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// An operating system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// The umbrella error of the crate: every area's error converts into it with `?`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -154,6 +224,12 @@ pub enum Error {
     /// See [`ConnectionError`].
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// See [`SyncError`].
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// See [`QueueError`].
+    #[error(transparent)]
+    Queue(#[from] QueueError),
     /// An operating system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),

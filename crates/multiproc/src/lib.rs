@@ -34,12 +34,15 @@ pub mod connection;
 mod cpu;
 mod error;
 mod process;
+pub mod queue;
+pub mod shared;
+pub mod sync;
 mod sys;
 
 pub use codec::Fd;
 pub use connection::{Address, Client, Connection, Listener, pipe, wait};
 pub use cpu::cpu_count;
-pub use error::{CodecError, ConnectionError, Error, ProcessError, Result};
+pub use error::{CodecError, ConnectionError, Error, ProcessError, QueueError, Result, SyncError};
 pub use multiproc_macros::{func, main, test};
 pub use process::registry::Func;
 pub use process::{
@@ -47,6 +50,9 @@ pub use process::{
     active_children, current_process, get_start_method, parent_process, set_start_method,
     start_forkserver,
 };
+pub use queue::{JoinableQueue, Queue, SimpleQueue};
+pub use shared::{Array, SharedMemory, Value};
+pub use sync::{AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Runs the child bootstrap if this process is a multiproc child whose life-before-main hook
 /// did not run (it normally does). Call it first in `main` when not using

@@ -14,7 +14,9 @@
 #![allow(unsafe_code)]
 
 mod net;
+mod shm;
 mod unix;
 
 pub(crate) use net::*;
+pub(crate) use shm::*;
 pub(crate) use unix::*;

@@ -297,9 +297,25 @@ pub(crate) const SIGTERM: i32 = Signal::SIGTERM as i32;
 pub(crate) const SIGKILL: i32 = Signal::SIGKILL as i32;
 pub(crate) const SIGINT: i32 = Signal::SIGINT as i32;
 
-/// This process's id.
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// This process's id (cached: lock fast paths use it; refreshed in children we fork).
 pub(crate) fn getpid() -> u32 {
-    nix::unistd::getpid().as_raw() as u32
+    use std::sync::atomic::Ordering::Relaxed;
+    match PID.load(Relaxed) {
+        0 => {
+            let pid = nix::unistd::getpid().as_raw() as u32;
+            PID.store(pid, Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
+/// This thread's id (cached per thread).
+pub(crate) fn gettid() -> u32 {
+    thread_local!(static TID: u32 = rustix::thread::gettid().as_raw_nonzero().get() as u32);
+    TID.with(|t| *t)
 }
 
 /// The parent's id (1 or a subreaper once the parent is gone).
@@ -381,6 +397,7 @@ pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Res
     match unsafe { nix::unistd::fork() }.map_err(errno)? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
         nix::unistd::ForkResult::Child => {
+            PID.store(0, std::sync::atomic::Ordering::Relaxed);
             for &fd in close {
                 // SAFETY: the objects owning these descriptors live in the parent's half of
                 // the fork; this child never returns to them (it ends in `_exit` below), so

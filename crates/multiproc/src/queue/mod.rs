@@ -1,0 +1,324 @@
+//! Queues shared by processes: [`Queue`], [`JoinableQueue`], [`SimpleQueue`].
+//!
+//! Items live in shared memory owned by the queue, not by the process that put them: an
+//! unbounded `put` never blocks, and a producer may exit right after `put` without losing the
+//! item (CPython's feeder thread makes "child puts 1 MB, parent joins the child before
+//! reading" deadlock; here it just works). A serialization error is returned by `put` itself.
+//! A producer or consumer killed with SIGKILL at any moment does not wedge the queue: at most
+//! the item it was moving is lost. Waits sleep on futexes; when nobody sleeps, `put` and `get`
+//! make no system call.
+
+mod ring;
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::QueueError;
+use crate::sync::raw;
+use ring::Ring;
+
+/// The default buffer of a queue: virtual, so memory is used only by items actually queued
+/// (and given back as they leave).
+pub const DEFAULT_QUEUE_BYTES: usize = 1 << 30;
+
+/// A multi-producer, multi-consumer queue shared by processes (Python's
+/// `multiprocessing.Queue`), typed: items go through the crate's codec.
+///
+/// ```
+/// let q = multiproc::Queue::<String>::new()?;
+/// q.put(&"job".to_string())?;
+/// assert_eq!(q.get()?, "job");
+/// assert!(matches!(q.get_nowait(), Err(multiproc::QueueError::Empty)));
+/// # Ok::<(), multiproc::QueueError>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Queue<T> {
+    ring: Ring,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            ring: self.ring.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// An unbounded queue: `put` never blocks (up to [`DEFAULT_QUEUE_BYTES`] of queued data,
+    /// beyond which it fails with [`QueueError::Full`]).
+    pub fn new() -> Result<Queue<T>, QueueError> {
+        Queue::with_limits(0, DEFAULT_QUEUE_BYTES)
+    }
+
+    /// A queue of at most `maxsize` items: `put` waits for room (Python's `Queue(maxsize)`).
+    pub fn bounded(maxsize: usize) -> Result<Queue<T>, QueueError> {
+        Queue::with_limits(maxsize.max(1) as u64, DEFAULT_QUEUE_BYTES)
+    }
+
+    /// A queue of at most `max_items` items (0: unbounded) and `max_bytes` of encoded data.
+    pub fn with_limits(max_items: u64, max_bytes: usize) -> Result<Queue<T>, QueueError> {
+        Ok(Queue {
+            ring: Ring::new(max_items, max_bytes.max(64))?,
+            _t: PhantomData,
+        })
+    }
+
+    fn bounded_queue(&self) -> bool {
+        self.maxsize().is_some()
+    }
+
+    /// The item limit, `None` for an unbounded queue.
+    pub fn maxsize(&self) -> Option<u64> {
+        match self.ring.max_items() {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    fn encode(item: &T) -> Result<Vec<u8>, QueueError> {
+        Ok(codec::encode(item)?)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<T, QueueError> {
+        Ok(codec::decode(bytes)?)
+    }
+
+    /// Puts an item: waits for room in a bounded queue, never waits in an unbounded one.
+    pub fn put(&self, item: &T) -> Result<(), QueueError> {
+        self.ring
+            .put(&[Self::encode(item)?], self.bounded_queue(), None, false)
+    }
+
+    /// Puts an item, waiting at most `timeout` for room ([`QueueError::Full`] after).
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), QueueError> {
+        self.ring.put(
+            &[Self::encode(item)?],
+            true,
+            raw::deadline(Some(timeout)),
+            false,
+        )
+    }
+
+    /// Puts an item only if there is room now.
+    pub fn put_nowait(&self, item: &T) -> Result<(), QueueError> {
+        self.ring.put(&[Self::encode(item)?], false, None, false)
+    }
+
+    /// Puts several items in one step (one lock, one wake-up): all or none.
+    pub fn put_many(&self, items: &[T]) -> Result<(), QueueError> {
+        let encoded = items
+            .iter()
+            .map(Self::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ring.put(&encoded, self.bounded_queue(), None, false)
+    }
+
+    /// Takes an item, waiting until there is one (or the queue is closed and empty:
+    /// [`QueueError::Closed`]).
+    pub fn get(&self) -> Result<T, QueueError> {
+        Self::decode(&self.ring.get(1, true, None)?[0])
+    }
+
+    /// Takes an item, waiting at most `timeout` ([`QueueError::Empty`] after).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError> {
+        Self::decode(&self.ring.get(1, true, raw::deadline(Some(timeout)))?[0])
+    }
+
+    /// Takes an item if there is one now.
+    pub fn get_nowait(&self) -> Result<T, QueueError> {
+        Self::decode(&self.ring.get(1, false, None)?[0])
+    }
+
+    /// Takes up to `max` items in one step, waiting for at least one.
+    pub fn get_many(&self, max: usize) -> Result<Vec<T>, QueueError> {
+        self.ring
+            .get(max.max(1), true, None)?
+            .iter()
+            .map(|b| Self::decode(b))
+            .collect()
+    }
+
+    /// [`get_many`](Queue::get_many) waiting at most `timeout` for the first item.
+    pub fn get_many_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<T>, QueueError> {
+        self.ring
+            .get(max.max(1), true, raw::deadline(Some(timeout)))?
+            .iter()
+            .map(|b| Self::decode(b))
+            .collect()
+    }
+
+    /// The number of items now.
+    pub fn qsize(&self) -> usize {
+        self.ring.len() as usize
+    }
+
+    /// Whether the queue holds no item now.
+    pub fn empty(&self) -> bool {
+        self.ring.len() == 0
+    }
+
+    /// Whether a bounded queue is at its limit now.
+    pub fn full(&self) -> bool {
+        self.ring.is_full()
+    }
+
+    /// Closes the queue for every process: later puts fail with [`QueueError::Closed`];
+    /// items already queued can still be taken, then gets fail with `Closed` instead of
+    /// waiting.
+    pub fn close(&self) {
+        self.ring.close();
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.ring.is_closed()
+    }
+}
+
+/// A [`Queue`] whose consumers mark items done, so producers can wait for all of them
+/// (Python's `JoinableQueue`).
+///
+/// ```
+/// let q = multiproc::JoinableQueue::<u32>::new()?;
+/// q.put(&1)?;
+/// let _ = q.get()?;
+/// q.task_done()?;
+/// assert!(q.join_timeout(std::time::Duration::ZERO));
+/// assert!(q.task_done().is_err()); // more task_done() than items
+/// # Ok::<(), multiproc::QueueError>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    pub fn new() -> Result<JoinableQueue<T>, QueueError> {
+        Ok(JoinableQueue {
+            queue: Queue::new()?,
+        })
+    }
+
+    /// A joinable queue of at most `maxsize` items.
+    pub fn bounded(maxsize: usize) -> Result<JoinableQueue<T>, QueueError> {
+        Ok(JoinableQueue {
+            queue: Queue::bounded(maxsize)?,
+        })
+    }
+
+    /// Puts an item and counts it as a task to be done.
+    pub fn put(&self, item: &T) -> Result<(), QueueError> {
+        self.queue.ring.put(
+            &[Queue::encode(item)?],
+            self.queue.bounded_queue(),
+            None,
+            true,
+        )
+    }
+
+    /// Puts an item, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), QueueError> {
+        self.queue.ring.put(
+            &[Queue::encode(item)?],
+            true,
+            raw::deadline(Some(timeout)),
+            true,
+        )
+    }
+
+    /// Puts several items, each a task.
+    pub fn put_many(&self, items: &[T]) -> Result<(), QueueError> {
+        let encoded = items
+            .iter()
+            .map(Queue::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.queue
+            .ring
+            .put(&encoded, self.queue.bounded_queue(), None, true)
+    }
+
+    /// Marks one item taken with `get` as done. More calls than items put is
+    /// [`QueueError::TooManyTaskDone`].
+    pub fn task_done(&self) -> Result<(), QueueError> {
+        self.queue.ring.task_done()
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) {
+        self.queue.ring.join(None);
+    }
+
+    /// [`join`](JoinableQueue::join) at most `timeout`; returns whether all are done.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.queue.ring.join(raw::deadline(Some(timeout)))
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+/// The plainest queue (Python's `SimpleQueue`): unbounded, `put`/`get`/`empty`/`close`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SimpleQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// A new empty queue.
+    pub fn new() -> Result<SimpleQueue<T>, QueueError> {
+        Ok(SimpleQueue {
+            queue: Queue::new()?,
+        })
+    }
+
+    /// Puts an item (never waits).
+    pub fn put(&self, item: &T) -> Result<(), QueueError> {
+        self.queue.put(item)
+    }
+
+    /// Takes an item, waiting for one.
+    pub fn get(&self) -> Result<T, QueueError> {
+        self.queue.get()
+    }
+
+    /// Whether the queue is empty now.
+    pub fn empty(&self) -> bool {
+        self.queue.empty()
+    }
+
+    /// Closes the queue (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.queue.close()
+    }
+}

@@ -1,0 +1,323 @@
+//! The shared ring under every queue: records `[len: u32][bytes]` in a byte ring that lives
+//! in a memfd, guarded by a robust lock, with futex sequence words to sleep on.
+//!
+//! A producer or consumer killed at any moment leaves the ring consistent: indices move only
+//! after the bytes are copied, so a dead writer's record was never published and a dead
+//! reader's record is still there; the next locker takes the dead holder's lock over.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::QueueError;
+use crate::shared::block::Block;
+use crate::sync::raw;
+use crate::sys;
+
+const LOCK: usize = 0;
+const NOT_EMPTY: usize = 4;
+const NOT_FULL: usize = 8;
+const GET_SLEEPERS: usize = 12;
+const PUT_SLEEPERS: usize = 16;
+const CLOSED: usize = 20;
+const UNFINISHED: usize = 24;
+const ALL_DONE: usize = 28;
+const HEAD: usize = 32;
+const TAIL: usize = 40;
+const COUNT: usize = 48;
+const MAX_ITEMS: usize = 56;
+const DATA_SIZE: usize = 64;
+/// Where the ring's bytes start.
+const DATA: usize = 4096;
+/// Consumed memory is given back to the system in chunks of this size.
+const DISCARD_CHUNK: u64 = 1 << 20;
+/// Record header: the payload length.
+const REC: usize = 4;
+/// Spins before a consumer sleeps: a producer on the other core usually delivers within a
+/// few microseconds, and a sleep/wake pair costs far more.
+const SPINS: u32 = 200;
+
+/// The ring as seen by one process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Ring {
+    block: Block,
+}
+
+/// The ring locked by this process; unlocks on drop.
+struct Held<'a> {
+    ring: &'a Ring,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        raw::unlock(self.ring.u32(LOCK));
+    }
+}
+
+impl Ring {
+    /// A ring of `data_size` bytes (virtual: memory is used as items arrive and given back
+    /// as they leave) holding at most `max_items` items (0: no item limit).
+    pub(crate) fn new(max_items: u64, data_size: usize) -> Result<Ring, QueueError> {
+        let block = Block::new("multiproc-queue", DATA + data_size)?;
+        block.u64_at(MAX_ITEMS).store(max_items, Ordering::Relaxed);
+        block
+            .u64_at(DATA_SIZE)
+            .store(data_size as u64, Ordering::Release);
+        Ok(Ring { block })
+    }
+
+    fn u32(&self, at: usize) -> &AtomicU32 {
+        self.block.u32_at(at)
+    }
+
+    fn u64(&self, at: usize) -> &AtomicU64 {
+        self.block.u64_at(at)
+    }
+
+    fn data_size(&self) -> u64 {
+        self.u64(DATA_SIZE).load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> Held<'_> {
+        // A dead holder could not have left a half-published record (see the module docs),
+        // so a takeover needs no repair.
+        let _ = raw::lock(self.u32(LOCK), None);
+        Held { ring: self }
+    }
+
+    /// Copies `bytes` into the ring at logical position `pos` (wrapping).
+    fn copy_in(&self, pos: u64, bytes: &[u8]) {
+        let size = self.data_size();
+        let start = (pos % size) as usize;
+        let first = bytes.len().min(size as usize - start);
+        self.block.write(DATA + start, &bytes[..first]);
+        if first < bytes.len() {
+            self.block.write(DATA, &bytes[first..]);
+        }
+    }
+
+    fn copy_out(&self, pos: u64, out: &mut [u8]) {
+        let size = self.data_size();
+        let start = (pos % size) as usize;
+        let first = out.len().min(size as usize - start);
+        self.block.read(DATA + start, &mut out[..first]);
+        if first < out.len() {
+            let rest = first;
+            self.block.read(DATA, &mut out[rest..]);
+        }
+    }
+
+    /// Puts every item of `items` (all or none fit now); `joinable` counts them as tasks.
+    /// Waits for room until `deadline` when `block` (a bounded queue), else fails at once.
+    pub(crate) fn put(
+        &self,
+        items: &[Vec<u8>],
+        block: bool,
+        deadline: Option<Instant>,
+        joinable: bool,
+    ) -> Result<(), QueueError> {
+        let size = self.data_size();
+        let need: u64 = items.iter().map(|i| (REC + i.len()) as u64).sum();
+        if let Some(big) = items.iter().find(|i| (REC + i.len()) as u64 > size) {
+            return Err(QueueError::TooLarge {
+                size: big.len(),
+                limit: size as usize - REC,
+            });
+        }
+        loop {
+            let seq = self.u32(NOT_FULL).load(Ordering::SeqCst);
+            {
+                let _held = self.lock();
+                if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
+                    return Err(QueueError::Closed);
+                }
+                let head = self.u64(HEAD).load(Ordering::Relaxed);
+                let tail = self.u64(TAIL).load(Ordering::Relaxed);
+                let count = self.u64(COUNT).load(Ordering::Relaxed);
+                let max = self.u64(MAX_ITEMS).load(Ordering::Relaxed);
+                let room_bytes = size - (tail - head) >= need;
+                let room_items = max == 0 || count + items.len() as u64 <= max;
+                if room_bytes && room_items {
+                    let mut pos = tail;
+                    for item in items {
+                        self.copy_in(pos, &(item.len() as u32).to_le_bytes());
+                        self.copy_in(pos + REC as u64, item);
+                        pos += (REC + item.len()) as u64;
+                    }
+                    if joinable {
+                        self.u32(UNFINISHED)
+                            .fetch_add(items.len() as u32, Ordering::Relaxed);
+                    }
+                    self.u64(COUNT)
+                        .store(count + items.len() as u64, Ordering::Relaxed);
+                    // Publishing the tail last is what makes a killed writer harmless.
+                    self.u64(TAIL).store(pos, Ordering::Release);
+                } else if !block {
+                    return Err(QueueError::Full);
+                } else {
+                    drop(_held);
+                    if !self.sleep(PUT_SLEEPERS, NOT_FULL, seq, deadline) {
+                        return Err(QueueError::Full);
+                    }
+                    continue;
+                }
+            }
+            self.u32(NOT_EMPTY).fetch_add(1, Ordering::SeqCst);
+            if self.u32(GET_SLEEPERS).load(Ordering::SeqCst) > 0 {
+                sys::futex_wake(self.u32(NOT_EMPTY), items.len() as u32);
+            }
+            return Ok(());
+        }
+    }
+
+    /// Sleeps on `word` (still `seq`) until woken or `deadline`; `false` once the deadline
+    /// has passed.
+    fn sleep(&self, sleepers: usize, word: usize, seq: u32, deadline: Option<Instant>) -> bool {
+        let left = raw::remaining(deadline);
+        if left == Some(Duration::ZERO) {
+            return false;
+        }
+        self.u32(sleepers).fetch_add(1, Ordering::SeqCst);
+        sys::futex_wait(self.u32(word), seq, left);
+        self.u32(sleepers).fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Takes up to `max` items (at least one), waiting until `deadline` when `block`.
+    pub(crate) fn get(
+        &self,
+        max: usize,
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<u8>>, QueueError> {
+        let mut spins = 0;
+        loop {
+            let seq = self.u32(NOT_EMPTY).load(Ordering::SeqCst);
+            if self.u64(COUNT).load(Ordering::Acquire) > 0
+                || self.u32(CLOSED).load(Ordering::Relaxed) != 0
+            {
+                let held = self.lock();
+                let count = self.u64(COUNT).load(Ordering::Relaxed);
+                if count > 0 {
+                    let items = self.take(count.min(max as u64) as usize, count);
+                    drop(held);
+                    self.u32(NOT_FULL).fetch_add(1, Ordering::SeqCst);
+                    if self.u32(PUT_SLEEPERS).load(Ordering::SeqCst) > 0 {
+                        sys::futex_wake(self.u32(NOT_FULL), u32::MAX);
+                    }
+                    return Ok(items);
+                }
+                if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
+                    return Err(QueueError::Closed);
+                }
+            }
+            if !block {
+                return Err(QueueError::Empty);
+            }
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
+                if spins % 50 == 0 {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if !self.sleep(GET_SLEEPERS, NOT_EMPTY, seq, deadline) {
+                return Err(QueueError::Empty);
+            }
+        }
+    }
+
+    /// Copies `n` records out and advances the head (the lock is held).
+    fn take(&self, n: usize, count: u64) -> Vec<Vec<u8>> {
+        let head = self.u64(HEAD).load(Ordering::Relaxed);
+        let mut pos = head;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut len = [0u8; REC];
+            self.copy_out(pos, &mut len);
+            let len = u32::from_le_bytes(len) as usize;
+            let mut item = vec![0u8; len];
+            self.copy_out(pos + REC as u64, &mut item);
+            items.push(item);
+            pos += (REC + len) as u64;
+        }
+        self.u64(COUNT).store(count - n as u64, Ordering::Relaxed);
+        self.u64(HEAD).store(pos, Ordering::Release);
+        self.discard_consumed(head, pos);
+        items
+    }
+
+    /// Gives back whole chunks that `head..pos` finished consuming.
+    fn discard_consumed(&self, head: u64, pos: u64) {
+        let size = self.data_size();
+        let mut chunk = head / DISCARD_CHUNK;
+        while (chunk + 1) * DISCARD_CHUNK <= pos {
+            let start = (chunk * DISCARD_CHUNK) % size;
+            let len = DISCARD_CHUNK.min(size - start);
+            let _ = self.block.discard(DATA + start as usize, len as usize);
+            chunk += 1;
+        }
+    }
+
+    pub(crate) fn max_items(&self) -> u64 {
+        self.u64(MAX_ITEMS).load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.u64(COUNT).load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        let max = self.u64(MAX_ITEMS).load(Ordering::Relaxed);
+        max != 0 && self.len() >= max
+    }
+
+    pub(crate) fn close(&self) {
+        {
+            let _held = self.lock();
+            self.u32(CLOSED).store(1, Ordering::SeqCst);
+        }
+        self.u32(NOT_EMPTY).fetch_add(1, Ordering::SeqCst);
+        self.u32(NOT_FULL).fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(self.u32(NOT_EMPTY), u32::MAX);
+        sys::futex_wake(self.u32(NOT_FULL), u32::MAX);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.u32(CLOSED).load(Ordering::SeqCst) != 0
+    }
+
+    /// Marks one task done; wakes joiners when none is left.
+    pub(crate) fn task_done(&self) -> Result<(), QueueError> {
+        let left = {
+            let _held = self.lock();
+            let unfinished = self.u32(UNFINISHED).load(Ordering::Relaxed);
+            if unfinished == 0 {
+                return Err(QueueError::TooManyTaskDone);
+            }
+            self.u32(UNFINISHED)
+                .store(unfinished - 1, Ordering::Relaxed);
+            unfinished - 1
+        };
+        if left == 0 {
+            self.u32(ALL_DONE).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(self.u32(ALL_DONE), u32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Waits until every task put has been marked done; `false` on timeout.
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            let seq = self.u32(ALL_DONE).load(Ordering::SeqCst);
+            if self.u32(UNFINISHED).load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let left = raw::remaining(deadline);
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            sys::futex_wait(self.u32(ALL_DONE), seq, left);
+        }
+    }
+}

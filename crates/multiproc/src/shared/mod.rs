@@ -1,0 +1,9 @@
+//! Shared memory: [`SharedMemory`] (raw bytes), [`Value`] and [`Array`] (plain data), and
+//! the blocks under every cross-process object.
+
+pub(crate) mod block;
+mod memory;
+mod value;
+
+pub use memory::SharedMemory;
+pub use value::{Array, Value};

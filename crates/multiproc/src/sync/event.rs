@@ -1,0 +1,74 @@
+//! `Event`, shared by processes.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::raw;
+use crate::error::SyncError;
+use crate::shared::block::Block;
+use crate::sys;
+
+/// A flag processes can wait on (Python's `multiprocessing.Event`).
+///
+/// ```
+/// let e = multiproc::Event::new()?;
+/// assert!(!e.wait_timeout(std::time::Duration::from_millis(1)));
+/// e.set();
+/// assert!(e.is_set() && e.wait_timeout(std::time::Duration::ZERO));
+/// # Ok::<(), multiproc::SyncError>(())
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    block: Block,
+}
+
+impl Event {
+    /// A new event, not set.
+    pub fn new() -> Result<Event, SyncError> {
+        Ok(Event {
+            block: Block::new("multiproc-event", 8)?,
+        })
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) {
+        self.block.u32_at(0).store(1, Ordering::SeqCst);
+        sys::futex_wake(self.block.u32_at(0), u32::MAX);
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) {
+        self.block.u32_at(0).store(0, Ordering::SeqCst);
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> bool {
+        self.block.u32_at(0).load(Ordering::SeqCst) == 1
+    }
+
+    /// Waits until the flag is set.
+    pub fn wait(&self) {
+        self.wait_inner(None);
+    }
+
+    /// Waits at most `timeout` for the flag; returns whether it is set.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_inner(Some(timeout))
+    }
+
+    fn wait_inner(&self, timeout: Option<Duration>) -> bool {
+        let deadline = raw::deadline(timeout);
+        loop {
+            if self.is_set() {
+                return true;
+            }
+            let left = raw::remaining(deadline);
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            sys::futex_wait(self.block.u32_at(0), 0, left);
+        }
+    }
+}

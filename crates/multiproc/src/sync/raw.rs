@@ -1,0 +1,115 @@
+//! The futex lock word under `Lock`, `RLock`, `Condition` and the shared objects: `0` when
+//! free, else the owner's pid, with bit 31 set when someone may be sleeping on it.
+//!
+//! A waiter sleeps in slices; after a slice that timed out with the same owner, it checks
+//! that the owner process still runs and takes the lock over if it does not. That is how a
+//! lock held by a process killed with SIGKILL is recovered instead of deadlocking everyone.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+const WAITERS: u32 = 1 << 31;
+/// How long a waiter sleeps before it checks whether the owner is still alive.
+const LIVENESS_SLICE: Duration = Duration::from_millis(50);
+
+/// How an acquisition ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Taken normally.
+    Yes,
+    /// Taken over from this dead process.
+    FromDead(u32),
+    /// Not taken before the deadline.
+    TimedOut,
+}
+
+/// Tries once, without waiting.
+pub(crate) fn try_lock(word: &AtomicU32) -> bool {
+    word.compare_exchange(0, sys::getpid(), Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Takes the lock, waiting until `deadline` (`None`: no limit).
+pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
+    let me = sys::getpid();
+    if word
+        .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
+        return Acquired::Yes;
+    }
+    loop {
+        let cur = word.load(Ordering::Relaxed);
+        if cur & !WAITERS == 0 {
+            // Free: take it, keeping the waiters bit since others may sleep.
+            if word
+                .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Acquired::Yes;
+            }
+            continue;
+        }
+        if cur & WAITERS == 0
+            && word
+                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        let left = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Acquired::TimedOut;
+                }
+                (d - now).min(LIVENESS_SLICE)
+            }
+            None => LIVENESS_SLICE,
+        };
+        let t0 = Instant::now();
+        sys::futex_wait(word, cur | WAITERS, Some(left));
+        if t0.elapsed() >= left && word.load(Ordering::Relaxed) == cur | WAITERS {
+            let owner = cur & !WAITERS;
+            if owner != me
+                && !sys::process_alive(owner)
+                && word
+                    .compare_exchange(
+                        cur | WAITERS,
+                        me | WAITERS,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                return Acquired::FromDead(owner);
+            }
+        }
+    }
+}
+
+/// Releases the lock; `false` if it was not locked.
+pub(crate) fn unlock(word: &AtomicU32) -> bool {
+    let prev = word.swap(0, Ordering::Release);
+    if prev & WAITERS != 0 {
+        sys::futex_wake(word, 1);
+    }
+    prev != 0
+}
+
+/// Whether the lock is held (by anyone).
+pub(crate) fn is_locked(word: &AtomicU32) -> bool {
+    word.load(Ordering::Relaxed) & !WAITERS != 0
+}
+
+/// A deadline `timeout` from now.
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
+
+/// What is left until `deadline`, `None` for no deadline, `Some(ZERO)` once passed.
+pub(crate) fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}

@@ -1,0 +1,207 @@
+//! Shared memory regions and futexes: the ground of the cross-process primitives.
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
+
+use nix::sys::mman::{MapFlags, ProtFlags};
+
+use super::unix::errno;
+
+/// A shared mapping of a memory file (a memfd, or a named `/dev/shm` object). Every process
+/// that maps the same file sees the same bytes; the file lives while any descriptor or
+/// mapping of it does (and, for a named one, until it is unlinked).
+#[derive(Debug)]
+pub(crate) struct Region {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all access from this crate goes through atomics
+// or through copies guarded by the crate's cross-process locks, which is what makes
+// concurrent use from several threads (and processes) sound.
+unsafe impl Send for Region {}
+// SAFETY: as above: `&Region` only hands out atomics and bounds-checked copies.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A new zero-filled anonymous region of `len` bytes (a memfd, so nothing to unlink).
+    pub(crate) fn create(name: &str, len: usize) -> io::Result<Region> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(errno)?;
+        nix::unistd::ftruncate(&fd, len as i64).map_err(errno)?;
+        Region::map(fd, len)
+    }
+
+    /// A new named region in `/dev/shm` (`O_EXCL`: fails if the name exists).
+    pub(crate) fn create_named(name: &str, len: usize) -> io::Result<Region> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let fd = nix::sys::mman::shm_open(
+            name,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno)?;
+        if let Err(e) = nix::unistd::ftruncate(&fd, len as i64) {
+            let _ = nix::sys::mman::shm_unlink(name);
+            return Err(errno(e));
+        }
+        Region::map(fd, len)
+    }
+
+    /// Maps an existing named region.
+    pub(crate) fn open_named(name: &str) -> io::Result<Region> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let fd = nix::sys::mman::shm_open(name, OFlag::O_RDWR, Mode::empty()).map_err(errno)?;
+        Region::from_fd(fd)
+    }
+
+    /// Removes a name from `/dev/shm` (mappings stay valid).
+    pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
+        nix::sys::mman::shm_unlink(name).map_err(errno)
+    }
+
+    /// Maps the memory file behind `fd` (received from another process), whole.
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+        let len = nix::sys::stat::fstat(&fd).map_err(errno)?.st_size as usize;
+        Region::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
+        let size = NonZeroUsize::new(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty region"))?;
+        // SAFETY: a fresh shared mapping chosen by the kernel (no address hint), of a file we
+        // hold open; it aliases no Rust object. It is unmapped exactly once, in `Drop`.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(errno)?;
+        Ok(Region {
+            fd,
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, offset: usize, size: usize, align: usize) {
+        assert!(
+            offset.is_multiple_of(align)
+                && offset.checked_add(size).is_some_and(|end| end <= self.len),
+            "region access out of bounds or misaligned: offset {offset}, size {size}, region {}",
+            self.len
+        );
+    }
+
+    /// The `u32` at `offset` as an atomic. `offset` is chosen by this crate (a layout
+    /// constant), never by user input; misuse is a bug and panics.
+    pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        self.check(offset, 4, 4);
+        // SAFETY: in bounds and 4-aligned (checked; the mapping is page-aligned); the memory
+        // is shared and only ever accessed atomically at this offset, and lives as long as
+        // `self`.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+    }
+
+    /// The `u64` at `offset` as an atomic (see [`Region::u32_at`]).
+    pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        self.check(offset, 8, 8);
+        // SAFETY: as in `u32_at`, with 8-byte alignment.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+    }
+
+    /// Copies `dst.len()` bytes out of the region at `offset`. Callers hold the lock that
+    /// guards those bytes.
+    pub(crate) fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len(), 1);
+        // SAFETY: in bounds (checked); `dst` is a distinct Rust buffer; the bytes are plain
+        // data guarded by the caller's lock.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
+    }
+
+    /// Copies `src` into the region at `offset` (see [`Region::read`]).
+    pub(crate) fn write(&self, offset: usize, src: &[u8]) {
+        self.check(offset, src.len(), 1);
+        // SAFETY: as in `read`, in the other direction.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
+        }
+    }
+}
+
+impl Region {
+    /// Gives the memory behind `offset..offset+len` back to the system (it reads as zeros
+    /// afterwards); the range stays mapped and usable.
+    pub(crate) fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        self.check(offset, len, 1);
+        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(&self.fd, mode, offset as i64, len as i64).map_err(errno)
+    }
+}
+
+impl AsFd for Region {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, unmapped only here; no
+        // reference into it outlives `self` (accessors borrow `self`).
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (`None`: until woken). Spurious
+/// returns are possible; callers re-check their condition.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    use rustix::thread::futex;
+    let ts = timeout.map(|t| futex::Timespec {
+        tv_sec: t.as_secs() as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+}
+
+/// Wakes up to `n` sleepers on `word` (in any process); `u32::MAX` wakes all.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    // The kernel reads the count as a signed int: a negative one wakes a single sleeper.
+    let n = n.min(i32::MAX as u32);
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n);
+}
+
+/// Whether process `pid` still runs (a zombie has ended). A reused pid reads as alive.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}

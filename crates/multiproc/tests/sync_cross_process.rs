@@ -1,0 +1,353 @@
+//! Cross-process synchronization, after CPython's `_test_multiprocessing.py` cases, plus what
+//! CPython cannot do: a lock whose holder was SIGKILLed is recovered.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::LeakCheck;
+use multiproc::{
+    AcquireError, Array, Barrier, BoundedSemaphore, Condition, Event, Func, Lock, Process, RLock,
+    Semaphore, SyncError, Value,
+};
+
+#[multiproc::func]
+fn add_many(counter: Value<u64>, n: u32, locked: bool) {
+    for _ in 0..n {
+        if locked {
+            counter.update(|v| *v += 1).unwrap();
+        } else {
+            let v = counter.get();
+            std::hint::black_box(());
+            counter.set(v + 1);
+        }
+    }
+}
+
+#[multiproc::test]
+fn value_under_contention_with_and_without_lock() {
+    let _leaks = LeakCheck::new();
+    let counter = Value::new(0u64).unwrap();
+    let procs: Vec<_> = (0..4)
+        .map(|_| add_many.spawn((counter.clone(), 2000, true)).unwrap())
+        .collect();
+    for p in procs {
+        p.join().unwrap();
+    }
+    assert_eq!(counter.get(), 8000, "the lock lost updates");
+    let racy = Value::with_lock(0u64, false).unwrap();
+    assert!(racy.get_lock().is_none());
+    let procs: Vec<_> = (0..4)
+        .map(|_| add_many.spawn((racy.clone(), 2000, false)).unwrap())
+        .collect();
+    for p in procs {
+        p.join().unwrap();
+    }
+    assert!(racy.get() <= 8000 && racy.get() > 0);
+}
+
+#[multiproc::func]
+fn fill_array(a: Array<i64>, from: usize, to: usize) {
+    for i in from..to {
+        a.set(i, (i * i) as i64).unwrap();
+    }
+    a.update(|s| s[0] += 1).unwrap();
+}
+
+#[multiproc::test]
+fn array_shared_with_children() {
+    let _leaks = LeakCheck::new();
+    let a = Array::<i64>::zeroed(100).unwrap();
+    let p1 = fill_array.spawn((a.clone(), 1, 50)).unwrap();
+    let p2 = fill_array.spawn((a.clone(), 50, 100)).unwrap();
+    p1.join().unwrap();
+    p2.join().unwrap();
+    let v = a.to_vec();
+    assert_eq!(v[0], 2);
+    assert!((1..100).all(|i| v[i] == (i * i) as i64));
+    assert!(matches!(a.get(100), Err(SyncError::Invalid(_))));
+}
+
+#[multiproc::func]
+fn hold_lock_forever(lock: Lock, ready: Event) {
+    let guard = lock.acquire().unwrap();
+    ready.set();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(guard);
+}
+
+#[multiproc::test]
+fn killed_holder_gives_owner_died_not_a_deadlock() {
+    let _leaks = LeakCheck::new();
+    let lock = Lock::new().unwrap();
+    let ready = Event::new().unwrap();
+    let p = hold_lock_forever
+        .spawn((lock.clone(), ready.clone()))
+        .unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(20)));
+    assert!(lock.is_locked());
+    assert!(matches!(
+        lock.acquire_timeout(Duration::from_millis(100)),
+        Err(AcquireError::Timeout(_))
+    ));
+    let pid = p.pid();
+    p.kill().unwrap();
+    assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+    match lock.acquire_timeout(Duration::from_secs(5)) {
+        Err(AcquireError::OwnerDied { pid: dead, guard }) => {
+            assert_eq!(dead, pid);
+            drop(guard);
+        }
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    // Recovered: the lock works normally again.
+    drop(lock.acquire_timeout(Duration::from_secs(1)).unwrap());
+}
+
+#[test]
+fn lock_and_rlock_misuse_are_errors() {
+    let lock = Lock::new().unwrap();
+    assert!(matches!(lock.release(), Err(SyncError::NotLocked)));
+    let g = lock.acquire().unwrap();
+    std::mem::forget(g);
+    lock.release().unwrap(); // Python allows another party to release a Lock
+
+    let r = RLock::new().unwrap();
+    let a = r.acquire().unwrap();
+    let b = r.acquire().unwrap();
+    assert!(r.is_owned());
+    let r2 = r.clone();
+    let other = std::thread::spawn(move || {
+        (
+            r2.release().is_err(),
+            r2.acquire_timeout(Duration::from_millis(50)).is_err(),
+        )
+    });
+    assert_eq!(other.join().unwrap(), (true, true));
+    drop((b, a));
+    assert!(!r.is_owned());
+    assert!(matches!(r.release(), Err(SyncError::NotOwner)));
+}
+
+#[multiproc::func]
+fn release_after(sem: Semaphore, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    sem.release().unwrap();
+}
+
+#[multiproc::test]
+fn semaphore_counts_and_timeouts() {
+    let _leaks = LeakCheck::new();
+    let sem = Semaphore::new(2).unwrap();
+    sem.acquire();
+    assert_eq!(sem.value(), 1);
+    assert!(sem.try_acquire());
+    assert_eq!(sem.value(), 0);
+    assert!(!sem.try_acquire());
+    let t0 = Instant::now();
+    assert!(!sem.acquire_timeout(Duration::from_millis(200)));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
+        "{waited:?}"
+    );
+    let p = release_after.spawn((sem.clone(), 100)).unwrap();
+    assert!(sem.acquire_timeout(Duration::from_secs(10)));
+    p.join().unwrap();
+    sem.release().unwrap();
+    sem.release().unwrap();
+    sem.release().unwrap(); // unbounded
+    assert_eq!(sem.value(), 3);
+    let b = BoundedSemaphore::new(2).unwrap();
+    b.acquire();
+    b.release().unwrap();
+    assert!(matches!(
+        b.release(),
+        Err(SyncError::OverReleased { bound: 2 })
+    ));
+}
+
+#[multiproc::func]
+fn set_later(e: Event, ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    e.set();
+}
+
+#[multiproc::test]
+fn event_wait_set_clear_across_processes() {
+    let _leaks = LeakCheck::new();
+    let e = Event::new().unwrap();
+    assert!(!e.is_set());
+    let t0 = Instant::now();
+    assert!(!e.wait_timeout(Duration::from_millis(150)));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_millis(250),
+        "{waited:?}"
+    );
+    let p = set_later.spawn((e.clone(), 100)).unwrap();
+    assert!(e.wait_timeout(Duration::from_secs(10)));
+    assert!(e.is_set());
+    e.clear();
+    assert!(!e.wait_timeout(Duration::from_millis(10)));
+    p.join().unwrap();
+}
+
+#[multiproc::func]
+fn wait_on_condition(c: Condition, woken: Value<u32>, started: Semaphore) {
+    let g = c.acquire().unwrap();
+    started.release().unwrap();
+    let g = c.wait(g).unwrap();
+    woken.update(|v| *v += 1).unwrap();
+    drop(g);
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+#[multiproc::test]
+fn condition_notify_counts() {
+    let _leaks = LeakCheck::new();
+    let c = Condition::new().unwrap();
+    let woken = Value::new(0u32).unwrap();
+    let started = Semaphore::new(0).unwrap();
+    let procs: Vec<_> = (0..6)
+        .map(|_| {
+            wait_on_condition
+                .spawn((c.clone(), woken.clone(), started.clone()))
+                .unwrap()
+        })
+        .collect();
+    for _ in 0..6 {
+        assert!(started.acquire_timeout(Duration::from_secs(20)));
+    }
+    // Every waiter released the lock inside wait once we can take it; give them a moment
+    // to be asleep on the futex.
+    drop(c.acquire().unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(woken.get(), 0);
+    c.notify(1);
+    assert!(wait_until(Duration::from_secs(5), || woken.get() == 1));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(woken.get(), 1, "notify(1) woke more than one");
+    c.notify(2);
+    assert!(wait_until(Duration::from_secs(5), || woken.get() == 3));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(woken.get(), 3, "notify(2) woke more than two");
+    c.notify_all();
+    assert!(wait_until(Duration::from_secs(5), || woken.get() == 6));
+    for p in procs {
+        p.join().unwrap();
+    }
+    // wait_for with a predicate and a timeout.
+    let g = c.acquire().unwrap();
+    let (g, ok) = c
+        .wait_for(g, Some(Duration::from_millis(50)), || woken.get() == 7)
+        .unwrap();
+    assert!(!ok);
+    drop(g);
+}
+
+#[multiproc::func]
+fn barrier_party(b: Barrier) -> u32 {
+    b.wait_timeout(Duration::from_secs(20)).unwrap()
+}
+
+#[multiproc::func]
+fn barrier_expect_broken(b: Barrier) -> bool {
+    matches!(
+        b.wait_timeout(Duration::from_secs(20)),
+        Err(SyncError::BrokenBarrier)
+    )
+}
+
+#[multiproc::test]
+fn barrier_with_many_parties_abort_and_reset() {
+    let _leaks = LeakCheck::new();
+    let b = Barrier::new(6).unwrap();
+    assert_eq!(b.parties(), 6);
+    for _round in 0..3 {
+        let procs: Vec<_> = (0..5)
+            .map(|_| barrier_party.spawn(b.clone()).unwrap())
+            .collect();
+        let mine = b.wait_timeout(Duration::from_secs(20)).unwrap();
+        let mut all: HashSet<u32> = procs.into_iter().map(|p| p.join().unwrap()).collect();
+        all.insert(mine);
+        assert_eq!(all, (0..6).collect(), "arrival indices must be distinct");
+    }
+    // Abort releases the waiters with BrokenBarrier.
+    let procs: Vec<_> = (0..3)
+        .map(|_| barrier_expect_broken.spawn(b.clone()).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(20), || b.n_waiting() == 3));
+    b.abort();
+    assert!(b.broken());
+    for p in procs {
+        assert!(p.join().unwrap());
+    }
+    assert!(matches!(b.wait(), Err(SyncError::BrokenBarrier)));
+    b.reset();
+    assert!(!b.broken());
+    // A timeout breaks it for everyone.
+    let t = Barrier::new(2).unwrap();
+    assert!(matches!(
+        t.wait_timeout(Duration::from_millis(100)),
+        Err(SyncError::BrokenBarrier)
+    ));
+    assert!(t.broken());
+    assert!(matches!(Barrier::new(0), Err(SyncError::Invalid(_))));
+}
+
+#[multiproc::test]
+fn shared_memory_named_and_anonymous() {
+    use multiproc::SharedMemory;
+    let _leaks = LeakCheck::new();
+    let name = format!("mp-test-{}", std::process::id());
+    let owner = SharedMemory::create(&name, 4096).unwrap();
+    owner.write(10, b"named").unwrap();
+    let other = SharedMemory::open_sized(&name, 4096).unwrap();
+    let mut buf = [0u8; 5];
+    other.read(10, &mut buf).unwrap();
+    assert_eq!(&buf, b"named");
+    assert!(matches!(
+        SharedMemory::open_sized(&name, 10),
+        Err(SyncError::Invalid(_))
+    ));
+    assert!(matches!(
+        SharedMemory::create(&name, 10),
+        Err(SyncError::Io(_))
+    ));
+    assert!(matches!(
+        other.write(4095, b"xx"),
+        Err(SyncError::Invalid(_))
+    ));
+    drop(other);
+    drop(owner); // unlinks
+    assert!(
+        matches!(SharedMemory::open(&name), Err(SyncError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound)
+    );
+    assert!(matches!(
+        SharedMemory::open("bad/name"),
+        Err(SyncError::Invalid(_))
+    ));
+    let anon = SharedMemory::new(64).unwrap();
+    let p = Process::fork({
+        let anon = anon.clone();
+        move || anon.write(0, b"from child").is_ok()
+    })
+    .unwrap();
+    assert!(p.join().unwrap());
+    let mut buf = [0u8; 10];
+    anon.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"from child");
+}
