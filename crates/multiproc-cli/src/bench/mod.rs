@@ -3,6 +3,7 @@
 
 mod pep;
 mod pipe;
+mod queue;
 mod spawn;
 mod stats;
 
@@ -15,7 +16,7 @@ pub(crate) struct Options {
     pub(crate) groups: Vec<String>,
 }
 
-pub(crate) const GROUPS: [&str; 6] = ["empty", "fib", "primes", "fileio", "spawn", "pipe"];
+pub(crate) const GROUPS: [&str; 7] = ["empty", "fib", "primes", "fileio", "spawn", "pipe", "queue"];
 
 impl Options {
     pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
@@ -65,6 +66,9 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     }
     if opts.wants("pipe") {
         pipe::run(opts.quick)?;
+    }
+    if opts.wants("queue") {
+        queue::run(opts.quick)?;
     }
     Ok(())
 }

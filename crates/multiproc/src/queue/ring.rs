@@ -124,7 +124,6 @@ impl Ring {
             });
         }
         loop {
-            let seq = self.u32(NOT_FULL).load(Ordering::SeqCst);
             {
                 let _held = self.lock();
                 if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
@@ -155,29 +154,49 @@ impl Ring {
                     return Err(QueueError::Full);
                 } else {
                     drop(_held);
-                    if !self.sleep(PUT_SLEEPERS, NOT_FULL, seq, deadline) {
+                    let ready =
+                        || self.u64(HEAD).load(Ordering::SeqCst) != head || self.is_closed();
+                    if !self.sleep(PUT_SLEEPERS, NOT_FULL, ready, deadline) {
                         return Err(QueueError::Full);
                     }
                     continue;
                 }
             }
-            self.u32(NOT_EMPTY).fetch_add(1, Ordering::SeqCst);
-            if self.u32(GET_SLEEPERS).load(Ordering::SeqCst) > 0 {
-                sys::futex_wake(self.u32(NOT_EMPTY), items.len() as u32);
-            }
+            self.notify(GET_SLEEPERS, NOT_EMPTY, items.len() as u32);
             return Ok(());
         }
     }
 
-    /// Sleeps on `word` (still `seq`) until woken or `deadline`; `false` once the deadline
-    /// has passed.
-    fn sleep(&self, sleepers: usize, word: usize, seq: u32, deadline: Option<Instant>) -> bool {
+    /// After publishing a change: wakes up to `n` sleepers of `word`, if there are any. No
+    /// system call (and no shared write) when nobody sleeps.
+    fn notify(&self, sleepers: usize, word: usize, n: u32) {
+        // Pairs with the fence-free SeqCst sequence in `sleep`: either the sleeper sees our
+        // change in its last check, or we see it registered and wake it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.u32(sleepers).load(Ordering::SeqCst) > 0 {
+            self.u32(word).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(self.u32(word), n);
+        }
+    }
+
+    /// Sleeps on `word` until woken, unless `ready()` already holds once registered as a
+    /// sleeper; `false` once `deadline` has passed.
+    fn sleep(
+        &self,
+        sleepers: usize,
+        word: usize,
+        ready: impl Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> bool {
         let left = raw::remaining(deadline);
         if left == Some(Duration::ZERO) {
             return false;
         }
         self.u32(sleepers).fetch_add(1, Ordering::SeqCst);
-        sys::futex_wait(self.u32(word), seq, left);
+        let seq = self.u32(word).load(Ordering::SeqCst);
+        if !ready() {
+            sys::futex_wait(self.u32(word), seq, left);
+        }
         self.u32(sleepers).fetch_sub(1, Ordering::SeqCst);
         true
     }
@@ -191,7 +210,6 @@ impl Ring {
     ) -> Result<Vec<Vec<u8>>, QueueError> {
         let mut spins = 0;
         loop {
-            let seq = self.u32(NOT_EMPTY).load(Ordering::SeqCst);
             if self.u64(COUNT).load(Ordering::Acquire) > 0
                 || self.u32(CLOSED).load(Ordering::Relaxed) != 0
             {
@@ -200,10 +218,7 @@ impl Ring {
                 if count > 0 {
                     let items = self.take(count.min(max as u64) as usize, count);
                     drop(held);
-                    self.u32(NOT_FULL).fetch_add(1, Ordering::SeqCst);
-                    if self.u32(PUT_SLEEPERS).load(Ordering::SeqCst) > 0 {
-                        sys::futex_wake(self.u32(NOT_FULL), u32::MAX);
-                    }
+                    self.notify(PUT_SLEEPERS, NOT_FULL, u32::MAX);
                     return Ok(items);
                 }
                 if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
@@ -221,7 +236,8 @@ impl Ring {
                 }
                 continue;
             }
-            if !self.sleep(GET_SLEEPERS, NOT_EMPTY, seq, deadline) {
+            let ready = || self.u64(COUNT).load(Ordering::SeqCst) > 0 || self.is_closed();
+            if !self.sleep(GET_SLEEPERS, NOT_EMPTY, ready, deadline) {
                 return Err(QueueError::Empty);
             }
         }
