@@ -1,9 +1,9 @@
 //! The shared ring under every queue: records `[len: u32][bytes]` in a byte ring that lives
 //! in a memfd, guarded by a robust lock, with futex sequence words to sleep on.
 //!
-//! A producer or consumer killed at any moment leaves the ring consistent: indices move only
-//! after the bytes are copied, so a dead writer's record was never published and a dead
-//! reader's record is still there; the next locker takes the dead holder's lock over.
+//! A producer or consumer killed at any moment leaves the ring recoverable: indices move only
+//! after the bytes are copied, and the next locker takes the dead holder's lock over and
+//! re-derives the count from the records themselves (`repair`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,10 +36,31 @@ const REC: usize = 4;
 /// few microseconds, and a sleep/wake pair costs far more.
 const SPINS: u32 = 200;
 
-/// The ring as seen by one process.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// The ring as seen by one process. The limits never change after creation, so each handle
+/// keeps a copy instead of reading the (contended) shared header on every operation.
+#[derive(Debug, Clone)]
 pub(crate) struct Ring {
     block: Block,
+    max_items: u64,
+    data_size: u64,
+}
+
+impl serde::Serialize for Ring {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.block.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ring {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let block = Block::deserialize(deserializer)?;
+        if block.len() < DATA + 64 {
+            return Err(serde::de::Error::custom(
+                "shared memory too small for a queue",
+            ));
+        }
+        Ok(Ring::from_block(block))
+    }
 }
 
 /// The ring locked by this process; unlocks on drop.
@@ -62,7 +83,21 @@ impl Ring {
         block
             .u64_at(DATA_SIZE)
             .store(data_size as u64, Ordering::Release);
-        Ok(Ring { block })
+        Ok(Ring::from_block(block))
+    }
+
+    fn from_block(block: Block) -> Ring {
+        let max_items = block.u64_at(MAX_ITEMS).load(Ordering::Acquire);
+        // Never trust the header beyond the mapping (the block came from another process).
+        let data_size = block
+            .u64_at(DATA_SIZE)
+            .load(Ordering::Acquire)
+            .min((block.len() - DATA) as u64);
+        Ring {
+            block,
+            max_items,
+            data_size,
+        }
     }
 
     fn u32(&self, at: usize) -> &AtomicU32 {
@@ -74,14 +109,41 @@ impl Ring {
     }
 
     fn data_size(&self) -> u64 {
-        self.u64(DATA_SIZE).load(Ordering::Relaxed)
+        self.data_size
     }
 
     fn lock(&self) -> Held<'_> {
-        // A dead holder could not have left a half-published record (see the module docs),
-        // so a takeover needs no repair.
-        let _ = raw::lock(self.u32(LOCK), None);
+        if let raw::Acquired::FromDead(_) = raw::lock(self.u32(LOCK), None) {
+            self.repair();
+        }
         Held { ring: self }
+    }
+
+    /// Restores the invariants after a holder died mid-operation (the lock is held): the
+    /// records between head and tail are walked and counted, and a tail past the last whole
+    /// record is pulled back. At most the record the dead process was moving is lost (or,
+    /// for a reader that died after copying, delivered again).
+    fn repair(&self) {
+        let size = self.data_size();
+        let head = self.u64(HEAD).load(Ordering::Relaxed);
+        let tail = self.u64(TAIL).load(Ordering::Relaxed);
+        let (mut pos, mut count) = (head, 0u64);
+        if tail >= head && tail - head <= size {
+            while pos + REC as u64 <= tail {
+                let mut len = [0u8; REC];
+                self.copy_out(pos, &mut len);
+                let next = pos + (REC + u32::from_le_bytes(len) as usize) as u64;
+                if next > tail {
+                    break;
+                }
+                pos = next;
+                count += 1;
+            }
+        } else {
+            pos = head;
+        }
+        self.u64(TAIL).store(pos, Ordering::Relaxed);
+        self.u64(COUNT).store(count, Ordering::Release);
     }
 
     /// Copies `bytes` into the ring at logical position `pos` (wrapping).
@@ -132,11 +194,15 @@ impl Ring {
                 let head = self.u64(HEAD).load(Ordering::Relaxed);
                 let tail = self.u64(TAIL).load(Ordering::Relaxed);
                 let count = self.u64(COUNT).load(Ordering::Relaxed);
-                let max = self.u64(MAX_ITEMS).load(Ordering::Relaxed);
+                let max = self.max_items;
                 let room_bytes = size - (tail - head) >= need;
                 let room_items = max == 0 || count + items.len() as u64 <= max;
                 if room_bytes && room_items {
-                    let mut pos = tail;
+                    // An empty ring starts over at 0: a queue that is usually near empty keeps
+                    // reusing the same warm pages instead of faulting in fresh ones.
+                    let rewind = count == 0 && head == tail && tail != 0;
+                    let start = if rewind { 0 } else { tail };
+                    let mut pos = start;
                     for item in items {
                         self.copy_in(pos, &(item.len() as u32).to_le_bytes());
                         self.copy_in(pos + REC as u64, item);
@@ -146,10 +212,14 @@ impl Ring {
                         self.u32(UNFINISHED)
                             .fetch_add(items.len() as u32, Ordering::Relaxed);
                     }
-                    self.u64(COUNT)
-                        .store(count + items.len() as u64, Ordering::Relaxed);
-                    // Publishing the tail last is what makes a killed writer harmless.
+                    // Positions first, count last: a writer killed in between leaves records
+                    // that `repair` finds and counts.
+                    if rewind {
+                        self.u64(HEAD).store(0, Ordering::Relaxed);
+                    }
                     self.u64(TAIL).store(pos, Ordering::Release);
+                    self.u64(COUNT)
+                        .store(count + items.len() as u64, Ordering::Release);
                 } else if !block {
                     return Err(QueueError::Full);
                 } else {
@@ -276,7 +346,7 @@ impl Ring {
     }
 
     pub(crate) fn max_items(&self) -> u64 {
-        self.u64(MAX_ITEMS).load(Ordering::Relaxed)
+        self.max_items
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -284,8 +354,7 @@ impl Ring {
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        let max = self.u64(MAX_ITEMS).load(Ordering::Relaxed);
-        max != 0 && self.len() >= max
+        self.max_items != 0 && self.len() >= self.max_items
     }
 
     pub(crate) fn close(&self) {

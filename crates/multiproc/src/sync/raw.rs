@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::sys;
 
 const WAITERS: u32 = 1 << 31;
+/// Spins before a contended acquire goes to sleep.
+const SPINS: u32 = 100;
 /// How long a waiter sleeps before it checks whether the owner is still alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(50);
 
@@ -39,6 +41,18 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
         .is_ok()
     {
         return Acquired::Yes;
+    }
+    // Critical sections under these locks are short: spin a little before sleeping, since a
+    // futex sleep and wake-up cost microseconds.
+    for _ in 0..SPINS {
+        std::hint::spin_loop();
+        if word.load(Ordering::Relaxed) == 0
+            && word
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Acquired::Yes;
+        }
     }
     loop {
         let cur = word.load(Ordering::Relaxed);
