@@ -212,3 +212,18 @@ fn killed_consumers_and_producers_do_not_wedge_the_queue() {
     assert_eq!(q.get_timeout(Duration::from_secs(5)).unwrap(), 42);
     assert!(q.empty());
 }
+
+#[test]
+fn queues_and_locks_travel_through_connections() {
+    let (a, b) = multiproc::pipe(true).unwrap();
+    let q = Queue::<u32>::new().unwrap();
+    let lock = multiproc::Lock::new().unwrap();
+    a.send(&(q.clone(), lock.clone())).unwrap();
+    let (q2, lock2): (Queue<u32>, multiproc::Lock) = b.recv().unwrap();
+    q2.put(&5).unwrap();
+    assert_eq!(q.get_timeout(Duration::from_secs(1)).unwrap(), 5);
+    let held = lock2.acquire().unwrap();
+    assert!(lock.is_locked());
+    drop(held);
+    assert!(!lock.is_locked());
+}
