@@ -141,6 +141,51 @@ pub enum ConnectionError {
     Io(#[from] io::Error),
 }
 
+/// Errors of pools: what a task, a map or the pool itself can report.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The worker running the task died (SIGKILL, a segfault in FFI code, `abort`, the OOM
+    /// killer). Only its tasks fail; a replacement worker starts.
+    #[error("worker {pid} died running the task (exit code {exitcode})")]
+    WorkerDied {
+        /// The worker's pid.
+        pid: u32,
+        /// Its exit code: negative for the signal that killed it.
+        exitcode: i32,
+    },
+    /// The task panicked; the worker survives.
+    #[error("task panicked: {0}")]
+    Panicked(String),
+    /// The task ran past the pool's task timeout: its worker was killed and replaced.
+    #[error("task ran longer than {0:?}; its worker was killed")]
+    Timeout(Duration),
+    /// A wait for a result ran out of time (the task goes on).
+    #[error("no result within {0:?}")]
+    WaitTimeout(Duration),
+    /// The pool was terminated before the task finished.
+    #[error("the pool was terminated")]
+    Terminated,
+    /// The pool is closed: no new tasks.
+    #[error("the pool is closed")]
+    Closed,
+    /// The worker initializer failed; the pool does not restart workers in a loop.
+    #[error("worker initializer failed: {0}")]
+    Initializer(String),
+    /// Arguments or a result could not go through the codec.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The function is not registered with `#[multiproc::func]`.
+    #[error("function `{0}` is not registered: add `#[multiproc::func]` to it")]
+    NotRegistered(String),
+    /// A bad argument, such as a chunk size of 0.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// Starting or talking to a worker failed.
+    #[error("{0}")]
+    Io(String),
+}
+
 /// Errors of queues.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -230,6 +275,9 @@ pub enum Error {
     /// See [`QueueError`].
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// See [`PoolError`].
+    #[error(transparent)]
+    Pool(#[from] PoolError),
     /// An operating system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -29,10 +29,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// Lets the crate use its own attribute macros (which name `::multiproc`).
+extern crate self as multiproc;
+
 mod codec;
 pub mod connection;
 mod cpu;
 mod error;
+pub mod pool;
 mod process;
 pub mod queue;
 pub mod shared;
@@ -42,8 +46,11 @@ mod sys;
 pub use codec::Fd;
 pub use connection::{Address, Client, Connection, Listener, pipe, wait};
 pub use cpu::cpu_count;
-pub use error::{CodecError, ConnectionError, Error, ProcessError, QueueError, Result, SyncError};
+pub use error::{
+    CodecError, ConnectionError, Error, PoolError, ProcessError, QueueError, Result, SyncError,
+};
 pub use multiproc_macros::{func, main, test};
+pub use pool::{AsyncResult, Pool, PoolBuilder};
 pub use process::registry::Func;
 pub use process::{
     ActiveChild, Builder, CurrentProcess, ParentProcess, Process, StartMethod, UnknownStartMethod,

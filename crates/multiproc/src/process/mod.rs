@@ -30,7 +30,7 @@ pub(crate) mod child;
 mod current;
 mod forkserver;
 pub(crate) mod registry;
-mod wire;
+pub(crate) mod wire;
 
 pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};
 pub use child::{ActiveChild, Process, active_children};

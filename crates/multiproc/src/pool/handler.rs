@@ -1,0 +1,287 @@
+//! The pool's handler thread: it owns the workers, hands them chunks, collects results, and
+//! turns every failure into a result instead of a hang.
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::state::{Chunk, ItemResult, OnDone, Shared, from_outcome, run_callbacks};
+use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
+use crate::connection::{Connection, pipe, wait};
+use crate::error::PoolError;
+use crate::process::{Process, StartMethod};
+
+/// How the pool was configured.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) init: Option<(String, Vec<u8>)>,
+    pub(crate) maxtasks: u64,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) method: Option<StartMethod>,
+}
+
+struct Busy {
+    job: u64,
+    start: u64,
+    len: usize,
+    deadline: Option<Instant>,
+}
+
+pub(crate) struct Worker {
+    process: Process<()>,
+    conn: Connection,
+    ready: bool,
+    busy: Option<Busy>,
+    timed_out: bool,
+    tasks: u64,
+}
+
+impl Worker {
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
+    let (ours, theirs) = pipe(true).map_err(|e| PoolError::Io(e.to_string()))?;
+    let mut b = Process::builder().daemon(true).name("PoolWorker");
+    if let Some(m) = cfg.method {
+        b = b.start_method(m);
+    }
+    let process = b
+        .start(
+            &multiproc_pool_worker,
+            (theirs, cfg.init.clone(), cfg.maxtasks),
+        )
+        .map_err(|e| PoolError::Io(format!("cannot start a worker: {e}")))?;
+    Ok(Worker {
+        process,
+        conn: ours,
+        ready: false,
+        busy: None,
+        timed_out: false,
+        tasks: 0,
+    })
+}
+
+/// Records item results of `job` from `start`, and collects the callback if it completed.
+fn record(
+    shared: &Shared,
+    job: u64,
+    start: u64,
+    results: Vec<ItemResult>,
+) -> Vec<(OnDone, ItemResult)> {
+    let mut st = shared.lock();
+    let mut callbacks = Vec::new();
+    if let Some(j) = st.jobs.get_mut(&job) {
+        for (k, r) in results.into_iter().enumerate() {
+            j.finish(start as usize + k, r);
+        }
+        if j.remaining == 0 {
+            if let (Some(cb), Some(Some(r))) = (j.on_done.take(), j.results.first()) {
+                callbacks.push((cb, r.clone()));
+            }
+            if j.abandoned {
+                st.jobs.remove(&job);
+            }
+        }
+    }
+    drop(st);
+    shared.changed.notify_all();
+    callbacks
+}
+
+fn fail_busy(shared: &Shared, busy: Busy, err: PoolError) -> Vec<(OnDone, ItemResult)> {
+    let results = (0..busy.len).map(|_| Err(err.clone())).collect();
+    record(shared, busy.job, busy.start, results)
+}
+
+fn stop_workers(workers: &mut Vec<Worker>, kill: bool) {
+    for w in workers.iter() {
+        if kill {
+            let _ = w.process.terminate();
+        } else {
+            let _ = w.conn.send(&ToWorker::Exit);
+        }
+    }
+    for w in workers.drain(..) {
+        if !w
+            .process
+            .join_timeout(Duration::from_secs(5))
+            .unwrap_or(false)
+        {
+            let _ = w.process.kill();
+            let _ = w.process.join_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The handler loop; returns when the pool is closed and drained, or terminated.
+pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers: Vec<Worker>) {
+    loop {
+        // Hand out work and see whether it is time to stop.
+        let mut sends: Vec<(usize, ToWorker)> = Vec::new();
+        let mut callbacks = Vec::new();
+        let (stop, terminate, broken) = {
+            let mut st = shared.lock();
+            if st.terminated {
+                callbacks.extend(st.fail_all(&PoolError::Terminated));
+                (true, true, None)
+            } else {
+                if let Some(err) = st.broken.clone() {
+                    callbacks.extend(st.fail_all(&err));
+                }
+                for (i, w) in workers.iter_mut().enumerate() {
+                    let retiring = cfg.maxtasks > 0 && w.tasks >= cfg.maxtasks;
+                    if !w.ready || w.busy.is_some() || retiring {
+                        continue;
+                    }
+                    let Some(Chunk {
+                        job,
+                        start,
+                        function,
+                        args,
+                    }) = st.pending.pop_front()
+                    else {
+                        break;
+                    };
+                    let deadline = cfg
+                        .task_timeout
+                        .map(|t| Instant::now() + t * args.len().max(1) as u32);
+                    w.busy = Some(Busy {
+                        job,
+                        start,
+                        len: args.len(),
+                        deadline,
+                    });
+                    sends.push((
+                        i,
+                        ToWorker::Run {
+                            job,
+                            start,
+                            function: function.to_string(),
+                            args,
+                        },
+                    ));
+                }
+                let drained = st.pending.is_empty()
+                    && workers.iter().all(|w| w.busy.is_none())
+                    && sends.is_empty();
+                (st.closed && drained, false, st.broken.clone())
+            }
+        };
+        shared.changed.notify_all();
+        run_callbacks(callbacks);
+        if stop {
+            stop_workers(&mut workers, terminate);
+            shared.lock().handler_done = true;
+            shared.changed.notify_all();
+            return;
+        }
+        for (i, msg) in sends {
+            if let Err(e) = workers[i].conn.send(&msg) {
+                // The worker is going away; its sentinel will report how.
+                let _ = e;
+            }
+        }
+        // Keep the pool at its size (not once the initializer failed: no respawn storm).
+        while broken.is_none() && workers.len() < cfg.processes {
+            match spawn_worker(&cfg) {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    shared.lock().broken = Some(e);
+                    break;
+                }
+            }
+        }
+        // Wait for a message, a death, a deadline or a poke.
+        let deadline = workers
+            .iter()
+            .filter_map(|w| w.busy.as_ref().and_then(|b| b.deadline))
+            .min();
+        let mut fds: Vec<BorrowedFd<'_>> = vec![wake.as_fd()];
+        for w in &workers {
+            fds.push(w.conn.as_fd());
+            fds.push(w.process.sentinel());
+        }
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let ready = wait(&fds, timeout).unwrap_or_default();
+        drop(fds);
+        let mut callbacks = Vec::new();
+        if ready.contains(&0) {
+            let mut buf = [0u8; 256];
+            while matches!(wake.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        let mut dead = Vec::new();
+        for (i, w) in workers.iter_mut().enumerate() {
+            let (conn_ready, ended) = (ready.contains(&(1 + 2 * i)), ready.contains(&(2 + 2 * i)));
+            if conn_ready || ended {
+                // Read every message that arrived before looking at the exit.
+                while w.conn.poll(Some(Duration::ZERO)).unwrap_or(false) {
+                    match w.conn.recv::<FromWorker>() {
+                        Ok(FromWorker::Ready) => {
+                            w.ready = true;
+                            shared.lock().ready_workers += 1;
+                            shared.changed.notify_all();
+                        }
+                        Ok(FromWorker::InitFailed(m)) => {
+                            shared.lock().broken = Some(PoolError::Initializer(m));
+                        }
+                        Ok(FromWorker::Done {
+                            job,
+                            start,
+                            outcomes,
+                        }) => {
+                            w.busy = None;
+                            w.tasks += 1;
+                            let results = outcomes.into_iter().map(from_outcome).collect();
+                            callbacks.extend(record(&shared, job, start, results));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if ended {
+                dead.push(i);
+            }
+        }
+        for i in dead.into_iter().rev() {
+            let w = workers.remove(i);
+            let _ = w.process.join_timeout(Duration::from_secs(5));
+            let exitcode = w.process.exitcode().unwrap_or(-9);
+            let pid = w.pid();
+            if let Some(busy) = w.busy {
+                let err = if w.timed_out {
+                    PoolError::Timeout(cfg.task_timeout.unwrap_or_default())
+                } else {
+                    PoolError::WorkerDied { pid, exitcode }
+                };
+                callbacks.extend(fail_busy(&shared, busy, err));
+            } else if !w.ready {
+                // Died before it was ready: the initializer crashed. No respawn storm.
+                let mut st = shared.lock();
+                if st.broken.is_none() && !st.terminated {
+                    st.broken = Some(PoolError::Initializer(format!(
+                        "worker {pid} died during start-up (exit code {exitcode})"
+                    )));
+                }
+            }
+        }
+        // Overdue tasks: kill their workers; the deaths above report them next round.
+        let now = Instant::now();
+        for w in &mut workers {
+            if w.busy
+                .as_ref()
+                .and_then(|b| b.deadline)
+                .is_some_and(|d| d <= now)
+                && !w.timed_out
+            {
+                w.timed_out = true;
+                let _ = w.process.kill();
+            }
+        }
+        run_callbacks(callbacks);
+    }
+}

@@ -1,0 +1,463 @@
+//! [`Pool`]: a pool of worker processes with `map`, `imap`, `apply_async`... that never hangs.
+//!
+//! The parent knows which worker holds which task, so a worker that dies (SIGKILL, a segfault
+//! in FFI code, `abort`, the OOM killer) fails exactly its task with
+//! [`PoolError::WorkerDied`] and is replaced; every other task completes. A task past the
+//! pool's task timeout has its worker killed and fails with [`PoolError::Timeout`]. A panicking
+//! task comes back as [`PoolError::Panicked`] and the worker goes on. A failing initializer is
+//! reported once ([`PoolError::Initializer`]), without a respawn storm. Dropping the pool
+//! terminates its workers; none outlives the parent (they are daemons).
+//!
+//! Tasks are functions registered with `#[multiproc::func]`, under any start method. Pending
+//! tasks wait in the parent's memory, not in pipes: a million queued tasks use no extra file
+//! descriptors. Pools nest: a worker may start a pool of its own.
+//!
+//! ```no_run
+//! use multiproc::Pool;
+//!
+//! #[multiproc::func]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[multiproc::main]
+//! fn main() -> multiproc::Result<()> {
+//!     let pool = Pool::builder().processes(4).build()?;
+//!     let squares: Vec<u64> = pool.map(&square, 0..1000)?;
+//!     assert_eq!(squares[10], 100);
+//!     for r in pool.imap_unordered(&square, 0..100).chunksize(8) {
+//!         let _ = r?;
+//!     }
+//!     let h = pool.apply_async(&square, 7)?;
+//!     assert_eq!(h.get_timeout(std::time::Duration::from_secs(5))?, 49);
+//!     pool.close();
+//!     pool.join()?;
+//!     Ok(())
+//! }
+//! ```
+
+mod handler;
+mod result;
+mod state;
+mod worker;
+
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use result::{AsyncResult, Imap, MapResult};
+
+use crate::error::PoolError;
+use crate::process::StartMethod;
+use crate::process::registry::{self, Func};
+use handler::Config;
+use state::{Chunk, Inner, Job, Shared, State};
+
+/// Configures a [`Pool`]: `Pool::builder().processes(4).initializer(&init, cfg).build()`.
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<(String, Vec<u8>)>,
+    init_error: Option<PoolError>,
+    maxtasks: u64,
+    task_timeout: Option<Duration>,
+    method: Option<StartMethod>,
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (default [`cpu_count`](crate::cpu_count)).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A registered function each worker runs once with `args` before any task. If it fails
+    /// (panics, or its worker dies), `build` reports [`PoolError::Initializer`].
+    pub fn initializer<F: Func<M>, M>(mut self, f: &F, args: F::Args) -> Self {
+        let name = f.registered_name();
+        if registry::lookup(name).is_none() {
+            self.init_error = Some(PoolError::NotRegistered(name.into()));
+        }
+        match crate::codec::encode(&args) {
+            Ok(bytes) => self.init = Some((name.to_string(), bytes)),
+            Err(e) => self.init_error = Some(PoolError::Codec(e.to_string())),
+        }
+        self
+    }
+
+    /// Replace each worker after this many tasks (chunks) — 0, the default, never.
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.maxtasks = n;
+        self
+    }
+
+    /// A task running longer than this has its worker killed (and replaced) and fails with
+    /// [`PoolError::Timeout`]. With chunks, the limit is per item of the chunk.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// The start method of the workers (default [`get_start_method`](crate::get_start_method)).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts the workers and waits until they are ready (initializers done).
+    pub fn build(self) -> Result<Pool, PoolError> {
+        if let Some(e) = self.init_error {
+            return Err(e);
+        }
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(PoolError::Invalid(
+                "a pool needs at least one process".into(),
+            ));
+        }
+        let cfg = Config {
+            processes,
+            init: self.init,
+            maxtasks: self.maxtasks,
+            task_timeout: self.task_timeout,
+            method: self.method,
+        };
+        let (wake_r, wake_w) = UnixStream::pair().map_err(|e| PoolError::Io(e.to_string()))?;
+        wake_r
+            .set_nonblocking(true)
+            .map_err(|e| PoolError::Io(e.to_string()))?;
+        wake_w
+            .set_nonblocking(true)
+            .map_err(|e| PoolError::Io(e.to_string()))?;
+        let shared: Shared = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            wake: Mutex::new(wake_w),
+        });
+        let mut workers = Vec::with_capacity(processes);
+        for _ in 0..processes {
+            workers.push(handler::spawn_worker(&cfg)?);
+        }
+        let pids = workers.iter().map(|w| w.pid()).collect();
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("multiproc-pool".into())
+            .spawn(move || handler::run(thread_shared, cfg, wake_r, workers))
+            .map_err(|e| PoolError::Io(e.to_string()))?;
+        let pool = Pool {
+            shared,
+            handler: Mutex::new(Some(handle)),
+            processes,
+            pids,
+        };
+        pool.check_started()?;
+        Ok(pool)
+    }
+}
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`). See the [module](self) docs.
+pub struct Pool {
+    shared: Shared,
+    handler: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+    pids: Vec<u32>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .finish()
+    }
+}
+
+/// CPython's default chunk size: the items spread over four chunks per worker.
+fn default_chunksize(items: usize, workers: usize) -> usize {
+    let per = workers * 4;
+    items.div_ceil(per).max(1)
+}
+
+impl Pool {
+    /// A builder with the defaults: [`cpu_count`](crate::cpu_count) workers, no initializer.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            init: None,
+            init_error: None,
+            maxtasks: 0,
+            task_timeout: None,
+            method: None,
+        }
+    }
+
+    /// A pool of `processes` workers.
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// The number of workers.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The pids of the workers started with the pool (replacements get new pids).
+    pub fn initial_pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// Waits until every worker ran its initializer, so that a failing one is reported by
+    /// `build` (at most a minute: a slow initializer then delays the first tasks instead).
+    fn check_started(&self) -> Result<(), PoolError> {
+        let deadline = Some(std::time::Instant::now() + Duration::from_secs(60));
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = st.broken.clone() {
+                drop(st);
+                self.terminate();
+                return Err(e);
+            }
+            if st.ready_workers >= self.processes {
+                return Ok(());
+            }
+            let (g, more) = self.shared.wait(st, deadline);
+            st = g;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    fn submit(
+        &self,
+        function: &'static str,
+        items: Vec<Vec<u8>>,
+        chunksize: usize,
+        job: Option<u64>,
+    ) -> Result<u64, PoolError> {
+        if chunksize == 0 {
+            return Err(PoolError::Invalid("chunksize must be at least 1".into()));
+        }
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        if st.terminated {
+            return Err(PoolError::Terminated);
+        }
+        if st.closed && job.is_none() {
+            return Err(PoolError::Closed);
+        }
+        let id = match job {
+            Some(id) => id,
+            None => {
+                st.next_job += 1;
+                let id = st.next_job;
+                st.jobs.insert(id, Job::default());
+                id
+            }
+        };
+        let n = items.len();
+        let start = st.jobs.get_mut(&id).map(|j| j.add_items(n)).unwrap_or(0);
+        let mut items = items.into_iter();
+        let mut offset = 0u64;
+        let mut chunks = VecDeque::new();
+        loop {
+            let args: Vec<Vec<u8>> = items.by_ref().take(chunksize).collect();
+            if args.is_empty() {
+                break;
+            }
+            let len = args.len() as u64;
+            chunks.push_back(Chunk {
+                job: id,
+                start: start + offset,
+                function,
+                args,
+            });
+            offset += len;
+        }
+        st.pending.extend(chunks);
+        drop(st);
+        self.shared.poke();
+        Ok(id)
+    }
+
+    fn encode_all<A: Serialize>(
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<Vec<u8>>, PoolError> {
+        items
+            .into_iter()
+            .map(|a| crate::codec::encode(&a).map_err(|e| PoolError::Codec(e.to_string())))
+            .collect()
+    }
+
+    fn function<F: Func<M>, M>(f: &F) -> Result<&'static str, PoolError> {
+        let name = f.registered_name();
+        registry::lookup(name)
+            .map(|_| name)
+            .ok_or_else(|| PoolError::NotRegistered(name.into()))
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result.
+    pub fn apply<F: Func<M>, M>(&self, f: &F, args: F::Args) -> Result<F::Output, PoolError> {
+        self.apply_async(f, args)?.get()
+    }
+
+    /// Runs `f(args)` in a worker; the result comes through the returned handle.
+    pub fn apply_async<F: Func<M>, M>(
+        &self,
+        f: &F,
+        args: F::Args,
+    ) -> Result<AsyncResult<F::Output>, PoolError> {
+        let function = Self::function(f)?;
+        let job = self.submit(function, Self::encode_all([args])?, 1, None)?;
+        Ok(AsyncResult::new(self.shared.clone(), job))
+    }
+
+    /// `f` over every item, in order, with the default chunk size; the first failing item's
+    /// error is returned.
+    pub fn map<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> Result<Vec<F::Output>, PoolError> {
+        self.map_async(f, items)?.get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunk size (at least 1).
+    pub fn map_chunked<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>, PoolError> {
+        let function = Self::function(f)?;
+        let encoded = Self::encode_all(items)?;
+        let job = self.submit(function, encoded, chunksize, None)?;
+        MapResult::new(self.shared.clone(), job).get()
+    }
+
+    /// [`map`](Pool::map) without waiting: the results come through the returned handle.
+    pub fn map_async<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> Result<MapResult<F::Output>, PoolError> {
+        let function = Self::function(f)?;
+        let encoded = Self::encode_all(items)?;
+        let chunksize = default_chunksize(encoded.len(), self.processes);
+        let job = self.submit(function, encoded, chunksize, None)?;
+        Ok(MapResult::new(self.shared.clone(), job))
+    }
+
+    /// `f` over items that are argument tuples (Python's `starmap`; with this crate's
+    /// functions a multi-argument function already takes a tuple, so this is `map`).
+    pub fn starmap<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> Result<Vec<F::Output>, PoolError> {
+        self.map(f, items)
+    }
+
+    /// [`starmap`](Pool::starmap) without waiting.
+    pub fn starmap_async<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> Result<MapResult<F::Output>, PoolError> {
+        self.map_async(f, items)
+    }
+
+    /// `f` over `items`, lazily, yielding results in order. The input is read ahead only as
+    /// far as needed to keep the workers busy, so memory stays flat on an endless iterator.
+    pub fn imap<F: Func<M>, M, I>(&self, f: &F, items: I) -> Imap<'_, F::Output, I::IntoIter>
+    where
+        I: IntoIterator<Item = F::Args>,
+    {
+        Imap::new(self, Self::function(f), items.into_iter(), true)
+    }
+
+    /// [`imap`](Pool::imap) yielding results as they complete.
+    pub fn imap_unordered<F: Func<M>, M, I>(
+        &self,
+        f: &F,
+        items: I,
+    ) -> Imap<'_, F::Output, I::IntoIter>
+    where
+        I: IntoIterator<Item = F::Args>,
+    {
+        Imap::new(self, Self::function(f), items.into_iter(), false)
+    }
+
+    /// No more tasks; the workers exit once every submitted task is done.
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.poke();
+    }
+
+    /// Stops the workers now; unfinished tasks fail with [`PoolError::Terminated`].
+    pub fn terminate(&self) {
+        self.shared.lock().terminated = true;
+        self.shared.poke();
+        self.join_handler();
+    }
+
+    /// Waits for the workers to exit; call [`close`](Pool::close) or
+    /// [`terminate`](Pool::terminate) first.
+    pub fn join(&self) -> Result<(), PoolError> {
+        {
+            let st = self.shared.lock();
+            if !st.closed && !st.terminated {
+                return Err(PoolError::Invalid(
+                    "join() needs close() or terminate() first".into(),
+                ));
+            }
+        }
+        self.join_handler();
+        Ok(())
+    }
+
+    fn join_handler(&self) {
+        let handle = self
+            .handler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn submit_more(
+        &self,
+        function: &'static str,
+        items: Vec<Vec<u8>>,
+        chunksize: usize,
+        job: Option<u64>,
+    ) -> Result<u64, PoolError> {
+        self.submit(function, items, chunksize, job)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod test {
+    #[test]
+    fn chunksize_like_cpython() {
+        assert_eq!(super::default_chunksize(100_000, 4), 6250);
+        assert_eq!(super::default_chunksize(10, 4), 1);
+        assert_eq!(super::default_chunksize(17, 1), 5);
+        assert_eq!(super::default_chunksize(0, 4), 1);
+    }
+}

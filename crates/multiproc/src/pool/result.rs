@@ -1,0 +1,366 @@
+//! Handles on results: [`AsyncResult`], [`MapResult`], and the lazy [`Imap`] iterator.
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Pool;
+use super::state::{ItemResult, Shared};
+use crate::error::PoolError;
+
+fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
+    crate::codec::decode(&r?).map_err(|e| PoolError::Codec(e.to_string()))
+}
+
+/// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
+fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
+    let mut st = shared.lock();
+    loop {
+        match st.jobs.get(&id) {
+            Some(j) if j.remaining > 0 => {}
+            _ => return true,
+        }
+        let (g, more) = shared.wait(st, deadline);
+        st = g;
+        if !more {
+            return st.jobs.get(&id).is_none_or(|j| j.remaining == 0);
+        }
+    }
+}
+
+/// Takes the results of a finished job out of the pool.
+fn take(shared: &Shared, id: u64) -> Vec<ItemResult> {
+    let job = shared.lock().jobs.remove(&id);
+    job.map(|j| {
+        j.results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(PoolError::Terminated)))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn abandon(shared: &Shared, id: u64) {
+    let mut st = shared.lock();
+    let done = match st.jobs.get_mut(&id) {
+        Some(j) => {
+            j.abandoned = true;
+            j.remaining == 0
+        }
+        None => false,
+    };
+    if done {
+        st.jobs.remove(&id);
+    }
+}
+
+/// The pending result of [`Pool::apply_async`].
+pub struct AsyncResult<R> {
+    shared: Shared,
+    job: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("job", &self.job)
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    pub(crate) fn new(shared: Shared, job: u64) -> Self {
+        AsyncResult {
+            shared,
+            job,
+            _r: PhantomData,
+        }
+    }
+
+    /// Waits for the result.
+    pub fn get(self) -> Result<R, PoolError> {
+        wait_done(&self.shared, self.job, None);
+        self.take_one()
+    }
+
+    /// Waits at most `timeout` ([`PoolError::WaitTimeout`] after; the task goes on).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, PoolError> {
+        if !wait_done(&self.shared, self.job, Some(Instant::now() + timeout)) {
+            return Err(PoolError::WaitTimeout(timeout));
+        }
+        self.take_one()
+    }
+
+    fn take_one(&self) -> Result<R, PoolError> {
+        take(&self.shared, self.job)
+            .into_iter()
+            .next()
+            .map(decode)
+            .unwrap_or(Err(PoolError::Invalid(
+                "the result was already taken".into(),
+            )))
+    }
+
+    /// Waits until the task is done (or `timeout` passes); returns whether it is.
+    pub fn wait(&self, timeout: Option<Duration>) -> bool {
+        wait_done(&self.shared, self.job, timeout.map(|t| Instant::now() + t))
+    }
+
+    /// Whether the task is done.
+    pub fn ready(&self) -> bool {
+        self.shared
+            .lock()
+            .jobs
+            .get(&self.job)
+            .is_none_or(|j| j.remaining == 0)
+    }
+
+    /// Whether the task is done and succeeded (`None` while it runs).
+    pub fn successful(&self) -> Option<bool> {
+        let st = self.shared.lock();
+        let j = st.jobs.get(&self.job)?;
+        if j.remaining > 0 {
+            return None;
+        }
+        j.results
+            .first()
+            .and_then(|r| r.as_ref().map(|r| r.is_ok()))
+    }
+}
+
+impl<R: DeserializeOwned + 'static> AsyncResult<R> {
+    /// Calls `on_ok` with the result, or `on_err` with the error, once the task is done (in
+    /// the pool's handler thread; at once if it is done already). A panic in a callback is
+    /// reported and the pool goes on. The result is then consumed.
+    pub fn then(
+        self,
+        on_ok: impl FnOnce(R) + Send + 'static,
+        on_err: impl FnOnce(PoolError) + Send + 'static,
+    ) {
+        let call = move |r: &ItemResult| match decode::<R>(r.clone()) {
+            Ok(v) => on_ok(v),
+            Err(e) => on_err(e),
+        };
+        let mut st = self.shared.lock();
+        match st.jobs.get_mut(&self.job) {
+            Some(j) if j.remaining > 0 => {
+                j.on_done = Some(Box::new(call));
+                j.abandoned = true;
+                drop(st);
+                std::mem::forget(self);
+            }
+            _ => {
+                drop(st);
+                let r = take(&self.shared, self.job)
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Err(PoolError::Terminated));
+                super::state::run_callbacks(vec![(Box::new(call), r)]);
+            }
+        }
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        abandon(&self.shared, self.job);
+    }
+}
+
+/// The pending results of [`Pool::map_async`].
+pub struct MapResult<R> {
+    shared: Shared,
+    job: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for MapResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapResult").field("job", &self.job).finish()
+    }
+}
+
+impl<R: DeserializeOwned> MapResult<R> {
+    pub(crate) fn new(shared: Shared, job: u64) -> Self {
+        MapResult {
+            shared,
+            job,
+            _r: PhantomData,
+        }
+    }
+
+    /// Waits for every item; the first failing item's error is returned.
+    pub fn get(self) -> Result<Vec<R>, PoolError> {
+        wait_done(&self.shared, self.job, None);
+        take(&self.shared, self.job)
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// [`get`](MapResult::get) waiting at most `timeout`.
+    pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, PoolError> {
+        if !wait_done(&self.shared, self.job, Some(Instant::now() + timeout)) {
+            return Err(PoolError::WaitTimeout(timeout));
+        }
+        take(&self.shared, self.job)
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// Every item's own result, in order (nothing is lost to the first error).
+    pub fn get_each(self) -> Vec<Result<R, PoolError>> {
+        wait_done(&self.shared, self.job, None);
+        take(&self.shared, self.job)
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// Whether every item is done.
+    pub fn ready(&self) -> bool {
+        self.shared
+            .lock()
+            .jobs
+            .get(&self.job)
+            .is_none_or(|j| j.remaining == 0)
+    }
+}
+
+impl<R> Drop for MapResult<R> {
+    fn drop(&mut self) {
+        abandon(&self.shared, self.job);
+    }
+}
+
+/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: each item is that task's
+/// own result.
+pub struct Imap<'p, R, I> {
+    pool: &'p Pool,
+    function: Result<&'static str, PoolError>,
+    input: I,
+    ordered: bool,
+    chunksize: usize,
+    job: Option<u64>,
+    submitted: usize,
+    yielded: usize,
+    exhausted: bool,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R, I> std::fmt::Debug for Imap<'_, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.ordered)
+            .field("submitted", &self.submitted)
+            .finish()
+    }
+}
+
+impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I> {
+    pub(crate) fn new(
+        pool: &'p Pool,
+        function: Result<&'static str, PoolError>,
+        input: I,
+        ordered: bool,
+    ) -> Self {
+        Imap {
+            pool,
+            function,
+            input,
+            ordered,
+            chunksize: 1,
+            job: None,
+            submitted: 0,
+            yielded: 0,
+            exhausted: false,
+            _r: PhantomData,
+        }
+    }
+
+    /// Items per task (default 1; 0 is an error, reported by the first `next`).
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = n;
+        self
+    }
+
+    /// How many items may be submitted but not yet yielded: enough chunks for every worker
+    /// twice over.
+    fn read_ahead(&self) -> usize {
+        self.chunksize.max(1) * self.pool.processes() * 2
+    }
+
+    fn top_up(&mut self) -> Result<(), PoolError> {
+        let function = self.function.clone()?;
+        if self.chunksize == 0 {
+            return Err(PoolError::Invalid("chunksize must be at least 1".into()));
+        }
+        while !self.exhausted && self.submitted - self.yielded < self.read_ahead() {
+            let mut batch = Vec::with_capacity(self.chunksize);
+            for a in self.input.by_ref().take(self.chunksize) {
+                batch.push(crate::codec::encode(&a).map_err(|e| PoolError::Codec(e.to_string()))?);
+            }
+            if batch.len() < self.chunksize {
+                self.exhausted = true;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            self.submitted += batch.len();
+            self.job = Some(
+                self.pool
+                    .submit_more(function, batch, self.chunksize, self.job)?,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap<'_, R, I> {
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Err(e) = self.top_up() {
+            self.exhausted = true;
+            self.submitted = self.yielded; // nothing more will come
+            return Some(Err(e));
+        }
+        if self.yielded >= self.submitted {
+            return None;
+        }
+        let job = self.job?;
+        let shared = self.pool.shared();
+        let mut st = shared.lock();
+        loop {
+            let j = st.jobs.get_mut(&job)?;
+            let index = if self.ordered {
+                j.results
+                    .get(self.yielded)
+                    .and_then(|r| r.as_ref())
+                    .map(|_| self.yielded)
+            } else {
+                j.completed.pop_front()
+            };
+            if let Some(i) = index {
+                let r = j.results[i].take().unwrap_or(Err(PoolError::Terminated));
+                self.yielded += 1;
+                drop(st);
+                return Some(decode(r));
+            }
+            let (g, _) = shared.wait(st, None);
+            st = g;
+        }
+    }
+}
+
+impl<R, I> Drop for Imap<'_, R, I> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job {
+            abandon(self.pool.shared(), job);
+        }
+    }
+}

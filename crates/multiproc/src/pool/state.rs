@@ -1,0 +1,160 @@
+//! The state a pool's handler thread and its callers share.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crate::error::PoolError;
+use crate::process::wire::Outcome;
+
+/// A finished item: the encoded result or why there is none.
+pub(crate) type ItemResult = Result<Vec<u8>, PoolError>;
+
+/// Called once with a single-item job's result (apply_async callbacks), in the handler.
+pub(crate) type OnDone = Box<dyn FnOnce(&ItemResult) + Send>;
+
+/// A unit of work for one worker: consecutive items of one job.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) job: u64,
+    pub(crate) start: u64,
+    pub(crate) function: &'static str,
+    pub(crate) args: Vec<Vec<u8>>,
+}
+
+/// One submitted map, apply or imap.
+#[derive(Default)]
+pub(crate) struct Job {
+    /// One slot per item submitted so far.
+    pub(crate) results: Vec<Option<ItemResult>>,
+    /// Indices in the order they completed (for unordered iteration).
+    pub(crate) completed: VecDeque<usize>,
+    pub(crate) remaining: usize,
+    pub(crate) on_done: Option<OnDone>,
+    /// No handle waits for the results: drop the job once complete.
+    pub(crate) abandoned: bool,
+}
+
+impl Job {
+    pub(crate) fn add_items(&mut self, n: usize) -> u64 {
+        let start = self.results.len() as u64;
+        self.results.resize_with(self.results.len() + n, || None);
+        self.remaining += n;
+        start
+    }
+
+    pub(crate) fn finish(&mut self, index: usize, result: ItemResult) {
+        if let Some(slot) = self.results.get_mut(index) {
+            if slot.is_none() {
+                *slot = Some(result);
+                self.remaining -= 1;
+                self.completed.push_back(index);
+            }
+        }
+    }
+}
+
+/// Turns a worker's report for one item into the item's result.
+pub(crate) fn from_outcome(outcome: Outcome) -> ItemResult {
+    match outcome {
+        Outcome::Returned(bytes) => Ok(bytes),
+        Outcome::Panicked(m) => Err(PoolError::Panicked(m)),
+        Outcome::Codec { message, .. } => Err(PoolError::Codec(message)),
+        Outcome::Failed(m) => Err(PoolError::Io(m)),
+    }
+}
+
+/// Everything behind the pool's mutex.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) pending: VecDeque<Chunk>,
+    pub(crate) jobs: HashMap<u64, Job>,
+    pub(crate) next_job: u64,
+    pub(crate) closed: bool,
+    pub(crate) terminated: bool,
+    /// The initializer failed: the pool does not start workers any more.
+    pub(crate) broken: Option<PoolError>,
+    pub(crate) handler_done: bool,
+    /// Workers that reported ready, ever (start-up and replacements).
+    pub(crate) ready_workers: usize,
+}
+
+impl State {
+    /// Fails every unfinished item of every job with `err` (termination, a broken pool).
+    pub(crate) fn fail_all(&mut self, err: &PoolError) -> Vec<(OnDone, ItemResult)> {
+        self.pending.clear();
+        let mut callbacks = Vec::new();
+        for job in self.jobs.values_mut() {
+            for i in 0..job.results.len() {
+                job.finish(i, Err(err.clone()));
+            }
+            if job.remaining == 0 {
+                if let (Some(cb), Some(Some(r))) = (job.on_done.take(), job.results.first()) {
+                    callbacks.push((cb, r.clone()));
+                }
+            }
+        }
+        callbacks
+    }
+}
+
+/// What callers and the handler share.
+pub(crate) struct Inner {
+    pub(crate) state: Mutex<State>,
+    pub(crate) changed: Condvar,
+    /// Written to wake the handler (new work, close, terminate).
+    pub(crate) wake: Mutex<UnixStream>,
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn poke(&self) {
+        let mut w = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = w.write(&[1]); // non-blocking: a full pipe already means "wake up"
+    }
+
+    /// Waits on the condition variable until `deadline` (`None`: no limit); `false` once it
+    /// has passed.
+    pub(crate) fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+    ) -> (MutexGuard<'a, State>, bool) {
+        match deadline {
+            None => (
+                self.changed
+                    .wait(guard)
+                    .unwrap_or_else(PoisonError::into_inner),
+                true,
+            ),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return (guard, false);
+                }
+                let (g, _) = self
+                    .changed
+                    .wait_timeout(guard, d - now)
+                    .unwrap_or_else(PoisonError::into_inner);
+                (g, true)
+            }
+        }
+    }
+}
+
+/// Runs callbacks outside every lock; a panicking callback is reported and ignored, so the
+/// pool keeps working.
+pub(crate) fn run_callbacks(callbacks: Vec<(OnDone, ItemResult)>) {
+    for (cb, result) in callbacks {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&result))).is_err() {
+            eprintln!("multiproc: a pool callback panicked; the pool goes on");
+        }
+    }
+}
+
+pub(crate) type Shared = Arc<Inner>;

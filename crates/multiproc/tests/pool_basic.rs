@@ -1,0 +1,342 @@
+//! Pool: results, chunking, laziness, callbacks, and the failures CPython's Pool hangs on.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{LeakCheck, alive, eventually};
+use multiproc::{Fd, Pool, PoolError};
+
+#[multiproc::func]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[multiproc::func]
+fn pid_of(_x: u32) -> u32 {
+    std::process::id()
+}
+
+#[multiproc::func]
+fn slow_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[multiproc::func]
+fn maybe_panic(x: u32) -> u32 {
+    if x == 3 {
+        panic!("task 3 failed");
+    }
+    x
+}
+
+#[multiproc::func]
+fn die_on(x: u32) -> u32 {
+    if x == 5 {
+        std::process::abort();
+    }
+    x
+}
+
+#[multiproc::func]
+fn returns_fd(_x: u8) -> Fd {
+    Fd::from(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+}
+
+#[multiproc::func]
+fn failing_init(_x: u8) {
+    panic!("no database");
+}
+
+#[multiproc::func]
+fn nested_map(n: u64) -> u64 {
+    let inner = Pool::new(1).unwrap();
+    inner.map(&square, 0..n).unwrap().iter().sum()
+}
+
+#[multiproc::test]
+fn map_keeps_order_and_chunks_any_size() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let expected: Vec<u64> = (0..1000).map(|x| x * x).collect();
+    assert_eq!(pool.map(&square, 0..1000).unwrap(), expected);
+    assert_eq!(pool.map_chunked(&square, 0..1000, 1).unwrap(), expected);
+    assert_eq!(pool.map_chunked(&square, 0..1000, 5000).unwrap(), expected);
+    assert!(pool.map(&square, 0..0).unwrap().is_empty());
+    assert!(matches!(
+        pool.map_chunked(&square, 0..10, 0),
+        Err(PoolError::Invalid(_))
+    ));
+    assert_eq!(pool.starmap(&square, [2, 3]).unwrap(), vec![4, 9]);
+    assert_eq!(pool.apply(&square, 12).unwrap(), 144);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[multiproc::test]
+fn imap_is_lazy_on_an_endless_iterator() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let first: Vec<u64> = pool
+        .imap(&square, endless)
+        .chunksize(4)
+        .take(100)
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(first, (0..100).map(|x| x * x).collect::<Vec<_>>());
+    assert!(
+        pulled.load(Ordering::Relaxed) < 200,
+        "read far ahead: {}",
+        pulled.load(Ordering::Relaxed)
+    );
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(&square, 0..300)
+        .chunksize(7)
+        .map(|r| r.unwrap())
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered, (0..300).map(|x| x * x).collect::<Vec<_>>());
+    assert!(matches!(
+        pool.imap(&square, 0..3).chunksize(0).next(),
+        Some(Err(PoolError::Invalid(_)))
+    ));
+}
+
+#[multiproc::test]
+fn panics_are_errors_and_workers_survive() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let results = pool.map_async(&maybe_panic, 0..10).unwrap().get_each();
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (3, Err(PoolError::Panicked(m))) => assert_eq!(m, "task 3 failed"),
+            (3, other) => panic!("expected a panic, got {other:?}"),
+            (i, Ok(v)) => assert_eq!(*v as usize, i),
+            (_, Err(e)) => panic!("{e}"),
+        }
+    }
+    assert!(matches!(
+        pool.map(&maybe_panic, 0..10),
+        Err(PoolError::Panicked(_))
+    ));
+    let pids: HashSet<u32> = pool
+        .map_chunked(&pid_of, 0..20, 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(
+        pids.iter().all(|p| pool.initial_pids().contains(p)),
+        "workers were replaced after a panic"
+    );
+}
+
+#[multiproc::test]
+fn a_dying_worker_fails_exactly_its_task() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    // One item per task (imap's default chunk size), so the failure is exact.
+    let results: Vec<_> = pool.imap(&die_on, 0..20).collect();
+    for (i, r) in results.iter().enumerate() {
+        if i == 5 {
+            assert!(
+                matches!(r, Err(PoolError::WorkerDied { exitcode: -6, .. })),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(*r.as_ref().unwrap() as usize, i);
+        }
+    }
+    // The pool replaced the worker and still works.
+    assert_eq!(pool.map(&square, 0..50).unwrap().len(), 50);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[multiproc::test]
+fn kill_workers_repeatedly_during_a_long_map() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let job = pool.imap(&slow_pid, std::iter::repeat_n(5u64, 300));
+    let mut ok = 0;
+    let mut died = 0;
+    let mut seen_pids = HashSet::new();
+    for (i, r) in job.enumerate() {
+        match r {
+            Ok(pid) => {
+                ok += 1;
+                seen_pids.insert(pid);
+                if i % 75 == 10 {
+                    // Kill the worker that just answered (it is running the next task now).
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::SIGKILL,
+                    );
+                }
+            }
+            Err(PoolError::WorkerDied { .. }) => died += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok + died, 300);
+    assert!(
+        died <= 4,
+        "more tasks failed than workers were killed: {died}"
+    );
+    assert!(seen_pids.len() > 2, "no worker was replaced");
+}
+
+#[multiproc::test]
+fn initializer_failure_is_reported_without_a_respawn_storm() {
+    let _leaks = LeakCheck::new();
+    let t0 = Instant::now();
+    let err = Pool::builder()
+        .processes(2)
+        .initializer(&failing_init, 0)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, PoolError::Initializer(ref m) if m.contains("no database")),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20));
+}
+
+#[multiproc::test]
+fn unserializable_results_fail_their_task() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(1).unwrap();
+    assert!(matches!(
+        pool.apply(&returns_fd, 0),
+        Err(PoolError::Codec(_))
+    ));
+    assert_eq!(pool.apply(&square, 3).unwrap(), 9);
+}
+
+#[multiproc::test]
+fn maxtasksperchild_rotates_workers() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::builder()
+        .processes(1)
+        .maxtasksperchild(2)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = pool.map_chunked(&pid_of, 0..10, 1).unwrap();
+    let distinct: HashSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 5, "{pids:?}");
+}
+
+#[multiproc::test]
+fn ten_thousand_tiny_tasks() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let out = pool.map_chunked(&square, 0..10_000, 1).unwrap();
+    assert_eq!(out.len(), 10_000);
+    assert_eq!(out[9_999], 9_999 * 9_999);
+}
+
+#[multiproc::test]
+fn task_timeout_kills_and_replaces_the_worker() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(matches!(
+        pool.apply(&slow_pid, 30_000),
+        Err(PoolError::Timeout(_))
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(pool.apply(&slow_pid, 1).is_ok());
+}
+
+#[multiproc::test]
+fn callbacks_run_and_a_panicking_one_does_not_break_the_pool() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    for x in 0..5u64 {
+        let g = got.clone();
+        pool.apply_async(&square, x)
+            .unwrap()
+            .then(move |v| g.lock().unwrap().push(v), |e| panic!("{e}"));
+    }
+    pool.apply_async(&square, 9)
+        .unwrap()
+        .then(|_| panic!("callback bug"), |_| ());
+    let errs = Arc::new(Mutex::new(Vec::new()));
+    let e2 = errs.clone();
+    pool.apply_async(&maybe_panic, 3)
+        .unwrap()
+        .then(|_| (), move |e| e2.lock().unwrap().push(e.to_string()));
+    assert!(eventually(Duration::from_secs(20), || got
+        .lock()
+        .unwrap()
+        .len()
+        == 5
+        && errs.lock().unwrap().len() == 1));
+    let mut v = got.lock().unwrap().clone();
+    v.sort();
+    assert_eq!(v, vec![0, 1, 4, 9, 16]);
+    assert_eq!(pool.apply(&square, 4).unwrap(), 16);
+    let h = pool.apply_async(&slow_pid, 200).unwrap();
+    assert!(!h.ready());
+    assert!(matches!(
+        h.get_timeout(Duration::from_millis(10)),
+        Err(PoolError::WaitTimeout(_))
+    ));
+    assert!(h.wait(Some(Duration::from_secs(10))));
+    assert_eq!(h.successful(), Some(true));
+}
+
+#[multiproc::test]
+fn close_finishes_work_terminate_fails_it() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let pending = pool
+        .map_async(&slow_pid, std::iter::repeat_n(20u64, 20))
+        .unwrap();
+    pool.close();
+    assert!(matches!(pool.apply(&square, 1), Err(PoolError::Closed)));
+    pool.join().unwrap();
+    assert_eq!(pending.get().unwrap().len(), 20);
+
+    let pool = Pool::new(2).unwrap();
+    let pending = pool
+        .map_async(&slow_pid, std::iter::repeat_n(200u64, 20))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    pool.terminate();
+    assert!(matches!(pending.get(), Err(PoolError::Terminated)));
+    pool.join().unwrap();
+}
+
+#[multiproc::test]
+fn dropping_the_pool_stops_its_workers_and_nested_pools_work() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(
+        pool.apply(&nested_map, 10).unwrap(),
+        (0..10u64).map(|x| x * x).sum()
+    );
+    let pids = pool.initial_pids().to_vec();
+    drop(pool);
+    for pid in pids {
+        assert!(
+            eventually(Duration::from_secs(5), || !alive(pid)),
+            "worker {pid} outlived the pool"
+        );
+    }
+}
