@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: multiproc bench [--quick | --full] [--group NAME]...
 groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
-        pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe)";
+        pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency)";
 
 #[multiproc::main]
 fn main() -> ExitCode {

@@ -3,6 +3,7 @@
 
 mod pep;
 mod pipe;
+mod pool;
 mod queue;
 mod spawn;
 mod stats;
@@ -16,7 +17,9 @@ pub(crate) struct Options {
     pub(crate) groups: Vec<String>,
 }
 
-pub(crate) const GROUPS: [&str; 7] = ["empty", "fib", "primes", "fileio", "spawn", "pipe", "queue"];
+pub(crate) const GROUPS: [&str; 8] = [
+    "empty", "fib", "primes", "fileio", "spawn", "pipe", "queue", "pool",
+];
 
 impl Options {
     pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
@@ -69,6 +72,9 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     }
     if opts.wants("queue") {
         queue::run(opts.quick)?;
+    }
+    if opts.wants("pool") {
+        pool::run(opts.quick)?;
     }
     Ok(())
 }

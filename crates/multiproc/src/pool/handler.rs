@@ -1,6 +1,7 @@
 //! The pool's handler thread: it owns the workers, hands them chunks, collects results, and
 //! turns every failure into a result instead of a hang.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -22,20 +23,35 @@ pub(crate) struct Config {
     pub(crate) method: Option<StartMethod>,
 }
 
+/// A chunk sent to a worker and not yet reported. A worker holds up to [`depth`] of them, so
+/// it never waits for the parent between tiny tasks; only the first is running.
 struct Busy {
-    job: u64,
-    start: u64,
-    len: usize,
+    chunk: Chunk,
     deadline: Option<Instant>,
+}
+
+/// Chunks in flight per worker: two for tasks of a millisecond or more (little hoarding at the
+/// end of a map), more for tiny ones, so that the worker never waits for the parent.
+fn depth(avg: Duration) -> usize {
+    if avg < Duration::from_micros(100) {
+        32
+    } else if avg < Duration::from_millis(1) {
+        8
+    } else {
+        2
+    }
 }
 
 pub(crate) struct Worker {
     process: Process<()>,
     conn: Connection,
     ready: bool,
-    busy: Option<Busy>,
+    busy: VecDeque<Busy>,
     timed_out: bool,
     tasks: u64,
+    /// Moving average of the time a chunk takes, from the worker's reports.
+    avg: Duration,
+    last_report: Instant,
 }
 
 impl Worker {
@@ -60,9 +76,11 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
         process,
         conn: ours,
         ready: false,
-        busy: None,
+        busy: VecDeque::new(),
         timed_out: false,
         tasks: 0,
+        avg: Duration::from_millis(1),
+        last_report: Instant::now(),
     })
 }
 
@@ -75,10 +93,12 @@ fn record(
 ) -> Vec<(OnDone, ItemResult)> {
     let mut st = shared.lock();
     let mut callbacks = Vec::new();
+    let mut wake = false;
     if let Some(j) = st.jobs.get_mut(&job) {
         for (k, r) in results.into_iter().enumerate() {
             j.finish(start as usize + k, r);
         }
+        wake = j.streaming || j.remaining == 0;
         if j.remaining == 0 {
             if let (Some(cb), Some(Some(r))) = (j.on_done.take(), j.results.first()) {
                 callbacks.push((cb, r.clone()));
@@ -89,13 +109,22 @@ fn record(
         }
     }
     drop(st);
-    shared.changed.notify_all();
+    if wake {
+        shared.changed.notify_all();
+    }
     callbacks
 }
 
 fn fail_busy(shared: &Shared, busy: Busy, err: PoolError) -> Vec<(OnDone, ItemResult)> {
-    let results = (0..busy.len).map(|_| Err(err.clone())).collect();
-    record(shared, busy.job, busy.start, results)
+    let results = (0..busy.chunk.args.len())
+        .map(|_| Err(err.clone()))
+        .collect();
+    record(shared, busy.chunk.job, busy.chunk.start, results)
+}
+
+fn deadline_for(cfg: &Config, chunk: &Chunk) -> Option<Instant> {
+    cfg.task_timeout
+        .map(|t| Instant::now() + t * chunk.args.len().max(1) as u32)
 }
 
 fn stop_workers(workers: &mut Vec<Worker>, kill: bool) {
@@ -134,40 +163,37 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                     callbacks.extend(st.fail_all(&err));
                 }
                 for (i, w) in workers.iter_mut().enumerate() {
-                    let retiring = cfg.maxtasks > 0 && w.tasks >= cfg.maxtasks;
-                    if !w.ready || w.busy.is_some() || retiring {
-                        continue;
+                    if w.busy.is_empty() {
+                        w.last_report = Instant::now();
                     }
-                    let Some(Chunk {
-                        job,
-                        start,
-                        function,
-                        args,
-                    }) = st.pending.pop_front()
-                    else {
-                        break;
-                    };
-                    let deadline = cfg
-                        .task_timeout
-                        .map(|t| Instant::now() + t * args.len().max(1) as u32);
-                    w.busy = Some(Busy {
-                        job,
-                        start,
-                        len: args.len(),
-                        deadline,
-                    });
-                    sends.push((
-                        i,
-                        ToWorker::Run {
-                            job,
-                            start,
-                            function: function.to_string(),
-                            args,
-                        },
-                    ));
+                    while w.ready && w.busy.len() < depth(w.avg) {
+                        let retiring =
+                            cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 >= cfg.maxtasks;
+                        if retiring {
+                            break;
+                        }
+                        let Some(chunk) = st.pending.pop_front() else {
+                            break;
+                        };
+                        let deadline = if w.busy.is_empty() {
+                            deadline_for(&cfg, &chunk)
+                        } else {
+                            None
+                        };
+                        sends.push((
+                            i,
+                            ToWorker::Run {
+                                job: chunk.job,
+                                start: chunk.start,
+                                function: chunk.function.to_string(),
+                                args: chunk.args.clone(),
+                            },
+                        ));
+                        w.busy.push_back(Busy { chunk, deadline });
+                    }
                 }
                 let drained = st.pending.is_empty()
-                    && workers.iter().all(|w| w.busy.is_none())
+                    && workers.iter().all(|w| w.busy.is_empty())
                     && sends.is_empty();
                 (st.closed && drained, false, st.broken.clone())
             }
@@ -199,7 +225,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
         // Wait for a message, a death, a deadline or a poke.
         let deadline = workers
             .iter()
-            .filter_map(|w| w.busy.as_ref().and_then(|b| b.deadline))
+            .filter_map(|w| w.busy.front().and_then(|b| b.deadline))
             .min();
         let mut fds: Vec<BorrowedFd<'_>> = vec![wake.as_fd()];
         for w in &workers {
@@ -234,7 +260,13 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                             start,
                             outcomes,
                         }) => {
-                            w.busy = None;
+                            w.busy.pop_front();
+                            let took = w.last_report.elapsed();
+                            w.last_report = Instant::now();
+                            w.avg = (w.avg * 7 + took) / 8;
+                            if let Some(next) = w.busy.front_mut() {
+                                next.deadline = deadline_for(&cfg, &next.chunk);
+                            }
                             w.tasks += 1;
                             let results = outcomes.into_iter().map(from_outcome).collect();
                             callbacks.extend(record(&shared, job, start, results));
@@ -252,7 +284,15 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
             let _ = w.process.join_timeout(Duration::from_secs(5));
             let exitcode = w.process.exitcode().unwrap_or(-9);
             let pid = w.pid();
-            if let Some(busy) = w.busy {
+            let mut busy = w.busy;
+            if let Some(running) = busy.pop_front() {
+                // Chunks it had not started yet go back to the front of the line.
+                let mut st = shared.lock();
+                for b in busy.into_iter().rev() {
+                    st.pending.push_front(b.chunk);
+                }
+                drop(st);
+                let busy = running;
                 let err = if w.timed_out {
                     PoolError::Timeout(cfg.task_timeout.unwrap_or_default())
                 } else {
@@ -273,7 +313,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
         let now = Instant::now();
         for w in &mut workers {
             if w.busy
-                .as_ref()
+                .front()
                 .and_then(|b| b.deadline)
                 .is_some_and(|d| d <= now)
                 && !w.timed_out

@@ -35,6 +35,9 @@ pub(crate) struct Job {
     pub(crate) on_done: Option<OnDone>,
     /// No handle waits for the results: drop the job once complete.
     pub(crate) abandoned: bool,
+    /// A lazy iterator reads items as they complete: wake it for every item, not only at
+    /// the end.
+    pub(crate) streaming: bool,
 }
 
 impl Job {
