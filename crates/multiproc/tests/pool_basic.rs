@@ -340,3 +340,19 @@ fn dropping_the_pool_stops_its_workers_and_nested_pools_work() {
         );
     }
 }
+
+#[cfg(feature = "progress")]
+#[multiproc::test]
+fn progress_bars_do_not_change_results() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let expected: Vec<u64> = (0..500).map(|x| x * x).collect();
+    assert_eq!(pool.map_progress(&square, 0..500).unwrap(), expected);
+    let got: Vec<u64> = pool
+        .imap(&square, 0..500)
+        .chunksize(10)
+        .progress()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got, expected);
+}

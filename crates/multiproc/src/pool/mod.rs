@@ -351,6 +351,22 @@ impl Pool {
         Ok(MapResult::new(self.shared.clone(), job))
     }
 
+    /// [`map`](Pool::map) with a progress bar (the `progress` feature): items go one per
+    /// task through [`imap`](Pool::imap) with the default chunk size.
+    #[cfg(feature = "progress")]
+    pub fn map_progress<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+    ) -> Result<Vec<F::Output>, PoolError> {
+        let items: Vec<F::Args> = items.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        self.imap(f, items)
+            .chunksize(chunksize)
+            .progress()
+            .collect()
+    }
+
     /// `f` over items that are argument tuples (Python's `starmap`; with this crate's
     /// functions a multi-argument function already takes a tuple, so this is `map`).
     pub fn starmap<F: Func<M>, M>(

@@ -249,6 +249,8 @@ pub struct Imap<'p, R, I> {
     submitted: usize,
     yielded: usize,
     exhausted: bool,
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -278,7 +280,41 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
             submitted: 0,
             yielded: 0,
             exhausted: false,
+            #[cfg(feature = "progress")]
+            bar: None,
             _r: PhantomData,
+        }
+    }
+
+    /// Shows a progress bar of the results yielded (with the input's length when its size
+    /// hint knows it). Needs the `progress` feature.
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        let bar = match self.input.size_hint() {
+            (lo, Some(hi)) if lo == hi => indicatif::ProgressBar::new(hi as u64),
+            _ => indicatif::ProgressBar::no_length(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} tasks {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        self.bar = Some(bar);
+        self
+    }
+
+    fn advance(&self) {
+        #[cfg(feature = "progress")]
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+
+    fn finish_bar(&self) {
+        #[cfg(feature = "progress")]
+        if let Some(b) = &self.bar {
+            b.finish();
         }
     }
 
@@ -330,6 +366,7 @@ impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap
             return Some(Err(e));
         }
         if self.yielded >= self.submitted {
+            self.finish_bar();
             return None;
         }
         let job = self.job?;
@@ -349,6 +386,7 @@ impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap
                 let r = j.results[i].take().unwrap_or(Err(PoolError::Terminated));
                 self.yielded += 1;
                 drop(st);
+                self.advance();
                 return Some(decode(r));
             }
             let (g, _) = shared.wait(st, None);
