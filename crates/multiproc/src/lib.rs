@@ -50,7 +50,7 @@ pub use error::{
     CodecError, ConnectionError, Error, PoolError, ProcessError, QueueError, Result, SyncError,
 };
 pub use multiproc_macros::{func, main, test};
-pub use pool::{AsyncResult, Pool, PoolBuilder};
+pub use pool::{AsyncResult, ClosurePool, Pool, PoolBuilder};
 pub use process::registry::Func;
 pub use process::{
     ActiveChild, Builder, CurrentProcess, ParentProcess, Process, StartMethod, UnknownStartMethod,

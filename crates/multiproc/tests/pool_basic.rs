@@ -356,3 +356,26 @@ fn progress_bars_do_not_change_results() {
         .collect();
     assert_eq!(got, expected);
 }
+
+#[multiproc::test]
+fn closure_pools_fork_their_workers() {
+    let _leaks = LeakCheck::new();
+    let table: Vec<u64> = (0..100).map(|x| x * 3).collect();
+    let pool = Pool::builder()
+        .processes(2)
+        .build_closure(move |i: usize| -> u64 {
+            if i == 7 {
+                panic!("seven");
+            }
+            table[i]
+        })
+        .unwrap();
+    assert_eq!(pool.map(0..5).unwrap(), vec![0, 3, 6, 9, 12]);
+    assert!(matches!(pool.apply(7), Err(PoolError::Panicked(m)) if m == "seven"));
+    let mut got: Vec<u64> = pool.imap_unordered(10..20).map(|r| r.unwrap()).collect();
+    got.sort();
+    assert_eq!(got, (10..20).map(|x| x * 3).collect::<Vec<_>>());
+    assert_eq!(pool.apply_async(99).unwrap().get().unwrap(), 297);
+    pool.pool().close();
+    pool.pool().join().unwrap();
+}

@@ -11,16 +11,22 @@ use super::state::{Chunk, ItemResult, OnDone, Shared, from_outcome, run_callback
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::{Connection, pipe, wait};
 use crate::error::PoolError;
+use crate::process::wire::Outcome;
 use crate::process::{Process, StartMethod};
 
+/// Runs a closure pool's tasks in a forked worker.
+pub(crate) type ClosureRunner = std::sync::Arc<dyn Fn(&[u8]) -> Outcome + Send + Sync>;
+
 /// How the pool was configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) init: Option<(String, Vec<u8>)>,
     pub(crate) maxtasks: u64,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) method: Option<StartMethod>,
+    /// Set for a closure pool: workers are forks that run this.
+    pub(crate) closure: Option<ClosureRunner>,
 }
 
 /// A chunk sent to a worker and not yet reported. A worker holds up to [`depth`] of them, so
@@ -62,6 +68,24 @@ impl Worker {
 
 pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let (ours, theirs) = pipe(true).map_err(|e| PoolError::Io(e.to_string()))?;
+    if let Some(run) = cfg.closure.clone() {
+        let maxtasks = cfg.maxtasks;
+        let process = Process::builder()
+            .daemon(true)
+            .name("PoolWorker")
+            .fork(move || super::worker::serve(&theirs, None, maxtasks, &|_, a| run(a)))
+            .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
+        return Ok(Worker {
+            process,
+            conn: ours,
+            ready: false,
+            busy: VecDeque::new(),
+            timed_out: false,
+            tasks: 0,
+            avg: Duration::from_millis(1),
+            last_report: Instant::now(),
+        });
+    }
     let mut b = Process::builder().daemon(true).name("PoolWorker");
     if let Some(m) = cfg.method {
         b = b.start_method(m);

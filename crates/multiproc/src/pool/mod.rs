@@ -46,6 +46,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use result::{AsyncResult, Imap, MapResult};
 
@@ -56,7 +57,7 @@ use handler::Config;
 use state::{Chunk, Inner, Job, Shared, State};
 
 /// Configures a [`Pool`]: `Pool::builder().processes(4).initializer(&init, cfg).build()`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<(String, Vec<u8>)>,
@@ -64,7 +65,20 @@ pub struct PoolBuilder {
     maxtasks: u64,
     task_timeout: Option<Duration>,
     method: Option<StartMethod>,
+    closure: Option<handler::ClosureRunner>,
 }
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("maxtasks", &self.maxtasks)
+            .finish()
+    }
+}
+
+/// The name a closure pool's tasks go by (its workers ignore it).
+const CLOSURE: &str = "<closure>";
 
 impl PoolBuilder {
     /// The number of worker processes (default [`cpu_count`](crate::cpu_count)).
@@ -106,6 +120,35 @@ impl PoolBuilder {
         self
     }
 
+    /// A pool whose workers are forks of this process running closure `f` on every task:
+    /// the fork start method, the one way to run a closure (it is in the workers' memory from
+    /// the fork on; replacements are forked again). In a program with other threads, the
+    /// hazards of [`Process::fork`](crate::Process::fork) apply.
+    ///
+    /// ```no_run
+    /// let offset = 10u64;
+    /// let pool = multiproc::Pool::builder().processes(2).build_closure(move |x: u64| x + offset)?;
+    /// assert_eq!(pool.map(0..3)?, vec![10, 11, 12]);
+    /// # Ok::<(), multiproc::PoolError>(())
+    /// ```
+    pub fn build_closure<A, R, F>(mut self, f: F) -> Result<ClosurePool<A, R>, PoolError>
+    where
+        F: Fn(A) -> R + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.closure = Some(std::sync::Arc::new(move |bytes: &[u8]| {
+            crate::process::bootstrap::run_guarded(|| {
+                crate::codec::encode(&f(crate::codec::decode(bytes)?))
+            })
+        }));
+        self.init = None;
+        Ok(ClosurePool {
+            pool: self.build()?,
+            _t: std::marker::PhantomData,
+        })
+    }
+
     /// Starts the workers and waits until they are ready (initializers done).
     pub fn build(self) -> Result<Pool, PoolError> {
         if let Some(e) = self.init_error {
@@ -123,6 +166,7 @@ impl PoolBuilder {
             maxtasks: self.maxtasks,
             task_timeout: self.task_timeout,
             method: self.method,
+            closure: self.closure,
         };
         let (wake_r, wake_w) = UnixStream::pair().map_err(|e| PoolError::Io(e.to_string()))?;
         wake_r
@@ -189,6 +233,7 @@ impl Pool {
             maxtasks: 0,
             task_timeout: None,
             method: None,
+            closure: None,
         }
     }
 
@@ -458,6 +503,64 @@ impl Pool {
         job: Option<u64>,
     ) -> Result<u64, PoolError> {
         self.submit(function, items, chunksize, job)
+    }
+}
+
+/// A pool running one closure on every task; see [`PoolBuilder::build_closure`].
+#[derive(Debug)]
+pub struct ClosurePool<A, R> {
+    pool: Pool,
+    _t: std::marker::PhantomData<fn(A) -> R>,
+}
+
+impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
+    /// The closure over every item, in order, with the default chunk size.
+    pub fn map(&self, items: impl IntoIterator<Item = A>) -> Result<Vec<R>, PoolError> {
+        let encoded = Pool::encode_all(items)?;
+        let chunksize = default_chunksize(encoded.len(), self.pool.processes);
+        self.map_encoded(encoded, chunksize)
+    }
+
+    /// [`map`](ClosurePool::map) with an explicit chunk size.
+    pub fn map_chunked(
+        &self,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, PoolError> {
+        self.map_encoded(Pool::encode_all(items)?, chunksize)
+    }
+
+    fn map_encoded(&self, encoded: Vec<Vec<u8>>, chunksize: usize) -> Result<Vec<R>, PoolError> {
+        let job = self.pool.submit(CLOSURE, encoded, chunksize, None)?;
+        MapResult::new(self.pool.shared.clone(), job).get()
+    }
+
+    /// The closure on one argument, in a worker.
+    pub fn apply(&self, arg: A) -> Result<R, PoolError> {
+        self.apply_async(arg)?.get()
+    }
+
+    /// The closure on one argument, without waiting.
+    pub fn apply_async(&self, arg: A) -> Result<AsyncResult<R>, PoolError> {
+        let job = self
+            .pool
+            .submit(CLOSURE, Pool::encode_all([arg])?, 1, None)?;
+        Ok(AsyncResult::new(self.pool.shared.clone(), job))
+    }
+
+    /// Lazily, in order (see [`Pool::imap`]).
+    pub fn imap<I: IntoIterator<Item = A>>(&self, items: I) -> Imap<'_, R, I::IntoIter> {
+        Imap::new(&self.pool, Ok(CLOSURE), items.into_iter(), true)
+    }
+
+    /// Lazily, as completed (see [`Pool::imap_unordered`]).
+    pub fn imap_unordered<I: IntoIterator<Item = A>>(&self, items: I) -> Imap<'_, R, I::IntoIter> {
+        Imap::new(&self.pool, Ok(CLOSURE), items.into_iter(), false)
+    }
+
+    /// The pool underneath (close, terminate, join).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 }
 

@@ -58,11 +58,13 @@ fn run_one(function: &str, args: &[u8]) -> Outcome {
 
 /// The worker loop: initializer, then tasks until told to exit, the parent goes away, or
 /// `maxtasks` tasks (chunks) are done.
-#[multiproc_macros::func]
-pub(crate) fn multiproc_pool_worker(
-    conn: Connection,
+/// `run` runs one task from the function's registered name (ignored by closure pools) and its
+/// encoded argument.
+pub(crate) fn serve(
+    conn: &Connection,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
+    run: &dyn Fn(&str, &[u8]) -> Outcome,
 ) {
     if let Some((function, args)) = init {
         let outcome = run_one(&function, &args);
@@ -82,7 +84,7 @@ pub(crate) fn multiproc_pool_worker(
         args,
     }) = conn.recv::<ToWorker>()
     {
-        let outcomes = args.iter().map(|a| run_one(&function, a)).collect();
+        let outcomes = args.iter().map(|a| run(&function, a)).collect();
         if conn
             .send(&FromWorker::Done {
                 job,
@@ -98,4 +100,14 @@ pub(crate) fn multiproc_pool_worker(
             return;
         }
     }
+}
+
+/// The worker of a pool of registered functions.
+#[multiproc_macros::func]
+pub(crate) fn multiproc_pool_worker(
+    conn: Connection,
+    init: Option<(String, Vec<u8>)>,
+    maxtasks: u64,
+) {
+    serve(&conn, init, maxtasks, &run_one);
 }
