@@ -125,6 +125,9 @@ pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
     let raw = repeat(reps, || pipe_rate(n))?;
     let seeds = repeat(reps, || seed(20_000))?;
     let lock = repeat(reps, || lock_ns(if quick { 1_000_000 } else { 10_000_000 }))?;
+    let handoffs = if quick { 2_000 } else { 20_000 };
+    let handoff = repeat(reps, || lock_handoff(handoffs))?;
+    let futex = repeat(reps, || futex_handoff(handoffs))?;
     let m = |s: &Samples| format!("{:.2} M/s", s.median() / 1e6);
     println!("{:<44} {:>12} {:>14}", "what", "median", "ratio");
     println!(
@@ -157,5 +160,109 @@ pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
         lock.median(),
         "target <= 50 ns"
     );
+    println!(
+        "{:<44} {:>12} {:>13.2}x",
+        "Lock hand-off between processes",
+        human(handoff.median()),
+        ratio(handoff.median(), futex.median())
+    );
+    println!(
+        "{:<44} {:>12} {:>14}",
+        "raw futex ping-pong, per hand-off",
+        human(futex.median()),
+        "1.00x (OS)"
+    );
     Ok(())
+}
+
+/// Child side of the lock hand-off: takes `ping` (released by the parent), releases `pong`.
+#[multiproc::func]
+pub(crate) fn lock_baton(ping: Lock, pong: Lock, n: u32) {
+    for _ in 0..n {
+        std::mem::forget(
+            ping.acquire()
+                .map_err(multiproc::SyncError::from)
+                .expect("ping"),
+        );
+        pong.release().expect("pong");
+    }
+}
+
+/// Seconds per hand-off (half a round trip) of two `Lock`s used as batons between processes.
+fn lock_handoff(n: u32) -> multiproc::Result<f64> {
+    let (ping, pong) = (Lock::new()?, Lock::new()?);
+    std::mem::forget(ping.acquire().map_err(multiproc::SyncError::from)?);
+    std::mem::forget(pong.acquire().map_err(multiproc::SyncError::from)?);
+    let p = lock_baton.spawn((ping.clone(), pong.clone(), n))?;
+    let t = Instant::now();
+    for _ in 0..n {
+        ping.release()?;
+        std::mem::forget(pong.acquire().map_err(multiproc::SyncError::from)?);
+    }
+    let per = t.elapsed().as_secs_f64() / (2.0 * f64::from(n));
+    p.join()?;
+    Ok(per)
+}
+
+/// Seconds per hand-off of a raw futex ping-pong between a forked child and this process:
+/// a word in shared memory, FUTEX_WAIT at once, FUTEX_WAKE every time.
+fn futex_handoff(n: u32) -> multiproc::Result<f64> {
+    use rustix::thread::futex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let shm = multiproc::SharedMemory::new(4096).map_err(multiproc::Error::from)?;
+    // The word lives in memory both processes map; reached through a raw mapping of our own.
+    let word: &AtomicU32 = raw_word(&shm)?;
+    word.store(0, Ordering::SeqCst);
+    let wait_for = |w: &AtomicU32, v: u32| {
+        while w.load(Ordering::Acquire) != v {
+            let cur = w.load(Ordering::Acquire);
+            if cur != v {
+                let _ = futex::wait(w, futex::Flags::empty(), cur, None);
+            }
+        }
+    };
+    let post = |w: &AtomicU32, v: u32| {
+        w.store(v, Ordering::Release);
+        let _ = futex::wake(w, futex::Flags::empty(), 1);
+    };
+    let child = multiproc::Process::fork(move || {
+        for _ in 0..n {
+            wait_for(word, 1);
+            post(word, 2);
+        }
+    })?;
+    let t = Instant::now();
+    for _ in 0..n {
+        post(word, 1);
+        wait_for(word, 2);
+    }
+    let per = t.elapsed().as_secs_f64() / (2.0 * f64::from(n));
+    child.join()?;
+    Ok(per)
+}
+
+/// A `'static` atomic view of the first word of `shm`, through a second shared mapping of
+/// its memfd (kept for the life of the process: a benchmark helper).
+fn raw_word(
+    shm: &multiproc::SharedMemory,
+) -> multiproc::Result<&'static std::sync::atomic::AtomicU32> {
+    use std::num::NonZeroUsize;
+    use std::os::fd::AsFd;
+    let fd = shm.as_fd();
+    // SAFETY: a fresh shared mapping of a memfd we hold, never unmapped (leaked on purpose for
+    // the benchmark's lifetime); the word is only accessed atomically.
+    let ptr = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            NonZeroUsize::new(4096).expect("non-zero"),
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(std::io::Error::from)?;
+    // SAFETY: the mapping is page-aligned, 4096 bytes, lives for ever, and is shared memory
+    // accessed only through atomics.
+    Ok(unsafe { std::sync::atomic::AtomicU32::from_ptr(ptr.as_ptr().cast()) })
 }

@@ -148,3 +148,10 @@ impl SharedMemory {
         }
     }
 }
+
+/// The memory file behind the segment, to map it yourself (`mmap` it shared) or pass it on.
+impl std::os::fd::AsFd for SharedMemory {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.block.0.as_fd()
+    }
+}
