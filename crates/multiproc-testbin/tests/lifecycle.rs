@@ -154,3 +154,41 @@ fn garbage_on_the_bootstrap_socket_fails_fast() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("multiproc"), "{err}");
 }
+
+fn sigkilled_parent_takes_its_pool_along(method: &str) {
+    let dir = tempdir(&format!("pool-{method}"));
+    let mut child = Command::new(BIN)
+        .args(["pool", dir.to_str().unwrap(), method])
+        .spawn()
+        .unwrap();
+    let path = dir.join("pool.pids");
+    assert!(
+        eventually(Duration::from_secs(20), || path.exists()),
+        "pool never started"
+    );
+    let pids: Vec<u32> = std::fs::read_to_string(&path)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&p| alive(p)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for pid in pids {
+        assert!(
+            eventually(Duration::from_secs(1), || !alive(pid)),
+            "pool worker {pid} outlived its parent"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn pool_dies_with_sigkilled_parent_spawn() {
+    sigkilled_parent_takes_its_pool_along("spawn");
+}
+#[test]
+fn pool_dies_with_sigkilled_parent_forkserver() {
+    sigkilled_parent_takes_its_pool_along("forkserver");
+}

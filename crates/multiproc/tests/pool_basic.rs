@@ -379,3 +379,32 @@ fn closure_pools_fork_their_workers() {
     pool.pool().close();
     pool.pool().join().unwrap();
 }
+
+#[multiproc::test]
+fn callback_and_error_callback_leave_the_result_to_get() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(1).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s1, s2) = (seen.clone(), seen.clone());
+    let h = pool
+        .apply_async(&square, 6)
+        .unwrap()
+        .callback(move |v| s1.lock().unwrap().push(format!("ok {v}")))
+        .error_callback(move |e| s2.lock().unwrap().push(format!("err {e}")));
+    assert_eq!(h.get_timeout(Duration::from_secs(20)).unwrap(), 36);
+    let (s3, s4) = (seen.clone(), seen.clone());
+    let failing = pool
+        .apply_async(&maybe_panic, 3)
+        .unwrap()
+        .callback(move |v| s3.lock().unwrap().push(format!("ok {v}")))
+        .error_callback(move |e| s4.lock().unwrap().push(format!("err {e}")));
+    assert!(matches!(failing.get(), Err(PoolError::Panicked(_))));
+    assert!(eventually(Duration::from_secs(5), || seen
+        .lock()
+        .unwrap()
+        .len()
+        == 2));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], "ok 36");
+    assert!(seen[1].starts_with("err task panicked"), "{seen:?}");
+}

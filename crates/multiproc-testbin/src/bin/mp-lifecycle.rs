@@ -5,6 +5,7 @@
 //!   `DIR/nondaemon.done`) and a daemon child that would sleep 60 s (its pid in
 //!   `DIR/daemon.pid`), then returns from `main` at once: the first is joined, the second
 //!   terminated.
+//! - `pool`: starts a pool of 2 workers (pids in `DIR/pool.pids`), then sleeps until killed.
 //! - `hold`: starts the forkserver (pid in `DIR/forkserver.pid`) and a daemon child (pid in
 //!   `DIR/daemon.pid`), then sleeps until killed.
 
@@ -56,6 +57,17 @@ fn main() -> multiproc::Result<()> {
                 .start_method(method)
                 .start(&sleep_long, ())?;
             write_pid(&dir, "daemon.pid", daemon.pid());
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "pool" => {
+            let pool = multiproc::Pool::builder()
+                .processes(2)
+                .start_method(method)
+                .build()?;
+            let pids: Vec<String> = pool.initial_pids().iter().map(u32::to_string).collect();
+            let tmp = PathBuf::from(&dir).join("pool.pids.tmp");
+            std::fs::write(&tmp, pids.join(" ")).unwrap();
+            std::fs::rename(tmp, PathBuf::from(&dir).join("pool.pids")).unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
         other => panic!("unknown mode {other}"),

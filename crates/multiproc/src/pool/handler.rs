@@ -124,8 +124,8 @@ fn record(
         }
         wake = j.streaming || j.remaining == 0;
         if j.remaining == 0 {
-            if let (Some(cb), Some(Some(r))) = (j.on_done.take(), j.results.first()) {
-                callbacks.push((cb, r.clone()));
+            if let Some(Some(r)) = j.results.first() {
+                callbacks.extend(j.on_done.drain(..).map(|cb| (cb, r.clone())));
             }
             if j.abandoned {
                 st.jobs.remove(&job);

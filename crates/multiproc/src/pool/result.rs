@@ -132,35 +132,55 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 }
 
 impl<R: DeserializeOwned + 'static> AsyncResult<R> {
-    /// Calls `on_ok` with the result, or `on_err` with the error, once the task is done (in
-    /// the pool's handler thread; at once if it is done already). A panic in a callback is
-    /// reported and the pool goes on. The result is then consumed.
+    /// Runs `f` once the task is done (in the pool's handler thread; at once if it is done
+    /// already), with the item's result; the result stays available to `get`.
+    fn on_done(&self, f: impl FnOnce(&ItemResult) + Send + 'static) {
+        let mut st = self.shared.lock();
+        match st.jobs.get_mut(&self.job) {
+            Some(j) if j.remaining > 0 => j.on_done.push(Box::new(f)),
+            Some(j) => {
+                let r = j
+                    .results
+                    .first()
+                    .cloned()
+                    .flatten()
+                    .unwrap_or(Err(PoolError::Terminated));
+                drop(st);
+                super::state::run_callbacks(vec![(Box::new(f), r)]);
+            }
+            None => {}
+        }
+    }
+
+    /// Calls `f` with the value when the task succeeds (Python's `callback`). A panic in `f`
+    /// is reported and the pool goes on.
+    pub fn callback(self, f: impl FnOnce(R) + Send + 'static) -> Self {
+        self.on_done(move |r| {
+            if let Ok(v) = decode::<R>(r.clone()) {
+                f(v)
+            }
+        });
+        self
+    }
+
+    /// Calls `f` with the error when the task fails (Python's `error_callback`).
+    pub fn error_callback(self, f: impl FnOnce(PoolError) + Send + 'static) -> Self {
+        self.on_done(move |r| {
+            if let Err(e) = decode::<R>(r.clone()) {
+                f(e)
+            }
+        });
+        self
+    }
+
+    /// [`callback`](AsyncResult::callback) and [`error_callback`](AsyncResult::error_callback)
+    /// without keeping the handle.
     pub fn then(
         self,
         on_ok: impl FnOnce(R) + Send + 'static,
         on_err: impl FnOnce(PoolError) + Send + 'static,
     ) {
-        let call = move |r: &ItemResult| match decode::<R>(r.clone()) {
-            Ok(v) => on_ok(v),
-            Err(e) => on_err(e),
-        };
-        let mut st = self.shared.lock();
-        match st.jobs.get_mut(&self.job) {
-            Some(j) if j.remaining > 0 => {
-                j.on_done = Some(Box::new(call));
-                j.abandoned = true;
-                drop(st);
-                std::mem::forget(self);
-            }
-            _ => {
-                drop(st);
-                let r = take(&self.shared, self.job)
-                    .into_iter()
-                    .next()
-                    .unwrap_or(Err(PoolError::Terminated));
-                super::state::run_callbacks(vec![(Box::new(call), r)]);
-            }
-        }
+        drop(self.callback(on_ok).error_callback(on_err));
     }
 }
 

@@ -32,7 +32,8 @@ pub(crate) struct Job {
     /// Indices in the order they completed (for unordered iteration).
     pub(crate) completed: VecDeque<usize>,
     pub(crate) remaining: usize,
-    pub(crate) on_done: Option<OnDone>,
+    /// Called with the (single) result when the job completes.
+    pub(crate) on_done: Vec<OnDone>,
     /// No handle waits for the results: drop the job once complete.
     pub(crate) abandoned: bool,
     /// A lazy iterator reads items as they complete: wake it for every item, not only at
@@ -94,8 +95,8 @@ impl State {
                 job.finish(i, Err(err.clone()));
             }
             if job.remaining == 0 {
-                if let (Some(cb), Some(Some(r))) = (job.on_done.take(), job.results.first()) {
-                    callbacks.push((cb, r.clone()));
+                if let Some(Some(r)) = job.results.first() {
+                    callbacks.extend(job.on_done.drain(..).map(|cb| (cb, r.clone())));
                 }
             }
         }
