@@ -77,9 +77,9 @@ fn expand_func(f: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             #[linkme(crate = ::multiproc::__private::linkme)]
             static __MULTIPROC_ENTRY: ::multiproc::__private::Entry = ::multiproc::__private::Entry {
                 name: || ::std::any::type_name_of_val(&#ident),
-                invoke: |__bytes, __fds| {
+                invoke: |__bytes, __fds, __out| {
                     let #pattern: #ty = ::multiproc::__private::decode_args(__bytes, __fds)?;
-                    ::multiproc::__private::encode_result(&#ident(#(#names),*))
+                    ::multiproc::__private::encode_result(&#ident(#(#names),*), __out)
                 },
             };
         };

@@ -45,7 +45,27 @@ fn explain(e: postcard::Error) -> String {
 
 /// Encodes a value that must not carry file descriptors.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    postcard::to_stdvec(value).map_err(encode_error)
+    // Most values are small: encode on the stack and allocate once, at the exact size,
+    // instead of growing a vector from empty.
+    let mut small = [0u8; 256];
+    match postcard::to_slice(value, &mut small) {
+        Ok(used) => Ok(used.to_vec()),
+        Err(postcard::Error::SerializeBufferFull) => {
+            postcard::to_stdvec(value).map_err(encode_error)
+        }
+        Err(e) => Err(encode_error(e)),
+    }
+}
+
+/// Appends the encoding of a value that must not carry file descriptors to `out` (on error,
+/// `out` may hold a partial encoding past its old length: callers truncate).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    postcard::to_io(value, &mut *out)
+        .map(drop)
+        .map_err(encode_error)
 }
 
 /// Decodes a value that carries no file descriptors.

@@ -408,3 +408,24 @@ fn callback_and_error_callback_leave_the_result_to_get() {
     assert_eq!(seen[0], "ok 36");
     assert!(seen[1].starts_with("err task panicked"), "{seen:?}");
 }
+
+#[multiproc::func]
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+#[multiproc::test]
+fn large_chunks_both_ways_do_not_deadlock() {
+    // Chunks and reports larger than a socket buffer, several per worker: the pool must
+    // never block sending to a worker that is blocked sending to it.
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<Vec<u8>> = (0..20_000u32).map(|i| vec![(i % 251) as u8; 100]).collect();
+    let expected = items.clone();
+    let got = pool
+        .map_async(&echo_bytes, items)
+        .unwrap()
+        .get_timeout(Duration::from_secs(60))
+        .unwrap();
+    assert!(got == expected);
+}

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::state::{Chunk, ItemResult, OnDone, Shared, from_outcome, run_callbacks};
+use super::state::{Chunk, ItemResult, OnDone, Shared, run_callbacks, split_results};
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::{Connection, pipe, wait};
 use crate::error::PoolError;
@@ -15,7 +15,8 @@ use crate::process::wire::Outcome;
 use crate::process::{Process, StartMethod};
 
 /// Runs a closure pool's tasks in a forked worker.
-pub(crate) type ClosureRunner = std::sync::Arc<dyn Fn(&[u8]) -> Outcome + Send + Sync>;
+pub(crate) type ClosureRunner =
+    std::sync::Arc<dyn Fn(&[u8], &mut Vec<u8>) -> Option<Outcome> + Send + Sync>;
 
 /// How the pool was configured.
 #[derive(Clone)]
@@ -35,6 +36,10 @@ struct Busy {
     chunk: Chunk,
     deadline: Option<Instant>,
 }
+
+/// At most this many bytes of chunks wait in a worker's socket behind the running one (well
+/// under the smallest Unix socket buffer).
+const PIPELINE_BYTES: usize = 64 * 1024;
 
 /// Chunks in flight per worker: two for tasks of a millisecond or more (little hoarding at the
 /// end of a map), more for tiny ones, so that the worker never waits for the parent.
@@ -73,7 +78,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
         let process = Process::builder()
             .daemon(true)
             .name("PoolWorker")
-            .fork(move || super::worker::serve(&theirs, None, maxtasks, &|_, a| run(a)))
+            .fork(move || super::worker::serve(&theirs, None, maxtasks, &|_, a, out| run(a, out)))
             .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
         return Ok(Worker {
             process,
@@ -196,6 +201,15 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         if retiring {
                             break;
                         }
+                        // A chunk queued behind a running one must fit in the socket buffer:
+                        // otherwise this thread would block sending it while the worker blocks
+                        // sending its report, each waiting for the other to read.
+                        let queued: usize =
+                            w.busy.iter().skip(1).map(|b| b.chunk.args.data.len()).sum();
+                        let next_len = st.pending.front().map_or(0, |c| c.args.data.len());
+                        if !w.busy.is_empty() && queued + next_len > PIPELINE_BYTES {
+                            break;
+                        }
                         let Some(chunk) = st.pending.pop_front() else {
                             break;
                         };
@@ -282,7 +296,8 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         Ok(FromWorker::Done {
                             job,
                             start,
-                            outcomes,
+                            results,
+                            failures,
                         }) => {
                             w.busy.pop_front();
                             let took = w.last_report.elapsed();
@@ -292,7 +307,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                                 next.deadline = deadline_for(&cfg, &next.chunk);
                             }
                             w.tasks += 1;
-                            let results = outcomes.into_iter().map(from_outcome).collect();
+                            let results = split_results(results, failures);
                             callbacks.extend(record(&shared, job, start, results));
                         }
                         Err(_) => break,

@@ -55,6 +55,7 @@ use crate::process::StartMethod;
 use crate::process::registry::{self, Func};
 use handler::Config;
 use state::{Chunk, Inner, Job, Shared, State};
+use worker::Batch;
 
 /// Configures a [`Pool`]: `Pool::builder().processes(4).initializer(&init, cfg).build()`.
 #[derive(Clone)]
@@ -137,11 +138,13 @@ impl PoolBuilder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.closure = Some(std::sync::Arc::new(move |bytes: &[u8]| {
-            crate::process::bootstrap::run_guarded(|| {
-                crate::codec::encode(&f(crate::codec::decode(bytes)?))
-            })
-        }));
+        self.closure = Some(std::sync::Arc::new(
+            move |bytes: &[u8], out: &mut Vec<u8>| {
+                crate::process::bootstrap::run_guarded_into(out, |out| {
+                    crate::codec::encode_into(&f(crate::codec::decode(bytes)?), out)
+                })
+            },
+        ));
         self.init = None;
         Ok(ClosurePool {
             pool: self.build()?,
@@ -277,7 +280,7 @@ impl Pool {
     fn submit(
         &self,
         function: &'static str,
-        items: Vec<Vec<u8>>,
+        items: Batch,
         chunksize: usize,
         job: Option<u64>,
     ) -> Result<u64, PoolError> {
@@ -305,15 +308,20 @@ impl Pool {
         };
         let n = items.len();
         let start = st.jobs.get_mut(&id).map(|j| j.add_items(n)).unwrap_or(0);
-        let mut items = items.into_iter();
         let mut offset = 0u64;
         let mut chunks = VecDeque::new();
-        loop {
-            let args: Vec<Vec<u8>> = items.by_ref().take(chunksize).collect();
-            if args.is_empty() {
-                break;
-            }
-            let len = args.len() as u64;
+        for (from, to) in (0..n)
+            .step_by(chunksize)
+            .map(|a| (a, (a + chunksize).min(n)))
+        {
+            let base = if from == 0 { 0 } else { items.ends[from - 1] };
+            let args = Batch {
+                data: serde_bytes::ByteBuf::from(
+                    items.data[base as usize..items.ends[to - 1] as usize].to_vec(),
+                ),
+                ends: items.ends[from..to].iter().map(|e| e - base).collect(),
+            };
+            let len = (to - from) as u64;
             chunks.push_back(Chunk {
                 job: id,
                 start: start + offset,
@@ -328,13 +336,17 @@ impl Pool {
         Ok(id)
     }
 
-    fn encode_all<A: Serialize>(
-        items: impl IntoIterator<Item = A>,
-    ) -> Result<Vec<Vec<u8>>, PoolError> {
-        items
-            .into_iter()
-            .map(|a| crate::codec::encode(&a).map_err(|e| PoolError::Codec(e.to_string())))
-            .collect()
+    /// Encodes every item into one batch.
+    fn encode_all<A: Serialize>(items: impl IntoIterator<Item = A>) -> Result<Batch, PoolError> {
+        let mut batch = Batch::default();
+        let mut data = Vec::new();
+        for a in items {
+            crate::codec::encode_into(&a, &mut data)
+                .map_err(|e| PoolError::Codec(e.to_string()))?;
+            batch.ends.push(data.len() as u32);
+        }
+        batch.data = serde_bytes::ByteBuf::from(data);
+        Ok(batch)
     }
 
     fn function<F: Func<M>, M>(f: &F) -> Result<&'static str, PoolError> {
@@ -498,7 +510,7 @@ impl Pool {
     pub(crate) fn submit_more(
         &self,
         function: &'static str,
-        items: Vec<Vec<u8>>,
+        items: Batch,
         chunksize: usize,
         job: Option<u64>,
     ) -> Result<u64, PoolError> {
@@ -530,7 +542,7 @@ impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
         self.map_encoded(Pool::encode_all(items)?, chunksize)
     }
 
-    fn map_encoded(&self, encoded: Vec<Vec<u8>>, chunksize: usize) -> Result<Vec<R>, PoolError> {
+    fn map_encoded(&self, encoded: Batch, chunksize: usize) -> Result<Vec<R>, PoolError> {
         let job = self.pool.submit(CLOSURE, encoded, chunksize, None)?;
         MapResult::new(self.pool.shared.clone(), job).get()
     }

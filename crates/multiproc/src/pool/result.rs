@@ -11,7 +11,7 @@ use super::state::{ItemResult, Shared};
 use crate::error::PoolError;
 
 fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
-    crate::codec::decode(&r?).map_err(|e| PoolError::Codec(e.to_string()))
+    crate::codec::decode(r?.bytes()).map_err(|e| PoolError::Codec(e.to_string()))
 }
 
 /// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
@@ -356,10 +356,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
             return Err(PoolError::Invalid("chunksize must be at least 1".into()));
         }
         while !self.exhausted && self.submitted - self.yielded < self.read_ahead() {
-            let mut batch = Vec::with_capacity(self.chunksize);
-            for a in self.input.by_ref().take(self.chunksize) {
-                batch.push(crate::codec::encode(&a).map_err(|e| PoolError::Codec(e.to_string()))?);
-            }
+            let batch = Pool::encode_all(self.input.by_ref().take(self.chunksize))?;
             if batch.len() < self.chunksize {
                 self.exhausted = true;
             }

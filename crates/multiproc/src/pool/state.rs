@@ -6,11 +6,27 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use super::worker::Batch;
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
 
+/// A finished item's encoded result: a slice of its chunk's result buffer (shared, so a chunk
+/// of many results costs one allocation).
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    buf: Arc<Vec<u8>>,
+    start: u32,
+    end: u32,
+}
+
+impl Payload {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[self.start as usize..self.end as usize]
+    }
+}
+
 /// A finished item: the encoded result or why there is none.
-pub(crate) type ItemResult = Result<Vec<u8>, PoolError>;
+pub(crate) type ItemResult = Result<Payload, PoolError>;
 
 /// Called once with a single-item job's result (apply_async callbacks), in the handler.
 pub(crate) type OnDone = Box<dyn FnOnce(&ItemResult) + Send>;
@@ -21,7 +37,7 @@ pub(crate) struct Chunk {
     pub(crate) job: u64,
     pub(crate) start: u64,
     pub(crate) function: &'static str,
-    pub(crate) args: Vec<Vec<u8>>,
+    pub(crate) args: Batch,
 }
 
 /// One submitted map, apply or imap.
@@ -60,14 +76,36 @@ impl Job {
     }
 }
 
-/// Turns a worker's report for one item into the item's result.
-pub(crate) fn from_outcome(outcome: Outcome) -> ItemResult {
+/// Turns a worker's report on a failed item into the item's error.
+pub(crate) fn failure(outcome: Outcome) -> PoolError {
     match outcome {
-        Outcome::Returned(bytes) => Ok(bytes),
-        Outcome::Panicked(m) => Err(PoolError::Panicked(m)),
-        Outcome::Codec { message, .. } => Err(PoolError::Codec(message)),
-        Outcome::Failed(m) => Err(PoolError::Io(m)),
+        Outcome::Returned(_) => PoolError::Io("a failure report without a failure".into()),
+        Outcome::Panicked(m) => PoolError::Panicked(m),
+        Outcome::Codec { message, .. } => PoolError::Codec(message),
+        Outcome::Failed(m) => PoolError::Io(m),
     }
+}
+
+/// Splits a chunk's report into one result per item.
+pub(crate) fn split_results(results: Batch, failures: Vec<(u32, Outcome)>) -> Vec<ItemResult> {
+    let n = results.len();
+    let buf = Arc::new(results.data.into_vec());
+    let mut out: Vec<ItemResult> = (0..n)
+        .map(|i| {
+            let start = if i == 0 { 0 } else { results.ends[i - 1] };
+            Ok(Payload {
+                buf: buf.clone(),
+                start,
+                end: results.ends[i],
+            })
+        })
+        .collect();
+    for (i, f) in failures {
+        if let Some(slot) = out.get_mut(i as usize) {
+            *slot = Err(failure(f));
+        }
+    }
+    out
 }
 
 /// Everything behind the pool's mutex.

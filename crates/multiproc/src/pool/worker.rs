@@ -5,21 +5,46 @@
 #![allow(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 use crate::connection::Connection;
-use crate::process::bootstrap::run_guarded;
+use crate::process::bootstrap::run_guarded_into;
 use crate::process::registry;
 use crate::process::wire::Outcome;
+
+/// Encoded values back to back, with where each one ends: one buffer for a whole chunk
+/// instead of an allocation per item.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub(crate) data: ByteBuf,
+    pub(crate) ends: Vec<u32>,
+}
+
+impl Batch {
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Item `i`'s bytes.
+    pub(crate) fn item(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.data[start..self.ends[i] as usize]
+    }
+}
 
 /// Parent → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run `function` on each encoded argument; report the outcomes together.
+    /// Run `function` on each item of `args`; report the results together.
     Run {
         job: u64,
         start: u64,
         function: String,
-        args: Vec<Vec<u8>>,
+        args: Batch,
     },
     /// Finish and exit.
     Exit,
@@ -32,11 +57,13 @@ pub(crate) enum FromWorker {
     Ready,
     /// The initializer failed; the worker exits.
     InitFailed(String),
-    /// The outcomes of one `Run`, in argument order.
+    /// The results of one `Run`, in argument order; the items that failed have an empty
+    /// slot in `results` and their story in `failures`.
     Done {
         job: u64,
         start: u64,
-        outcomes: Vec<Outcome>,
+        results: Batch,
+        failures: Vec<(u32, Outcome)>,
     },
 }
 
@@ -49,27 +76,33 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-fn run_one(function: &str, args: &[u8]) -> Outcome {
+/// Runs registered `function` on `args`, appending the encoded result to `out`; `Some` says
+/// why there is none.
+fn run_one(function: &str, args: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
     match registry::lookup(function) {
-        None => Outcome::Failed(format!("function `{function}` is not registered")),
-        Some(entry) => run_guarded(|| (entry.invoke)(args, Vec::new())),
+        None => Some(Outcome::Failed(format!(
+            "function `{function}` is not registered"
+        ))),
+        Some(entry) => run_guarded_into(out, |out| (entry.invoke)(args, Vec::new(), out)),
     }
 }
 
+/// Runs one task: the function's registered name, its encoded argument, the buffer the
+/// encoded result is appended to; `Some` says why there is no result.
+pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcome> + 'a;
+
 /// The worker loop: initializer, then tasks until told to exit, the parent goes away, or
-/// `maxtasks` tasks (chunks) are done.
-/// `run` runs one task from the function's registered name (ignored by closure pools) and its
-/// encoded argument.
+/// `maxtasks` tasks (chunks) are done. `run` runs one task from the function's registered
+/// name (ignored by closure pools) and its encoded argument.
 pub(crate) fn serve(
     conn: &Connection,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
-    run: &dyn Fn(&str, &[u8]) -> Outcome,
+    run: &RunTask<'_>,
 ) {
     if let Some((function, args)) = init {
-        let outcome = run_one(&function, &args);
-        if !matches!(outcome, Outcome::Returned(_)) {
-            let _ = conn.send(&FromWorker::InitFailed(describe(&outcome)));
+        if let Some(failure) = run_one(&function, &args, &mut Vec::new()) {
+            let _ = conn.send(&FromWorker::InitFailed(describe(&failure)));
             return;
         }
     }
@@ -84,12 +117,22 @@ pub(crate) fn serve(
         args,
     }) = conn.recv::<ToWorker>()
     {
-        let outcomes = args.iter().map(|a| run(&function, a)).collect();
+        let mut results = Batch::default();
+        let mut failures = Vec::new();
+        let mut out = Vec::new();
+        for i in 0..args.len() {
+            if let Some(failure) = run(&function, args.item(i), &mut out) {
+                failures.push((i as u32, failure));
+            }
+            results.ends.push(out.len() as u32);
+        }
+        results.data = ByteBuf::from(out);
         if conn
             .send(&FromWorker::Done {
                 job,
                 start,
-                outcomes,
+                results,
+                failures,
             })
             .is_err()
         {

@@ -91,15 +91,20 @@ pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct
             "function `{}` is not registered in this binary: add `#[multiproc::func]` to it",
             start.function
         )),
-        Some(entry) => run_guarded(|| (entry.invoke)(&start.args, fds)),
+        Some(entry) => run_guarded(|out| (entry.invoke)(&start.args, fds, out)),
     };
     finish(sock, outcome)
 }
 
-/// Runs the body of a child, turning a panic or a codec error into an [`Outcome`].
-pub(crate) fn run_guarded(body: impl FnOnce() -> Result<Vec<u8>, CodecError>) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(bytes)) => Outcome::Returned(bytes),
+/// Runs `body`, which appends one encoded result to `out`; on a panic or a codec error, takes
+/// back what it appended and says what happened.
+pub(crate) fn run_guarded_into(
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+) -> Option<Outcome> {
+    let before = out.len();
+    let failure = match catch_unwind(AssertUnwindSafe(|| body(&mut *out))) {
+        Ok(Ok(())) => return None,
         Ok(Err(CodecError::Encode(message))) => Outcome::Codec {
             encode: true,
             message,
@@ -109,6 +114,18 @@ pub(crate) fn run_guarded(body: impl FnOnce() -> Result<Vec<u8>, CodecError>) ->
             message,
         },
         Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+    };
+    out.truncate(before);
+    Some(failure)
+}
+
+/// Runs the body of a child, which appends the encoded result to the buffer it is given,
+/// turning a panic or a codec error into an [`Outcome`].
+pub(crate) fn run_guarded(body: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>) -> Outcome {
+    let mut out = Vec::new();
+    match run_guarded_into(&mut out, body) {
+        None => Outcome::Returned(out),
+        Some(failure) => failure,
     }
 }
 

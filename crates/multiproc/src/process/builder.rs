@@ -187,7 +187,7 @@ impl Builder {
         child::reap_finished();
         let start = self.describe(String::new(), Vec::new());
         Self::fork_with(start, |_| {
-            bootstrap::run_guarded(|| crate::codec::encode(&f()))
+            bootstrap::run_guarded(|out| crate::codec::encode_into(&f(), out))
         })
     }
 
@@ -244,7 +244,7 @@ impl Builder {
         if method == StartMethod::Fork {
             let entry = registry::lookup(&start.function);
             return Self::fork_with(start, move |start| match entry {
-                Some(e) => bootstrap::run_guarded(|| (e.invoke)(&start.args, fds)),
+                Some(e) => bootstrap::run_guarded(|out| (e.invoke)(&start.args, fds, out)),
                 None => Outcome::Failed(format!("function `{}` is not registered", start.function)),
             });
         }

@@ -55,6 +55,7 @@ pub(crate) struct Start {
     pub(crate) daemon: bool,
     pub(crate) parent_pid: u32,
     pub(crate) parent_name: String,
+    #[serde(with = "serde_bytes")]
     pub(crate) args: Vec<u8>,
 }
 
@@ -62,7 +63,7 @@ pub(crate) struct Start {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
     /// The encoded return value.
-    Returned(Vec<u8>),
+    Returned(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The panic message.
     Panicked(String),
     /// The arguments (`encode: false`) or the result (`encode: true`) did not go through
