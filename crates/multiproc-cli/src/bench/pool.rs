@@ -6,19 +6,12 @@ use std::time::Instant;
 use multiproc::{Func, Pool, Process};
 
 use super::pep::{crunch_primes, empty_func};
-use super::stats::{Samples, human, ratio};
+use super::stats::{Samples, human, ratio, repeat};
 
 /// A trivial task.
 #[multiproc::func]
 pub(crate) fn ident(x: u64) -> u64 {
     x
-}
-
-fn repeat(
-    reps: usize,
-    mut f: impl FnMut() -> multiproc::Result<f64>,
-) -> multiproc::Result<Samples> {
-    Ok(Samples((0..reps).map(|_| f()).collect::<Result<_, _>>()?))
 }
 
 /// Runs the group and prints it.

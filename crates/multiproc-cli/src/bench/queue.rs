@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Event, Fd, Func, Lock, Queue};
 
-use super::stats::{Samples, human, ratio};
+use super::stats::{Samples, human, ratio, repeat};
 
 /// Child side: waits for `go`, then puts `n` 8-byte items (in batches of `batch` if > 1).
 #[multiproc::func]
@@ -107,13 +107,6 @@ fn lock_ns(n: u32) -> multiproc::Result<f64> {
         ));
     }
     Ok(t.elapsed().as_secs_f64() * 1e9 / f64::from(n))
-}
-
-fn repeat(
-    reps: usize,
-    mut f: impl FnMut() -> multiproc::Result<f64>,
-) -> multiproc::Result<Samples> {
-    Ok(Samples((0..reps).map(|_| f()).collect::<Result<_, _>>()?))
 }
 
 /// Runs the group and prints it.

@@ -47,6 +47,14 @@ impl Samples {
     }
 }
 
+/// Runs a measurement that reports its own figure `reps` times.
+pub(crate) fn repeat(
+    reps: usize,
+    mut f: impl FnMut() -> multiproc::Result<f64>,
+) -> multiproc::Result<Samples> {
+    Ok(Samples((0..reps).map(|_| f()).collect::<Result<_, _>>()?))
+}
+
 /// `ours / reference`, the way the tables print ratios.
 pub(crate) fn ratio(ours: f64, reference: f64) -> f64 {
     if reference > 0.0 {

@@ -66,6 +66,19 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    fn new(process: Process<()>, conn: Connection) -> Worker {
+        Worker {
+            process,
+            conn,
+            ready: false,
+            busy: VecDeque::new(),
+            timed_out: false,
+            tasks: 0,
+            avg: Duration::from_millis(1),
+            last_report: Instant::now(),
+        }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.process.pid()
     }
@@ -80,16 +93,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
             .name("PoolWorker")
             .fork(move || super::worker::serve(&theirs, None, maxtasks, &|_, a, out| run(a, out)))
             .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
-        return Ok(Worker {
-            process,
-            conn: ours,
-            ready: false,
-            busy: VecDeque::new(),
-            timed_out: false,
-            tasks: 0,
-            avg: Duration::from_millis(1),
-            last_report: Instant::now(),
-        });
+        return Ok(Worker::new(process, ours));
     }
     let mut b = Process::builder().daemon(true).name("PoolWorker");
     if let Some(m) = cfg.method {
@@ -101,16 +105,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
             (theirs, cfg.init.clone(), cfg.maxtasks),
         )
         .map_err(|e| PoolError::Io(format!("cannot start a worker: {e}")))?;
-    Ok(Worker {
-        process,
-        conn: ours,
-        ready: false,
-        busy: VecDeque::new(),
-        timed_out: false,
-        tasks: 0,
-        avg: Duration::from_millis(1),
-        last_report: Instant::now(),
-    })
+    Ok(Worker::new(process, ours))
 }
 
 /// Records item results of `job` from `start`, and collects the callback if it completed.

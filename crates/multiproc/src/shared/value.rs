@@ -20,6 +20,15 @@ fn size_of_n<T>(n: usize) -> Result<usize, SyncError> {
         .ok_or_else(|| SyncError::Invalid(format!("an array of {n} elements is too large")))
 }
 
+/// Takes the optional lock of a value or an array. Plain data cannot be left half-built in a
+/// way that breaks memory safety: a dead holder's lock is taken over and work goes on.
+fn guard(lock: &Option<Lock>) -> Result<Option<LockGuard<'_>>, SyncError> {
+    match lock {
+        None => Ok(None),
+        Some(l) => Ok(Some(l.acquire().or_else(AcquireError::recover)?)),
+    }
+}
+
 /// A single plain-old-data value in shared memory (Python's `multiprocessing.Value`), with
 /// an optional lock. `T` must be [`bytemuck::Pod`]: no pointers, no padding, any bit pattern
 /// valid, so that sharing its bytes between processes is sound.
@@ -77,12 +86,7 @@ impl<T: Pod> Value<T> {
     }
 
     fn guard(&self) -> Result<Option<LockGuard<'_>>, SyncError> {
-        match &self.lock {
-            None => Ok(None),
-            // Plain data cannot be left half-built in a way that breaks memory safety: take a
-            // dead holder's lock over and go on.
-            Some(l) => Ok(Some(l.acquire().or_else(AcquireError::recover)?)),
-        }
+        guard(&self.lock)
     }
 
     /// A copy of the value (read under the lock when there is one).
@@ -204,10 +208,7 @@ impl<T: Pod> Array<T> {
     }
 
     fn guard(&self) -> Result<Option<LockGuard<'_>>, SyncError> {
-        match &self.lock {
-            None => Ok(None),
-            Some(l) => Ok(Some(l.acquire().or_else(AcquireError::recover)?)),
-        }
+        guard(&self.lock)
     }
 
     fn offset(&self, index: usize) -> Result<usize, SyncError> {
