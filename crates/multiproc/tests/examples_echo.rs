@@ -24,7 +24,19 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-fn start_server(address: &str, key: Option<&str>) -> (Child, String) {
+/// The server process; killed and reaped if a test fails before shutting it down.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(address: &str, key: Option<&str>) -> (Server, String) {
     let mut cmd = Command::new(example("echo_server"));
     cmd.arg(address)
         .stdout(Stdio::piped())
@@ -43,7 +55,7 @@ fn start_server(address: &str, key: Option<&str>) -> (Child, String) {
         .strip_prefix("listening ")
         .expect("listening line")
         .to_string();
-    (child, addr)
+    (Server(child), addr)
 }
 
 fn client(address: &str, key: Option<&str>, input: &str) -> (i32, String, String) {
@@ -94,7 +106,7 @@ fn echo_over_tcp_with_key_survives_a_bad_client_and_shuts_down() {
     assert_eq!(code, 0, "{err}"); // no message sent: nothing to fail on
     let (code, out, _) = client(&addr, Some("k1"), "again\nshutdown\n");
     assert_eq!((code, out.as_str()), (0, "again\nshutdown\n"));
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(10)), 0);
+    assert_eq!(wait_exit(&mut server.0, Duration::from_secs(10)), 0);
 }
 
 #[test]
@@ -104,6 +116,6 @@ fn echo_over_a_unix_socket_without_key() {
     assert_eq!(addr, path.to_str().unwrap());
     let (code, out, _) = client(&addr, None, "a b c\nshutdown\n");
     assert_eq!((code, out.as_str()), (0, "a b c\nshutdown\n"));
-    assert_eq!(wait_exit(&mut server, Duration::from_secs(10)), 0);
+    assert_eq!(wait_exit(&mut server.0, Duration::from_secs(10)), 0);
     assert!(!path.exists());
 }
