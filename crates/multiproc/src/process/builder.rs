@@ -214,7 +214,7 @@ impl Builder {
             bootstrap::finish(theirs, outcome)
         })
         .map_err(ProcessError::io("fork"))?;
-        Self::register(pid, &start, None, ours)
+        Self::register(pid, start, None, ours)
     }
 
     fn describe(&self, function: String, args: Vec<u8>) -> Start {
@@ -255,13 +255,13 @@ impl Builder {
         if method == StartMethod::Forkserver {
             // The start message travels with the request: the child has it in memory.
             let (pid, pidfd) = forkserver::request(theirs.as_fd(), &payload, &fds)?;
-            return Self::register(pid, &start, Some(pidfd), ours);
+            return Self::register(pid, start, Some(pidfd), ours);
         }
         let pid = sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
             .map_err(io("spawning a child"))?;
         drop(theirs);
         let sent = wire::write_frame(ours.as_fd(), Kind::Start, &payload, &fds);
-        let process = Self::register(pid, &start, None, ours)?;
+        let process = Self::register(pid, start, None, ours)?;
         match sent {
             Ok(()) => Ok(process),
             // A child that died before reading is reported by its exit status at join.
@@ -284,13 +284,16 @@ impl Builder {
         }
     }
 
+    /// Takes the start message by value: moving its name (not cloning it) keeps the parent
+    /// from allocating while a fork child shares its pages (each write there is a
+    /// copy-on-write fault).
     fn register<R>(
         pid: u32,
-        start: &Start,
+        start: Start,
         pidfd: Option<OwnedFd>,
         sock: OwnedFd,
     ) -> Result<Process<R>, ProcessError> {
-        let shared = ChildShared::new(pid, start.name.clone(), start.daemon, pidfd, sock)
+        let shared = ChildShared::new(pid, start.name, start.daemon, pidfd, sock)
             .map_err(ProcessError::io("watching the child"))?;
         let shared = Arc::new(shared);
         child::register(shared.clone());
@@ -321,6 +324,11 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
         child::lock_children(),
         current::lock_me(),
     ));
+    // Room for the new child's entry now, so that registering it after the fork does not
+    // reallocate while the child shares our pages.
+    if let Some((_, children, _)) = locks.as_mut() {
+        children.reserve(1);
+    }
     let pid = sys::fork_then(&[close], || {
         if let Some((mut client, mut children, me)) = locks.take() {
             *client = None;
