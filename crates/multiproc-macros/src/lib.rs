@@ -1,9 +1,9 @@
 //! Attribute macros of `multiproc`; use them through the `multiproc` crate:
-//! `#[multiproc::func]`, `#[multiproc::main]`, `#[multiproc::test]`.
+//! `#[multiproc::func]`, `#[multiproc::main]`, `#[multiproc::test]`, `#[multiproc::managed]`.
 
 use proc_macro::TokenStream;
 use quote::{format_ident, quote};
-use syn::{FnArg, ItemFn, ReturnType, parse_macro_input};
+use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ReturnType, Type, parse_macro_input};
 
 /// Registers a function so that a child process can run it: `f.spawn(args)` or
 /// `Process::builder().start(&f, args)`.
@@ -122,4 +122,199 @@ pub fn test(_attr: TokenStream, item: TokenStream) -> TokenStream {
         #body
     });
     quote!(#[::core::prelude::v1::test] #f).into()
+}
+
+/// Serves a type from a manager: on an `impl` block, generates `<Type>Proxy` with one method
+/// per method of the block (same name and parameters, returning
+/// `Result<_, multiproc::ManagerError>`), implements `multiproc::manager::Managed` for the
+/// type, and registers it so that a manager running this binary can create it
+/// (`manager.create(value)`).
+///
+/// The type must be `Serialize + DeserializeOwned + Send + 'static`; methods take `&self` or
+/// `&mut self`, owned parameters (or `&str`, `&[T]`, `&T`, received as their owned forms) and
+/// return a serializable value. Methods without `self` stay as they are.
+#[proc_macro_attribute]
+pub fn managed(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[multiproc::managed] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let imp = parse_macro_input!(item as ItemImpl);
+    match expand_managed(&imp) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// The owned type a parameter of type `ty` is received as.
+fn owned_type(ty: &Type) -> Type {
+    match ty {
+        Type::Reference(r) => match &*r.elem {
+            Type::Path(p) if p.path.is_ident("str") => syn::parse_quote!(::std::string::String),
+            Type::Slice(s) => {
+                let e = &s.elem;
+                syn::parse_quote!(::std::vec::Vec<#e>)
+            }
+            other => other.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+fn expand_managed(imp: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+    use syn::spanned::Spanned;
+    if let Some((_, path, _)) = &imp.trait_ {
+        return Err(syn::Error::new(
+            path.span(),
+            "#[multiproc::managed] goes on an inherent impl block, not a trait impl",
+        ));
+    }
+    if !imp.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            imp.generics.span(),
+            "#[multiproc::managed] cannot serve a generic impl: give it concrete types",
+        ));
+    }
+    let self_ty = &imp.self_ty;
+    let Type::Path(tp) = &**self_ty else {
+        return Err(syn::Error::new(self_ty.span(), "expected a named type"));
+    };
+    let ident = &tp
+        .path
+        .segments
+        .last()
+        .ok_or_else(|| syn::Error::new(self_ty.span(), "expected a named type"))?
+        .ident;
+    let proxy = format_ident!("{}Proxy", ident);
+    let mut methods = Vec::new();
+    let mut arms = Vec::new();
+    for item in &imp.items {
+        let ImplItem::Fn(f) = item else { continue };
+        let sig = &f.sig;
+        let Some(FnArg::Receiver(recv)) = sig.inputs.first() else {
+            continue; // associated functions stay local
+        };
+        if recv.reference.is_none() {
+            return Err(syn::Error::new(
+                recv.span(),
+                "a managed method takes `&self` or `&mut self` (the value stays in the manager)",
+            ));
+        }
+        if !sig.generics.params.is_empty() || sig.asyncness.is_some() {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                "a managed method cannot be generic or async",
+            ));
+        }
+        let name = &sig.ident;
+        let method = name.to_string();
+        let mut params = Vec::new();
+        let mut names = Vec::new();
+        let mut owned = Vec::new();
+        let mut call_args = Vec::new();
+        for (i, input) in sig.inputs.iter().skip(1).enumerate() {
+            let FnArg::Typed(t) = input else { continue };
+            let n = format_ident!("__a{}", i);
+            let ty = &*t.ty;
+            params.push(quote!(#n: #ty));
+            owned.push(owned_type(ty));
+            call_args.push(if matches!(ty, Type::Reference(_)) {
+                quote!(&#n)
+            } else {
+                quote!(#n)
+            });
+            names.push(n);
+        }
+        let ret = match &sig.output {
+            ReturnType::Default => quote!(()),
+            ReturnType::Type(_, t) => quote!(#t),
+        };
+        let docs = f.attrs.iter().filter(|a| a.path().is_ident("doc"));
+        let vis = &f.vis;
+        methods.push(quote! {
+            #(#docs)*
+            #vis fn #name(&self, #(#params),*) -> ::std::result::Result<#ret, ::multiproc::ManagerError> {
+                ::multiproc::manager::ProxyType::proxy(self).call(#method, &(#(#names,)*))
+            }
+        });
+        arms.push(quote! {
+            #method => {
+                let (#(#names,)*): (#(#owned,)*) = ::multiproc::manager::__args(__args)?;
+                ::multiproc::manager::__ret(&self.#name(#(#call_args),*))
+            }
+        });
+    }
+    let doc = format!(
+        "Proxy of a [`{ident}`] served by a manager: its methods, called in the manager's process."
+    );
+    Ok(quote! {
+        #imp
+
+        #[doc = #doc]
+        #[derive(Clone, Debug)]
+        pub struct #proxy(::multiproc::manager::Proxy);
+
+        impl #proxy {
+            #(#methods)*
+        }
+
+        impl ::multiproc::manager::ProxyType for #proxy {
+            fn kind() -> ::std::string::String {
+                ::multiproc::manager::__kind::<#self_ty>()
+            }
+            fn from_proxy(proxy: ::multiproc::manager::Proxy) -> Self {
+                #proxy(proxy)
+            }
+            fn proxy(&self) -> &::multiproc::manager::Proxy {
+                &self.0
+            }
+        }
+
+        impl ::multiproc::__private::serde::Serialize for #proxy {
+            fn serialize<S: ::multiproc::__private::serde::Serializer>(
+                &self,
+                s: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                ::multiproc::__private::serde::Serialize::serialize(&self.0, s)
+            }
+        }
+
+        impl<'de> ::multiproc::__private::serde::Deserialize<'de> for #proxy {
+            fn deserialize<D: ::multiproc::__private::serde::Deserializer<'de>>(
+                d: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                <::multiproc::manager::Proxy as ::multiproc::__private::serde::Deserialize>::deserialize(d)
+                    .map(#proxy)
+            }
+        }
+
+        impl ::multiproc::manager::Managed for #self_ty {
+            type Proxy = #proxy;
+
+            fn __dispatch(
+                &mut self,
+                __method: &str,
+                __args: &[u8],
+            ) -> ::std::result::Result<::std::vec::Vec<u8>, ::multiproc::manager::__Fault> {
+                match __method {
+                    #(#arms)*
+                    _ => ::std::result::Result::Err(::multiproc::manager::__unknown::<Self>(__method)),
+                }
+            }
+        }
+
+        const _: () = {
+            #[::multiproc::__private::linkme::distributed_slice(::multiproc::manager::MANAGED_TYPES)]
+            #[linkme(crate = ::multiproc::__private::linkme)]
+            static __MULTIPROC_MANAGED: ::multiproc::manager::ManagedEntry =
+                ::multiproc::manager::ManagedEntry {
+                    kind: ::multiproc::manager::__kind::<#self_ty>,
+                    create: ::multiproc::manager::__create::<#self_ty>,
+                };
+        };
+    })
 }

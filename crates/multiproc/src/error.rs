@@ -256,6 +256,112 @@ pub enum SyncError {
     Io(#[from] io::Error),
 }
 
+/// Errors of managers and their proxies (see [`manager`](crate::manager)).
+///
+/// Errors an object raised on the server (an empty queue, a broken barrier, an index out of
+/// range) come back as their own variant; transport problems as [`Connection`](Self::Connection)
+/// or [`Closed`](Self::Closed). None of them leaves the server in a bad state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The manager shut down, or the connection to it was lost (its process died).
+    #[error("the manager has shut down or is unreachable")]
+    Closed,
+    /// The manager process could not be started.
+    #[error("cannot start the manager: {0}")]
+    Start(String),
+    /// The object no longer exists on the server (every reference to it was dropped), or the
+    /// id never named one.
+    #[error("object {0} does not exist on the manager")]
+    UnknownObject(u64),
+    /// The object has no such method.
+    #[error("a `{kind}` object has no method `{method}`")]
+    UnknownMethod {
+        /// The object's kind.
+        kind: String,
+        /// The method asked for.
+        method: String,
+    },
+    /// The server cannot create objects of this kind (a user type that the server's binary
+    /// does not contain).
+    #[error(
+        "the manager cannot create `{0}`: serve from a binary that contains its `#[multiproc::managed]` impl"
+    )]
+    UnknownKind(String),
+    /// The arguments did not decode as the method's parameter types (the two sides disagree
+    /// on the types).
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
+    /// A method of a user type panicked on the server; the object stays usable.
+    #[error("the method panicked on the manager: {0}")]
+    Panicked(String),
+    /// A blocking call ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// A non-blocking `get` found the queue empty.
+    #[error("the queue is empty")]
+    Empty,
+    /// A non-blocking `put` found the bounded queue full.
+    #[error("the queue is full")]
+    Full,
+    /// A dict or namespace has no such key.
+    #[error("no such key")]
+    KeyNotFound,
+    /// A list or array index past the end.
+    #[error("index {index} out of range for length {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: u64,
+        /// The length at the time.
+        len: u64,
+    },
+    /// `publish` with a name that is already taken.
+    #[error("the name `{0}` is already published on the manager")]
+    NameTaken(String),
+    /// `lookup` of a name that is not published.
+    #[error("no object is published as `{0}`")]
+    NameNotFound(String),
+    /// `lookup` found an object of another kind than the proxy asked for.
+    #[error("`{name}` is a `{found}`, not a `{expected}`")]
+    WrongKind {
+        /// The published name.
+        name: String,
+        /// The kind the proxy type needs.
+        expected: String,
+        /// The kind of the published object.
+        found: String,
+    },
+    /// Releasing a lock this thread does not hold (or one that is not locked).
+    #[error("{0}")]
+    NotOwner(String),
+    /// A bounded semaphore released more often than acquired.
+    #[error("semaphore released too many times")]
+    OverReleased,
+    /// The barrier is broken (a waiter timed out, or `abort` was called).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
+    /// `task_done` called more times than items were put.
+    #[error("task_done() called too many times")]
+    TooManyTaskDone,
+    /// A message larger than the server accepts.
+    #[error("request of {size} bytes exceeds the manager's limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The request's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// An argument out of its domain (a barrier of 0 parties, ...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// Values could not go through the codec on this side.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Connecting or talking to the manager failed (wrong authkey, refused, ...).
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+}
+
 /// The umbrella error of the crate: every area's error converts into it with `?`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -278,6 +384,9 @@ pub enum Error {
     /// See [`PoolError`].
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// See [`ManagerError`].
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
     /// An operating system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),

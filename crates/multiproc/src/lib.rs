@@ -36,6 +36,7 @@ mod codec;
 pub mod connection;
 mod cpu;
 mod error;
+pub mod manager;
 pub mod pool;
 mod process;
 pub mod queue;
@@ -47,9 +48,11 @@ pub use codec::Fd;
 pub use connection::{Address, Client, Connection, Listener, pipe, wait};
 pub use cpu::cpu_count;
 pub use error::{
-    CodecError, ConnectionError, Error, PoolError, ProcessError, QueueError, Result, SyncError,
+    CodecError, ConnectionError, Error, ManagerError, PoolError, ProcessError, QueueError, Result,
+    SyncError,
 };
-pub use multiproc_macros::{func, main, test};
+pub use manager::Manager;
+pub use multiproc_macros::{func, main, managed, test};
 pub use pool::{AsyncResult, ClosurePool, Pool, PoolBuilder};
 pub use process::registry::Func;
 pub use process::{
@@ -79,6 +82,7 @@ pub fn shutdown() {
 pub mod __private {
     pub use crate::process::registry::{Entry, FUNCTIONS, Invoke, decode_args, encode_result};
     pub use linkme;
+    pub use serde;
 
     /// Ends the children when `main` returns or unwinds.
     #[derive(Debug)]

@@ -140,14 +140,42 @@ impl Listener {
     /// Waits for the next client and authenticates it. A failed handshake is an error for
     /// that client only: call `accept` again to go on serving.
     pub fn accept(&self) -> Result<Connection, ConnectionError> {
-        let fd = sys::accept(self.fd.as_fd())?;
-        let conn = Connection::new(fd, true, true, self.settings.max_message);
-        if let Some(key) = &self.settings.authkey {
-            let deadline = Instant::now() + self.settings.handshake_timeout;
-            auth::deliver_challenge(&conn, key, deadline)?;
-            auth::answer_challenge(&conn, key, deadline)?;
-        }
+        let conn = self.accept_unauthenticated()?;
+        self.handshake().authenticate(&conn)?;
         Ok(conn)
+    }
+
+    /// Accepts the next client without authenticating it: a server that serves each client
+    /// on its own thread runs the handshake there ([`Listener::authenticate`]), so a slow
+    /// client cannot hold up the others.
+    pub(crate) fn accept_unauthenticated(&self) -> Result<Connection, ConnectionError> {
+        let fd = sys::accept(self.fd.as_fd())?;
+        Ok(Connection::new(fd, true, true, self.settings.max_message))
+    }
+
+    /// The server side of the handshake, to run on connections from
+    /// [`accept_unauthenticated`](Listener::accept_unauthenticated) (on any thread).
+    pub(crate) fn handshake(&self) -> Handshake {
+        Handshake(self.settings.clone())
+    }
+
+    /// A listener over an already listening socket (handed to a server process).
+    pub(crate) fn from_listening(fd: OwnedFd, address: Address, authkey: Vec<u8>) -> Listener {
+        Listener {
+            fd,
+            address,
+            settings: Settings {
+                authkey: Some(authkey),
+                ..Settings::default()
+            },
+        }
+    }
+
+    /// The listening socket, without removing a Unix socket path (another process takes
+    /// the listener over).
+    pub(crate) fn into_fd(mut self) -> std::io::Result<OwnedFd> {
+        self.address = Address::Abstract(Vec::new()); // nothing to remove when dropped
+        self.fd.try_clone()
     }
 
     /// Accepted connections, one after another, for ever (each item is the result of one
@@ -178,6 +206,22 @@ impl Drop for Listener {
         if let Address::Unix(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// The server side of a listener's handshake, detached from the listener.
+#[derive(Debug, Clone)]
+pub(crate) struct Handshake(Settings);
+
+impl Handshake {
+    /// Authenticates the client on `conn` when there is an authkey.
+    pub(crate) fn authenticate(&self, conn: &Connection) -> Result<(), ConnectionError> {
+        if let Some(key) = &self.0.authkey {
+            let deadline = Instant::now() + self.0.handshake_timeout;
+            auth::deliver_challenge(conn, key, deadline)?;
+            auth::answer_challenge(conn, key, deadline)?;
+        }
+        Ok(())
     }
 }
 

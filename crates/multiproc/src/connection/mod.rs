@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub use address::{Address, ToAddress};
 pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
+pub(crate) use listener::Handshake;
 pub use listener::{Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, Listener, ListenerBuilder};
 
 use crate::error::ConnectionError;

@@ -129,7 +129,7 @@ pub(crate) fn run_guarded(body: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecErr
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

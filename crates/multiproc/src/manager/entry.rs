@@ -1,0 +1,22 @@
+//! The entry point of a local manager's server process.
+// `#[multiproc::func]` registers the function with a link-section static (linkme); that
+// attribute is all the unsafe code here.
+#![allow(unsafe_code)]
+
+use super::server::Server;
+use crate::connection::{Address, Listener};
+
+/// The server of a local manager: a daemon child process serving on the listening socket
+/// its owner created, until the owner shuts it down or dies.
+#[multiproc_macros::func]
+pub(crate) fn multiproc_manager_server(
+    listener: crate::Fd,
+    address: String,
+    authkey: serde_bytes::ByteBuf,
+) -> Result<(), String> {
+    let address: Address = address.parse().map_err(|e| format!("{e}"))?;
+    let listener = Listener::from_listening(listener.into_owned(), address, authkey.into_vec());
+    let server = Server::start(listener).map_err(|e| e.to_string())?;
+    server.wait();
+    Ok(())
+}

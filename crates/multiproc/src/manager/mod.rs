@@ -1,0 +1,400 @@
+//! Managers: objects that live in a server process and are shared through proxies, locally
+//! or over the network (Python's `multiprocessing.managers`).
+//!
+//! ```no_run
+//! use multiproc::manager::Manager;
+//!
+//! #[multiproc::func]
+//! fn count_words(text: String, counts: multiproc::manager::DictProxy<String, u64>) {
+//!     for w in text.split_whitespace() {
+//!         let _ = counts.set(&w.to_string(), &1);
+//!     }
+//! }
+//!
+//! #[multiproc::main]
+//! fn main() -> multiproc::Result<()> {
+//!     use multiproc::Func;
+//!     let mgr = Manager::start()?; // a server process, random authkey
+//!     let counts = mgr.dict::<String, u64>()?;
+//!     count_words.spawn(("a b c".into(), counts.clone()))?.join()?;
+//!     assert_eq!(counts.len()?, 3);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! - Built-in kinds: [`dict`](Manager::dict), [`list`](Manager::list),
+//!   [`array`](Manager::array), [`queue`](Manager::queue),
+//!   [`joinable_queue`](Manager::joinable_queue), [`namespace`](Manager::namespace),
+//!   [`value`](Manager::value), and the synchronization kinds ([`lock`](Manager::lock),
+//!   [`rlock`](Manager::rlock), semaphores, [`event`](Manager::event),
+//!   [`condition`](Manager::condition), [`barrier`](Manager::barrier)) which work across
+//!   machines. User types: [`#[multiproc::managed]`](crate::managed) and
+//!   [`create`](Manager::create).
+//! - Remote: [`Manager::serve`] (or `multiproc manager serve`) listens on TCP;
+//!   [`Manager::connect`] reaches it; [`publish`](Manager::publish) and
+//!   [`lookup`](Manager::lookup) name objects for other machines.
+//! - Security: every connection passes the authkey handshake; a request names an object and
+//!   a method from the object's fixed set; nothing received is executed.
+//! - Lifetimes: an object lives while any proxy to it exists in any process (or a name
+//!   publishes it); a process that is killed releases its references and its locks when its
+//!   connections close. A local manager ends when its owner drops the last handle or
+//!   proxy, or dies — even by `SIGKILL`.
+//! - Concurrency: each client connection is served by its own thread; each object
+//!   serializes its own methods, so a slow call never stalls other objects.
+
+mod entry;
+mod managed;
+mod objects;
+mod proxy;
+mod server;
+mod session;
+mod typed;
+mod wire;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use managed::Managed;
+#[doc(hidden)]
+pub use managed::{
+    __Fault, __Served, __args, __create, __ret, __unknown, MANAGED_TYPES, ManagedEntry,
+    kind_of as __kind,
+};
+pub use proxy::{Proxy, ProxyType};
+pub use server::{Server, ServerHandle};
+pub use typed::{
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, JoinableQueueProxy, ListProxy,
+    LockProxy, NamespaceProxy, ProxyGuard, QueueProxy, SemaphoreProxy, ValueProxy,
+};
+pub use wire::ManagerStats;
+
+use crate::connection::{Address, Listener, ToAddress};
+use crate::error::ManagerError;
+use crate::process::StartMethod;
+use session::Session;
+use wire::Request;
+
+/// A handle to a manager: one started by this process ([`Manager::start`]) or one reached
+/// over the network ([`Manager::connect`]). Creates objects and returns their proxies.
+///
+/// Clones share one session. A started manager's server process ends when the last handle
+/// and the last proxy of the owner are dropped, on [`shutdown`](Manager::shutdown), or when
+/// the owner dies.
+#[derive(Clone, Debug)]
+pub struct Manager {
+    session: Arc<Session>,
+}
+
+/// Configures a local manager: `Manager::builder().start_method(StartMethod::Spawn).start()`.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerBuilder {
+    method: Option<StartMethod>,
+    address: Option<Address>,
+    authkey: Option<Vec<u8>>,
+}
+
+impl ManagerBuilder {
+    /// How the server process is started (default: the process default).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Where the server listens (default: a fresh abstract Unix socket, reachable only on
+    /// this machine). A TCP address makes the started manager reachable from others.
+    pub fn address(mut self, address: impl ToAddress) -> Result<Self, ManagerError> {
+        self.address = Some(address.to_address()?);
+        Ok(self)
+    }
+
+    /// The authkey (default: 32 random bytes).
+    pub fn authkey(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.authkey = Some(key.into());
+        self
+    }
+
+    /// Starts the server process and connects to it.
+    pub fn start(self) -> Result<Manager, ManagerError> {
+        let authkey = match self.authkey {
+            Some(k) => k,
+            None => random_key()?,
+        };
+        let address = match self.address {
+            Some(a) => a,
+            None => {
+                let tag = u64::from_ne_bytes(random_key()?[..8].try_into().unwrap_or_default());
+                Address::Abstract(
+                    format!("multiproc-manager-{}-{tag:016x}", std::process::id()).into_bytes(),
+                )
+            }
+        };
+        let listener = Listener::builder()
+            .authkey(authkey.clone())
+            .bind(&address)?;
+        let address = listener.address().clone();
+        // The server process takes the socket over (and removes a Unix path when it ends).
+        let fd = listener.into_fd().map_err(|e| {
+            ManagerError::Start(format!("cannot hand over the listening socket: {e}"))
+        })?;
+        let mut b = crate::Process::builder().daemon(true).name("Manager");
+        if let Some(m) = self.method {
+            b = b.start_method(m);
+        }
+        let process = b
+            .start(
+                &entry::multiproc_manager_server,
+                (
+                    crate::Fd::from(fd),
+                    address.to_string(),
+                    serde_bytes::ByteBuf::from(authkey.clone()),
+                ),
+            )
+            .map_err(|e| ManagerError::Start(e.to_string()))?;
+        let session = Session::open_owned(address, authkey, process)?;
+        Ok(Manager { session })
+    }
+}
+
+fn random_key() -> Result<Vec<u8>, ManagerError> {
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| ManagerError::Start(format!("no random bytes for the authkey: {e}")))?;
+    Ok(key)
+}
+
+impl Manager {
+    /// Starts a local manager: a daemon server process on an abstract Unix socket with a
+    /// random authkey, which ends with its owner.
+    pub fn start() -> Result<Manager, ManagerError> {
+        Self::builder().start()
+    }
+
+    /// A builder for a local manager with other settings.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// Serves objects on `address` in this process (background threads) for clients that
+    /// know `authkey`, as `multiproc manager serve` does. The server runs until a client
+    /// calls [`shutdown`](Manager::shutdown), [`ServerHandle::shutdown`] is called, or the
+    /// [`Server`] is dropped.
+    ///
+    /// ```no_run
+    /// use multiproc::manager::Manager;
+    /// # fn main() -> Result<(), multiproc::ManagerError> {
+    /// let server = Manager::serve("127.0.0.1:0", b"secret")?;
+    /// let mgr = Manager::connect(server.address(), b"secret")?;
+    /// mgr.publish("jobs", &mgr.joinable_queue::<u64>()?)?;
+    /// server.wait(); // until a client shuts it down
+    /// # Ok(()) }
+    /// ```
+    pub fn serve(address: impl ToAddress, authkey: &[u8]) -> Result<Server, ManagerError> {
+        if authkey.is_empty() {
+            return Err(ManagerError::Invalid(
+                "a served manager needs a non-empty authkey".into(),
+            ));
+        }
+        let listener = Listener::builder().authkey(authkey).bind(address)?;
+        Server::start(listener)
+    }
+
+    /// Connects to a manager serving on `address` (wrong key: a connection error).
+    pub fn connect(address: impl ToAddress, authkey: &[u8]) -> Result<Manager, ManagerError> {
+        let address = address.to_address()?;
+        Ok(Manager {
+            session: Session::connect(&address, authkey)?,
+        })
+    }
+
+    /// The address of the server.
+    pub fn address(&self) -> &Address {
+        &self.session.address
+    }
+
+    /// The authkey (what a process needs, with the address, to connect).
+    pub fn authkey(&self) -> &[u8] {
+        &self.session.authkey
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.session.server_pid
+    }
+
+    /// What the server holds now.
+    pub fn stats(&self) -> Result<ManagerStats, ManagerError> {
+        self.session
+            .request(&Request::Stats, None, |b| Ok(crate::codec::decode(b)?))
+    }
+
+    /// Stops the server (any authorized client may): every proxy of every process then gets
+    /// [`ManagerError::Closed`]. For a started manager, waits for its process to exit.
+    pub fn shutdown(&self) -> Result<(), ManagerError> {
+        self.session.shutdown()
+    }
+
+    fn create_kind<P: ProxyType, I: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        init: &I,
+    ) -> Result<P, ManagerError> {
+        let init = crate::codec::encode(init)?;
+        let id = self
+            .session
+            .request(&Request::Create { kind, init: &init }, None, |b| {
+                Ok(crate::codec::decode::<u64>(b)?)
+            })?;
+        Ok(P::from_proxy(Proxy::adopt(
+            self.session.clone(),
+            id,
+            kind.to_string(),
+        )))
+    }
+
+    /// A new, empty dict.
+    pub fn dict<K, V>(&self) -> Result<DictProxy<K, V>, ManagerError> {
+        self.create_kind("dict", &())
+    }
+
+    /// A new, empty list.
+    pub fn list<T>(&self) -> Result<ListProxy<T>, ManagerError> {
+        self.create_kind("list", &())
+    }
+
+    /// A new fixed-length array holding `items`.
+    pub fn array<T: Serialize>(&self, items: &[T]) -> Result<ArrayProxy<T>, ManagerError> {
+        let encoded = items
+            .iter()
+            .map(|v| crate::codec::encode(v).map(serde_bytes::ByteBuf::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.create_kind("array", &encoded)
+    }
+
+    /// A new unbounded queue.
+    pub fn queue<T>(&self) -> Result<QueueProxy<T>, ManagerError> {
+        self.create_kind("queue", &0u64)
+    }
+
+    /// A new queue holding at most `maxsize` items (`put` waits for room).
+    pub fn queue_bounded<T>(&self, maxsize: usize) -> Result<QueueProxy<T>, ManagerError> {
+        if maxsize == 0 {
+            return Err(ManagerError::Invalid(
+                "a bounded queue needs maxsize > 0".into(),
+            ));
+        }
+        self.create_kind("queue", &(maxsize as u64))
+    }
+
+    /// A new unbounded joinable queue.
+    pub fn joinable_queue<T>(&self) -> Result<JoinableQueueProxy<T>, ManagerError> {
+        self.create_kind("joinable_queue", &0u64)
+    }
+
+    /// A new, empty namespace.
+    pub fn namespace(&self) -> Result<NamespaceProxy, ManagerError> {
+        self.create_kind("namespace", &())
+    }
+
+    /// A new value holding `initial`.
+    pub fn value<T: Serialize>(&self, initial: &T) -> Result<ValueProxy<T>, ManagerError> {
+        let v = crate::codec::encode(initial)?;
+        self.create_kind("value", serde_bytes::Bytes::new(&v))
+    }
+
+    /// A new lock (any thread of any process may release it).
+    pub fn lock(&self) -> Result<LockProxy, ManagerError> {
+        self.create_kind("lock", &())
+    }
+
+    /// A new reentrant lock (its owner thread may acquire it again; only it releases).
+    pub fn rlock(&self) -> Result<LockProxy, ManagerError> {
+        self.create_kind("rlock", &())
+    }
+
+    /// A new semaphore with `value` units.
+    pub fn semaphore(&self, value: u64) -> Result<SemaphoreProxy, ManagerError> {
+        self.create_kind("semaphore", &value)
+    }
+
+    /// A new semaphore that refuses releases past its initial `value`.
+    pub fn bounded_semaphore(&self, value: u64) -> Result<SemaphoreProxy, ManagerError> {
+        self.create_kind("bounded_semaphore", &value)
+    }
+
+    /// A new event, cleared.
+    pub fn event(&self) -> Result<EventProxy, ManagerError> {
+        self.create_kind("event", &())
+    }
+
+    /// A new condition with its own reentrant lock.
+    pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
+        self.create_kind("condition", &())
+    }
+
+    /// A new barrier for `parties` parties.
+    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy, ManagerError> {
+        self.create_kind("barrier", &(parties as u64))
+    }
+
+    /// Moves `value` into the manager and returns its proxy; `T`'s methods become the
+    /// proxy's ([`#[multiproc::managed]`](crate::managed)). The server's binary must contain
+    /// `T` (a started manager runs this binary).
+    pub fn create<T: Managed>(&self, value: T) -> Result<T::Proxy, ManagerError> {
+        self.create_kind(&managed::kind_of::<T>(), &value)
+    }
+
+    /// Publishes `proxy`'s object as `name`, for [`lookup`](Manager::lookup) from other
+    /// processes; the name keeps the object alive until [`unpublish`](Manager::unpublish).
+    /// [`ManagerError::NameTaken`] when the name is in use.
+    pub fn publish<P: ProxyType>(&self, name: &str, proxy: &P) -> Result<(), ManagerError> {
+        let id = proxy.proxy().id();
+        self.session
+            .request(&Request::Publish { name, id }, None, |_| Ok(()))
+    }
+
+    /// The object published as `name`, through a proxy of type `P`
+    /// ([`ManagerError::NameNotFound`], [`ManagerError::WrongKind`]).
+    pub fn lookup<P: ProxyType>(&self, name: &str) -> Result<P, ManagerError> {
+        let (id, kind): (u64, String) =
+            self.session.request(&Request::Lookup { name }, None, |b| {
+                Ok(crate::codec::decode(b)?)
+            })?;
+        let proxy = Proxy::adopt(self.session.clone(), id, kind);
+        let expected = P::kind();
+        if !proxy::kind_fits(&expected, proxy.kind()) {
+            return Err(ManagerError::WrongKind {
+                name: name.to_string(),
+                expected,
+                found: proxy.kind().to_string(),
+            });
+        }
+        Ok(P::from_proxy(proxy))
+    }
+
+    /// The object published as `name`; if there is none, the one `create` makes, published
+    /// under that name. Safe against a race with another process doing the same: both end
+    /// up with the one that was published first.
+    pub fn lookup_or_publish<P: ProxyType>(
+        &self,
+        name: &str,
+        create: impl FnOnce(&Manager) -> Result<P, ManagerError>,
+    ) -> Result<P, ManagerError> {
+        match self.lookup(name) {
+            Err(ManagerError::NameNotFound(_)) => {}
+            other => return other,
+        }
+        let p = create(self)?;
+        match self.publish(name, &p) {
+            Ok(()) => Ok(p),
+            Err(ManagerError::NameTaken(_)) => self.lookup(name),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a published name (the object lives on while proxies to it exist).
+    pub fn unpublish(&self, name: &str) -> Result<(), ManagerError> {
+        self.session
+            .request(&Request::Unpublish { name }, None, |_| Ok(()))
+    }
+}

@@ -1,0 +1,275 @@
+//! The client side: one session per process and manager, with a pool of connections.
+//!
+//! A session's first connection (the anchor) stays open and idle for the session's life, so
+//! the server keeps the session's references exactly as long as the process holds proxies.
+//! Calls borrow a connection from the pool (opening one when all are busy, so a blocking
+//! `get` on one thread does not hold up calls on others) and give it back.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_bytes::Bytes;
+
+use super::objects::lock;
+use super::wire::{Fault, Hello, Request};
+use crate::Process;
+use crate::connection::{Address, Client, Connection};
+use crate::error::{ConnectionError, ManagerError};
+use crate::sys;
+
+/// Extra time a timed call waits for its reply beyond its own timeout before the
+/// connection is considered lost.
+const REPLY_GRACE: Duration = Duration::from_secs(30);
+
+/// At most this many idle connections are kept per session.
+const MAX_IDLE: usize = 16;
+
+/// The sessions of this process, by manager address.
+static SESSIONS: Mutex<Vec<(Address, Weak<Session>)>> = Mutex::new(Vec::new());
+
+pub(crate) struct Session {
+    pub address: Address,
+    pub authkey: Vec<u8>,
+    id: u128,
+    /// The process that opened the session; a forked child must not use its sockets.
+    pub opened_by: u32,
+    pub server_pid: u32,
+    max_message: u64,
+    _anchor: Connection,
+    idle: Mutex<Vec<Connection>>,
+    /// The server process when this process started it.
+    owned: Mutex<Option<Process<Result<(), String>>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("address", &self.address)
+            .field("server_pid", &self.server_pid)
+            .finish()
+    }
+}
+
+thread_local! {
+    static THREAD_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A number for the calling thread, unique in this process (lock ownership on the server).
+fn thread_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    THREAD_ID.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
+fn transport(e: ConnectionError) -> ManagerError {
+    match e {
+        ConnectionError::Closed => ManagerError::Closed,
+        ConnectionError::Io(ref io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            ManagerError::Closed
+        }
+        e => ManagerError::Connection(e),
+    }
+}
+
+impl Session {
+    /// The session of this process with the manager at `address`, opened if needed.
+    pub(crate) fn connect(address: &Address, authkey: &[u8]) -> Result<Arc<Session>, ManagerError> {
+        let pid = sys::getpid();
+        let mut table = lock(&SESSIONS);
+        table.retain(|(_, w)| w.upgrade().is_some_and(|s| s.opened_by == pid));
+        if let Some(s) = table
+            .iter()
+            .filter(|(a, _)| a == address)
+            .filter_map(|(_, w)| w.upgrade())
+            .find(|s| !s.closed.load(Ordering::Relaxed))
+        {
+            return Ok(s);
+        }
+        let s = Arc::new(Session::open(address.clone(), authkey.to_vec(), None)?);
+        table.push((address.clone(), Arc::downgrade(&s)));
+        Ok(s)
+    }
+
+    /// Opens a new session (registered for reuse by proxies that arrive in this process).
+    pub(crate) fn open_owned(
+        address: Address,
+        authkey: Vec<u8>,
+        server: Process<Result<(), String>>,
+    ) -> Result<Arc<Session>, ManagerError> {
+        let s = Arc::new(Session::open(address.clone(), authkey, Some(server))?);
+        lock(&SESSIONS).push((address, Arc::downgrade(&s)));
+        Ok(s)
+    }
+
+    fn open(
+        address: Address,
+        authkey: Vec<u8>,
+        owned: Option<Process<Result<(), String>>>,
+    ) -> Result<Session, ManagerError> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| ManagerError::Start(format!("no random bytes for a session id: {e}")))?;
+        let id = u128::from_ne_bytes(id);
+        let (anchor, hello) = Self::dial(&address, &authkey, id)?;
+        Ok(Session {
+            address,
+            authkey,
+            id,
+            opened_by: sys::getpid(),
+            server_pid: hello.pid,
+            max_message: hello.max_message,
+            _anchor: anchor,
+            idle: Mutex::new(Vec::new()),
+            owned: Mutex::new(owned),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Connects, authenticates and joins session `id`.
+    fn dial(
+        address: &Address,
+        authkey: &[u8],
+        id: u128,
+    ) -> Result<(Connection, Hello), ManagerError> {
+        let conn = Client::default().authkey(authkey).open(address)?;
+        let hello = postcard::to_stdvec(&Request::Hello { session: id })
+            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        conn.send_bytes(&hello).map_err(transport)?;
+        let reply = conn.recv_bytes_timeout(REPLY_GRACE).map_err(transport)?;
+        let hello = decode_reply(&reply, None, |b| {
+            postcard::from_bytes::<Hello>(b).map_err(|e| ManagerError::BadArguments(e.to_string()))
+        })?;
+        Ok((conn, hello))
+    }
+
+    pub(crate) fn is_current(&self) -> bool {
+        self.opened_by == sys::getpid()
+    }
+
+    /// Sends `req` and decodes the reply's payload with `decode`. `timeout` is the call's
+    /// own limit (a blocking method's), reported in a timeout error.
+    pub(crate) fn request<R>(
+        &self,
+        req: &Request<'_>,
+        timeout: Option<Duration>,
+        decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
+    ) -> Result<R, ManagerError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ManagerError::Closed);
+        }
+        let bytes = postcard::to_stdvec(req).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        if bytes.len() as u64 > self.max_message {
+            return Err(ManagerError::MessageTooLarge {
+                size: bytes.len() as u64,
+                limit: self.max_message,
+            });
+        }
+        let reply = self.exchange(&bytes, timeout).inspect_err(|e| {
+            if matches!(e, ManagerError::Closed) {
+                // The server is gone: later calls fail at once, and a new `connect` to
+                // the address opens a new session.
+                self.closed.store(true, Ordering::Relaxed);
+            }
+        })?;
+        decode_reply(&reply, timeout, decode)
+    }
+
+    /// Sends one encoded request on a pooled connection and returns the encoded reply.
+    fn exchange(&self, bytes: &[u8], timeout: Option<Duration>) -> Result<Vec<u8>, ManagerError> {
+        let pooled = lock(&self.idle).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => Self::dial(&self.address, &self.authkey, self.id)?.0,
+        };
+        conn.send_bytes(bytes).map_err(transport)?;
+        let reply = match timeout {
+            None => conn.recv_bytes(),
+            Some(t) => conn.recv_bytes_timeout(t.saturating_add(REPLY_GRACE)),
+        }
+        .map_err(transport)?;
+        // Only a connection that completed its exchange goes back to the pool.
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+        Ok(reply)
+    }
+
+    /// Calls `method` of object `id` with `args`.
+    pub(crate) fn call<A: Serialize + ?Sized, R>(
+        &self,
+        id: u64,
+        method: &str,
+        args: &A,
+        timeout: Option<Duration>,
+        decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
+    ) -> Result<R, ManagerError> {
+        let args = crate::codec::encode(args)?;
+        self.request(
+            &Request::Call {
+                id,
+                method,
+                thread: thread_id(),
+                args: &args,
+            },
+            timeout,
+            decode,
+        )
+    }
+
+    /// Stops the server (any authorized client may).
+    pub(crate) fn shutdown(&self) -> Result<(), ManagerError> {
+        let r = self.request(&Request::Shutdown, None, |_| Ok(()));
+        self.closed.store(true, Ordering::Relaxed);
+        lock(&self.idle).clear();
+        if let Some(p) = lock(&self.owned).take() {
+            if !matches!(p.join_timeout(Duration::from_secs(5)), Ok(true)) {
+                let _ = p.kill();
+                let _ = p.join_timeout(Duration::from_secs(5));
+            }
+        }
+        match r {
+            Err(ManagerError::Closed) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.is_current() && lock(&self.owned).is_some() && !self.closed.load(Ordering::Relaxed)
+        {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+/// Decodes a reply: `Ok(payload)` through `decode`, a fault into its error.
+pub(crate) fn decode_reply<R>(
+    reply: &[u8],
+    timeout: Option<Duration>,
+    decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
+) -> Result<R, ManagerError> {
+    match postcard::from_bytes::<Result<&Bytes, Fault>>(reply) {
+        Ok(Ok(payload)) => decode(payload),
+        Ok(Err(fault)) => Err(fault.into_error(timeout)),
+        Err(e) => Err(ManagerError::Connection(ConnectionError::BadFrame(
+            format!("malformed reply from the manager: {e}"),
+        ))),
+    }
+}

@@ -1,0 +1,139 @@
+//! The manager protocol: requests and replies, postcard-encoded inside connection frames.
+//!
+//! Every connection starts with [`Request::Hello`]; then each request gets exactly one
+//! reply, `Result<bytes, Fault>`. A request names an object by id and a method by name from
+//! the object's fixed set; nothing received is executed.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ManagerError;
+
+/// Who holds a lock: a client session and a thread in it.
+pub(crate) type Owner = (u128, u64);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request<'a> {
+    /// Joins (or opens) client session `session`; the reply is a [`Hello`].
+    Hello { session: u128 },
+    /// Creates an object of `kind` from `init`; the reply is its id, referenced once by the
+    /// session.
+    Create {
+        kind: &'a str,
+        #[serde(with = "serde_bytes")]
+        init: &'a [u8],
+    },
+    /// Calls `method` of object `id`; `thread` identifies the calling thread (lock owner).
+    Call {
+        id: u64,
+        method: &'a str,
+        thread: u64,
+        #[serde(with = "serde_bytes")]
+        args: &'a [u8],
+    },
+    /// One more reference from this session.
+    Incref { id: u64 },
+    /// One reference less from this session.
+    Decref { id: u64 },
+    /// Keeps the object alive as long as this session lives (it was sent to another process).
+    Pin { id: u64 },
+    /// Publishes object `id` under `name` (the name holds a reference).
+    Publish { name: &'a str, id: u64 },
+    /// The id and kind published under `name`, referenced once more by the session.
+    Lookup { name: &'a str },
+    /// Removes a published name.
+    Unpublish { name: &'a str },
+    /// Server statistics.
+    Stats,
+    /// Stops the server.
+    Shutdown,
+}
+
+/// The reply to [`Request::Hello`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub pid: u32,
+    pub max_message: u64,
+}
+
+/// What the server reports about itself ([`Manager::stats`](super::Manager::stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ManagerStats {
+    /// Objects alive.
+    pub objects: u64,
+    /// Client sessions connected (one per process using the manager).
+    pub sessions: u64,
+    /// Open connections.
+    pub connections: u64,
+    /// Published names.
+    pub names: u64,
+}
+
+/// An error as the server reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Fault {
+    UnknownObject(u64),
+    UnknownMethod { kind: String, method: String },
+    UnknownKind(String),
+    BadArguments(String),
+    Panicked(String),
+    Timeout,
+    Empty,
+    Full,
+    KeyNotFound,
+    IndexOutOfRange { index: u64, len: u64 },
+    NameTaken(String),
+    NameNotFound(String),
+    NotOwner(String),
+    OverReleased,
+    BrokenBarrier,
+    TooManyTaskDone,
+    Invalid(String),
+    NoSession,
+    ShuttingDown,
+}
+
+impl Fault {
+    /// The client-side error; `timeout` is what the call waited for, when it had a limit.
+    pub(crate) fn into_error(self, timeout: Option<Duration>) -> ManagerError {
+        match self {
+            Fault::UnknownObject(id) => ManagerError::UnknownObject(id),
+            Fault::UnknownMethod { kind, method } => ManagerError::UnknownMethod { kind, method },
+            Fault::UnknownKind(k) => ManagerError::UnknownKind(k),
+            Fault::BadArguments(m) => ManagerError::BadArguments(m),
+            Fault::Panicked(m) => ManagerError::Panicked(m),
+            Fault::Timeout => ManagerError::Timeout(timeout.unwrap_or_default()),
+            Fault::Empty => ManagerError::Empty,
+            Fault::Full => ManagerError::Full,
+            Fault::KeyNotFound => ManagerError::KeyNotFound,
+            Fault::IndexOutOfRange { index, len } => ManagerError::IndexOutOfRange { index, len },
+            Fault::NameTaken(n) => ManagerError::NameTaken(n),
+            Fault::NameNotFound(n) => ManagerError::NameNotFound(n),
+            Fault::NotOwner(m) => ManagerError::NotOwner(m),
+            Fault::OverReleased => ManagerError::OverReleased,
+            Fault::BrokenBarrier => ManagerError::BrokenBarrier,
+            Fault::TooManyTaskDone => ManagerError::TooManyTaskDone,
+            Fault::Invalid(m) => ManagerError::Invalid(m),
+            Fault::NoSession | Fault::ShuttingDown => ManagerError::Closed,
+        }
+    }
+}
+
+/// Decodes the arguments of a call; bytes left over mean the caller sent other types.
+pub(crate) fn args<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Fault> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(Fault::BadArguments(format!(
+            "{} bytes left over: the arguments are not of the method's types",
+            rest.len()
+        ))),
+        Err(e) => Err(Fault::BadArguments(e.to_string())),
+    }
+}
+
+/// Encodes the result of a call.
+pub(crate) fn ret<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Fault> {
+    postcard::to_stdvec(value).map_err(|e| Fault::Invalid(format!("cannot encode the result: {e}")))
+}
