@@ -2,13 +2,18 @@
 //!
 //! ```text
 //! multiproc bench [--quick | --full] [--group NAME]...
+//! multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
 //! ```
 
 mod bench;
+mod serve;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: multiproc bench [--quick | --full] [--group NAME]...
+       multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
+         serves a manager (dicts, queues, locks, ... by name) until SIGINT/SIGTERM or a
+         client's shutdown; the authkey comes from $MULTIPROC_AUTHKEY by default
 groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
         pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency)";
 
@@ -29,6 +34,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("manager") if args.get(1).map(String::as_str) == Some("serve") => {
+            match serve::Options::parse(&args[2..]) {
+                Ok(opts) => match serve::run(&opts) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("multiproc manager serve: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(msg) => {
+                    eprintln!("{msg}\n{USAGE}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

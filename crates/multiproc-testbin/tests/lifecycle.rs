@@ -192,3 +192,38 @@ fn pool_dies_with_sigkilled_parent_spawn() {
 fn pool_dies_with_sigkilled_parent_forkserver() {
     sigkilled_parent_takes_its_pool_along("forkserver");
 }
+
+fn sigkilled_owner_takes_its_manager_along(method: &str) {
+    let dir = tempdir(&format!("manager-{method}"));
+    let mut child = Command::new(BIN)
+        .args(["manager", dir.to_str().unwrap(), method])
+        .spawn()
+        .unwrap();
+    let path = dir.join("manager.pid");
+    assert!(
+        eventually(Duration::from_secs(20), || path.exists()),
+        "manager never started"
+    );
+    let pid = read_pid(&dir, "manager.pid");
+    assert!(alive(pid));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || !alive(pid)),
+        "manager {pid} outlived its SIGKILLed owner (CPython's runs for ever)"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn manager_dies_with_sigkilled_owner_spawn() {
+    sigkilled_owner_takes_its_manager_along("spawn");
+}
+#[test]
+fn manager_dies_with_sigkilled_owner_forkserver() {
+    sigkilled_owner_takes_its_manager_along("forkserver");
+}
+#[test]
+fn manager_dies_with_sigkilled_owner_fork() {
+    sigkilled_owner_takes_its_manager_along("fork");
+}

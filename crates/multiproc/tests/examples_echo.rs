@@ -1,40 +1,13 @@
 //! The `echo_server` and `echo_client` examples, driven as other programs drive them.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use common::{Reaped as Server, example};
 use std::time::{Duration, Instant};
-
-fn example(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is not built (cargo builds examples with the tests)",
-        path.display()
-    );
-    path
-}
-
-/// The server process; killed and reaped if a test fails before shutting it down.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
 
 fn start_server(address: &str, key: Option<&str>) -> (Server, String) {
     let mut cmd = Command::new(example("echo_server"));

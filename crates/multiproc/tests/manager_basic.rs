@@ -501,6 +501,13 @@ fn served_manager_over_tcp() {
     let results = mgr
         .lookup_or_publish("results", |m| m.queue::<u64>())
         .unwrap();
+    assert!(
+        matches!(
+            Manager::connect(address.as_str(), b"wrong key"),
+            Err(ManagerError::Connection(_))
+        ),
+        "a wrong key must not reuse the open session"
+    );
     let again: JoinableQueueProxy<Option<u64>> =
         mgr.lookup_or_publish("jobs", |_| panic!("exists")).unwrap();
     assert_eq!(again.proxy().id(), jobs.proxy().id());

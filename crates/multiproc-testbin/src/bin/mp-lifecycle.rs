@@ -6,6 +6,8 @@
 //!   `DIR/daemon.pid`), then returns from `main` at once: the first is joined, the second
 //!   terminated.
 //! - `pool`: starts a pool of 2 workers (pids in `DIR/pool.pids`), then sleeps until killed.
+//! - `manager`: starts a manager (its pid in `DIR/manager.pid`) holding a dict, then sleeps
+//!   until killed.
 //! - `hold`: starts the forkserver (pid in `DIR/forkserver.pid`) and a daemon child (pid in
 //!   `DIR/daemon.pid`), then sleeps until killed.
 
@@ -68,6 +70,15 @@ fn main() -> multiproc::Result<()> {
             let tmp = PathBuf::from(&dir).join("pool.pids.tmp");
             std::fs::write(&tmp, pids.join(" ")).unwrap();
             std::fs::rename(tmp, PathBuf::from(&dir).join("pool.pids")).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "manager" => {
+            let mgr = multiproc::Manager::builder().start_method(method).start()?;
+            let d = mgr.dict::<String, u64>()?;
+            d.set(&"owner".into(), &u64::from(std::process::id()))?;
+            let tmp = PathBuf::from(&dir).join("manager.pid.tmp");
+            std::fs::write(&tmp, mgr.pid().to_string()).unwrap();
+            std::fs::rename(tmp, PathBuf::from(&dir).join("manager.pid")).unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
         other => panic!("unknown mode {other}"),

@@ -96,7 +96,9 @@ impl Session {
             .iter()
             .filter(|(a, _)| a == address)
             .filter_map(|(_, w)| w.upgrade())
-            .find(|s| !s.closed.load(Ordering::Relaxed))
+            // The key must match too: a wrong key never rides on a session opened with the
+            // right one.
+            .find(|s| s.authkey == authkey && !s.closed.load(Ordering::Relaxed))
         {
             return Ok(s);
         }

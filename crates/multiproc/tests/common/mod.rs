@@ -105,3 +105,34 @@ impl Drop for LeakCheck {
         assert!(new.is_empty(), "/dev/shm entries left: {new:?}");
     }
 }
+
+/// The path of example `name`, built by cargo with the tests.
+pub fn example(name: &str) -> std::path::PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built (cargo builds examples with the tests)",
+        path.display()
+    );
+    path
+}
+
+/// A child command; killed and reaped if a test fails before it ends.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
