@@ -35,10 +35,13 @@ fn primes_below(limit: u64) -> u64 {
         .count() as u64
 }
 
+/// Jobs, and `None` to stop a worker.
+type Jobs = JoinableQueueProxy<Option<Job>>;
+/// `(job id, primes counted)`.
+type Results = QueueProxy<(u64, u64)>;
+
 /// The two shared queues, created by whoever comes first.
-fn queues(
-    mgr: &Manager,
-) -> Result<(JoinableQueueProxy<Option<Job>>, QueueProxy<(u64, u64)>), ManagerError> {
+fn queues(mgr: &Manager) -> Result<(Jobs, Results), ManagerError> {
     let jobs = mgr.lookup_or_publish("jobs", |m| m.joinable_queue())?;
     let results = mgr.lookup_or_publish("results", |m| m.queue())?;
     Ok((jobs, results))
