@@ -1,7 +1,7 @@
 //! `multiproc`: the command-line companion of the library.
 //!
 //! ```text
-//! multiproc bench [--quick | --full] [--group NAME]...
+//! multiproc bench [--quick | --full] [--no-python] [--group NAME]...
 //! multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
 //! ```
 
@@ -10,12 +10,13 @@ mod serve;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: multiproc bench [--quick | --full] [--group NAME]...
+const USAGE: &str = "usage: multiproc bench [--quick | --full] [--no-python] [--group NAME]...
        multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
          serves a manager (dicts, queues, locks, ... by name) until SIGINT/SIGTERM or a
          client's shutdown; the authkey comes from $MULTIPROC_AUTHKEY by default
 groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
-        pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency)";
+        pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency),
+        manager (proxy operations and start-up vs a raw round trip and CPython)";
 
 #[multiproc::main]
 fn main() -> ExitCode {

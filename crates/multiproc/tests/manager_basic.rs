@@ -38,6 +38,11 @@ impl Counter {
         self.log.len()
     }
 
+    fn slow(&self, millis: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(millis));
+        self.value
+    }
+
     fn explode(&mut self) {
         panic!("counter exploded");
     }
@@ -607,4 +612,35 @@ fn unknown_objects_are_typed_errors() {
     assert!(back.call::<_, u64>("len", &()).is_ok());
     mgr.shutdown().unwrap();
     assert!(postcard::from_bytes::<Proxy>(&bytes).is_err());
+}
+
+#[multiproc::test]
+fn a_slow_call_stalls_only_its_own_object() {
+    let _leaks = LeakCheck::new();
+    let mgr = Manager::start().unwrap();
+    let slow: CounterProxy = mgr.create(Counter::default()).unwrap();
+    let other: CounterProxy = mgr.create(Counter::default()).unwrap();
+    let d = mgr.dict::<u8, u8>().unwrap();
+    let s2 = slow.clone();
+    let busy = std::thread::spawn(move || s2.slow(1500).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    for i in 0..50 {
+        other.incr(1).unwrap();
+        d.set(&i, &i).unwrap();
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "calls on other objects waited for the slow one: {:?}",
+        t.elapsed()
+    );
+    // Calls on the same object wait their turn (methods of one object run one at a time).
+    let t = Instant::now();
+    assert_eq!(slow.incr(1).unwrap(), 1);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(busy.join().unwrap(), 0);
 }

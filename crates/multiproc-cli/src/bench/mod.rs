@@ -1,9 +1,11 @@
 //! `multiproc bench`: the PEP 371 tables (serial vs threads vs processes) and the start
 //! methods measured side by side with the raw OS primitives.
 
+mod manager;
 mod pep;
 mod pipe;
 mod pool;
+mod python;
 mod queue;
 mod spawn;
 mod stats;
@@ -15,10 +17,12 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     /// Groups to run; empty means all.
     pub(crate) groups: Vec<String>,
+    /// Run the CPython peers next to ours (when `python3` is there).
+    pub(crate) python: bool,
 }
 
-pub(crate) const GROUPS: [&str; 8] = [
-    "empty", "fib", "primes", "fileio", "spawn", "pipe", "queue", "pool",
+pub(crate) const GROUPS: [&str; 9] = [
+    "empty", "fib", "primes", "fileio", "spawn", "pipe", "queue", "pool", "manager",
 ];
 
 impl Options {
@@ -26,12 +30,14 @@ impl Options {
         let mut opts = Options {
             quick: false,
             groups: Vec::new(),
+            python: true,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--quick" => opts.quick = true,
                 "--full" => opts.quick = false,
+                "--no-python" => opts.python = false,
                 "--group" => {
                     let g = it.next().ok_or("--group needs a name")?;
                     if !GROUPS.contains(&g.as_str()) {
@@ -75,6 +81,9 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     }
     if opts.wants("pool") {
         pool::run(opts.quick)?;
+    }
+    if opts.wants("manager") {
+        manager::run(opts.quick, opts.python)?;
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ fn socketpair() -> multiproc::Result<(std::fs::File, Fd)> {
 }
 
 /// Per-round-trip seconds over `n` round trips, for each of `reps` runs.
-fn round_trips(reps: usize, n: u32, raw: bool) -> multiproc::Result<Samples> {
+pub(crate) fn round_trips(reps: usize, n: u32, raw: bool) -> multiproc::Result<Samples> {
     let mut samples = Vec::new();
     for _ in 0..reps {
         if raw {

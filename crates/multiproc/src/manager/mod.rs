@@ -141,6 +141,11 @@ impl ManagerBuilder {
         if let Some(m) = self.method {
             b = b.start_method(m);
         }
+        // The owner's first two connections (the session anchor and one for calls) are
+        // socketpairs handed to the server with the listener: no connect, no handshake.
+        let (anchor, anchor_server) = crate::pipe(true)?;
+        let (first, first_server) = crate::pipe(true)?;
+        let session = session::new_id()?;
         let process = b
             .start(
                 &entry::multiproc_manager_server,
@@ -148,10 +153,12 @@ impl ManagerBuilder {
                     crate::Fd::from(fd),
                     address.to_string(),
                     serde_bytes::ByteBuf::from(authkey.clone()),
+                    vec![anchor_server, first_server],
+                    session,
                 ),
             )
             .map_err(|e| ManagerError::Start(e.to_string()))?;
-        let session = Session::open_owned(address, authkey, process)?;
+        let session = Session::owned(address, authkey, session, process, anchor, first);
         Ok(Manager { session })
     }
 }

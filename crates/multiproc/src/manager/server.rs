@@ -23,6 +23,9 @@ use crate::sys;
 /// At most this many connections at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// How long a connection thread polls for the next request before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// How long a stopping server waits for its connection threads.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,15 +54,10 @@ struct Registry {
 
 impl Registry {
     fn incref(&mut self, session: u128, id: u64) -> Result<(), Fault> {
+        let holder = self.sessions.get_mut(&session).ok_or(Fault::NoSession)?;
         let slot = self.objects.get_mut(&id).ok_or(Fault::UnknownObject(id))?;
         slot.refs += 1;
-        *self
-            .sessions
-            .get_mut(&session)
-            .ok_or(Fault::NoSession)?
-            .refs
-            .entry(id)
-            .or_default() += 1;
+        *holder.refs.entry(id).or_default() += 1;
         Ok(())
     }
 
@@ -161,6 +159,14 @@ impl Server {
         })
     }
 
+    /// Serves `conns`, trusted connections (socketpair ends from the owner), as members of
+    /// client session `session`: no handshake, no hello.
+    pub(crate) fn adopt(&self, conns: Vec<Connection>, session: u128) {
+        for conn in conns {
+            spawn_connection(&self.core, conn, Some(session));
+        }
+    }
+
     /// The address clients connect to (with the real port when bound to port 0).
     pub fn address(&self) -> &Address {
         &self.core.address
@@ -245,35 +251,52 @@ fn accept_loop(core: &Arc<Core>, listener: Listener) {
                 continue;
             }
         };
-        let Ok(dup) = conn.as_fd().try_clone_to_owned() else {
-            continue;
-        };
-        let conn_id = {
-            let mut reg = lock(&core.reg);
-            if reg.connections.len() >= MAX_CONNECTIONS {
-                continue;
-            }
-            reg.next_conn += 1;
-            let id = reg.next_conn;
-            reg.connections.insert(id, dup);
-            id
-        };
-        let c = core.clone();
-        let spawned = thread::Builder::new()
-            .name("manager-conn".into())
-            .spawn(move || {
-                serve_connection(&c, &conn);
-                let mut reg = lock(&c.reg);
-                reg.connections.remove(&conn_id);
-                drop(reg);
-                c.conn_ended.notify_all();
-            });
-        if spawned.is_err() {
-            lock(&core.reg).connections.remove(&conn_id);
-        }
+        spawn_connection(core, conn, None);
     }
     drop(listener);
     finish(core);
+}
+
+/// Serves `conn` on a thread of its own: a client to authenticate, or (with `session`) a
+/// trusted connection already in that session.
+fn spawn_connection(core: &Arc<Core>, conn: Connection, session: Option<u128>) {
+    let Ok(dup) = conn.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let conn_id = {
+        let mut reg = lock(&core.reg);
+        if reg.connections.len() >= MAX_CONNECTIONS {
+            return;
+        }
+        reg.next_conn += 1;
+        let id = reg.next_conn;
+        reg.connections.insert(id, dup);
+        if let Some(s) = session {
+            reg.sessions.entry(s).or_default().connections += 1;
+        }
+        id
+    };
+    let c = core.clone();
+    let spawned = thread::Builder::new()
+        .name("manager-conn".into())
+        .spawn(move || {
+            match session {
+                Some(s) => serve_session(&c, &conn, s),
+                None => serve_connection(&c, &conn),
+            }
+            let mut reg = lock(&c.reg);
+            reg.connections.remove(&conn_id);
+            drop(reg);
+            c.conn_ended.notify_all();
+        });
+    if spawned.is_err() {
+        let mut reg = lock(&core.reg);
+        reg.connections.remove(&conn_id);
+        drop(reg);
+        if let Some(s) = session {
+            leave_session(core, s);
+        }
+    }
 }
 
 /// Stops every connection, waits a little for their threads, drops the objects.
@@ -332,6 +355,12 @@ fn serve_connection(core: &Core, conn: &Connection) {
     leave_session(core, session);
 }
 
+/// Serves a trusted connection that joined `session` when it was handed over.
+fn serve_session(core: &Core, conn: &Connection, session: u128) {
+    requests(core, conn, session);
+    leave_session(core, session);
+}
+
 fn reply(conn: &Connection, result: Result<Vec<u8>, Fault>) -> Result<(), ConnectionError> {
     let encoded = match &result {
         Ok(bytes) => postcard::to_stdvec(&Ok::<&serde_bytes::Bytes, Fault>(
@@ -350,6 +379,8 @@ fn requests(core: &Core, conn: &Connection, session: u128) {
                 .unwrap_or(true)
     };
     loop {
+        // Clients often send the next request right after a reply: catch it awake.
+        conn.spin_until_readable(SPIN);
         let Ok(bytes) = conn.recv_bytes() else {
             return;
         };
@@ -405,7 +436,10 @@ fn handle(
             reg.next_id += 1;
             let id = reg.next_id;
             reg.objects.insert(id, Slot { obj, refs: 0 });
-            reg.incref(session, id)?;
+            if let Err(e) = reg.incref(session, id) {
+                reg.objects.remove(&id);
+                return Err(e);
+            }
             ret(&id)
         }
         Request::Incref { id } => {
@@ -518,6 +552,19 @@ fn leave_session(core: &Core, session: u128) {
 mod tests {
     use super::*;
 
+    fn server() -> Server {
+        let name = format!(
+            "@multiproc-server-test-{}-{:?}",
+            std::process::id(),
+            thread::current().id()
+        );
+        Server::start(Listener::bind(name.as_str(), Some(b"k")).unwrap()).unwrap()
+    }
+
+    fn call(s: &Server, session: u128, req: Request<'_>) -> Result<Vec<u8>, Fault> {
+        handle(&s.core, session, req, &|| false)
+    }
+
     #[test]
     fn wire_request_roundtrip() {
         let req = Request::Call {
@@ -533,5 +580,115 @@ mod tests {
             } => assert_eq!((id, method, args), (7, "get", &[1u8, 2, 3][..])),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bad_requests_are_faults() {
+        let s = server();
+        lock(&s.core.reg).sessions.entry(1).or_default().connections = 1;
+        let call_on = |id| Request::Call {
+            id,
+            method: "len",
+            thread: 1,
+            args: &[],
+        };
+        assert!(matches!(
+            call(&s, 1, call_on(999)),
+            Err(Fault::UnknownObject(999))
+        ));
+        assert!(matches!(
+            call(&s, 1, Request::Incref { id: 5 }),
+            Err(Fault::UnknownObject(5))
+        ));
+        assert!(matches!(
+            call(&s, 1, Request::Decref { id: 5 }),
+            Err(Fault::Invalid(_))
+        ));
+        assert!(matches!(
+            call(&s, 1, Request::Pin { id: 5 }),
+            Err(Fault::UnknownObject(5))
+        ));
+        assert!(matches!(
+            call(
+                &s,
+                1,
+                Request::Create {
+                    kind: "user:no::Such",
+                    init: &[]
+                }
+            ),
+            Err(Fault::UnknownKind(_))
+        ));
+        assert!(matches!(
+            call(
+                &s,
+                1,
+                Request::Create {
+                    kind: "barrier",
+                    init: &[0]
+                }
+            ),
+            Err(Fault::Invalid(_))
+        ));
+        assert!(matches!(
+            call(
+                &s,
+                1,
+                Request::Create {
+                    kind: "queue",
+                    init: &[]
+                }
+            ),
+            Err(Fault::BadArguments(_))
+        ));
+        assert!(matches!(
+            call(&s, 1, Request::Lookup { name: "x" }),
+            Err(Fault::NameNotFound(_))
+        ));
+        assert!(matches!(
+            call(&s, 1, Request::Unpublish { name: "x" }),
+            Err(Fault::NameNotFound(_))
+        ));
+        assert!(matches!(
+            call(&s, 1, Request::Hello { session: 1 }),
+            Err(Fault::Invalid(_))
+        ));
+        // A session that never said hello cannot hold references.
+        let id: u64 = postcard::from_bytes(
+            &call(
+                &s,
+                1,
+                Request::Create {
+                    kind: "dict",
+                    init: &[],
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            call(&s, 2, Request::Incref { id }),
+            Err(Fault::NoSession)
+        ));
+        assert!(matches!(
+            call(
+                &s,
+                1,
+                Request::Call {
+                    id,
+                    method: "pop",
+                    thread: 1,
+                    args: &[]
+                }
+            ),
+            Err(Fault::UnknownMethod { .. })
+        ));
+        // The last reference frees the object.
+        call(&s, 1, Request::Decref { id }).unwrap();
+        assert!(matches!(
+            call(&s, 1, call_on(id)),
+            Err(Fault::UnknownObject(_))
+        ));
+        assert_eq!(s.stats().objects, 0);
     }
 }

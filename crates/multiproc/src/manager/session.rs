@@ -24,6 +24,9 @@ use crate::sys;
 /// connection is considered lost.
 const REPLY_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a call polls for its reply before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// At most this many idle connections are kept per session.
 const MAX_IDLE: usize = 16;
 
@@ -102,31 +105,39 @@ impl Session {
         {
             return Ok(s);
         }
-        let s = Arc::new(Session::open(address.clone(), authkey.to_vec(), None)?);
+        let s = Arc::new(Session::open(address.clone(), authkey.to_vec())?);
         table.push((address.clone(), Arc::downgrade(&s)));
         Ok(s)
     }
 
-    /// Opens a new session (registered for reuse by proxies that arrive in this process).
-    pub(crate) fn open_owned(
+    /// The session of the process that started the manager `server`, over connections
+    /// handed to the server at its start (already in session `id`).
+    pub(crate) fn owned(
         address: Address,
         authkey: Vec<u8>,
+        id: u128,
         server: Process<Result<(), String>>,
-    ) -> Result<Arc<Session>, ManagerError> {
-        let s = Arc::new(Session::open(address.clone(), authkey, Some(server))?);
+        anchor: Connection,
+        first: Connection,
+    ) -> Arc<Session> {
+        let s = Arc::new(Session {
+            address: address.clone(),
+            authkey,
+            id,
+            opened_by: sys::getpid(),
+            server_pid: server.pid(),
+            max_message: crate::connection::DEFAULT_MAX_MESSAGE,
+            _anchor: anchor,
+            idle: Mutex::new(vec![first]),
+            owned: Mutex::new(Some(server)),
+            closed: AtomicBool::new(false),
+        });
         lock(&SESSIONS).push((address, Arc::downgrade(&s)));
-        Ok(s)
+        s
     }
 
-    fn open(
-        address: Address,
-        authkey: Vec<u8>,
-        owned: Option<Process<Result<(), String>>>,
-    ) -> Result<Session, ManagerError> {
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id)
-            .map_err(|e| ManagerError::Start(format!("no random bytes for a session id: {e}")))?;
-        let id = u128::from_ne_bytes(id);
+    fn open(address: Address, authkey: Vec<u8>) -> Result<Session, ManagerError> {
+        let id = new_id()?;
         let (anchor, hello) = Self::dial(&address, &authkey, id)?;
         Ok(Session {
             address,
@@ -137,7 +148,7 @@ impl Session {
             max_message: hello.max_message,
             _anchor: anchor,
             idle: Mutex::new(Vec::new()),
-            owned: Mutex::new(owned),
+            owned: Mutex::new(None),
             closed: AtomicBool::new(false),
         })
     }
@@ -199,6 +210,8 @@ impl Session {
             None => Self::dial(&self.address, &self.authkey, self.id)?.0,
         };
         conn.send_bytes(bytes).map_err(transport)?;
+        // Most replies come within microseconds: wait for them awake.
+        conn.spin_until_readable(SPIN);
         let reply = match timeout {
             None => conn.recv_bytes(),
             Some(t) => conn.recv_bytes_timeout(t.saturating_add(REPLY_GRACE)),
@@ -259,6 +272,14 @@ impl Drop for Session {
             let _ = self.shutdown();
         }
     }
+}
+
+/// A fresh random session id.
+pub(crate) fn new_id() -> Result<u128, ManagerError> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id)
+        .map_err(|e| ManagerError::Start(format!("no random bytes for a session id: {e}")))?;
+    Ok(u128::from_ne_bytes(id))
 }
 
 /// Decodes a reply: `Ok(payload)` through `decode`, a fault into its error.

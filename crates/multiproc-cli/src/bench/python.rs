@@ -1,0 +1,112 @@
+//! CPython peers: the scripts of `bench/peers/py/` (built into the binary, so `multiproc
+//! bench` works from any directory), run with the machine's `python3` when there is one.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+
+/// The peer scripts, by file name.
+const SCRIPTS: [(&str, &str); 8] = [
+    (
+        "_common.py",
+        include_str!("../../../../bench/peers/py/_common.py"),
+    ),
+    (
+        "mp_manager.py",
+        include_str!("../../../../bench/peers/py/mp_manager.py"),
+    ),
+    (
+        "mp_pipe.py",
+        include_str!("../../../../bench/peers/py/mp_pipe.py"),
+    ),
+    (
+        "mp_pool.py",
+        include_str!("../../../../bench/peers/py/mp_pool.py"),
+    ),
+    (
+        "mp_queue.py",
+        include_str!("../../../../bench/peers/py/mp_queue.py"),
+    ),
+    (
+        "mp_spawn.py",
+        include_str!("../../../../bench/peers/py/mp_spawn.py"),
+    ),
+    (
+        "mp_primes.py",
+        include_str!("../../../../bench/peers/py/mp_primes.py"),
+    ),
+    (
+        "mp_futures.py",
+        include_str!("../../../../bench/peers/py/mp_futures.py"),
+    ),
+];
+
+/// Figures a peer script printed: name → (median, unit).
+pub(crate) type Figures = HashMap<String, (f64, String)>;
+
+/// Parses the scripts' `name value unit # spread` lines.
+pub(crate) fn parse(output: &str) -> Figures {
+    output
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split('#').next()?.split_whitespace();
+            let (name, value, unit) = (f.next()?, f.next()?, f.next()?);
+            Some((name.to_string(), (value.parse().ok()?, unit.to_string())))
+        })
+        .collect()
+}
+
+/// Runs peer `script` (quick mode: `QUICK=1`). `Err` says why there are no CPython figures
+/// (no python3, the script failed), for a note under the table.
+pub(crate) fn run(script: &str, quick: bool, enabled: bool) -> Result<Figures, String> {
+    if !enabled {
+        return Err("CPython columns skipped (--no-python)".into());
+    }
+    let dir = std::env::temp_dir().join(format!("multiproc-bench-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot write the peer scripts: {e}"))?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    for (name, text) in SCRIPTS {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| format!("cannot write the peer scripts: {e}"))?;
+    }
+    let out = Command::new("python3")
+        .arg(dir.join(script))
+        .env("QUICK", if quick { "1" } else { "0" })
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|_| "no python3 on this machine: CPython columns skipped".to_string())?;
+    if !out.status.success() {
+        return Err(format!("python3 {script} failed: CPython columns skipped"));
+    }
+    Ok(parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn parses_peer_lines() {
+        let f = parse(
+            "py.mgr.dict.set.fork 47.3 us # min=40 max=90 n=2000\n# a note\nbroken line\n\
+             py.value.lock.inc2p 1.2e6 incr/s\n",
+        );
+        assert_eq!(f["py.mgr.dict.set.fork"], (47.3, "us".to_string()));
+        assert_eq!(f["py.value.lock.inc2p"].0, 1.2e6);
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn missing_python_is_a_note_not_an_error() {
+        assert!(run("mp_manager.py", true, false).is_err());
+    }
+}
