@@ -512,31 +512,38 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     }
 }
 
+/// Acquire, in its blocking, non-blocking and timed forms.
+macro_rules! acquire_methods {
+    ($what:literal) => {
+        fn acquire_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+            self.proxy.call_with("acquire", &(timeout,), timeout, plain)
+        }
+
+        #[doc = concat!("Acquires ", $what, ", waiting as long as it takes.")]
+        pub fn acquire(&self) -> Result<(), ManagerError> {
+            self.acquire_with(None).map(drop)
+        }
+
+        #[doc = concat!("Acquires ", $what, " if available now; whether it was.")]
+        pub fn try_acquire(&self) -> Result<bool, ManagerError> {
+            self.acquire_with(Some(Duration::ZERO))
+        }
+
+        #[doc = concat!("Acquires ", $what, ", waiting at most `timeout` ([`ManagerError::Timeout`] after).")]
+        pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
+            match self.acquire_with(Some(timeout))? {
+                true => Ok(()),
+                false => Err(ManagerError::Timeout(timeout)),
+            }
+        }
+    };
+}
+
 /// Acquire/release of the lock-like proxies.
 macro_rules! lock_methods {
     ($name:ident) => {
         impl $name {
-            fn acquire_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-                self.proxy.call_with("acquire", &(timeout,), timeout, plain)
-            }
-
-            /// Acquires, waiting as long as it takes.
-            pub fn acquire(&self) -> Result<(), ManagerError> {
-                self.acquire_with(None).map(drop)
-            }
-
-            /// Acquires if free now; whether it was.
-            pub fn try_acquire(&self) -> Result<bool, ManagerError> {
-                self.acquire_with(Some(Duration::ZERO))
-            }
-
-            /// Acquires, waiting at most `timeout` ([`ManagerError::Timeout`] after).
-            pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
-                match self.acquire_with(Some(timeout))? {
-                    true => Ok(()),
-                    false => Err(ManagerError::Timeout(timeout)),
-                }
-            }
+            acquire_methods!("the lock");
 
             /// Releases.
             pub fn release(&self) -> Result<(), ManagerError> {
@@ -634,27 +641,7 @@ typed_proxy! {
 }
 
 impl SemaphoreProxy {
-    fn acquire_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-        self.proxy.call_with("acquire", &(timeout,), timeout, plain)
-    }
-
-    /// Takes one unit, waiting as long as it takes.
-    pub fn acquire(&self) -> Result<(), ManagerError> {
-        self.acquire_with(None).map(drop)
-    }
-
-    /// Takes one unit if available now; whether it was.
-    pub fn try_acquire(&self) -> Result<bool, ManagerError> {
-        self.acquire_with(Some(Duration::ZERO))
-    }
-
-    /// Takes one unit, waiting at most `timeout` ([`ManagerError::Timeout`] after).
-    pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
-        match self.acquire_with(Some(timeout))? {
-            true => Ok(()),
-            false => Err(ManagerError::Timeout(timeout)),
-        }
-    }
+    acquire_methods!("one unit");
 
     /// Gives back `n` units ([`ManagerError::OverReleased`] past a bounded semaphore's
     /// initial value).
