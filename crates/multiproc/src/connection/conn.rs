@@ -247,26 +247,85 @@ impl Connection {
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
 
-    /// Polls (without sleeping) for up to `spin` until a message can be received. A peer
-    /// that answers within that time is then served without a sleep and a cross-CPU
-    /// wake-up, which on virtual machines costs more than the whole exchange. Does nothing
-    /// on a single CPU, where spinning would only delay the peer.
-    pub(crate) fn spin_until_readable(&self, spin: Duration) {
+    /// Receives the only message in flight on a request/reply connection (the peer sends
+    /// nothing more until it is answered) with as few system calls as possible: polls for it
+    /// up to `spin` without sleeping — a peer that answers within that time is served
+    /// without a sleep and a cross-CPU wake-up, which on virtual machines costs more than
+    /// the whole exchange — and reads the header and a small payload in one receive. A
+    /// second message found behind the first is a [`ConnectionError::BadFrame`].
+    /// Descriptors cannot come this way. No spinning on a single CPU.
+    pub(crate) fn recv_sole(
+        &self,
+        spin: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, ConnectionError> {
         static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        if *CPUS.get_or_init(crate::cpu_count) < 2 {
-            return;
-        }
-        let end = Instant::now() + spin;
-        loop {
-            match sys::poll_readable(&[self.fd.as_fd()], Some(Duration::ZERO)) {
-                Ok(r) if r == [false] => {}
-                _ => return,
+        self.check_readable()?;
+        let spin_until = (*CPUS.get_or_init(crate::cpu_count) > 1).then(|| Instant::now() + spin);
+        let mut head = [0u8; 1024];
+        let n = loop {
+            match sys::recv_plain(self.fd.as_fd(), &mut head, true) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if spin_until.is_some_and(|end| Instant::now() < end) {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if sys::poll_readable(&[self.fd.as_fd()], left)? != [true] {
+                        return Err(ConnectionError::Timeout(left.unwrap_or_default()));
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            if Instant::now() >= end {
-                return;
-            }
-            std::hint::spin_loop();
+        };
+        if n == 0 {
+            return Err(ConnectionError::Closed);
         }
+        let mut got = head[..n].to_vec();
+        let mut fds = Vec::new();
+        if got.len() < 4 {
+            let have = got.len();
+            got.resize(4, 0);
+            self.fill(&mut got[have..], &mut fds, deadline, false)?;
+        }
+        let (hlen, size) = match i32::from_be_bytes([got[0], got[1], got[2], got[3]]) {
+            -1 => {
+                if got.len() < 12 {
+                    let have = got.len();
+                    got.resize(12, 0);
+                    self.fill(&mut got[have..], &mut fds, deadline, false)?;
+                }
+                let mut h8 = [0u8; 8];
+                h8.copy_from_slice(&got[4..12]);
+                (12, u64::from_be_bytes(h8))
+            }
+            n if n < 0 => {
+                return Err(ConnectionError::BadFrame(format!(
+                    "negative message length {n}"
+                )));
+            }
+            n => (4, n as u64),
+        };
+        let limit = self.max_message;
+        if size > limit {
+            return Err(ConnectionError::MessageTooLarge { size, limit });
+        }
+        let size =
+            usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
+        let mut payload = got.split_off(hlen);
+        if payload.len() > size {
+            return Err(ConnectionError::BadFrame(
+                "a second message arrived before this one was answered".into(),
+            ));
+        }
+        while payload.len() < size {
+            let start = payload.len();
+            let step = (size - start).min(GROW_STEP.max(start));
+            payload.resize(start + step, 0);
+            self.fill(&mut payload[start..], &mut fds, deadline, false)?;
+        }
+        Ok(payload)
     }
 
     /// One receive, waiting for readiness first when there is a deadline.
@@ -448,5 +507,47 @@ mod test {
         assert_eq!(n, 12);
         assert_eq!(&h[..4], &[0xff; 4]);
         assert_eq!(&h[4..], &0x8000_0000u64.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recv_sole_reads_one_message_of_any_size() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let a = std::sync::Arc::new(a);
+        for size in [0usize, 1, 1019, 1020, 1021, 5000, 3 << 20] {
+            let msg: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            let sender = std::thread::spawn({
+                let (msg, a) = (msg.clone(), a.clone());
+                move || a.send_bytes(&msg).unwrap()
+            });
+            assert_eq!(b.recv_sole(Duration::from_micros(50), None).unwrap(), msg);
+            sender.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn recv_sole_refuses_a_second_message_and_times_out() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let deadline = Some(Instant::now() + Duration::from_millis(50));
+        assert!(matches!(
+            b.recv_sole(Duration::ZERO, deadline),
+            Err(ConnectionError::Timeout(_))
+        ));
+        a.send_bytes(b"one").unwrap();
+        a.send_bytes(b"two").unwrap();
+        assert!(matches!(
+            b.recv_sole(Duration::ZERO, None),
+            Err(ConnectionError::BadFrame(_))
+        ));
+        let (a, b) = crate::pipe(true).unwrap();
+        drop(a);
+        assert!(matches!(
+            b.recv_sole(Duration::ZERO, None),
+            Err(ConnectionError::Closed)
+        ));
     }
 }

@@ -380,8 +380,7 @@ fn requests(core: &Core, conn: &Connection, session: u128) {
     };
     loop {
         // Clients often send the next request right after a reply: catch it awake.
-        conn.spin_until_readable(SPIN);
-        let Ok(bytes) = conn.recv_bytes() else {
+        let Ok(bytes) = conn.recv_sole(SPIN, None) else {
             return;
         };
         let result = match postcard::from_bytes::<Request<'_>>(&bytes) {

@@ -211,12 +211,8 @@ impl Session {
         };
         conn.send_bytes(bytes).map_err(transport)?;
         // Most replies come within microseconds: wait for them awake.
-        conn.spin_until_readable(SPIN);
-        let reply = match timeout {
-            None => conn.recv_bytes(),
-            Some(t) => conn.recv_bytes_timeout(t.saturating_add(REPLY_GRACE)),
-        }
-        .map_err(transport)?;
+        let deadline = timeout.map(|t| std::time::Instant::now() + t.saturating_add(REPLY_GRACE));
+        let reply = conn.recv_sole(SPIN, deadline).map_err(transport)?;
         // Only a connection that completed its exchange goes back to the pool.
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE {

@@ -78,6 +78,28 @@ pub(crate) fn recv_with_fds(
     SPACE.with(|space| recv_with_space(fd, buf, &mut space.borrow_mut()))
 }
 
+/// One plain receive (no descriptors; any that came along are closed by the kernel),
+/// without waiting when `nonblocking`. The end of the stream, or a reset, is `Ok(0)`.
+pub(crate) fn recv_plain(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let flags = if nonblocking {
+        MsgFlags::MSG_DONTWAIT
+    } else {
+        MsgFlags::empty()
+    };
+    loop {
+        match nix::sys::socket::recv(fd.as_raw_fd(), buf, flags) {
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Ok(0),
+            Err(e) => return Err(errno(e)),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
 fn recv_with_space(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
