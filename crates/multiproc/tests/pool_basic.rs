@@ -429,3 +429,38 @@ fn large_chunks_both_ways_do_not_deadlock() {
         .unwrap();
     assert!(got == expected);
 }
+
+#[multiproc::test]
+fn encoded_tasks_for_layers_that_carry_bytes() {
+    use multiproc::Func;
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let items: Vec<Vec<u8>> = (0..10u64)
+        .map(|x| postcard::to_stdvec(&x).unwrap())
+        .collect();
+    let out = pool
+        .map_encoded(square.registered_name(), &items, 3, None)
+        .unwrap()
+        .get_each_encoded();
+    let back: Vec<u64> = out
+        .into_iter()
+        .map(|r| postcard::from_bytes(&r.unwrap()).unwrap())
+        .collect();
+    assert_eq!(back, (0..10u64).map(|x| x * x).collect::<Vec<_>>());
+    // A per-call time limit kills the slow item only.
+    let slow = [postcard::to_stdvec(&5000u64).unwrap()];
+    let r = pool
+        .map_encoded(
+            slow_pid.registered_name(),
+            &slow,
+            1,
+            Some(Duration::from_millis(200)),
+        )
+        .unwrap()
+        .get_each_encoded();
+    assert!(matches!(r[0], Err(PoolError::Timeout(t)) if t == Duration::from_millis(200)));
+    assert!(matches!(
+        pool.map_encoded("no::such::function", &items, 1, None),
+        Err(PoolError::NotRegistered(_))
+    ));
+}

@@ -58,15 +58,16 @@ impl FromStr for Address {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Ok(Address::Tcp(a));
         }
-        if let Some((host, port)) = s.rsplit_once(':') {
-            if !host.is_empty() && port.parse::<u16>().is_ok() {
-                return s
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut it| it.next())
-                    .map(Address::Tcp)
-                    .ok_or_else(|| ConnectionError::BadAddress(s.into()));
-            }
+        if let Some((host, port)) = s.rsplit_once(':')
+            && !host.is_empty()
+            && port.parse::<u16>().is_ok()
+        {
+            return s
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.next())
+                .map(Address::Tcp)
+                .ok_or_else(|| ConnectionError::BadAddress(s.into()));
         }
         Ok(Address::Unix(PathBuf::from(s)))
     }

@@ -31,12 +31,11 @@ fn auth_error(msg: impl Into<String>) -> ConnectionError {
 fn digest_name_and_payload(message: &[u8]) -> (&str, &[u8]) {
     if message.first() == Some(&b'{') {
         let window = &message[1..message.len().min(MAX_DIGEST_LEN + 2)];
-        if let Some(end) = window.iter().position(|&b| b == b'}') {
-            if let Ok(name) = std::str::from_utf8(&window[..end]) {
-                if ALLOWED_DIGESTS.contains(&name) {
-                    return (name, &message[end + 2..]);
-                }
-            }
+        if let Some(end) = window.iter().position(|&b| b == b'}')
+            && let Ok(name) = std::str::from_utf8(&window[..end])
+            && ALLOWED_DIGESTS.contains(&name)
+        {
+            return (name, &message[end + 2..]);
         }
     }
     ("", message)

@@ -98,10 +98,10 @@ impl ListenerBuilder {
     pub fn bind(self, address: impl ToAddress) -> Result<Listener, ConnectionError> {
         let mut address = address.to_address()?;
         let fd = sys::listen(address.target(), self.backlog)?;
-        if let Address::Tcp(_) = address {
-            if let Some(bound) = sys::local_tcp_address(fd.as_fd())? {
-                address = Address::Tcp(bound); // port 0 becomes the real port
-            }
+        if let Address::Tcp(_) = address
+            && let Some(bound) = sys::local_tcp_address(fd.as_fd())?
+        {
+            address = Address::Tcp(bound); // port 0 becomes the real port
         }
         Ok(Listener {
             fd,

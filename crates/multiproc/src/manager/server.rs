@@ -455,10 +455,10 @@ fn handle(
                     Fault::Invalid(format!("this session holds no reference to {id}"))
                 })?;
             *held -= 1;
-            if *held == 0 {
-                if let Some(s) = reg.sessions.get_mut(&session) {
-                    s.refs.remove(&id);
-                }
+            if *held == 0
+                && let Some(s) = reg.sessions.get_mut(&session)
+            {
+                s.refs.remove(&id);
             }
             let freed = reg.release(id);
             drop(reg);
@@ -471,10 +471,10 @@ fn handle(
                 return Err(Fault::UnknownObject(id));
             }
             let s = reg.sessions.get_mut(&session).ok_or(Fault::NoSession)?;
-            if s.pinned.insert(id) {
-                if let Some(slot) = reg.objects.get_mut(&id) {
-                    slot.refs += 1;
-                }
+            if s.pinned.insert(id)
+                && let Some(slot) = reg.objects.get_mut(&id)
+            {
+                slot.refs += 1;
             }
             ret(&())
         }

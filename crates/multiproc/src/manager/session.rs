@@ -248,11 +248,11 @@ impl Session {
         let r = self.request(&Request::Shutdown, None, |_| Ok(()));
         self.closed.store(true, Ordering::Relaxed);
         lock(&self.idle).clear();
-        if let Some(p) = lock(&self.owned).take() {
-            if !matches!(p.join_timeout(Duration::from_secs(5)), Ok(true)) {
-                let _ = p.kill();
-                let _ = p.join_timeout(Duration::from_secs(5));
-            }
+        if let Some(p) = lock(&self.owned).take()
+            && !matches!(p.join_timeout(Duration::from_secs(5)), Ok(true))
+        {
+            let _ = p.kill();
+            let _ = p.join_timeout(Duration::from_secs(5));
         }
         match r {
             Err(ManagerError::Closed) => Ok(()),

@@ -147,7 +147,9 @@ fn fail_busy(shared: &Shared, busy: Busy, err: PoolError) -> Vec<(OnDone, ItemRe
 }
 
 fn deadline_for(cfg: &Config, chunk: &Chunk) -> Option<Instant> {
-    cfg.task_timeout
+    chunk
+        .timeout
+        .or(cfg.task_timeout)
         .map(|t| Instant::now() + t * chunk.args.len().max(1) as u32)
 }
 
@@ -328,7 +330,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 drop(st);
                 let busy = running;
                 let err = if w.timed_out {
-                    PoolError::Timeout(cfg.task_timeout.unwrap_or_default())
+                    PoolError::Timeout(busy.chunk.timeout.or(cfg.task_timeout).unwrap_or_default())
                 } else {
                     PoolError::WorkerDied { pid, exitcode }
                 };

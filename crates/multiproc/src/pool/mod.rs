@@ -48,6 +48,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[doc(hidden)]
+pub use result::Encoded;
 pub use result::{AsyncResult, Imap, MapResult};
 
 use crate::error::PoolError;
@@ -284,6 +286,17 @@ impl Pool {
         chunksize: usize,
         job: Option<u64>,
     ) -> Result<u64, PoolError> {
+        self.submit_limited(function, items, chunksize, job, None)
+    }
+
+    fn submit_limited(
+        &self,
+        function: &'static str,
+        items: Batch,
+        chunksize: usize,
+        job: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Result<u64, PoolError> {
         if chunksize == 0 {
             return Err(PoolError::Invalid("chunksize must be at least 1".into()));
         }
@@ -327,6 +340,7 @@ impl Pool {
                 start: start + offset,
                 function,
                 args,
+                timeout,
             });
             offset += len;
         }
@@ -354,6 +368,32 @@ impl Pool {
         registry::lookup(name)
             .map(|_| name)
             .ok_or_else(|| PoolError::NotRegistered(name.into()))
+    }
+
+    /// Runs the function registered as `function` over already encoded arguments,
+    /// `chunksize` items per task; an item running past `timeout` has its worker killed and
+    /// fails with [`PoolError::Timeout`]. The results stay encoded
+    /// ([`MapResult::get_each_encoded`]). For layers that carry tasks as bytes, such as the
+    /// cluster pool.
+    #[doc(hidden)]
+    pub fn map_encoded(
+        &self,
+        function: &str,
+        items: &[impl AsRef<[u8]>],
+        chunksize: usize,
+        timeout: Option<Duration>,
+    ) -> Result<MapResult<Encoded>, PoolError> {
+        let entry =
+            registry::lookup(function).ok_or_else(|| PoolError::NotRegistered(function.into()))?;
+        let mut batch = Batch::default();
+        let mut data = Vec::new();
+        for item in items {
+            data.extend_from_slice(item.as_ref());
+            batch.ends.push(data.len() as u32);
+        }
+        batch.data = serde_bytes::ByteBuf::from(data);
+        let job = self.submit_limited((entry.name)(), batch, chunksize, None, timeout)?;
+        Ok(MapResult::new(self.shared.clone(), job))
     }
 
     /// Runs `f(args)` in a worker and waits for the result.

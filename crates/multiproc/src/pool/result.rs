@@ -203,6 +203,23 @@ impl<R> std::fmt::Debug for MapResult<R> {
     }
 }
 
+/// Results kept encoded ([`Pool::map_encoded`](super::Pool::map_encoded)).
+#[doc(hidden)]
+#[derive(Debug, serde::Deserialize)]
+pub struct Encoded;
+
+impl MapResult<Encoded> {
+    /// Every item's encoded result, in order.
+    #[doc(hidden)]
+    pub fn get_each_encoded(self) -> Vec<Result<Vec<u8>, PoolError>> {
+        wait_done(&self.shared, self.job, None);
+        take(&self.shared, self.job)
+            .into_iter()
+            .map(|r| r.map(|p| p.bytes().to_vec()))
+            .collect()
+    }
+}
+
 impl<R: DeserializeOwned> MapResult<R> {
     pub(crate) fn new(shared: Shared, job: u64) -> Self {
         MapResult {

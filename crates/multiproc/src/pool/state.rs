@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::worker::Batch;
 use crate::error::PoolError;
@@ -38,6 +38,8 @@ pub(crate) struct Chunk {
     pub(crate) start: u64,
     pub(crate) function: &'static str,
     pub(crate) args: Batch,
+    /// Per-item time limit of this chunk's job (otherwise the pool's).
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// One submitted map, apply or imap.
@@ -66,12 +68,12 @@ impl Job {
     }
 
     pub(crate) fn finish(&mut self, index: usize, result: ItemResult) {
-        if let Some(slot) = self.results.get_mut(index) {
-            if slot.is_none() {
-                *slot = Some(result);
-                self.remaining -= 1;
-                self.completed.push_back(index);
-            }
+        if let Some(slot) = self.results.get_mut(index)
+            && slot.is_none()
+        {
+            *slot = Some(result);
+            self.remaining -= 1;
+            self.completed.push_back(index);
         }
     }
 }
@@ -132,10 +134,10 @@ impl State {
             for i in 0..job.results.len() {
                 job.finish(i, Err(err.clone()));
             }
-            if job.remaining == 0 {
-                if let Some(Some(r)) = job.results.first() {
-                    callbacks.extend(job.on_done.drain(..).map(|cb| (cb, r.clone())));
-                }
+            if job.remaining == 0
+                && let Some(Some(r)) = job.results.first()
+            {
+                callbacks.extend(job.on_done.drain(..).map(|cb| (cb, r.clone())));
             }
         }
         callbacks

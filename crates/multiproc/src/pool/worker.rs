@@ -100,11 +100,11 @@ pub(crate) fn serve(
     maxtasks: u64,
     run: &RunTask<'_>,
 ) {
-    if let Some((function, args)) = init {
-        if let Some(failure) = run_one(&function, &args, &mut Vec::new()) {
-            let _ = conn.send(&FromWorker::InitFailed(describe(&failure)));
-            return;
-        }
+    if let Some((function, args)) = init
+        && let Some(failure) = run_one(&function, &args, &mut Vec::new())
+    {
+        let _ = conn.send(&FromWorker::InitFailed(describe(&failure)));
+        return;
     }
     if conn.send(&FromWorker::Ready).is_err() {
         return;
