@@ -1,0 +1,46 @@
+//! # multiproc-cluster
+//!
+//! [`multiproc`]'s [`Pool`](multiproc::Pool) API across machines, on Redis Streams: the
+//! same binary is the client and, started with `--mp-worker URL`, the worker on every
+//! machine.
+//!
+//! ```no_run
+//! use multiproc_cluster::ClusterPool;
+//!
+//! #[multiproc::func]
+//! fn crunch(n: u64) -> u64 { (1..=n).sum() }
+//!
+//! #[multiproc::main]
+//! fn main() -> Result<(), multiproc_cluster::ClusterError> {
+//!     // `MULTIPROC_AUTHKEY=k ./app --mp-worker redis://head:6379/ --queue jobs` on any machine
+//!     multiproc_cluster::run_worker_if_requested();
+//!     let pool = ClusterPool::connect("redis://head:6379/", "jobs", b"k")?;
+//!     let out: Vec<u64> = pool.map(&crunch, 0..10_000)?;
+//!     assert_eq!(out[3], 6);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Delivery: tasks are `XADD`ed to `mp:{queue}:tasks`; workers read them through the
+//! consumer group `workers`; a reply is stored on the client's reply stream in the same
+//! transaction as the `XACK`; running tasks keep their lease with `XCLAIM ... JUSTID`; tasks
+//! of dead workers are taken over with `XAUTOCLAIM` after the lease; a task that killed its
+//! process `max_tries` times goes to `mp:{queue}:dead` and fails with
+//! [`ClusterError::DeadLetter`]. The client keeps one slot per task, so a task that ran twice
+//! is still delivered once. Tasks and replies are signed (HMAC-SHA256) with the authkey;
+//! unsigned or tampered entries are rejected and reported. Redis AUTH/ACL come with the URL
+//! (`redis://user:password@host/`), TLS with `rediss://` and the `tls` feature.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod envelope;
+mod error;
+mod status;
+mod worker;
+
+pub use client::{ClusterImap, ClusterMapResult, ClusterPool, ClusterPoolBuilder, ClusterResult};
+pub use error::ClusterError;
+pub use status::{QueueStatus, WorkerStatus, status};
+pub use worker::{WorkerOptions, run_worker, run_worker_if_requested};

@@ -1,0 +1,556 @@
+//! The working side: the user's own binary in worker mode.
+//!
+//! A worker runs a local [`Pool`](multiproc::Pool) of N processes and N consumer threads.
+//! Each thread takes one task at a time from the task stream through the consumer group
+//! (`XREADGROUP`), runs its items in the local pool, stores the signed reply on the client's
+//! reply stream and acknowledges the task in the same transaction (`MULTI`: `XADD` reply,
+//! `XACK`, `XDEL`), so a task is never acknowledged without its reply. While a task runs, a
+//! lease thread keeps it claimed (`XCLAIM ... JUSTID` resets its idle time); tasks of workers
+//! that died are taken over once idle longer than the lease (`XAUTOCLAIM`). A task that
+//! killed the processes running it `max_tries` times goes to the dead-letter stream and
+//! fails at the client instead of looping for ever. A heartbeat announces the worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use multiproc::{Pool, PoolError};
+use serde_bytes::ByteBuf;
+
+use crate::envelope::{self, Entry, GROUP, Keys, PAYLOAD, Reply, SIGNATURE, Task};
+use crate::error::{ClusterError, TaskFailure};
+
+/// How long a worker's heartbeat record lives without renewal.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+
+/// How long a reply stream lives after its last reply (a client that vanished).
+const REPLIES_TTL_SECS: u64 = 24 * 3600;
+
+/// The settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The Redis URL.
+    pub url: String,
+    /// The queue name (as the clients use it).
+    pub queue: String,
+    /// The authkey (tasks not signed with it are rejected).
+    pub authkey: Vec<u8>,
+    /// Local processes, and tasks run at once (default: `cpu_count()`).
+    pub processes: usize,
+    /// A task not renewed for this long is taken over by another worker (default 30 s).
+    pub lease: Duration,
+    /// A task that killed its process this many times is dead-lettered (default 3).
+    pub max_tries: u32,
+}
+
+impl WorkerOptions {
+    /// The defaults for `url`, `queue` and `authkey`.
+    pub fn new(url: &str, queue: &str, authkey: &[u8]) -> Self {
+        WorkerOptions {
+            url: url.to_string(),
+            queue: queue.to_string(),
+            authkey: authkey.to_vec(),
+            processes: multiproc::cpu_count(),
+            lease: Duration::from_secs(30),
+            max_tries: 3,
+        }
+    }
+
+    /// Reads `--mp-worker URL --queue NAME [--processes N] [--lease-ms MS] [--max-tries N]`
+    /// from `args`, the authkey from `MULTIPROC_AUTHKEY`; `None` without `--mp-worker`.
+    pub fn from_args(args: &[String]) -> Option<Result<WorkerOptions, String>> {
+        let pos = args.iter().position(|a| a == "--mp-worker")?;
+        Some(Self::parse(&args[pos..]))
+    }
+
+    fn parse(args: &[String]) -> Result<WorkerOptions, String> {
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let url = value("--mp-worker").ok_or("--mp-worker needs the Redis URL")?;
+        let queue = value("--queue").unwrap_or_else(|| "default".into());
+        let key = std::env::var_os("MULTIPROC_AUTHKEY")
+            .ok_or("set MULTIPROC_AUTHKEY to the cluster's authkey")?
+            .into_encoded_bytes();
+        let mut o = WorkerOptions::new(&url, &queue, &key);
+        if let Some(n) = value("--processes") {
+            o.processes = n.parse().map_err(|_| "--processes takes a number")?;
+        }
+        if let Some(ms) = value("--lease-ms") {
+            o.lease = Duration::from_millis(ms.parse().map_err(|_| "--lease-ms takes a number")?);
+        }
+        if let Some(n) = value("--max-tries") {
+            o.max_tries = n.parse().map_err(|_| "--max-tries takes a number")?;
+        }
+        if o.processes == 0 || o.max_tries == 0 || o.lease.is_zero() {
+            return Err("--processes, --max-tries and --lease-ms must be at least 1".into());
+        }
+        Ok(o)
+    }
+}
+
+/// If this process was started as a worker (`--mp-worker URL` among its arguments), runs the
+/// worker until it is stopped and exits; otherwise returns at once. Call it first in `main`
+/// (after `#[multiproc::main]`'s set-up), so the same binary is client and worker:
+///
+/// ```no_run
+/// #[multiproc::main]
+/// fn main() {
+///     multiproc_cluster::run_worker_if_requested();
+///     // ... the client side
+/// }
+/// ```
+pub fn run_worker_if_requested() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(opts) = WorkerOptions::from_args(&args) else {
+        return;
+    };
+    let code = match opts
+        .map_err(ClusterError::Invalid)
+        .and_then(|o| run_worker(&o, None))
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("multiproc-cluster worker: {e}");
+            1
+        }
+    };
+    multiproc::shutdown();
+    std::process::exit(code);
+}
+
+/// What the worker threads share.
+struct Shared {
+    opts: WorkerOptions,
+    keys: Keys,
+    id: String,
+    redis: redis::Client,
+    pool: Pool,
+    /// Task entry ids being run, and their consumers (their leases are renewed).
+    running: Mutex<HashMap<String, String>>,
+    stop: Arc<AtomicBool>,
+    done: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// Runs a worker until `stop` is set (never, without one). Returns an error only when it
+/// cannot start (no Redis at first, no local pool).
+pub fn run_worker(opts: &WorkerOptions, stop: Option<Arc<AtomicBool>>) -> Result<(), ClusterError> {
+    let redis = redis::Client::open(opts.url.as_str())?;
+    let keys = Keys::new(&opts.queue);
+    envelope::ensure_group(&mut redis.get_connection()?, &keys)?;
+    let pool = Pool::builder()
+        .processes(opts.processes)
+        .build()
+        .map_err(|e| ClusterError::Failed(format!("cannot start the local pool: {e}")))?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        keys,
+        id: format!("{host}-{}", std::process::id()),
+        redis,
+        pool,
+        running: Mutex::new(HashMap::new()),
+        stop: stop.unwrap_or_default(),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+    });
+    let mut threads = Vec::new();
+    for n in 0..opts.processes {
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || consume(&s, n)));
+    }
+    let s = shared.clone();
+    threads.push(std::thread::spawn(move || keep_leases(&s)));
+    let s = shared.clone();
+    threads.push(std::thread::spawn(move || heartbeat(&s, &host)));
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// A connection, reopened after errors (the broker restarted): `None` while unreachable.
+struct Link<'a> {
+    shared: &'a Shared,
+    con: Option<redis::Connection>,
+}
+
+impl Link<'_> {
+    fn get(&mut self) -> Option<&mut redis::Connection> {
+        if self.con.is_none() {
+            match self.shared.redis.get_connection() {
+                Ok(mut c) => {
+                    // After a broker restart without persistence the group is gone.
+                    if envelope::ensure_group(&mut c, &self.shared.keys).is_err() {
+                        std::thread::sleep(Duration::from_millis(200));
+                        return None;
+                    }
+                    self.con = Some(c);
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    return None;
+                }
+            }
+        }
+        self.con.as_mut()
+    }
+
+    /// Runs `f`; on an error the connection is dropped (reopened next time).
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let con = self.get()?;
+        match f(con) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.con = None;
+                None
+            }
+        }
+    }
+}
+
+/// One consumer: takes tasks one at a time until stopped.
+fn consume(shared: &Shared, n: usize) {
+    let consumer = format!("{}-{n}", shared.id);
+    let lease_ms = shared.opts.lease.as_millis() as u64;
+    let mut link = Link { shared, con: None };
+    while !shared.stop.load(Ordering::SeqCst) {
+        let fresh = link.run(|c| {
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(500)
+                .arg("STREAMS")
+                .arg(&shared.keys.tasks)
+                .arg(">")
+                .query::<redis::Value>(c)
+        });
+        let Some(fresh) = fresh else { continue };
+        let mut entries = envelope::read_entries(&fresh);
+        let mut reclaimed = false;
+        if entries.is_empty() {
+            // Nothing new: take over a task whose worker stopped renewing it.
+            let claimed = link.run(|c| {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&shared.keys.tasks)
+                    .arg(GROUP)
+                    .arg(&consumer)
+                    .arg(lease_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query::<redis::Value>(c)
+            });
+            if let Some(redis::Value::Array(parts)) = claimed {
+                entries = parts.get(1).map(envelope::entries).unwrap_or_default();
+                reclaimed = true;
+            }
+        }
+        for entry in entries {
+            run_entry(shared, &mut link, &consumer, entry, reclaimed);
+        }
+    }
+}
+
+/// How many times entry `id` was delivered (`XPENDING`).
+fn deliveries(link: &mut Link<'_>, keys: &Keys, id: &str) -> u32 {
+    let v = link.run(|c| {
+        redis::cmd("XPENDING")
+            .arg(&keys.tasks)
+            .arg(GROUP)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query::<redis::Value>(c)
+    });
+    match v {
+        Some(redis::Value::Array(rows)) => match rows.first() {
+            Some(redis::Value::Array(row)) => match row.get(3) {
+                Some(redis::Value::Int(n)) => *n as u32,
+                _ => 1,
+            },
+            _ => 1,
+        },
+        _ => 1,
+    }
+}
+
+fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry, reclaimed: bool) {
+    let keys = &shared.keys;
+    let id = entry.0.clone();
+    let task: Task = match envelope::open(
+        &shared.opts.authkey,
+        envelope::field(&entry, PAYLOAD),
+        envelope::field(&entry, SIGNATURE),
+    ) {
+        Ok(t) => t,
+        Err(why) => {
+            // Never run, never answered (the reply address is not to be trusted either):
+            // moved to the dead letters with the reason, and reported.
+            shared.rejected.fetch_add(1, Ordering::Relaxed);
+            eprintln!("multiproc-cluster worker {consumer}: task {id} rejected: {why}");
+            link.run(|c| {
+                redis::pipe()
+                    .atomic()
+                    .cmd("XADD")
+                    .arg(&keys.dead)
+                    .arg("*")
+                    .arg("entry")
+                    .arg(&id)
+                    .arg("reason")
+                    .arg(&why)
+                    .ignore()
+                    .cmd("XACK")
+                    .arg(&keys.tasks)
+                    .arg(GROUP)
+                    .arg(&id)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(&keys.tasks)
+                    .arg(&id)
+                    .ignore()
+                    .query::<()>(c)
+            });
+            return;
+        }
+    };
+    let mut tries = if reclaimed {
+        deliveries(link, keys, &id)
+    } else {
+        1
+    };
+    lock(&shared.running).insert(id.clone(), consumer.to_string());
+    let mut last = "its worker was killed".to_string();
+    let items = loop {
+        if tries > shared.opts.max_tries {
+            break Err(TaskFailure::DeadLetter {
+                tries: tries - 1,
+                last: last.clone(),
+            });
+        }
+        match run_items(shared, &task) {
+            Ok(items) => break Ok(items),
+            Err(crash) => {
+                // The process running it died: count a delivery (XCLAIM without JUSTID
+                // increments it) and try again, up to the limit.
+                last = crash;
+                link.run(|c| {
+                    redis::cmd("XCLAIM")
+                        .arg(&keys.tasks)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(0)
+                        .arg(&id)
+                        .query::<redis::Value>(c)
+                });
+                tries += 1;
+            }
+        }
+    };
+    if items.as_ref().is_ok_and(|i| i.iter().all(Result::is_ok)) {
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    let dead = matches!(items, Err(TaskFailure::DeadLetter { .. }));
+    let reply = Reply {
+        task: task.id,
+        items,
+    };
+    let replies = keys.replies(&task.client);
+    let sealed = envelope::seal(&shared.opts.authkey, &reply);
+    // Until the reply is stored and the task acknowledged together, keep trying (the
+    // broker may be restarting); the lease keeps the task ours meanwhile.
+    let deadline = Instant::now() + shared.opts.lease;
+    while let Ok((payload, tag)) = &sealed {
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("XADD")
+            .arg(&replies)
+            .arg("*")
+            .arg(PAYLOAD)
+            .arg(payload.as_slice())
+            .arg(SIGNATURE)
+            .arg(tag.as_slice())
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&replies)
+            .arg(REPLIES_TTL_SECS)
+            .ignore();
+        if dead {
+            p.cmd("XADD")
+                .arg(&keys.dead)
+                .arg("*")
+                .arg("entry")
+                .arg(&id)
+                .arg(PAYLOAD)
+                .arg(envelope::field(&entry, PAYLOAD).unwrap_or_default())
+                .arg(SIGNATURE)
+                .arg(envelope::field(&entry, SIGNATURE).unwrap_or_default())
+                .ignore();
+        }
+        p.cmd("XACK")
+            .arg(&keys.tasks)
+            .arg(GROUP)
+            .arg(&id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&keys.tasks)
+            .arg(&id)
+            .ignore();
+        if link.run(|c| p.query::<()>(c)).is_some() || Instant::now() > deadline {
+            break;
+        }
+    }
+    if let Err(e) = sealed {
+        eprintln!("multiproc-cluster worker {consumer}: cannot encode the reply of {id}: {e}");
+    }
+    lock(&shared.running).remove(&id);
+}
+
+/// Runs the task's items in the local pool. `Err` when a process running it died (the
+/// task may be what kills it): the caller retries or dead-letters.
+fn run_items(shared: &Shared, task: &Task) -> Result<Vec<Result<ByteBuf, TaskFailure>>, String> {
+    let timeout = task.timeout_ms.map(Duration::from_millis);
+    let chunk = task.items.len().div_ceil(shared.opts.processes).max(1);
+    let results = match shared
+        .pool
+        .map_encoded(&task.function, &task.items, chunk, timeout)
+    {
+        Ok(r) => r.get_each_encoded(),
+        Err(PoolError::NotRegistered(name)) => {
+            return Ok(task
+                .items
+                .iter()
+                .map(|_| Err(TaskFailure::NotRegistered(name.clone())))
+                .collect());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        out.push(match r {
+            Ok(bytes) => Ok(ByteBuf::from(bytes)),
+            Err(PoolError::WorkerDied { pid, exitcode }) => {
+                return Err(format!("process {pid} died (exit code {exitcode})"));
+            }
+            Err(PoolError::Panicked(m)) => Err(TaskFailure::Panicked(m)),
+            Err(PoolError::Timeout(t)) => Err(TaskFailure::Timeout(t.as_millis() as u64)),
+            Err(PoolError::NotRegistered(n)) => Err(TaskFailure::NotRegistered(n)),
+            Err(e) => Err(TaskFailure::Failed(e.to_string())),
+        });
+    }
+    Ok(out)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Renews the leases of running tasks a few times per lease: `XCLAIM ... JUSTID` to the
+/// consumer that holds the task resets its idle time.
+fn keep_leases(shared: &Shared) {
+    let mut link = Link { shared, con: None };
+    let every = (shared.opts.lease / 4).max(Duration::from_millis(10));
+    while !shared.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(every);
+        let held: Vec<(String, String)> = lock(&shared.running)
+            .iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        let mut p = redis::pipe();
+        for (id, consumer) in &held {
+            p.cmd("XCLAIM")
+                .arg(&shared.keys.tasks)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(0)
+                .arg(id)
+                .arg("JUSTID")
+                .ignore();
+        }
+        link.run(|c| p.query::<()>(c));
+    }
+}
+
+/// Announces the worker: a hash with its facts and counters, expiring unless renewed, and
+/// its id in the queue's worker set.
+fn heartbeat(shared: &Shared, host: &str) {
+    let mut link = Link { shared, con: None };
+    let key = shared.keys.worker(&shared.id);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    while !shared.stop.load(Ordering::SeqCst) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let running = lock(&shared.running).len();
+        link.run(|c| {
+            redis::pipe()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("host")
+                .arg(host)
+                .arg("pid")
+                .arg(std::process::id())
+                .arg("processes")
+                .arg(shared.opts.processes)
+                .arg("started")
+                .arg(started)
+                .arg("seen")
+                .arg(now)
+                .arg("running")
+                .arg(running)
+                .arg("done")
+                .arg(shared.done.load(Ordering::Relaxed))
+                .arg("failed")
+                .arg(shared.failed.load(Ordering::Relaxed))
+                .arg("rejected")
+                .arg(shared.rejected.load(Ordering::Relaxed))
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(HEARTBEAT_TTL.as_secs())
+                .ignore()
+                .cmd("SADD")
+                .arg(&shared.keys.workers)
+                .arg(&shared.id)
+                .ignore()
+                .query::<()>(c)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    link.run(|c| {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(&key)
+            .ignore()
+            .cmd("SREM")
+            .arg(&shared.keys.workers)
+            .arg(&shared.id)
+            .ignore()
+            .query::<()>(c)
+    });
+}
