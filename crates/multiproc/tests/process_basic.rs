@@ -113,6 +113,7 @@ per_method!(
     sequential_spawns_leave_no_zombie,
     unregistered_function_is_refused,
     daemon_flag_and_names,
+    stop_signals_work_when_the_parent_blocks_them,
 );
 
 fn typed_result_and_identity(method: StartMethod) {
@@ -202,6 +203,36 @@ fn signals_give_negative_exit_codes(method: StartMethod) {
     assert!(p.join_timeout(Duration::from_secs(20)).unwrap());
     p.terminate().unwrap();
     assert_eq!(p.join().unwrap(), 3);
+}
+
+/// A program that blocks SIGTERM/SIGINT in the thread that starts children (to wait for
+/// them with `sigwait`, as servers do) still gets children that `terminate` ends: children
+/// start with nothing blocked.
+fn stop_signals_work_when_the_parent_blocks_them(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    std::thread::spawn(move || {
+        let mut stops = nix::sys::signal::SigSet::empty();
+        stops.add(nix::sys::signal::Signal::SIGTERM);
+        stops.add(nix::sys::signal::Signal::SIGINT);
+        stops.thread_block().unwrap();
+        for (sig, send) in [
+            (
+                15,
+                Process::terminate as fn(&Process<u64>) -> Result<(), ProcessError>,
+            ),
+            (2, Process::interrupt),
+        ] {
+            let p = builder(method).start(&sleep_ms, 30_000).unwrap();
+            send(&p).unwrap();
+            assert!(
+                p.join_timeout(Duration::from_secs(10)).unwrap(),
+                "the child ignored signal {sig}"
+            );
+            assert_eq!(p.exitcode(), Some(-sig));
+        }
+    })
+    .join()
+    .unwrap();
 }
 
 fn join_timeout_is_accurate(method: StartMethod) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
@@ -364,6 +364,16 @@ pub(crate) fn remove_env(key: &str) {
 
 /// Starts this same executable again (`/proc/self/exe`) with `argv[0]` only, the current
 /// environment plus `marker`, and `bootstrap` as descriptor [`CHILD_BOOTSTRAP_FD`].
+/// Signals whose default action a spawned child gets back.
+const STOP_SIGNALS: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
 /// Uses `posix_spawn` (a `vfork`-style clone): no `fork` of a large parent.
 pub(crate) fn spawn_self(bootstrap: BorrowedFd<'_>, marker: (&str, &str)) -> io::Result<u32> {
     use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, posix_spawn};
@@ -379,7 +389,21 @@ pub(crate) fn spawn_self(bootstrap: BorrowedFd<'_>, marker: (&str, &str)) -> io:
     actions
         .add_dup2(source.as_raw_fd(), CHILD_BOOTSTRAP_FD)
         .map_err(errno)?;
-    let attr = PosixSpawnAttr::init().map_err(errno)?;
+    let mut attr = PosixSpawnAttr::init().map_err(errno)?;
+    // A child starts with no blocked signal and the default action of the stop signals,
+    // whatever the spawning thread had (a server blocking SIGTERM to wait for it in one
+    // thread must not make its children immune to `terminate`).
+    let mut stops = SigSet::empty();
+    for sig in STOP_SIGNALS {
+        stops.add(sig);
+    }
+    attr.set_sigmask(&SigSet::empty()).map_err(errno)?;
+    attr.set_sigdefault(&stops).map_err(errno)?;
+    attr.set_flags(
+        nix::spawn::PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | nix::spawn::PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )
+    .map_err(errno)?;
     let argv0 = std::env::args_os()
         .next()
         .unwrap_or_else(|| OsString::from("multiproc-child"));
@@ -420,6 +444,8 @@ pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Res
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
         nix::unistd::ForkResult::Child => {
             PID.store(0, std::sync::atomic::Ordering::Relaxed);
+            // As for spawned children: nothing blocked (see `spawn_self`).
+            let _ = SigSet::empty().thread_set_mask();
             for &fd in close {
                 // SAFETY: the objects owning these descriptors live in the parent's half of
                 // the fork; this child never returns to them (it ends in `_exit` below), so
