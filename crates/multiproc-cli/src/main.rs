@@ -3,9 +3,11 @@
 //! ```text
 //! multiproc bench [--quick | --full] [--no-python] [--group NAME]...
 //! multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
+//! multiproc cluster status --redis URL [--queue NAME]
 //! ```
 
 mod bench;
+mod cluster;
 mod serve;
 
 use std::process::ExitCode;
@@ -14,6 +16,8 @@ const USAGE: &str = "usage: multiproc bench [--quick | --full] [--no-python] [--
        multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
          serves a manager (dicts, queues, locks, ... by name) until SIGINT/SIGTERM or a
          client's shutdown; the authkey comes from $MULTIPROC_AUTHKEY by default
+       multiproc cluster status --redis URL [--queue NAME]
+         live workers, waiting, in-flight and dead-lettered tasks of a cluster queue
 groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
         pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency),
         manager (proxy operations and start-up vs a raw round trip and CPython)";
@@ -46,6 +50,21 @@ fn main() -> ExitCode {
                 },
                 Err(msg) => {
                     eprintln!("{msg}\n{USAGE}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("cluster") if args.get(1).map(String::as_str) == Some("status") => {
+            match cluster::parse(&args[2..]) {
+                Ok((url, queue)) => match cluster::status(&url, &queue) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("multiproc cluster status: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("multiproc cluster status: {e}\n{USAGE}");
                     ExitCode::from(2)
                 }
             }

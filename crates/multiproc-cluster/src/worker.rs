@@ -109,9 +109,23 @@ pub fn run_worker_if_requested() {
     let Some(opts) = WorkerOptions::from_args(&args) else {
         return;
     };
+    // SIGINT/SIGTERM stop the worker between tasks: blocked here (before any thread starts,
+    // so every thread inherits the mask) and received by a waiting thread.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    if signals.thread_block().is_ok() {
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            if signals.wait().is_ok() {
+                s.store(true, Ordering::SeqCst);
+            }
+        });
+    }
     let code = match opts
         .map_err(ClusterError::Invalid)
-        .and_then(|o| run_worker(&o, None))
+        .and_then(|o| run_worker(&o, Some(stop)))
     {
         Ok(()) => 0,
         Err(e) => {
@@ -459,6 +473,19 @@ fn run_items(shared: &Shared, task: &Task) -> Result<Vec<Result<ByteBuf, TaskFai
     Ok(out)
 }
 
+/// Sleeps `d` in short slices; false as soon as the worker is stopping.
+fn nap(stop: &AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+    false
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -468,8 +495,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn keep_leases(shared: &Shared) {
     let mut link = Link { shared, con: None };
     let every = (shared.opts.lease / 4).max(Duration::from_millis(10));
-    while !shared.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(every);
+    while nap(&shared.stop, every) {
         let held: Vec<(String, String)> = lock(&shared.running)
             .iter()
             .map(|(id, c)| (id.clone(), c.clone()))
@@ -540,7 +566,9 @@ fn heartbeat(shared: &Shared, host: &str) {
                 .ignore()
                 .query::<()>(c)
         });
-        std::thread::sleep(Duration::from_secs(1));
+        if !nap(&shared.stop, Duration::from_secs(1)) {
+            break;
+        }
     }
     link.run(|c| {
         redis::pipe()

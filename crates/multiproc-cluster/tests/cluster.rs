@@ -352,3 +352,73 @@ fn tampered_and_unsigned_tasks_are_rejected() {
     // The worker is fine.
     assert_eq!(pool.apply(&square, 4).unwrap(), 16);
 }
+
+/// The path of example `name`, built by cargo with the tests.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
+#[test]
+fn the_cluster_primes_example_with_workers_as_commands() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let bin = example("cluster_primes");
+    let workers: Vec<Worker> = (0..3)
+        .map(|_| {
+            Worker(
+                Command::new(&bin)
+                    .args(["--mp-worker", &url, "--queue", "ex", "--processes", "1"])
+                    .env("MULTIPROC_AUTHKEY", "example key")
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    wait_for("3 workers", || {
+        status(&url, "ex").is_ok_and(|s| s.workers.len() == 3)
+    });
+    let out = Command::new(&bin)
+        .args(["--redis", &url, "--queue", "ex", "--limit", "200000"])
+        .env("MULTIPROC_AUTHKEY", "example key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("17984 primes below 200000"), "{text}");
+    // SIGTERM stops a worker cleanly: it leaves the worker set.
+    for w in &workers {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(w.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+    for mut w in workers {
+        let end = Instant::now() + T;
+        let status = loop {
+            if let Some(s) = w.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "a worker ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success());
+    }
+    assert!(status(&url, "ex").unwrap().workers.is_empty());
+}
