@@ -20,10 +20,13 @@ const USAGE: &str = "usage: multiproc bench [--quick | --full] [--no-python] [--
          live workers, waiting, in-flight and dead-lettered tasks of a cluster queue
 groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
         pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency),
-        manager (proxy operations and start-up vs a raw round trip and CPython)";
+        manager (proxy operations and start-up vs a raw round trip and CPython),
+        cluster (the Pool API through Redis Streams vs a raw Redis round trip)";
 
 #[multiproc::main]
 fn main() -> ExitCode {
+    // `multiproc --mp-worker URL`: a cluster worker for the bench's tasks.
+    multiproc_cluster::run_worker_if_requested();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => match bench::Options::parse(&args[1..]) {

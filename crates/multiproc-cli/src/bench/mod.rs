@@ -1,6 +1,7 @@
 //! `multiproc bench`: the PEP 371 tables (serial vs threads vs processes) and the start
 //! methods measured side by side with the raw OS primitives.
 
+mod cluster;
 mod manager;
 mod pep;
 mod pipe;
@@ -21,8 +22,8 @@ pub(crate) struct Options {
     pub(crate) python: bool,
 }
 
-pub(crate) const GROUPS: [&str; 9] = [
-    "empty", "fib", "primes", "fileio", "spawn", "pipe", "queue", "pool", "manager",
+pub(crate) const GROUPS: [&str; 10] = [
+    "empty", "fib", "primes", "fileio", "spawn", "pipe", "queue", "pool", "manager", "cluster",
 ];
 
 impl Options {
@@ -84,6 +85,9 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     }
     if opts.wants("manager") {
         manager::run(opts.quick, opts.python)?;
+    }
+    if opts.wants("cluster") {
+        cluster::run(opts.quick)?;
     }
     Ok(())
 }
