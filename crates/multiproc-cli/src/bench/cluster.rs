@@ -108,10 +108,10 @@ fn raw_round_trips(url: &str, n: u32) -> Result<f64, redis::RedisError> {
             .arg("raw:rep")
             .arg(&last)
             .query(&mut con)?;
-        if let redis::Value::Array(s) = &v {
-            if let Some(id) = last_id(s) {
-                last = id;
-            }
+        if let redis::Value::Array(s) = &v
+            && let Some(id) = last_id(s)
+        {
+            last = id;
         }
     }
     let secs = t.elapsed().as_secs_f64() / f64::from(n);
