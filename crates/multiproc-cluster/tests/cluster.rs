@@ -422,3 +422,41 @@ fn the_cluster_primes_example_with_workers_as_commands() {
     }
     assert!(status(&url, "ex").unwrap().workers.is_empty());
 }
+
+#[multiproc::test]
+fn redis_auth_and_acl_users_come_with_the_url() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mut admin = redis.con();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("mp")
+        .arg("on")
+        .arg(">mp-secret")
+        .arg("~mp:*")
+        .arg("+@all")
+        .query(&mut admin)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("admin-secret")
+        .query(&mut admin)
+        .unwrap();
+    let port = redis.port;
+    let user_url = format!("redis://mp:mp-secret@127.0.0.1:{port}/");
+    let _w = Worker::start(&user_url, "acl", "");
+    let pool = ClusterPool::connect(&user_url, "acl", KEY).unwrap();
+    assert_eq!(pool.apply(&square, 11).unwrap(), 121);
+    for bad in [
+        format!("redis://127.0.0.1:{port}/"),
+        format!("redis://mp:wrong@127.0.0.1:{port}/"),
+    ] {
+        assert!(matches!(
+            ClusterPool::connect(&bad, "acl", KEY),
+            Err(ClusterError::Redis(_))
+        ));
+    }
+}
