@@ -1,7 +1,7 @@
 //! `multiproc`: the command-line companion of the library.
 //!
 //! ```text
-//! multiproc bench [--quick | --full] [--no-python] [--group NAME]...
+//! multiproc bench [--quick | --full] [--no-python] [--json FILE] [--chart FILE.svg] [--group NAME]...
 //! multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
 //! multiproc cluster status --redis URL [--queue NAME]
 //! ```
@@ -12,15 +12,18 @@ mod serve;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: multiproc bench [--quick | --full] [--no-python] [--group NAME]...
+const USAGE: &str = "usage: multiproc bench [--quick | --full] [--no-python] [--json FILE] [--chart FILE.svg] [--group NAME]...
        multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
          serves a manager (dicts, queues, locks, ... by name) until SIGINT/SIGTERM or a
          client's shutdown; the authkey comes from $MULTIPROC_AUTHKEY by default
        multiproc cluster status --redis URL [--queue NAME]
          live workers, waiting, in-flight and dead-lettered tasks of a cluster queue
-groups: empty, fib, primes, fileio (the PEP 371 tables), spawn (start methods vs the OS),
-        pipe (Connection round trip and bandwidth vs a raw socketpair), queue (Queue vs a raw pipe), pool (Pool throughput and latency),
-        manager (proxy operations and start-up vs a raw round trip and CPython),
+  with no option: every group in quick mode (well under a minute on 2 cores), CPython
+  peers included when python3 is present
+groups: empty, fib, primes, fileio, url (the PEP 371 tables: serial / threads / processes),
+        spawn (start methods vs the OS), pipe (Connection vs a raw socketpair),
+        queue (Queue vs a raw pipe, locks vs a raw futex), pool (Pool throughput and latency),
+        manager (proxy operations and start-up), scaling (Pool vs rayon on every core),
         cluster (the Pool API through Redis Streams vs a raw Redis round trip)";
 
 #[multiproc::main]

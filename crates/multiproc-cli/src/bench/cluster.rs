@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use multiproc_cluster::ClusterPool;
 
-use super::stats::{Samples, human, ratio, repeat};
+use super::report::{Report, Unit};
+use super::stats::repeat;
 
 const KEY: &str = "multiproc bench cluster key";
 
@@ -140,25 +141,24 @@ fn last_id(streams: &[redis::Value]) -> Option<String> {
     }
 }
 
-/// Runs the group and prints it.
-pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
-    let (reps, n_rt, n_map) = if quick {
-        (3, 300, 20_000)
-    } else {
-        (5, 2_000, 100_000)
-    };
-    println!(
-        "\n== cluster: the Pool API through Redis Streams, 1 worker of 2 processes, median of {reps} =="
-    );
+/// Runs the group: apply round trip next to a raw Redis round trip, chunked throughput.
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let (reps, n_rt, n_map) = r
+        .size
+        .pick((2, 50, 2_000), (3, 300, 20_000), (5, 2_000, 100_000));
+    r.group(&format!(
+        "cluster: the Pool API through Redis Streams, 1 worker of 2 processes, median of {reps}"
+    ));
     if Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_err()
     {
-        println!(
-            "note: no redis-server on this machine: group skipped (apt-get install redis-server)"
-        );
+        let note =
+            "no redis-server on this machine: cluster group skipped (apt-get install redis-server)";
+        println!("note: {note}");
+        r.notes.push(note.into());
         return Ok(());
     }
     let (_redis, url) = start_redis()?;
@@ -194,32 +194,27 @@ pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
     })?;
     drop(pool);
     drop(worker);
-    println!("{:<40} {:>12} {:>22}   ratio", "what", "median", "min..max");
-    let row = |name: &str, s: &Samples, note: String| {
-        println!(
-            "{name:<40} {:>12} {:>22}   {note}",
-            human(s.median()),
-            format!("{}..{}", human(s.min()), human(s.max()))
-        );
-    };
-    row(
+    let reference = raw.median();
+    r.row(
+        "cluster",
         "apply round trip (trivial task)",
+        Unit::Secs,
         &rt,
-        format!(
-            "{:.2}x raw Redis round trip",
-            ratio(rt.median(), raw.median())
-        ),
+        &[("raw Redis round trip", Some(reference))],
     );
-    row(
-        "raw XADD > XREADGROUP > XADD > XREAD",
+    r.row(
+        "cluster",
+        "raw XADD>XREADGROUP>XADD>XREAD",
+        Unit::Secs,
         &raw,
-        "1.00x (Redis on loopback)".into(),
+        &[],
     );
-    println!(
-        "{:<40} {:>12} {:>22}   default chunks",
-        format!("map of {n_map} trivial tasks"),
-        format!("{:.0}/s", map.median()),
-        format!("{:.0}..{:.0}/s", map.min(), map.max())
+    r.row(
+        "cluster",
+        &format!("map of {n_map} trivial tasks"),
+        Unit::Rate,
+        &map,
+        &[],
     );
     Ok(())
 }

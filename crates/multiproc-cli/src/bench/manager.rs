@@ -8,8 +8,8 @@ use multiproc::manager::{LockProxy, Manager, ValueProxy};
 use multiproc::{Func, Process};
 
 use super::pep::empty_func;
-use super::python::{self, Figures};
-use super::stats::{Samples, human, ratio, repeat};
+use super::report::{Report, Unit};
+use super::stats::{Samples, repeat};
 
 /// Child side of the contended counter: `n` increments under the proxy lock.
 #[multiproc::func]
@@ -91,22 +91,16 @@ fn per_op(reps: usize, n: u32, mut op: impl FnMut(u32)) -> Samples {
     )
 }
 
-fn cpython(figures: &Result<Figures, String>, name: &str, scale: f64) -> Option<f64> {
-    figures
-        .as_ref()
-        .ok()
-        .and_then(|f| f.get(name))
-        .map(|(v, _)| v * scale)
-}
-
-/// Runs the group and prints it.
-pub(crate) fn run(quick: bool, with_python: bool) -> multiproc::Result<()> {
-    let (reps, n, starts, incs) = if quick {
-        (3, 2_000, 5, 2_000)
-    } else {
-        (7, 20_000, 20, 10_000)
-    };
-    println!("\n== manager: proxy operations and start-up, median of {reps} (min..max) ==");
+/// Runs the group: proxy round trips next to raw socket round trips and CPython.
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let (reps, n, starts, incs) = r.size.pick(
+        (2, 200, 2, 200),
+        (3, 2_000, 5, 2_000),
+        (7, 20_000, 20, 10_000),
+    );
+    r.group(&format!(
+        "manager: proxy operations and start-up, median of {reps}"
+    ));
     let mgr = Manager::start()?;
     let d = mgr.dict::<String, u64>()?;
     let key = "k".to_string();
@@ -152,64 +146,62 @@ pub(crate) fn run(quick: bool, with_python: bool) -> multiproc::Result<()> {
     })?;
     drop(d);
     mgr.shutdown()?;
-    let py = python::run("mp_manager.py", quick, with_python);
-
-    println!("{:<36} {:>10} {:>22}   ratio", "what", "median", "min..max");
-    let row = |name: &str, s: &Samples, note: String| {
-        println!(
-            "{name:<36} {:>10} {:>22}   {note}",
-            human(s.median()),
-            format!("{}..{}", human(s.min()), human(s.max()))
-        );
-    };
-    let vs_py = |ours: f64, name: &str| match cpython(&py, name, 1e-6) {
-        Some(p) => format!(", CPython {} = {:.1}x slower", human(p), ratio(p, ours)),
-        None => String::new(),
-    };
-    for (name, s, py_name) in [
-        ("dict set through a proxy", &set, "py.mgr.dict.set.fork"),
-        ("dict get through a proxy", &get, "py.mgr.dict.get.fork"),
+    let py_set = r.cpython("mp_manager.py", "py.mgr.dict.set.fork", 1e-6);
+    let py_get = r.cpython("mp_manager.py", "py.mgr.dict.get.fork", 1e-6);
+    let py_start = r.cpython("mp_manager.py", "py.mgr.startup.fork", 1e-6);
+    let py_inc = r.cpython("mp_manager.py", "py.mgr.value.inc2p", 1.0);
+    let (spin, block) = (raw_spin.median(), raw.median());
+    for (name, s, py) in [
+        ("dict set through a proxy", &set, py_set),
+        ("dict get through a proxy", &get, py_get),
     ] {
-        row(
+        r.row(
+            "manager",
             name,
+            Unit::Secs,
             s,
-            format!(
-                "{:.2}x raw busy-poll RT, {:.2}x raw blocking RT{}",
-                ratio(s.median(), raw_spin.median()),
-                ratio(s.median(), raw.median()),
-                vs_py(s.median(), py_name)
-            ),
+            &[
+                ("raw busy-poll RT", Some(spin)),
+                ("raw blocking RT", Some(block)),
+                ("CPython", py),
+            ],
         );
     }
-    row(
+    r.row(
+        "manager",
         "raw socketpair RT, busy-poll",
+        Unit::Secs,
         &raw_spin,
-        "1.00x (OS)".into(),
+        &[],
     );
-    row("raw socketpair RT, blocking", &raw, "1.00x (OS)".into());
-    row(
+    r.row(
+        "manager",
+        "raw socketpair RT, blocking",
+        Unit::Secs,
+        &raw,
+        &[],
+    );
+    let sp = spawn.median();
+    r.row(
+        "manager",
         "Manager::start + shutdown",
+        Unit::Secs,
         &start,
-        format!(
-            "{:.2}x spawn+join ({}){}",
-            ratio(start.median(), spawn.median()),
-            multiproc::get_start_method(),
-            vs_py(start.median(), "py.mgr.startup.fork")
-        ),
+        &[("spawn+join", Some(sp)), ("CPython, fork", py_start)],
     );
-    row("process spawn + join (empty)", &spawn, "1.00x".into());
-    let rate = inc.median();
-    let py_inc = cpython(&py, "py.mgr.value.inc2p", 1.0)
-        .map(|p| format!(", CPython {p:.0}/s = {:.1}x slower", ratio(rate, p)))
-        .unwrap_or_default();
-    println!(
-        "{:<36} {:>10} {:>22}   2 processes{py_inc}",
-        "counter += 1 under a proxy lock",
-        format!("{rate:.0}/s"),
-        format!("{:.0}..{:.0}/s", inc.min(), inc.max()),
+    r.row(
+        "manager",
+        "process spawn + join (empty)",
+        Unit::Secs,
+        &spawn,
+        &[],
     );
-    if let Err(note) = py {
-        println!("note: {note}");
-    }
+    r.row(
+        "manager",
+        "counter += 1 under a proxy lock, 2 procs",
+        Unit::Rate,
+        &inc,
+        &[("CPython", py_inc)],
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use multiproc::Func;
 
+use super::report::{Report, Size, Unit};
 use super::stats::{Samples, human};
 
 /// Does nothing (returns 0, so every group has the same result type): the cost of
@@ -73,6 +74,89 @@ pub(crate) fn file_io(path: String, seeks: u32) -> u64 {
     written
 }
 
+/// The PEP's url_get: `n` HTTP GETs of `http://{address}/`, one connection each; the
+/// number of bytes received.
+#[multiproc::func]
+pub(crate) fn fetch_urls(address: String, n: u32) -> u64 {
+    use std::io::Read;
+    let mut total = 0u64;
+    for _ in 0..n {
+        let mut s = std::net::TcpStream::connect(&address).expect("connect to the bench server");
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut page = Vec::new();
+        s.read_to_end(&mut page).expect("read the page");
+        assert!(
+            page.starts_with(b"HTTP/1.1 200"),
+            "bad answer from the bench server"
+        );
+        total += page.len() as u64;
+    }
+    total
+}
+
+/// A small HTTP server on a loopback port for the URL group: answers every request with a
+/// 2 KiB page and closes. Stops when dropped.
+pub(crate) struct PageServer {
+    address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PageServer {
+    pub(crate) fn start() -> std::io::Result<PageServer> {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?.to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let body = "<html><body>".to_string() + &"lorem ipsum ".repeat(170) + "</body></html>";
+            let page = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let page = page.clone();
+                std::thread::spawn(move || {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(page.as_bytes());
+                });
+            }
+        });
+        Ok(PageServer {
+            address,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.address); // wakes the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A generated lorem-ipsum file for the file I/O group (the PEP used lorem.txt).
 fn lorem_file() -> std::io::Result<PathBuf> {
     let path =
@@ -108,8 +192,27 @@ struct Workload {
     process: Box<dyn Fn() -> multiproc::Result<multiproc::Process<u64>>>,
 }
 
-fn workload(group: &str, quick: bool, lorem: &Option<PathBuf>) -> Workload {
+fn workload(
+    group: &str,
+    size: Size,
+    lorem: &Option<PathBuf>,
+    web: &Option<PageServer>,
+) -> Workload {
     match group {
+        "url" => {
+            let address = web.as_ref().expect("page server").address.clone();
+            let n = size.pick(10, 100, 100);
+            let a2 = address.clone();
+            Workload {
+                title: format!(
+                    "URL fetch ({n} GETs of a 2 KiB page from a loopback server per worker)"
+                ),
+                serial: Box::new(move || {
+                    std::hint::black_box(fetch_urls(address.clone(), n));
+                }),
+                process: Box::new(move || Ok(fetch_urls.spawn((a2.clone(), n))?)),
+            }
+        }
         "empty" => Workload {
             title: "empty function (worker start-up cost)".into(),
             serial: Box::new(|| {
@@ -118,7 +221,7 @@ fn workload(group: &str, quick: bool, lorem: &Option<PathBuf>) -> Workload {
             process: Box::new(|| Ok(empty_func.spawn(())?)),
         },
         "fib" => {
-            let (n, rounds) = (50_000, if quick { 100 } else { 400 });
+            let (n, rounds) = (50_000, size.pick(10, 100, 400));
             Workload {
                 title: format!("fibonacci ({n} numbers x {rounds} rounds per worker)"),
                 serial: Box::new(move || {
@@ -128,7 +231,7 @@ fn workload(group: &str, quick: bool, lorem: &Option<PathBuf>) -> Workload {
             }
         }
         "primes" => {
-            let limit = if quick { 100_000 } else { 400_000 };
+            let limit = size.pick(10_000, 100_000, 400_000);
             Workload {
                 title: format!("crunch primes (sum of primes below {limit} per worker)"),
                 serial: Box::new(move || {
@@ -143,7 +246,7 @@ fn workload(group: &str, quick: bool, lorem: &Option<PathBuf>) -> Workload {
                 .expect("lorem file")
                 .to_string_lossy()
                 .into_owned();
-            let seeks = if quick { 5_000 } else { 20_000 };
+            let seeks = size.pick(500, 5_000, 20_000);
             let p2 = path.clone();
             Workload {
                 title: format!(
@@ -158,21 +261,31 @@ fn workload(group: &str, quick: bool, lorem: &Option<PathBuf>) -> Workload {
     }
 }
 
-/// Runs one PEP group and prints its table.
-pub(crate) fn run_group(group: &str, quick: bool) -> multiproc::Result<()> {
+/// Runs one PEP group and prints its table (best of N, as the PEP).
+pub(crate) fn run_group(group: &str, r: &mut Report) -> multiproc::Result<()> {
     let lorem = if group == "fileio" {
         Some(lorem_file()?)
     } else {
         None
     };
-    let w = workload(group, quick, &lorem);
-    let reps = if quick { 3 } else { 10 };
+    let web = if group == "url" {
+        Some(PageServer::start()?)
+    } else {
+        None
+    };
+    let w = workload(group, r.size, &lorem, &web);
+    let reps = r.size.pick(1, 3, 10);
+    let counts: &[usize] = if r.size == Size::Tiny {
+        &[1, 2]
+    } else {
+        &[1, 2, 4, 8]
+    };
     println!("\n== {} ==  best of {reps}", w.title);
     println!(
         "{:>8} {:>14} {:>14} {:>14}",
         "workers", "serial", "threads", "processes"
     );
-    for n in [1usize, 2, 4, 8] {
+    for &n in counts {
         let serial = Samples::measure(reps, 1, || {
             for _ in 0..n {
                 (w.serial)();
@@ -203,6 +316,19 @@ pub(crate) fn run_group(group: &str, quick: bool) -> multiproc::Result<()> {
             human(threads.min()),
             human(processes.min())
         );
+        for (how, s) in [
+            ("serial", &serial),
+            ("threads", &threads),
+            ("processes", &processes),
+        ] {
+            r.add_value(
+                group,
+                &format!("{how}, {n} workers"),
+                Unit::Secs,
+                s,
+                s.min(),
+            );
+        }
     }
     if let Some(p) = lorem {
         let _ = std::fs::remove_file(p);
@@ -223,5 +349,11 @@ mod test {
         let path = lorem_file().unwrap();
         assert!(file_io(path.to_string_lossy().into_owned(), 100) > 0);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_page_server_serves_pages() {
+        let server = PageServer::start().unwrap();
+        assert!(fetch_urls(server.address.clone(), 3) > 3 * 2000);
     }
 }

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use multiproc::{Connection, Fd, Func, pipe};
 
-use super::stats::{Samples, human, ratio};
+use super::report::{Report, Unit};
+use super::stats::Samples;
 
 const SMALL: usize = 8;
 const MIB: usize = 1 << 20;
@@ -130,45 +131,49 @@ fn bandwidth(reps: usize, n: u32, raw: bool) -> multiproc::Result<Samples> {
     Ok(Samples(samples))
 }
 
-/// Runs the group and prints it.
-pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
-    let (reps, n_rt, n_bw) = if quick {
-        (3, 2_000, 200)
-    } else {
-        (7, 20_000, 2_000)
-    };
-    println!(
-        "\n== pipe: Connection between two processes vs a raw socketpair, median of {reps} =="
-    );
+/// Runs the group: round trip and bandwidth next to a raw socketpair and CPython.
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let (reps, n_rt, n_bw) = r
+        .size
+        .pick((2, 200, 20), (3, 2_000, 200), (7, 20_000, 2_000));
+    r.group(&format!(
+        "pipe: Connection between two processes vs a raw socketpair, median of {reps}"
+    ));
     let ours_rt = round_trips(reps, n_rt, false)?;
     let raw_rt = round_trips(reps, n_rt, true)?;
     let ours_bw = bandwidth(reps, n_bw, false)?;
     let raw_bw = bandwidth(reps, n_bw, true)?;
-    println!("{:<40} {:>12} {:>12}", "what", "median", "ratio");
-    println!(
-        "{:<40} {:>12} {:>11.2}x",
+    let py_rt = r.cpython("mp_pipe.py", "py.pipe.rtt.bytes.duplex", 1e-6);
+    let py_bw = r.cpython("mp_pipe.py", "py.pipe.bw1m.duplex", 1e6);
+    let raw = raw_rt.median();
+    r.row(
+        "pipe",
         "round trip, 8 bytes: multiproc",
-        human(ours_rt.median()),
-        ratio(ours_rt.median(), raw_rt.median())
+        Unit::Secs,
+        &ours_rt,
+        &[("raw socketpair", Some(raw)), ("CPython", py_rt)],
     );
-    println!(
-        "{:<40} {:>12} {:>12}",
+    r.row(
+        "pipe",
         "round trip, 8 bytes: raw socketpair",
-        human(raw_rt.median()),
-        "1.00x (OS)"
+        Unit::Secs,
+        &raw_rt,
+        &[],
     );
-    let gb = |s: &Samples| format!("{:.2} GB/s", s.median() / 1e9);
-    println!(
-        "{:<40} {:>12} {:>11.0}%",
+    let raw = raw_bw.median();
+    r.row(
+        "pipe",
         "1 MiB messages: multiproc",
-        gb(&ours_bw),
-        100.0 * ratio(ours_bw.median(), raw_bw.median())
+        Unit::Bandwidth,
+        &ours_bw,
+        &[("raw socketpair", Some(raw)), ("CPython", py_bw)],
     );
-    println!(
-        "{:<40} {:>12} {:>12}",
+    r.row(
+        "pipe",
         "1 MiB blocks: raw socketpair",
-        gb(&raw_bw),
-        "100% (OS)"
+        Unit::Bandwidth,
+        &raw_bw,
+        &[],
     );
     Ok(())
 }

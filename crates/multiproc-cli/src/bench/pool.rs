@@ -6,7 +6,8 @@ use std::time::Instant;
 use multiproc::{Func, Pool, Process};
 
 use super::pep::{crunch_primes, empty_func};
-use super::stats::{Samples, human, ratio, repeat};
+use super::report::{Report, Unit};
+use super::stats::{Samples, repeat};
 
 /// A trivial task.
 #[multiproc::func]
@@ -14,25 +15,25 @@ pub(crate) fn ident(x: u64) -> u64 {
     x
 }
 
-/// Runs the group and prints it.
-pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
-    let reps = if quick { 3 } else { 5 };
+/// Runs the group: throughput, latency and start-up next to references and CPython.
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let reps = r.size.pick(2, 3, 5);
     let workers = multiproc::cpu_count().max(2);
-    println!("\n== pool: {workers} workers, median of {reps} ==");
+    r.group(&format!("pool: {workers} workers, median of {reps}"));
     let pool = Pool::new(workers)?;
-    let n1 = if quick { 20_000 } else { 100_000 };
+    let n1 = r.size.pick(2_000, 20_000, 100_000);
     let chunk1 = repeat(reps, || {
         let t = Instant::now();
         pool.map_chunked(&ident, 0..n1, 1)?;
         Ok(n1 as f64 / t.elapsed().as_secs_f64())
     })?;
-    let n2 = 100_000u64;
+    let n2 = r.size.pick(10_000, 100_000, 100_000);
     let chunked = repeat(reps, || {
         let t = Instant::now();
         pool.map(&ident, 0..n2)?;
         Ok(n2 as f64 / t.elapsed().as_secs_f64())
     })?;
-    let rtn = if quick { 500 } else { 3000 };
+    let rtn = r.size.pick(50, 500, 3000);
     let rt = repeat(reps, || {
         let t = Instant::now();
         for i in 0..rtn {
@@ -57,7 +58,7 @@ pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
         }
         Ok(t.elapsed().as_secs_f64())
     })?;
-    let limit = if quick { 30_000 } else { 100_000 };
+    let limit = r.size.pick(5_000, 30_000, 100_000);
     let serial = repeat(reps, || {
         let t = Instant::now();
         for _ in 0..workers * 4 {
@@ -70,47 +71,60 @@ pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
         pool.map_chunked(&crunch_primes, std::iter::repeat_n(limit, workers * 4), 1)?;
         Ok(t.elapsed().as_secs_f64())
     })?;
-    let k = |s: &Samples| format!("{:.0} k/s", s.median() / 1e3);
-    println!("{:<48} {:>12} {:>22}", "what", "median", "reference");
-    println!(
-        "{:<48} {:>12} {:>22}",
-        "trivial tasks, chunksize 1",
-        k(&chunk1),
-        "CPython ~41 k/s"
-    );
-    println!(
-        "{:<48} {:>12} {:>22}",
-        "map of 100k trivial tasks, default chunks",
-        format!("{:.2} M/s", chunked.median() / 1e6),
-        "CPython ~5.9 M/s"
-    );
-    println!(
-        "{:<48} {:>12} {:>22}",
-        "apply_async round trip",
-        human(rt.median()),
-        "CPython ~190 µs"
-    );
-    println!(
-        "{:<48} {:>12} {:>22}",
-        "pool start-up, 4 workers",
-        human(startup.median()),
-        format!(
-            "{:.2}x 4 spawns ({})",
-            ratio(startup.median(), spawn4.median()),
-            human(spawn4.median())
-        )
-    );
-    let speedup = serial.median() / parallel.median();
-    println!(
-        "{:<48} {:>12} {:>22}",
-        format!("crunch primes x{}, serial vs pool", workers * 4),
-        format!("{speedup:.2}x"),
-        format!(
-            "{:.0}% of {workers} cores",
-            100.0 * speedup / workers as f64
-        )
-    );
     pool.close();
     pool.join()?;
+    let py = |r: &mut Report, name: &str, scale: f64| r.cpython("mp_pool.py", name, scale);
+    let py_c1 = py(r, "py.pool.map100k.c1.fork", 1.0);
+    let py_map = py(r, "py.pool.map100k.default.fork", 1.0);
+    let py_rt = py(r, "py.pool.apply_async.fork", 1e-6);
+    let py_start = py(r, "py.pool.startup.fork", 1e-6);
+    let py_speedup = r.cpython("mp_primes.py", "py.primes.speedup.balanced.x1", 1.0);
+    r.row(
+        "pool",
+        "trivial tasks, chunksize 1",
+        Unit::Rate,
+        &chunk1,
+        &[("CPython", py_c1)],
+    );
+    r.row(
+        "pool",
+        &format!("map of {n2} trivial tasks, default chunks"),
+        Unit::Rate,
+        &chunked,
+        &[("CPython", py_map)],
+    );
+    r.row(
+        "pool",
+        "apply_async round trip",
+        Unit::Secs,
+        &rt,
+        &[("CPython", py_rt)],
+    );
+    let s4 = spawn4.median();
+    r.row(
+        "pool",
+        "pool start-up, 4 workers",
+        Unit::Secs,
+        &startup,
+        &[("4 spawns", Some(s4)), ("CPython Pool(), fork", py_start)],
+    );
+    let speedups = Samples(
+        serial
+            .0
+            .iter()
+            .zip(&parallel.0)
+            .map(|(s, p)| s / p)
+            .collect(),
+    );
+    r.row(
+        "pool",
+        &format!(
+            "crunch primes x{}: speed-up on {workers} cores",
+            workers * 4
+        ),
+        Unit::Factor,
+        &speedups,
+        &[("ideal", Some(workers as f64)), ("CPython", py_speedup)],
+    );
     Ok(())
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
+use super::report::Size;
+
 /// The peer scripts, by file name.
 const SCRIPTS: [(&str, &str); 8] = [
     (
@@ -58,7 +60,7 @@ pub(crate) fn parse(output: &str) -> Figures {
 
 /// Runs peer `script` (quick mode: `QUICK=1`). `Err` says why there are no CPython figures
 /// (no python3, the script failed), for a note under the table.
-pub(crate) fn run(script: &str, quick: bool, enabled: bool) -> Result<Figures, String> {
+pub(crate) fn run(script: &str, size: Size, enabled: bool) -> Result<Figures, String> {
     if !enabled {
         return Err("CPython columns skipped (--no-python)".into());
     }
@@ -69,9 +71,13 @@ pub(crate) fn run(script: &str, quick: bool, enabled: bool) -> Result<Figures, S
         std::fs::write(dir.join(name), text)
             .map_err(|e| format!("cannot write the peer scripts: {e}"))?;
     }
-    let out = Command::new("python3")
-        .arg(dir.join(script))
-        .env("QUICK", if quick { "1" } else { "0" })
+    let mut cmd = Command::new("python3");
+    cmd.arg(dir.join(script));
+    if script == "mp_primes.py" && size != Size::Full {
+        cmd.args(["--reps", "1", "--modes", "serial,balanced"]);
+    }
+    let out = cmd
+        .env("QUICK", if size == Size::Full { "0" } else { "1" })
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -107,6 +113,6 @@ mod test {
 
     #[test]
     fn missing_python_is_a_note_not_an_error() {
-        assert!(run("mp_manager.py", true, false).is_err());
+        assert!(run("mp_manager.py", Size::Tiny, false).is_err());
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Event, Fd, Func, Lock, Queue};
 
-use super::stats::{Samples, human, ratio, repeat};
+use super::report::{Report, Unit};
+use super::stats::repeat;
 
 /// Child side: waits for `go`, then puts `n` 8-byte items (in batches of `batch` if > 1).
 #[multiproc::func]
@@ -110,60 +111,76 @@ fn lock_ns(n: u32) -> multiproc::Result<f64> {
 }
 
 /// Runs the group and prints it.
-pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
-    let (reps, n) = if quick { (3, 100_000) } else { (7, 1_000_000) };
-    println!("\n== queue: 1 producer -> 1 consumer process, 8-byte items, median of {reps} ==");
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let (reps, n) = r.size.pick((2, 5_000), (3, 100_000), (7, 1_000_000));
+    r.group(&format!(
+        "queue: 1 producer -> 1 consumer process, 8-byte items, median of {reps}"
+    ));
     let ours = repeat(reps, || queue_rate(n, 1))?;
     let batched = repeat(reps, || queue_rate(n, 256))?;
     let raw = repeat(reps, || pipe_rate(n))?;
-    let seeds = repeat(reps, || seed(20_000))?;
-    let lock = repeat(reps, || lock_ns(if quick { 1_000_000 } else { 10_000_000 }))?;
-    let handoffs = if quick { 2_000 } else { 20_000 };
+    let seeds = repeat(reps, || seed(r.size.pick(2_000, 20_000, 20_000)))?;
+    let lock = repeat(reps, || {
+        lock_ns(r.size.pick(10_000, 1_000_000, 10_000_000)).map(|ns| ns * 1e-9)
+    })?;
+    let handoffs = r.size.pick(200, 2_000, 20_000);
     let handoff = repeat(reps, || lock_handoff(handoffs))?;
     let futex = repeat(reps, || futex_handoff(handoffs))?;
-    let m = |s: &Samples| format!("{:.2} M/s", s.median() / 1e6);
-    println!("{:<44} {:>12} {:>14}", "what", "median", "ratio");
-    println!(
-        "{:<44} {:>12} {:>13.2}x",
+    let py_q = r.cpython("mp_queue.py", "py.queue.1p1c.fork", 1.0);
+    let py_seed = r.cpython("mp_queue.py", "py.queue.seed20k.fork", 1.0);
+    let py_lock = r
+        .cpython("mp_manager.py", "py.value.lock.inc1p", 1.0)
+        .map(|rate| 1.0 / rate);
+    let pipe = raw.median();
+    r.row(
+        "queue",
         "Queue put/get",
-        m(&ours),
-        ratio(ours.median(), raw.median())
+        Unit::Rate,
+        &ours,
+        &[("raw pipe", Some(pipe)), ("CPython", py_q)],
     );
-    println!(
-        "{:<44} {:>12} {:>13.2}x",
+    r.row(
+        "queue",
         "Queue put_many/get_many (256)",
-        m(&batched),
-        ratio(batched.median(), raw.median())
+        Unit::Rate,
+        &batched,
+        &[("raw pipe", Some(pipe))],
     );
-    println!(
-        "{:<44} {:>12} {:>14}",
+    r.row(
+        "queue",
         "raw pipe, one write + one read per item",
-        m(&raw),
-        "1.00x (OS)"
+        Unit::Rate,
+        &raw,
+        &[],
     );
-    println!(
-        "{:<44} {:>12} {:>14}",
+    r.row(
+        "queue",
         "seed: 20,000 items of ten 100-byte strings",
-        human(seeds.median()),
-        "CPython 0.22 s"
+        Unit::Secs,
+        &seeds,
+        &[("CPython", py_seed)],
     );
-    println!(
-        "{:<44} {:>9.1} ns {:>14}",
+    r.row(
+        "queue",
         "Lock acquire+release, uncontended",
-        lock.median(),
-        "target <= 50 ns"
+        Unit::Secs,
+        &lock,
+        &[("CPython (with v.get_lock(): v.value += 1)", py_lock)],
     );
-    println!(
-        "{:<44} {:>12} {:>13.2}x",
+    let f = futex.median();
+    r.row(
+        "queue",
         "Lock hand-off between processes",
-        human(handoff.median()),
-        ratio(handoff.median(), futex.median())
+        Unit::Secs,
+        &handoff,
+        &[("raw futex", Some(f))],
     );
-    println!(
-        "{:<44} {:>12} {:>14}",
+    r.row(
+        "queue",
         "raw futex ping-pong, per hand-off",
-        human(futex.median()),
-        "1.00x (OS)"
+        Unit::Secs,
+        &futex,
+        &[],
     );
     Ok(())
 }

@@ -5,7 +5,8 @@
 use multiproc::{Process, StartMethod};
 
 use super::pep::empty_func;
-use super::stats::{Samples, human, ratio};
+use super::report::{Report, Unit};
+use super::stats::Samples;
 
 /// `fork()`, the child `_exit(0)`s at once, `waitpid`.
 fn raw_fork_exit_wait() {
@@ -38,14 +39,15 @@ fn raw_posix_spawn_true() {
     nix::sys::wait::waitpid(pid, None).expect("waitpid");
 }
 
-/// Runs the group and prints medians with spread, and the ratios to the OS.
-pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
-    let n = if quick { 60 } else { 400 };
-    println!("\n== spawn: start + join of an empty function, median of {n} (min..max) ==");
+/// Runs the group: each start method next to the OS primitive and CPython.
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let n = r.size.pick(5, 60, 400);
+    r.group(&format!(
+        "spawn: start + join of an empty function, median of {n}"
+    ));
     multiproc::start_forkserver()?; // its own start-up is not a per-child cost
     let fork = Samples::measure(n, 5, raw_fork_exit_wait);
     let posix = Samples::measure(n, 5, raw_posix_spawn_true);
-    let mut rows: Vec<(String, Samples, String)> = Vec::new();
     for method in [
         StartMethod::Spawn,
         StartMethod::Forkserver,
@@ -64,33 +66,37 @@ pub(crate) fn run(quick: bool) -> multiproc::Result<()> {
         if let Some(e) = err {
             return Err(e.into());
         }
-        let reference = match method {
-            StartMethod::Spawn => format!(
-                "{:.2}x posix_spawn(/bin/true)",
-                ratio(s.median(), posix.median())
-            ),
-            _ => format!("{:.2}x raw fork", ratio(s.median(), fork.median())),
+        let os = match method {
+            StartMethod::Spawn => ("posix_spawn(/bin/true)", posix.median()),
+            _ => ("raw fork", fork.median()),
         };
-        rows.push((format!("multiproc {method}"), s, reference));
+        let py = r.cpython("mp_spawn.py", &format!("py.spawn1.{method}"), 1e-6);
+        r.row(
+            "spawn",
+            &format!("multiproc {method}"),
+            Unit::Secs,
+            &s,
+            &[(os.0, Some(os.1)), ("CPython", py)],
+        );
     }
     let closure = Samples::measure(n, 5, || {
         let _ = Process::fork(|| 0u8).and_then(|p| p.join());
     });
-    let closure_ratio = format!("{:.2}x raw fork", ratio(closure.median(), fork.median()));
-    rows.push(("multiproc fork (closure)".into(), closure, closure_ratio));
-    rows.push(("raw fork+_exit+waitpid".into(), fork, "1.00x (OS)".into()));
-    rows.push((
-        "raw posix_spawn /bin/true".into(),
-        posix,
-        "1.00x (OS)".into(),
-    ));
-    println!("{:<28} {:>12} {:>24}   ratio", "what", "median", "min..max");
-    for (name, s, r) in rows {
-        println!(
-            "{name:<28} {:>12} {:>24}   {r}",
-            human(s.median()),
-            format!("{}..{}", human(s.min()), human(s.max()))
-        );
-    }
+    let f = fork.median();
+    r.row(
+        "spawn",
+        "multiproc fork (closure)",
+        Unit::Secs,
+        &closure,
+        &[("raw fork", Some(f))],
+    );
+    r.row("spawn", "raw fork+_exit+waitpid", Unit::Secs, &fork, &[]);
+    r.row(
+        "spawn",
+        "raw posix_spawn /bin/true",
+        Unit::Secs,
+        &posix,
+        &[],
+    );
     Ok(())
 }

@@ -1,0 +1,383 @@
+//! What a bench run measured: every figure with its spread and its comparisons, printed as
+//! table rows while the run goes, and written as JSON (`--json`) and charts (`--chart`).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::python::{self, Figures};
+use super::stats::{Samples, human};
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Size {
+    /// The smallest sizes that still exercise every path (the tests).
+    Tiny,
+    /// Well under a minute for everything on 2 cores (the default).
+    Quick,
+    /// Numbers to quote.
+    Full,
+}
+
+impl Size {
+    /// The value for this size.
+    pub(crate) fn pick<T>(self, tiny: T, quick: T, full: T) -> T {
+        match self {
+            Size::Tiny => tiny,
+            Size::Quick => quick,
+            Size::Full => full,
+        }
+    }
+}
+
+/// The unit of a figure, which also says which direction is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) enum Unit {
+    /// Seconds (lower is better).
+    #[serde(rename = "s")]
+    Secs,
+    /// Operations per second (higher is better).
+    #[serde(rename = "1/s")]
+    Rate,
+    /// Bytes per second (higher is better).
+    #[serde(rename = "B/s")]
+    Bandwidth,
+    /// A plain factor (higher is better: a speed-up).
+    #[serde(rename = "x")]
+    Factor,
+}
+
+impl Unit {
+    pub(crate) fn lower_is_better(self) -> bool {
+        matches!(self, Unit::Secs)
+    }
+
+    /// `value` for a reader.
+    pub(crate) fn show(self, value: f64) -> String {
+        if !value.is_finite() {
+            return "-".into();
+        }
+        match self {
+            Unit::Secs => human(value),
+            Unit::Rate if value >= 1e6 => format!("{:.2} M/s", value / 1e6),
+            Unit::Rate if value >= 1e3 => format!("{:.1} k/s", value / 1e3),
+            Unit::Rate => format!("{value:.0}/s"),
+            Unit::Bandwidth => format!("{:.2} GB/s", value / 1e9),
+            Unit::Factor => format!("{value:.2}x"),
+        }
+    }
+}
+
+/// One comparison of a figure: `ratio` = ours / reference.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Versus {
+    pub what: String,
+    pub reference: f64,
+    pub ratio: f64,
+}
+
+impl Versus {
+    /// How many times better ours is (above 1) or worse (below 1).
+    pub(crate) fn advantage(&self, unit: Unit) -> f64 {
+        if unit.lower_is_better() {
+            1.0 / self.ratio
+        } else {
+            self.ratio
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Figure {
+    pub group: String,
+    pub name: String,
+    pub unit: Unit,
+    /// The median (the best, for the PEP's best-of tables).
+    pub value: f64,
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    pub n: usize,
+    pub versus: Vec<Versus>,
+}
+
+/// `ours / reference`, the way the tables print ratios (NaN without a reference).
+pub(crate) fn ratio(ours: f64, reference: f64) -> f64 {
+    if reference > 0.0 && reference.is_finite() {
+        ours / reference
+    } else {
+        f64::NAN
+    }
+}
+
+/// The machine a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub start_method: String,
+    pub python: Option<String>,
+}
+
+impl Machine {
+    pub(crate) fn probe() -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "?".into());
+        let python = std::process::Command::new("python3")
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        Machine {
+            cpus: multiproc::cpu_count(),
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into()),
+            start_method: multiproc::get_start_method().to_string(),
+            python,
+        }
+    }
+}
+
+/// Everything a run measured, and what it needs while running.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub size: Size,
+    pub machine: Machine,
+    pub figures: Vec<Figure>,
+    pub notes: Vec<String>,
+    #[serde(skip)]
+    pub python: bool,
+    #[serde(skip)]
+    peers: HashMap<String, Result<Figures, String>>,
+}
+
+impl Report {
+    pub(crate) fn new(size: Size, python: bool) -> Report {
+        Report {
+            size,
+            machine: Machine::probe(),
+            figures: Vec::new(),
+            notes: Vec::new(),
+            python,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// The figures of CPython peer `script` (run once per bench run), or why there are none.
+    pub(crate) fn peer(&mut self, script: &str) -> Result<&Figures, String> {
+        if !self.peers.contains_key(script) {
+            let got = python::run(script, self.size, self.python);
+            self.peers.insert(script.to_string(), got);
+        }
+        self.peers[script].as_ref().map_err(Clone::clone)
+    }
+
+    /// CPython's figure `name` of peer `script`, scaled into our unit.
+    pub(crate) fn cpython(&mut self, script: &str, name: &str, scale: f64) -> Option<f64> {
+        match self.peer(script) {
+            Ok(f) => f.get(name).map(|(v, _)| v * scale),
+            Err(note) => {
+                if !self.notes.contains(&note) {
+                    println!("note: {note}");
+                    self.notes.push(note);
+                }
+                None
+            }
+        }
+    }
+
+    /// Prints a group's heading.
+    pub(crate) fn group(&self, title: &str) {
+        println!("\n== {title} ==");
+        println!(
+            "{:<44} {:>12} {:>24}   compared",
+            "what", "median", "min..max"
+        );
+    }
+
+    /// Records a figure from `samples` (its value is the median) and returns it for
+    /// comparisons; [`Report::row`] prints it.
+    pub(crate) fn add(
+        &mut self,
+        group: &str,
+        name: &str,
+        unit: Unit,
+        samples: &Samples,
+    ) -> &mut Figure {
+        self.add_value(group, name, unit, samples, samples.median())
+    }
+
+    /// As [`add`](Self::add) with an explicit value (the best of a best-of table).
+    pub(crate) fn add_value(
+        &mut self,
+        group: &str,
+        name: &str,
+        unit: Unit,
+        samples: &Samples,
+        value: f64,
+    ) -> &mut Figure {
+        self.figures.push(Figure {
+            group: group.to_string(),
+            name: name.to_string(),
+            unit,
+            value,
+            min: samples.min(),
+            median: samples.median(),
+            max: samples.max(),
+            n: samples.0.len(),
+            versus: Vec::new(),
+        });
+        self.figures.last_mut().expect("just pushed")
+    }
+
+    /// Records and prints a row: `samples` compared with `refs` (what, reference value).
+    pub(crate) fn row(
+        &mut self,
+        group: &str,
+        name: &str,
+        unit: Unit,
+        samples: &Samples,
+        refs: &[(&str, Option<f64>)],
+    ) {
+        let f = self.add(group, name, unit, samples);
+        for (what, reference) in refs {
+            if let Some(r) = reference {
+                f.versus(what, *r);
+            }
+        }
+        let f = f.clone();
+        print_row(&f);
+    }
+}
+
+impl Figure {
+    /// Adds a comparison with `reference` (in the figure's unit).
+    pub(crate) fn versus(&mut self, what: &str, reference: f64) -> &mut Self {
+        self.versus.push(Versus {
+            what: what.to_string(),
+            reference,
+            ratio: ratio(self.value, reference),
+        });
+        self
+    }
+}
+
+/// `1.84x raw fork` for references we should be close to, `5.1x faster than CPython`
+/// for CPython.
+pub(crate) fn describe(v: &Versus, unit: Unit) -> String {
+    if v.what.starts_with("CPython") {
+        let adv = v.advantage(unit);
+        if adv >= 1.0 {
+            format!(
+                "{:.1}x faster than {} ({})",
+                adv,
+                v.what,
+                unit.show(v.reference)
+            )
+        } else {
+            format!(
+                "{:.1}x slower than {} ({})",
+                1.0 / adv,
+                v.what,
+                unit.show(v.reference)
+            )
+        }
+    } else {
+        format!("{:.2}x {}", v.ratio, v.what)
+    }
+}
+
+fn print_row(f: &Figure) {
+    let spread = if f.n > 1 {
+        format!("{}..{}", f.unit.show(f.min), f.unit.show(f.max))
+    } else {
+        String::new()
+    };
+    let notes: Vec<String> = f.versus.iter().map(|v| describe(v, f.unit)).collect();
+    println!(
+        "{:<44} {:>12} {:>24}   {}",
+        f.name,
+        f.unit.show(f.value),
+        spread,
+        notes.join(", ")
+    );
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn ratios_and_advantages() {
+        assert_eq!(ratio(2.0, 1.0), 2.0);
+        assert!(ratio(1.0, 0.0).is_nan());
+        assert!(ratio(1.0, f64::NAN).is_nan());
+        let slower = Versus {
+            what: "raw fork".into(),
+            reference: 1.0,
+            ratio: 2.0,
+        };
+        assert_eq!(slower.advantage(Unit::Secs), 0.5);
+        assert_eq!(slower.advantage(Unit::Rate), 2.0);
+        assert_eq!(describe(&slower, Unit::Secs), "2.00x raw fork");
+        let py = Versus {
+            what: "CPython".into(),
+            reference: 40e-6,
+            ratio: 0.25,
+        };
+        assert_eq!(
+            describe(&py, Unit::Secs),
+            "4.0x faster than CPython (40.0 µs)"
+        );
+        let py_rate = Versus {
+            what: "CPython".into(),
+            reference: 100.0,
+            ratio: 0.5,
+        };
+        assert_eq!(
+            describe(&py_rate, Unit::Rate),
+            "2.0x slower than CPython (100/s)"
+        );
+    }
+
+    #[test]
+    fn figures_serialize_with_their_comparisons() {
+        let mut r = Report::new(Size::Tiny, false);
+        r.add("g", "x", Unit::Secs, &Samples(vec![1.0, 3.0, 2.0]))
+            .versus("raw", 1.0);
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let f = &json["figures"][0];
+        assert_eq!(f["group"], "g");
+        assert_eq!(f["unit"], "s");
+        assert_eq!(f["value"], 2.0);
+        assert_eq!(
+            (f["min"].as_f64(), f["max"].as_f64()),
+            (Some(1.0), Some(3.0))
+        );
+        assert_eq!(f["versus"][0]["ratio"], 2.0);
+        assert_eq!(json["size"], "tiny");
+        assert!(json["machine"]["cpus"].as_u64().unwrap() >= 1);
+    }
+
+    #[test]
+    fn units_show_for_readers() {
+        assert_eq!(Unit::Rate.show(2_500_000.0), "2.50 M/s");
+        assert_eq!(Unit::Rate.show(41_000.0), "41.0 k/s");
+        assert_eq!(Unit::Bandwidth.show(3.2e9), "3.20 GB/s");
+        assert_eq!(Unit::Factor.show(1.5), "1.50x");
+        assert_eq!(Unit::Secs.show(f64::NAN), "-");
+    }
+}
