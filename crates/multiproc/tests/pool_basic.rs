@@ -464,3 +464,19 @@ fn encoded_tasks_for_layers_that_carry_bytes() {
         Err(PoolError::NotRegistered(_))
     ));
 }
+
+#[multiproc::test]
+fn heavy_tasks_after_tiny_ones_spread_over_the_workers() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    // Thousands of tiny tasks make the pipelines deep...
+    pool.map_chunked(&square, 0..5_000u64, 1).unwrap();
+    // ...yet two slow tasks submitted together still run on two workers, not one after the
+    // other on the first.
+    let pids = pool.map_chunked(&slow_pid, [200u64, 200], 1).unwrap();
+    assert_ne!(
+        pids[0], pids[1],
+        "both slow tasks went to worker {}",
+        pids[0]
+    );
+}

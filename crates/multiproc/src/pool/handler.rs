@@ -188,15 +188,24 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 if let Some(err) = st.broken.clone() {
                     callbacks.extend(st.fail_all(&err));
                 }
-                for (i, w) in workers.iter_mut().enumerate() {
+                for w in workers.iter_mut() {
                     if w.busy.is_empty() {
                         w.last_report = Instant::now();
                     }
-                    while w.ready && w.busy.len() < depth(w.avg) {
+                }
+                // Round-robin, one chunk per worker per round: a batch of a few heavy
+                // chunks after many tiny ones (deep pipelines) still spreads over every
+                // worker instead of queueing behind the first.
+                loop {
+                    let mut progressed = false;
+                    for (i, w) in workers.iter_mut().enumerate() {
+                        if !w.ready || w.busy.len() >= depth(w.avg) {
+                            continue;
+                        }
                         let retiring =
                             cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 >= cfg.maxtasks;
                         if retiring {
-                            break;
+                            continue;
                         }
                         // A chunk queued behind a running one must fit in the socket buffer:
                         // otherwise this thread would block sending it while the worker blocks
@@ -205,7 +214,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                             w.busy.iter().skip(1).map(|b| b.chunk.args.data.len()).sum();
                         let next_len = st.pending.front().map_or(0, |c| c.args.data.len());
                         if !w.busy.is_empty() && queued + next_len > PIPELINE_BYTES {
-                            break;
+                            continue;
                         }
                         let Some(chunk) = st.pending.pop_front() else {
                             break;
@@ -225,6 +234,10 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                             },
                         ));
                         w.busy.push_back(Busy { chunk, deadline });
+                        progressed = true;
+                    }
+                    if !progressed || st.pending.is_empty() {
+                        break;
                     }
                 }
                 let drained = st.pending.is_empty()
