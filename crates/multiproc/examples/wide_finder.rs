@@ -86,7 +86,10 @@ fn generate(path: &Path, lines: u64) -> std::io::Result<()> {
                 )
             }
             4 => "GET /ongoing/ongoing.atom HTTP/1.1".to_string(),
-            5 => format!("GET /ongoing/When/200x/2007/05/01/pic-{}.png HTTP/1.1", r % 50),
+            5 => format!(
+                "GET /ongoing/When/200x/2007/05/01/pic-{}.png HTTP/1.1",
+                r % 50
+            ),
             6 => "GET /favicon.ico HTTP/1.1".to_string(),
             _ => format!("GET /ongoing/What/misc/{} HTTP/1.1", r % 300),
         };
@@ -157,7 +160,10 @@ fn main() -> multiproc::Result<()> {
     }
 
     let (top, check) = (top10(&merged), top10(&serial));
-    assert_eq!(top, check, "the parallel count disagrees with the serial one");
+    assert_eq!(
+        top, check,
+        "the parallel count disagrees with the serial one"
+    );
     for (article, hits) in &top {
         println!("{hits:>8}  {article}");
     }

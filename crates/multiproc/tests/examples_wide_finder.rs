@@ -23,6 +23,9 @@ fn wide_finder_finds_the_top_ten_and_agrees_with_the_serial_count() {
         .filter(|l| l.contains("/ongoing/When/200x/"))
         .collect();
     assert_eq!(hits.len(), 10, "{text}");
-    assert!(hits[0].ends_with("Article-0"), "the most popular article first: {text}");
+    assert!(
+        hits[0].ends_with("Article-0"),
+        "the most popular article first: {text}"
+    );
     assert!(text.contains("results agree"), "{text}");
 }
