@@ -21,8 +21,9 @@ fn command(args: &[&str]) -> Command {
     cmd
 }
 
-#[test]
-fn server_workers_and_submitter_as_separate_commands() {
+/// The example's server on a free loopback port, the address it printed, and its output
+/// (kept open: the server prints again when it stops).
+fn serve() -> (Reaped, String, BufReader<std::process::ChildStdout>) {
     let mut server = Reaped(
         command(&["serve", "--address", "127.0.0.1:0"])
             .spawn()
@@ -36,6 +37,12 @@ fn server_workers_and_submitter_as_separate_commands() {
         .strip_prefix("serving on ")
         .expect("serving line")
         .to_string();
+    (server, address, out)
+}
+
+#[test]
+fn server_workers_and_submitter_as_separate_commands() {
+    let (mut server, address, _out) = serve();
     let workers: Vec<Reaped> = (0..3)
         .map(|_| Reaped(command(&["worker", "--address", &address]).spawn().unwrap()))
         .collect();
@@ -96,15 +103,7 @@ fn server_workers_and_submitter_as_separate_commands() {
 
 #[test]
 fn a_worker_with_the_wrong_key_is_refused() {
-    let mut server = Reaped(
-        command(&["serve", "--address", "127.0.0.1:0"])
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = BufReader::new(server.0.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let address = line.trim().strip_prefix("serving on ").unwrap().to_string();
+    let (_server, address, _out) = serve();
     let worker = command(&["worker", "--address", &address])
         .env("MULTIPROC_AUTHKEY", "not the key")
         .output()

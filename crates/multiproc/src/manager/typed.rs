@@ -38,6 +38,11 @@ fn items<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, ManagerError> {
     all.into_iter().map(|b| Ok(codec::decode(b)?)).collect()
 }
 
+/// The `wait` of events and conditions: whether the awaited thing happened in time.
+fn wait_on(proxy: &Proxy, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+    proxy.call_with("wait", &(timeout,), timeout, plain)
+}
+
 fn enc<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ManagerError> {
     Ok(codec::encode(value)?)
 }
@@ -611,16 +616,13 @@ lock_methods!(ConditionProxy);
 impl ConditionProxy {
     /// Releases the lock, waits for a notification, re-acquires; the lock must be held.
     pub fn wait(&self) -> Result<(), ManagerError> {
-        self.proxy
-            .call_with("wait", &(None::<Duration>,), None, plain::<bool>)
-            .map(drop)
+        wait_on(&self.proxy, None).map(drop)
     }
 
     /// As [`wait`](Self::wait), at most `timeout`; false when it timed out (the lock is
     /// held again either way).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        self.proxy
-            .call_with("wait", &(Some(timeout),), Some(timeout), plain)
+        wait_on(&self.proxy, Some(timeout))
     }
 
     /// Wakes up to `n` waiters; the lock must be held.
@@ -678,15 +680,12 @@ impl EventProxy {
 
     /// Waits until the flag is set.
     pub fn wait(&self) -> Result<(), ManagerError> {
-        self.proxy
-            .call_with("wait", &(None::<Duration>,), None, plain::<bool>)
-            .map(drop)
+        wait_on(&self.proxy, None).map(drop)
     }
 
     /// Waits at most `timeout`; whether the flag is set.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        self.proxy
-            .call_with("wait", &(Some(timeout),), Some(timeout), plain)
+        wait_on(&self.proxy, Some(timeout))
     }
 }
 
