@@ -247,6 +247,27 @@ impl Connection {
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
 
+    /// Polls (without sleeping) for up to `spin` until a message can be received; true when
+    /// one can. A peer that answers within that time is then served without a sleep and a
+    /// cross-CPU wake-up. Does nothing on a single CPU.
+    pub(crate) fn spin_until_readable(&self, spin: Duration) -> bool {
+        if !multi_cpu() {
+            return false;
+        }
+        let end = Instant::now() + spin;
+        loop {
+            match sys::poll_readable(&[self.fd.as_fd()], Some(Duration::ZERO)) {
+                Ok(r) if r == [false] => {}
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Receives the only message in flight on a request/reply connection (the peer sends
     /// nothing more until it is answered) with as few system calls as possible: polls for it
     /// up to `spin` without sleeping — a peer that answers within that time is served
@@ -259,9 +280,8 @@ impl Connection {
         spin: Duration,
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, ConnectionError> {
-        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         self.check_readable()?;
-        let spin_until = (*CPUS.get_or_init(crate::cpu_count) > 1).then(|| Instant::now() + spin);
+        let spin_until = multi_cpu().then(|| Instant::now() + spin);
         let mut head = [0u8; 1024];
         let n = loop {
             match sys::recv_plain(self.fd.as_fd(), &mut head, true) {
@@ -434,6 +454,12 @@ impl Connection {
         }
         Ok((payload, fds))
     }
+}
+
+/// Whether busy-polling can help: another CPU can answer while this one polls.
+pub(crate) fn multi_cpu() -> bool {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(crate::cpu_count) > 1
 }
 
 fn map_send(e: std::io::Error) -> ConnectionError {

@@ -17,6 +17,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 pub use address::{Address, ToAddress};
+pub(crate) use conn::multi_cpu;
 pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
 pub(crate) use listener::Handshake;
 pub use listener::{Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, Listener, ListenerBuilder};

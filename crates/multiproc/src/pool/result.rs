@@ -15,7 +15,23 @@ fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
 }
 
 /// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
+/// How long a caller looks for its result before it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
+    // A small task's result is usually there within microseconds: look a few times before
+    // sleeping on the condition variable (a wake-up from another CPU costs more).
+    if crate::connection::multi_cpu() {
+        let end = Instant::now() + SPIN;
+        while Instant::now() < end {
+            if shared.lock().jobs.get(&id).is_none_or(|j| j.remaining == 0) {
+                return true;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
     let mut st = shared.lock();
     loop {
         match st.jobs.get(&id) {

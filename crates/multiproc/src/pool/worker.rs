@@ -91,6 +91,9 @@ fn run_one(function: &str, args: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
 /// encoded result is appended to; `Some` says why there is no result.
 pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcome> + 'a;
 
+/// How long a worker polls for its next task before it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// The worker loop: initializer, then tasks until told to exit, the parent goes away, or
 /// `maxtasks` tasks (chunks) are done. `run` runs one task from the function's registered
 /// name (ignored by closure pools) and its encoded argument.
@@ -110,13 +113,19 @@ pub(crate) fn serve(
         return;
     }
     let mut done = 0u64;
-    while let Ok(ToWorker::Run {
-        job,
-        start,
-        function,
-        args,
-    }) = conn.recv::<ToWorker>()
-    {
+    loop {
+        // The next task usually follows the last report within microseconds: wait for it
+        // awake (a sleep and a cross-CPU wake-up cost more than a small task).
+        conn.spin_until_readable(SPIN);
+        let Ok(ToWorker::Run {
+            job,
+            start,
+            function,
+            args,
+        }) = conn.recv::<ToWorker>()
+        else {
+            break;
+        };
         let mut results = Batch::default();
         let mut failures = Vec::new();
         let mut out = Vec::new();
