@@ -133,6 +133,23 @@ impl Connection {
         self.send_frame(buf, &[])
     }
 
+    /// Sends several messages with as few system calls as the OS allows (one `sendmsg` per
+    /// few hundred messages), in order.
+    pub(crate) fn send_many(&self, messages: &[Vec<u8>]) -> Result<(), ConnectionError> {
+        self.check_writable()?;
+        // Two buffers per message; stay well under IOV_MAX (1024).
+        for group in messages.chunks(400) {
+            let headers: Vec<([u8; 12], usize)> = group.iter().map(|m| header(m.len())).collect();
+            let parts: Vec<&[u8]> = headers
+                .iter()
+                .zip(group)
+                .flat_map(|((h, n), m)| [&h[..*n], m.as_slice()])
+                .collect();
+            sys::send_parts(self.fd.as_fd(), &parts, &[]).map_err(map_send)?;
+        }
+        Ok(())
+    }
+
     fn send_frame(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ConnectionError> {
         let (h, n) = header(buf.len());
         sys::send_parts(self.fd.as_fd(), &[&h[..n], buf], fds).map_err(map_send)
@@ -246,27 +263,6 @@ impl Connection {
 
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
-
-    /// Polls (without sleeping) for up to `spin` until a message can be received; true when
-    /// one can. A peer that answers within that time is then served without a sleep and a
-    /// cross-CPU wake-up. Does nothing on a single CPU.
-    pub(crate) fn spin_until_readable(&self, spin: Duration) -> bool {
-        if !multi_cpu() {
-            return false;
-        }
-        let end = Instant::now() + spin;
-        loop {
-            match sys::poll_readable(&[self.fd.as_fd()], Some(Duration::ZERO)) {
-                Ok(r) if r == [false] => {}
-                Ok(_) => return true,
-                Err(_) => return false,
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
-    }
 
     /// Receives the only message in flight on a request/reply connection (the peer sends
     /// nothing more until it is answered) with as few system calls as possible: polls for it

@@ -11,6 +11,7 @@
 mod address;
 mod auth;
 mod conn;
+mod frames;
 mod listener;
 
 use std::os::fd::BorrowedFd;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use address::{Address, ToAddress};
 pub(crate) use conn::multi_cpu;
 pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
+pub(crate) use frames::FrameReader;
 pub(crate) use listener::Handshake;
 pub use listener::{Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, Listener, ListenerBuilder};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::state::{Chunk, ItemResult, OnDone, Shared, run_callbacks, split_results};
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::multi_cpu;
-use crate::connection::{Connection, pipe, wait};
+use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
 use crate::process::{Process, StartMethod};
@@ -67,6 +67,8 @@ pub(crate) struct Worker {
     /// Moving average of the time a chunk takes, from the worker's reports.
     avg: Duration,
     last_report: Instant,
+    /// Reports come several per receive.
+    reader: FrameReader,
 }
 
 impl Worker {
@@ -80,6 +82,7 @@ impl Worker {
             tasks: 0,
             avg: Duration::from_millis(1),
             last_report: Instant::now(),
+            reader: FrameReader::default(),
         }
     }
 
@@ -258,10 +261,17 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
             shared.changed.notify_all();
             return;
         }
+        // Everything for one worker in one write.
+        let mut per_worker: Vec<Vec<Vec<u8>>> = vec![Vec::new(); workers.len()];
         for (i, msg) in sends {
-            if let Err(e) = workers[i].conn.send(&msg) {
-                // The worker is going away; its sentinel will report how.
-                let _ = e;
+            if let Ok(bytes) = crate::codec::encode(&msg) {
+                per_worker[i].push(bytes);
+            }
+        }
+        for (w, msgs) in workers.iter().zip(&per_worker) {
+            if !msgs.is_empty() {
+                // A worker that is going away: its sentinel will report how.
+                let _ = w.conn.send_many(msgs);
             }
         }
         // Keep the pool at its size (not once the initializer failed: no respawn storm).
@@ -312,8 +322,14 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
             let (conn_ready, ended) = (ready.contains(&(1 + 2 * i)), ready.contains(&(2 + 2 * i)));
             if conn_ready || ended {
                 // Read every message that arrived before looking at the exit.
-                while w.conn.poll(Some(Duration::ZERO)).unwrap_or(false) {
-                    match w.conn.recv::<FromWorker>() {
+                loop {
+                    let report = match w.reader.try_next(&w.conn) {
+                        Ok(Some(frame)) => crate::codec::decode::<FromWorker>(&frame)
+                            .map_err(crate::error::ConnectionError::from),
+                        Ok(None) => break,
+                        Err(e) => Err(e),
+                    };
+                    match report {
                         Ok(FromWorker::Ready) => {
                             w.ready = true;
                             shared.lock().ready_workers += 1;

@@ -91,6 +91,9 @@ fn run_one(function: &str, args: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
 /// encoded result is appended to; `Some` says why there is no result.
 pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcome> + 'a;
 
+/// The longest a finished task's report waits to travel with the next ones.
+const REPORT_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// How long a worker polls for its next task before it sleeps.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
@@ -113,16 +116,19 @@ pub(crate) fn serve(
         return;
     }
     let mut done = 0u64;
-    loop {
-        // The next task usually follows the last report within microseconds: wait for it
-        // awake (a sleep and a cross-CPU wake-up cost more than a small task).
-        conn.spin_until_readable(SPIN);
+    // Tasks come pipelined: one receive takes in every one that has arrived.
+    let mut reader = crate::connection::FrameReader::default();
+    let mut reports: Vec<Vec<u8>> = Vec::new();
+    let mut oldest = std::time::Instant::now();
+    // The next task usually follows the last report within microseconds: wait for it awake
+    // (a sleep and a cross-CPU wake-up cost more than a small task).
+    while let Ok(frame) = reader.next(conn, SPIN) {
         let Ok(ToWorker::Run {
             job,
             start,
             function,
             args,
-        }) = conn.recv::<ToWorker>()
+        }) = crate::codec::decode::<ToWorker>(&frame)
         else {
             break;
         };
@@ -136,19 +142,29 @@ pub(crate) fn serve(
             results.ends.push(out.len() as u32);
         }
         results.data = ByteBuf::from(out);
-        if conn
-            .send(&FromWorker::Done {
-                job,
-                start,
-                results,
-                failures,
-            })
-            .is_err()
-        {
+        let Ok(report) = crate::codec::encode(&FromWorker::Done {
+            job,
+            start,
+            results,
+            failures,
+        }) else {
             return;
+        };
+        if reports.is_empty() {
+            oldest = std::time::Instant::now();
+        }
+        reports.push(report);
+        // While more tasks are already here, their reports go together (one write), but
+        // never held longer than REPORT_HOLD: the parent times the running task by them.
+        if !reader.has_message() || reports.len() >= 64 || oldest.elapsed() >= REPORT_HOLD {
+            if conn.send_many(&reports).is_err() {
+                return;
+            }
+            reports.clear();
         }
         done += 1;
         if maxtasks > 0 && done >= maxtasks {
+            let _ = conn.send_many(&reports);
             return;
         }
     }

@@ -1,0 +1,196 @@
+//! `FrameReader`: many small messages per receive on a connection that carries no
+//! descriptors (the pool's worker links), instead of two receives per message.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use super::conn::{Connection, multi_cpu};
+use crate::error::ConnectionError;
+use crate::sys;
+
+/// Receives at least this much at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads frames (CPython framing) from a connection through a buffer: one receive takes in
+/// every message that has arrived. For connections that never carry descriptors.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// The next complete frame's payload in the buffer, if there is one.
+    fn parse(&mut self, limit: u64) -> Result<Option<Vec<u8>>, ConnectionError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let (hlen, size) = match i32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) {
+            -1 => {
+                if avail.len() < 12 {
+                    return Ok(None);
+                }
+                let mut h8 = [0u8; 8];
+                h8.copy_from_slice(&avail[4..12]);
+                (12, u64::from_be_bytes(h8))
+            }
+            n if n < 0 => {
+                return Err(ConnectionError::BadFrame(format!(
+                    "negative message length {n}"
+                )));
+            }
+            n => (4, n as u64),
+        };
+        if size > limit {
+            return Err(ConnectionError::MessageTooLarge { size, limit });
+        }
+        let size = size as usize;
+        if avail.len() < hlen + size {
+            return Ok(None);
+        }
+        let payload = avail[hlen..hlen + size].to_vec();
+        self.start += hlen + size;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(payload))
+    }
+
+    /// Whether a complete message is already in the buffer (the next `try_next` needs no
+    /// receive).
+    pub(crate) fn has_message(&self) -> bool {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return false;
+        }
+        match i32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) {
+            -1 => {
+                avail.len() >= 12 && {
+                    let mut h8 = [0u8; 8];
+                    h8.copy_from_slice(&avail[4..12]);
+                    (avail.len() as u64) >= 12 + u64::from_be_bytes(h8)
+                }
+            }
+            n if n < 0 => true, // an error for `try_next` to report
+            n => avail.len() >= 4 + n as usize,
+        }
+    }
+
+    /// Receives what is there (without waiting unless `block`); false when nothing came
+    /// (would block). End of stream is `Closed`.
+    fn fill(&mut self, conn: &Connection, block: bool) -> Result<bool, ConnectionError> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        let got = sys::recv_plain(conn.as_fd(), &mut self.buf[old..], !block);
+        match got {
+            Ok(0) => {
+                self.buf.truncate(old);
+                Err(if old > self.start {
+                    ConnectionError::BadFrame(
+                        "the peer closed the connection in the middle of a message".into(),
+                    )
+                } else {
+                    ConnectionError::Closed
+                })
+            }
+            Ok(n) => {
+                self.buf.truncate(old + n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.buf.truncate(old);
+                Ok(false)
+            }
+            Err(e) => {
+                self.buf.truncate(old);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The next message if one has fully arrived, without waiting.
+    pub(crate) fn try_next(
+        &mut self,
+        conn: &Connection,
+    ) -> Result<Option<Vec<u8>>, ConnectionError> {
+        loop {
+            if let Some(p) = self.parse(conn.max_message_size())? {
+                return Ok(Some(p));
+            }
+            if !self.fill(conn, false)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next message, polling for it up to `spin` without sleeping (with 2+ CPUs), then
+    /// waiting as long as it takes.
+    pub(crate) fn next(
+        &mut self,
+        conn: &Connection,
+        spin: Duration,
+    ) -> Result<Vec<u8>, ConnectionError> {
+        let spin_until = multi_cpu().then(|| Instant::now() + spin);
+        loop {
+            if let Some(p) = self.try_next(conn)? {
+                return Ok(p);
+            }
+            if spin_until.is_some_and(|end| Instant::now() < end) {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.fill(conn, true)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_many_frames_of_any_size_and_refuses_bad_ones() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let a = std::sync::Arc::new(a);
+        let sizes = [0usize, 1, 3, 4, 100, 70_000, 5, 200_000];
+        let sender = std::thread::spawn({
+            let a = a.clone();
+            move || {
+                for (i, &n) in sizes.iter().enumerate() {
+                    a.send_bytes(&vec![i as u8; n]).unwrap();
+                }
+            }
+        });
+        let mut r = FrameReader::default();
+        for (i, &n) in sizes.iter().enumerate() {
+            assert_eq!(
+                r.next(&b, Duration::from_micros(20)).unwrap(),
+                vec![i as u8; n]
+            );
+        }
+        sender.join().unwrap();
+        assert!(r.try_next(&b).unwrap().is_none());
+        drop(a);
+        assert!(matches!(
+            r.next(&b, Duration::ZERO),
+            Err(ConnectionError::Closed)
+        ));
+        // A negative length is a bad frame.
+        let (a, b) = crate::pipe(true).unwrap();
+        nix::unistd::write(a.as_fd(), &(-5i32).to_be_bytes()).unwrap();
+        let mut r = FrameReader::default();
+        assert!(matches!(
+            r.next(&b, Duration::ZERO),
+            Err(ConnectionError::BadFrame(_))
+        ));
+    }
+}
