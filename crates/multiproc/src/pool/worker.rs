@@ -94,9 +94,6 @@ pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcom
 /// The longest a finished task's report waits to travel with the next ones.
 const REPORT_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// How long a worker polls for its next task before it sleeps.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
-
 /// The worker loop: initializer, then tasks until told to exit, the parent goes away, or
 /// `maxtasks` tasks (chunks) are done. `run` runs one task from the function's registered
 /// name (ignored by closure pools) and its encoded argument.
@@ -120,9 +117,9 @@ pub(crate) fn serve(
     let mut reader = crate::connection::FrameReader::default();
     let mut reports: Vec<Vec<u8>> = Vec::new();
     let mut oldest = std::time::Instant::now();
-    // The next task usually follows the last report within microseconds: wait for it awake
-    // (a sleep and a cross-CPU wake-up cost more than a small task).
-    while let Ok(frame) = reader.next(conn, SPIN) {
+    // No busy-polling for the next task: a spinning worker takes the CPU its parent needs
+    // to send it (see the handler).
+    while let Ok(frame) = reader.next(conn, std::time::Duration::ZERO) {
         let Ok(ToWorker::Run {
             job,
             start,
