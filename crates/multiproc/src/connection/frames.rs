@@ -58,26 +58,6 @@ impl FrameReader {
         Ok(Some(payload))
     }
 
-    /// Whether a complete message is already in the buffer (the next `try_next` needs no
-    /// receive).
-    pub(crate) fn has_message(&self) -> bool {
-        let avail = &self.buf[self.start..];
-        if avail.len() < 4 {
-            return false;
-        }
-        match i32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) {
-            -1 => {
-                avail.len() >= 12 && {
-                    let mut h8 = [0u8; 8];
-                    h8.copy_from_slice(&avail[4..12]);
-                    (avail.len() as u64) >= 12 + u64::from_be_bytes(h8)
-                }
-            }
-            n if n < 0 => true, // an error for `try_next` to report
-            n => avail.len() >= 4 + n as usize,
-        }
-    }
-
     /// Receives what is there (without waiting unless `block`); false when nothing came
     /// (would block). End of stream is `Closed`.
     fn fill(&mut self, conn: &Connection, block: bool) -> Result<bool, ConnectionError> {

@@ -91,9 +91,6 @@ fn run_one(function: &str, args: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
 /// encoded result is appended to; `Some` says why there is no result.
 pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcome> + 'a;
 
-/// The longest a finished task's report waits to travel with the next ones.
-const REPORT_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// The worker loop: initializer, then tasks until told to exit, the parent goes away, or
 /// `maxtasks` tasks (chunks) are done. `run` runs one task from the function's registered
 /// name (ignored by closure pools) and its encoded argument.
@@ -115,8 +112,6 @@ pub(crate) fn serve(
     let mut done = 0u64;
     // Tasks come pipelined: one receive takes in every one that has arrived.
     let mut reader = crate::connection::FrameReader::default();
-    let mut reports: Vec<Vec<u8>> = Vec::new();
-    let mut oldest = std::time::Instant::now();
     // No busy-polling for the next task: a spinning worker takes the CPU its parent needs
     // to send it (see the handler).
     while let Ok(frame) = reader.next(conn, std::time::Duration::ZERO) {
@@ -139,29 +134,22 @@ pub(crate) fn serve(
             results.ends.push(out.len() as u32);
         }
         results.data = ByteBuf::from(out);
-        let Ok(report) = crate::codec::encode(&FromWorker::Done {
-            job,
-            start,
-            results,
-            failures,
-        }) else {
+        // Each report goes at once, before the next task starts: if that task kills this
+        // process, the parent knows exactly which tasks finished (held reports would die
+        // with it and their tasks would be failed or run again).
+        if conn
+            .send(&FromWorker::Done {
+                job,
+                start,
+                results,
+                failures,
+            })
+            .is_err()
+        {
             return;
-        };
-        if reports.is_empty() {
-            oldest = std::time::Instant::now();
-        }
-        reports.push(report);
-        // While more tasks are already here, their reports go together (one write), but
-        // never held longer than REPORT_HOLD: the parent times the running task by them.
-        if !reader.has_message() || reports.len() >= 64 || oldest.elapsed() >= REPORT_HOLD {
-            if conn.send_many(&reports).is_err() {
-                return;
-            }
-            reports.clear();
         }
         done += 1;
         if maxtasks > 0 && done >= maxtasks {
-            let _ = conn.send_many(&reports);
             return;
         }
     }
