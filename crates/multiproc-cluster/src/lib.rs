@@ -43,4 +43,4 @@ mod worker;
 pub use client::{ClusterImap, ClusterMapResult, ClusterPool, ClusterPoolBuilder, ClusterResult};
 pub use error::ClusterError;
 pub use status::{QueueStatus, WorkerStatus, status};
-pub use worker::{WorkerOptions, run_worker, run_worker_if_requested};
+pub use worker::{WorkerOptions, run_worker, run_worker_if_requested, worker_main};

@@ -137,6 +137,20 @@ pub fn run_worker_if_requested() {
     std::process::exit(code);
 }
 
+/// Runs this process as a worker from its arguments (`--mp-worker URL --queue NAME ...`,
+/// key in `MULTIPROC_AUTHKEY`) and exits: for a dedicated worker binary's `main`. Without
+/// `--mp-worker` it exits with code 2 and a usage message.
+pub fn worker_main() -> ! {
+    run_worker_if_requested();
+    eprintln!(
+        "usage: {} --mp-worker redis://HOST:PORT/ [--queue NAME] [--processes N] \
+         [--lease-ms MS] [--max-tries N]  (authkey in MULTIPROC_AUTHKEY)",
+        std::env::args().next().unwrap_or_else(|| "worker".into())
+    );
+    multiproc::shutdown();
+    std::process::exit(2)
+}
+
 /// What the worker threads share.
 struct Shared {
     opts: WorkerOptions,
