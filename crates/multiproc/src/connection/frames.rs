@@ -15,14 +15,17 @@ const READ_CHUNK: usize = 64 * 1024;
 /// every message that has arrived. For connections that never carry descriptors.
 #[derive(Debug, Default)]
 pub(crate) struct FrameReader {
+    /// Received bytes live in `buf[start..end]`; the rest of `buf` is room (zeroed once, when
+    /// it grows, not on every receive).
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameReader {
     /// The next complete frame's payload in the buffer, if there is one.
     fn parse(&mut self, limit: u64) -> Result<Option<Vec<u8>>, ConnectionError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < 4 {
             return Ok(None);
         }
@@ -51,9 +54,9 @@ impl FrameReader {
         }
         let payload = avail[hlen..hlen + size].to_vec();
         self.start += hlen + size;
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
         Ok(Some(payload))
     }
@@ -61,39 +64,33 @@ impl FrameReader {
     /// Receives what is there (without waiting unless `block`); false when nothing came
     /// (would block). End of stream is `Closed`.
     fn fill(&mut self, conn: &Connection, block: bool) -> Result<bool, ConnectionError> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > READ_CHUNK {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK, 0);
-        let got = sys::recv_plain(conn.as_fd(), &mut self.buf[old..], !block);
-        match got {
-            Ok(0) => {
-                self.buf.truncate(old);
-                Err(if old > self.start {
-                    ConnectionError::BadFrame(
-                        "the peer closed the connection in the middle of a message".into(),
-                    )
-                } else {
-                    ConnectionError::Closed
-                })
+        // Make room at the end: move what is left to the front, or grow.
+        if self.buf.len() - self.end < READ_CHUNK / 4 {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
             }
+            if self.buf.len() - self.end < READ_CHUNK / 4 {
+                let grown = (self.buf.len() * 2).max(READ_CHUNK);
+                self.buf.resize(grown, 0);
+            }
+        }
+        let got = sys::recv_plain(conn.as_fd(), &mut self.buf[self.end..], !block);
+        match got {
+            Ok(0) => Err(if self.end > self.start {
+                ConnectionError::BadFrame(
+                    "the peer closed the connection in the middle of a message".into(),
+                )
+            } else {
+                ConnectionError::Closed
+            }),
             Ok(n) => {
-                self.buf.truncate(old + n);
+                self.end += n;
                 Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.buf.truncate(old);
-                Ok(false)
-            }
-            Err(e) => {
-                self.buf.truncate(old);
-                Err(e.into())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
