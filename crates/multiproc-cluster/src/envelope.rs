@@ -122,7 +122,8 @@ pub(crate) fn ensure_group(con: &mut redis::Connection, keys: &Keys) -> redis::R
 /// A stream entry: its id and fields.
 pub(crate) type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
-fn bytes(v: &redis::Value) -> Option<Vec<u8>> {
+/// The bytes of a string-like reply value.
+pub(crate) fn bytes(v: &redis::Value) -> Option<Vec<u8>> {
     match v {
         redis::Value::BulkString(b) => Some(b.clone()),
         redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::envelope::{GROUP, Keys};
+use crate::envelope::{GROUP, Keys, bytes};
 use crate::error::ClusterError;
 
 /// A live worker, as its last heartbeat described it.
@@ -47,10 +47,8 @@ pub struct QueueStatus {
 
 fn text(v: &redis::Value) -> Option<String> {
     match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
         redis::Value::Int(n) => Some(n.to_string()),
-        _ => None,
+        v => String::from_utf8(bytes(v)?).ok(),
     }
 }
 

@@ -333,28 +333,18 @@ fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry,
             // moved to the dead letters with the reason, and reported.
             shared.rejected.fetch_add(1, Ordering::Relaxed);
             eprintln!("multiproc-cluster worker {consumer}: task {id} rejected: {why}");
-            link.run(|c| {
-                redis::pipe()
-                    .atomic()
-                    .cmd("XADD")
-                    .arg(&keys.dead)
-                    .arg("*")
-                    .arg("entry")
-                    .arg(&id)
-                    .arg("reason")
-                    .arg(&why)
-                    .ignore()
-                    .cmd("XACK")
-                    .arg(&keys.tasks)
-                    .arg(GROUP)
-                    .arg(&id)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(&keys.tasks)
-                    .arg(&id)
-                    .ignore()
-                    .query::<()>(c)
-            });
+            let mut p = redis::pipe();
+            p.atomic()
+                .cmd("XADD")
+                .arg(&keys.dead)
+                .arg("*")
+                .arg("entry")
+                .arg(&id)
+                .arg("reason")
+                .arg(&why)
+                .ignore();
+            acknowledge(&mut p, keys, &id);
+            link.run(|c| p.query::<()>(c));
             return;
         }
     };
@@ -433,15 +423,7 @@ fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry,
                 .arg(envelope::field(&entry, SIGNATURE).unwrap_or_default())
                 .ignore();
         }
-        p.cmd("XACK")
-            .arg(&keys.tasks)
-            .arg(GROUP)
-            .arg(&id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&keys.tasks)
-            .arg(&id)
-            .ignore();
+        acknowledge(&mut p, keys, &id);
         if link.run(|c| p.query::<()>(c)).is_some() || Instant::now() > deadline {
             break;
         }
@@ -450,6 +432,20 @@ fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry,
         eprintln!("multiproc-cluster worker {consumer}: cannot encode the reply of {id}: {e}");
     }
     lock(&shared.running).remove(&id);
+}
+
+/// Adds to `p` what retires task entry `id`: acknowledged in the group, deleted from the
+/// stream.
+fn acknowledge<'p>(p: &'p mut redis::Pipeline, keys: &Keys, id: &str) -> &'p mut redis::Pipeline {
+    p.cmd("XACK")
+        .arg(&keys.tasks)
+        .arg(GROUP)
+        .arg(id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(&keys.tasks)
+        .arg(id)
+        .ignore()
 }
 
 /// Runs the task's items in the local pool. `Err` when a process running it died (the

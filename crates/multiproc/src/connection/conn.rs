@@ -300,35 +300,15 @@ impl Connection {
         }
         let mut got = head[..n].to_vec();
         let mut fds = Vec::new();
-        if got.len() < 4 {
+        let (hlen, size) = loop {
+            if let Some(h) = frame_header(&got, self.max_message)? {
+                break h;
+            }
+            // Part of a header: a length needs 4 bytes, a long one 12.
             let have = got.len();
-            got.resize(4, 0);
+            got.resize(if have < 4 { 4 } else { 12 }, 0);
             self.fill(&mut got[have..], &mut fds, deadline, false)?;
-        }
-        let (hlen, size) = match i32::from_be_bytes([got[0], got[1], got[2], got[3]]) {
-            -1 => {
-                if got.len() < 12 {
-                    let have = got.len();
-                    got.resize(12, 0);
-                    self.fill(&mut got[have..], &mut fds, deadline, false)?;
-                }
-                let mut h8 = [0u8; 8];
-                h8.copy_from_slice(&got[4..12]);
-                (12, u64::from_be_bytes(h8))
-            }
-            n if n < 0 => {
-                return Err(ConnectionError::BadFrame(format!(
-                    "negative message length {n}"
-                )));
-            }
-            n => (4, n as u64),
         };
-        let limit = self.max_message;
-        if size > limit {
-            return Err(ConnectionError::MessageTooLarge { size, limit });
-        }
-        let size =
-            usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
         let mut payload = got.split_off(hlen);
         if payload.len() > size {
             return Err(ConnectionError::BadFrame(
@@ -404,26 +384,18 @@ impl Connection {
         limit: u64,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), ConnectionError> {
         let mut fds = Vec::new();
-        let mut h = [0u8; 4];
-        self.fill(&mut h, &mut fds, deadline, true)?;
-        let size = match i32::from_be_bytes(h) {
-            -1 => {
-                let mut h8 = [0u8; 8];
-                self.fill(&mut h8, &mut fds, deadline, false)?;
-                u64::from_be_bytes(h8)
+        let mut h = [0u8; 12];
+        self.fill(&mut h[..4], &mut fds, deadline, true)?;
+        let size = match frame_header(&h[..4], limit)? {
+            Some((_, size)) => size,
+            None => {
+                // A long message: its length follows in 8 more bytes.
+                self.fill(&mut h[4..], &mut fds, deadline, false)?;
+                frame_header(&h, limit)?
+                    .map(|(_, size)| size)
+                    .ok_or_else(|| ConnectionError::BadFrame("incomplete header".into()))?
             }
-            n if n < 0 => {
-                return Err(ConnectionError::BadFrame(format!(
-                    "negative message length {n}"
-                )));
-            }
-            n => n as u64,
         };
-        if size > limit {
-            return Err(ConnectionError::MessageTooLarge { size, limit });
-        }
-        let size =
-            usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
         let mut payload = Vec::with_capacity(size.min(GROW_STEP));
         if deadline.is_none() {
             // Reads into spare capacity; the vector grows with what actually arrives.
@@ -450,6 +422,39 @@ impl Connection {
         }
         Ok((payload, fds))
     }
+}
+
+/// The header at the start of `bytes`: (its length, the message's length), `None` while
+/// part of it is still missing. Refuses negative lengths and lengths over `limit`.
+pub(crate) fn frame_header(
+    bytes: &[u8],
+    limit: u64,
+) -> Result<Option<(usize, usize)>, ConnectionError> {
+    if bytes.len() < 4 {
+        return Ok(None);
+    }
+    let (hlen, size) = match i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) {
+        -1 => {
+            let Some(long) = bytes.get(4..12) else {
+                return Ok(None);
+            };
+            let mut h8 = [0u8; 8];
+            h8.copy_from_slice(long);
+            (12, u64::from_be_bytes(h8))
+        }
+        n if n < 0 => {
+            return Err(ConnectionError::BadFrame(format!(
+                "negative message length {n}"
+            )));
+        }
+        n => (4, n as u64),
+    };
+    if size > limit {
+        return Err(ConnectionError::MessageTooLarge { size, limit });
+    }
+    let size =
+        usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
+    Ok(Some((hlen, size)))
 }
 
 /// Whether busy-polling can help: another CPU can answer while this one polls.

@@ -4,7 +4,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use super::conn::{Connection, multi_cpu};
+use super::conn::{Connection, frame_header, multi_cpu};
 use crate::error::ConnectionError;
 use crate::sys;
 
@@ -26,29 +26,9 @@ impl FrameReader {
     /// The next complete frame's payload in the buffer, if there is one.
     fn parse(&mut self, limit: u64) -> Result<Option<Vec<u8>>, ConnectionError> {
         let avail = &self.buf[self.start..self.end];
-        if avail.len() < 4 {
+        let Some((hlen, size)) = frame_header(avail, limit)? else {
             return Ok(None);
-        }
-        let (hlen, size) = match i32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) {
-            -1 => {
-                if avail.len() < 12 {
-                    return Ok(None);
-                }
-                let mut h8 = [0u8; 8];
-                h8.copy_from_slice(&avail[4..12]);
-                (12, u64::from_be_bytes(h8))
-            }
-            n if n < 0 => {
-                return Err(ConnectionError::BadFrame(format!(
-                    "negative message length {n}"
-                )));
-            }
-            n => (4, n as u64),
         };
-        if size > limit {
-            return Err(ConnectionError::MessageTooLarge { size, limit });
-        }
-        let size = size as usize;
         if avail.len() < hlen + size {
             return Ok(None);
         }

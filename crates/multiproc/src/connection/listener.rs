@@ -141,7 +141,7 @@ impl Listener {
     /// that client only: call `accept` again to go on serving.
     pub fn accept(&self) -> Result<Connection, ConnectionError> {
         let conn = self.accept_unauthenticated()?;
-        self.handshake().authenticate(&conn)?;
+        authenticate(&self.settings, &conn)?;
         Ok(conn)
     }
 
@@ -216,13 +216,18 @@ pub(crate) struct Handshake(Settings);
 impl Handshake {
     /// Authenticates the client on `conn` when there is an authkey.
     pub(crate) fn authenticate(&self, conn: &Connection) -> Result<(), ConnectionError> {
-        if let Some(key) = &self.0.authkey {
-            let deadline = Instant::now() + self.0.handshake_timeout;
-            auth::deliver_challenge(conn, key, deadline)?;
-            auth::answer_challenge(conn, key, deadline)?;
-        }
-        Ok(())
+        authenticate(&self.0, conn)
     }
+}
+
+/// The server side of the handshake on an accepted connection, when there is an authkey.
+fn authenticate(settings: &Settings, conn: &Connection) -> Result<(), ConnectionError> {
+    if let Some(key) = &settings.authkey {
+        let deadline = Instant::now() + settings.handshake_timeout;
+        auth::deliver_challenge(conn, key, deadline)?;
+        auth::answer_challenge(conn, key, deadline)?;
+    }
+    Ok(())
 }
 
 /// Connects to a [`Listener`] (or a CPython `multiprocessing.connection.Listener`).

@@ -678,17 +678,13 @@ impl Condition {
         let woken = block(&self.state, &self.changed, cx, timeout, |s| {
             s.notified.remove(&ticket).then_some(())
         });
-        let mut st = match woken {
+        let notified = match woken {
             Ok((mut st, woken)) => {
                 if woken.is_none() {
+                    // Timed out: leave the line (under the same lock, so no notify picks it).
                     st.waiting.retain(|t| *t != ticket);
                 }
-                drop(st);
-                let (st, _) = block(&self.state, &self.changed, cx, None, |s| {
-                    s.holder.owner.is_none().then_some(())
-                })?;
-                let notified = woken.is_some();
-                (st, notified)
+                woken.is_some()
             }
             Err(e) => {
                 let mut st = lock(&self.state);
@@ -697,8 +693,12 @@ impl Condition {
                 return Err(e);
             }
         };
-        st.0.holder = saved;
-        Ok(st.1)
+        // Take the lock back at the depth it was held.
+        let (mut st, _) = block(&self.state, &self.changed, cx, None, |s| {
+            s.holder.owner.is_none().then_some(())
+        })?;
+        st.holder = saved;
+        Ok(notified)
     }
 }
 

@@ -258,7 +258,10 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
             return;
         }
         // Everything for one worker in one write.
-        let mut per_worker: Vec<Vec<Vec<u8>>> = vec![Vec::new(); workers.len()];
+        let mut per_worker: Vec<Vec<Vec<u8>>> = Vec::new();
+        if !sends.is_empty() {
+            per_worker.resize(workers.len(), Vec::new());
+        }
         for (i, msg) in sends {
             if let Ok(bytes) = crate::codec::encode(&msg) {
                 per_worker[i].push(bytes);
