@@ -86,6 +86,45 @@ fn not_registered(x: u32) -> u32 {
     x
 }
 
+/// Starts `watch_parent_end` as a non-daemonic child, waits until it has looked at its
+/// parent once, and ends without joining it: the grandchild becomes an orphan.
+#[multiproc::func]
+fn leave_orphan(method: String, out: Fd) -> u8 {
+    let method: StartMethod = method.parse().unwrap();
+    let (mut ready_r, ready_w) = std::io::pipe().unwrap();
+    let grandchild = Process::builder()
+        .start_method(method)
+        .start(&watch_parent_end, (out, Fd::from(OwnedFd::from(ready_w))))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    ready_r.read_exact(&mut byte).unwrap();
+    std::mem::forget(grandchild);
+    std::process::exit(0)
+}
+
+/// Reports whether its parent was alive at start and whether it saw the parent end.
+#[multiproc::func]
+fn watch_parent_end(out: Fd, ready: Fd) -> u8 {
+    use std::io::Write;
+    let parent = multiproc::parent_process().unwrap();
+    let at_start = parent.is_alive();
+    std::fs::File::from(ready.into_owned())
+        .write_all(b"!")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while parent.is_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let report = format!(
+        "alive at start: {at_start}, alive now: {}",
+        parent.is_alive()
+    );
+    std::fs::File::from(out.into_owned())
+        .write_all(report.as_bytes())
+        .unwrap();
+    0
+}
+
 fn builder(method: StartMethod) -> multiproc::Builder {
     Process::builder().start_method(method)
 }
@@ -114,6 +153,7 @@ per_method!(
     unregistered_function_is_refused,
     daemon_flag_and_names,
     stop_signals_work_when_the_parent_blocks_them,
+    orphan_sees_its_parent_end,
 );
 
 fn typed_result_and_identity(method: StartMethod) {
@@ -281,6 +321,23 @@ fn file_descriptor_passes_to_child(method: StartMethod) {
     let mut read = read;
     read.read_to_string(&mut got).unwrap();
     assert_eq!(got, "through SCM_RIGHTS");
+}
+
+fn orphan_sees_its_parent_end(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let (mut read, write) = std::io::pipe().unwrap();
+    let p = builder(method)
+        .start(
+            &leave_orphan,
+            (method.to_string(), Fd::from(OwnedFd::from(write))),
+        )
+        .unwrap();
+    assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
+    assert_eq!(p.exitcode(), Some(0));
+    // EOF once the grandchild has written its report and ended (it gives up after 10 s).
+    let mut got = String::new();
+    read.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "alive at start: true, alive now: false");
 }
 
 fn sentinel_becomes_readable_at_exit(method: StartMethod) {

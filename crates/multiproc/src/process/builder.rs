@@ -200,14 +200,21 @@ impl Builder {
     ) -> Result<Process<R>, ProcessError> {
         let (ours, theirs) =
             sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
+        // The child's copies are made here: allocating in the child would write to pages
+        // it shares with us (a copy-on-write fault each) on the path the parent waits for.
+        let (name, identity, parent_name) = (
+            start.name.clone(),
+            start.identity.clone(),
+            start.parent_name.clone(),
+        );
         let pid = fork_child(ours.as_raw_fd(), || {
             current::become_child(
                 &mut current::lock_me(),
-                start.name.clone(),
-                start.identity.clone(),
+                name,
+                identity,
                 start.daemon,
                 start.parent_pid,
-                start.parent_name.clone(),
+                parent_name,
                 true,
             );
             let outcome = body(&start);
@@ -331,8 +338,14 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
     }
     let pid = sys::fork_then(&[close], || {
         if let Some((mut client, mut children, me)) = locks.take() {
-            *client = None;
-            children.clear();
+            // Written only when there is something to forget: each write to a static is a
+            // copy-on-write fault in the child.
+            if client.is_some() {
+                *client = None;
+            }
+            if !children.is_empty() {
+                children.clear();
+            }
             drop((client, children, me));
         }
         drop((stdout, stderr));

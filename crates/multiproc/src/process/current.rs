@@ -46,9 +46,13 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
     (identity, name)
 }
 
-/// Records, in a new child, who it is; opens a handle on the parent and, for a daemon, makes
-/// sure the child dies with it. `direct` says the parent is the OS parent (spawn and fork),
-/// which lets us detect a parent that died before we got here.
+/// Records, in a new child, who it is; opens a handle on the parent when it needs one and,
+/// for a daemon, makes sure the child dies with it. `direct` says the parent is the OS parent
+/// (spawn and fork), which lets us detect a parent that died before we got here.
+///
+/// A direct, non-daemonic child opens nothing: whether its parent lives is exactly whether
+/// it is still our OS parent (an orphan is re-parented), and every syscall and page a forked
+/// child touches is on the start-up path the parent waits for.
 pub(crate) fn become_child(
     slot: &mut Option<Me>,
     name: String,
@@ -58,15 +62,28 @@ pub(crate) fn become_child(
     parent_name: String,
     direct: bool,
 ) {
-    COUNTER.store(0, Ordering::Relaxed);
-    let pidfd = sys::pidfd_open(parent_pid).ok().map(Arc::new);
-    let parent_gone = pidfd.is_none() || (direct && sys::getppid() != parent_pid);
+    if COUNTER.load(Ordering::Relaxed) != 0 {
+        COUNTER.store(0, Ordering::Relaxed);
+    }
+    let watch = if direct && !daemon {
+        ParentWatch::OsParent
+    } else {
+        match sys::pidfd_open(parent_pid) {
+            Ok(fd) => ParentWatch::Pidfd(Arc::new(fd)),
+            Err(_) => ParentWatch::Gone,
+        }
+    };
+    let parent_gone = match watch {
+        ParentWatch::OsParent => false,
+        ParentWatch::Gone => true,
+        ParentWatch::Pidfd(_) => direct && sys::getppid() != parent_pid,
+    };
     if daemon {
         if parent_gone {
             let _ = sys::send_signal(sys::getpid(), sys::SIGKILL);
         }
-        if let Some(fd) = pidfd.clone() {
-            watch_parent(fd);
+        if let ParentWatch::Pidfd(fd) = &watch {
+            watch_parent(fd.clone());
         }
     }
     *slot = Some(Me {
@@ -76,7 +93,11 @@ pub(crate) fn become_child(
         parent: Some(ParentProcess {
             pid: parent_pid,
             name: parent_name,
-            pidfd,
+            watch: if parent_gone {
+                ParentWatch::Gone
+            } else {
+                watch
+            },
         }),
     });
 }
@@ -149,7 +170,19 @@ pub fn current_process() -> CurrentProcess {
 pub struct ParentProcess {
     pid: u32,
     name: String,
-    pidfd: Option<Arc<OwnedFd>>,
+    watch: ParentWatch,
+}
+
+/// How a child tells whether its parent still runs.
+#[derive(Debug, Clone)]
+enum ParentWatch {
+    /// The parent is the OS parent: alive while `getppid()` still names it.
+    OsParent,
+    /// A pidfd opened at start (forkserver children, whose OS parent is the server; daemons,
+    /// which watch it).
+    Pidfd(Arc<OwnedFd>),
+    /// The parent had ended before the child started.
+    Gone,
 }
 
 impl ParentProcess {
@@ -161,14 +194,16 @@ impl ParentProcess {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Whether the parent is still running (exact: uses a pidfd, not the reusable pid).
+    /// Whether the parent is still running (exact: a pidfd or the OS parent link, never a
+    /// reusable pid).
     pub fn is_alive(&self) -> bool {
-        match &self.pidfd {
-            Some(fd) => matches!(
+        match &self.watch {
+            ParentWatch::OsParent => sys::getppid() == self.pid,
+            ParentWatch::Pidfd(fd) => matches!(
                 sys::poll_readable(&[fd.as_fd()], Some(std::time::Duration::ZERO)).as_deref(),
                 Ok([false])
             ),
-            None => false,
+            ParentWatch::Gone => false,
         }
     }
 }

@@ -437,15 +437,22 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
 /// In a program with other threads, the child has only the calling thread: locks that other
 /// threads held stay locked forever. That hazard is why `fork` is an opt-in start method.
 pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<u32> {
+    // Asked here, where the pages involved are mapped: each page of code or data a forked
+    // child touches first costs it a page fault on the path the parent waits for.
+    let masked = SigSet::thread_get_mask().map_or(true, |set| set.iter().next().is_some());
     // SAFETY: in the child, control never returns to the caller: only `child` runs (its
     // panics are caught) and the process ends with `_exit`, so no destructor of the parent's
     // state runs twice. The documented multithreading hazard is accepted by the caller.
     match unsafe { nix::unistd::fork() }.map_err(errno)? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
         nix::unistd::ForkResult::Child => {
-            PID.store(0, std::sync::atomic::Ordering::Relaxed);
+            if PID.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+                PID.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
             // As for spawned children: nothing blocked (see `spawn_self`).
-            let _ = SigSet::empty().thread_set_mask();
+            if masked {
+                let _ = SigSet::empty().thread_set_mask();
+            }
             for &fd in close {
                 // SAFETY: the objects owning these descriptors live in the parent's half of
                 // the fork; this child never returns to them (it ends in `_exit` below), so
