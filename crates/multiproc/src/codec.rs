@@ -20,6 +20,25 @@ thread_local! {
     /// The message of the last custom error raised by our own serde impls: postcard keeps
     /// only "custom error", so the codec puts the words back.
     static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// A buffer reused by the hot single-item paths (queue put/get) instead of allocating
+    /// one per item.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer, emptied (a fresh one if it is in use further
+/// up the stack). A buffer grown past 1 MiB is not kept.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            r
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 fn custom(message: String) -> String {

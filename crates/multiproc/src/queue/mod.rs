@@ -11,7 +11,7 @@
 mod ring;
 
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -91,25 +91,41 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(codec::decode(bytes)?)
     }
 
+    /// Puts one item, encoded in this thread's scratch buffer: no allocation per item.
+    fn put_one(
+        &self,
+        item: &T,
+        block: bool,
+        deadline: Option<Instant>,
+        joinable: bool,
+    ) -> Result<(), QueueError> {
+        codec::with_scratch(|buf| {
+            codec::encode_into(item, buf)?;
+            self.ring.put(&[&buf[..]], block, deadline, joinable)
+        })
+    }
+
+    /// Takes one item through this thread's scratch buffer.
+    fn get_one(&self, block: bool, deadline: Option<Instant>) -> Result<T, QueueError> {
+        codec::with_scratch(|buf| {
+            self.ring.get_one(buf, block, deadline)?;
+            Self::decode(buf)
+        })
+    }
+
     /// Puts an item: waits for room in a bounded queue, never waits in an unbounded one.
     pub fn put(&self, item: &T) -> Result<(), QueueError> {
-        self.ring
-            .put(&[Self::encode(item)?], self.bounded_queue(), None, false)
+        self.put_one(item, self.bounded_queue(), None, false)
     }
 
     /// Puts an item, waiting at most `timeout` for room ([`QueueError::Full`] after).
     pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), QueueError> {
-        self.ring.put(
-            &[Self::encode(item)?],
-            true,
-            raw::deadline(Some(timeout)),
-            false,
-        )
+        self.put_one(item, true, raw::deadline(Some(timeout)), false)
     }
 
     /// Puts an item only if there is room now.
     pub fn put_nowait(&self, item: &T) -> Result<(), QueueError> {
-        self.ring.put(&[Self::encode(item)?], false, None, false)
+        self.put_one(item, false, None, false)
     }
 
     /// Puts several items in one step (one lock, one wake-up): all or none.
@@ -124,17 +140,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Takes an item, waiting until there is one (or the queue is closed and empty:
     /// [`QueueError::Closed`]).
     pub fn get(&self) -> Result<T, QueueError> {
-        Self::decode(&self.ring.get(1, true, None)?[0])
+        self.get_one(true, None)
     }
 
     /// Takes an item, waiting at most `timeout` ([`QueueError::Empty`] after).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError> {
-        Self::decode(&self.ring.get(1, true, raw::deadline(Some(timeout)))?[0])
+        self.get_one(true, raw::deadline(Some(timeout)))
     }
 
     /// Takes an item if there is one now.
     pub fn get_nowait(&self) -> Result<T, QueueError> {
-        Self::decode(&self.ring.get(1, false, None)?[0])
+        self.get_one(false, None)
     }
 
     /// Takes up to `max` items in one step, waiting for at least one.
@@ -226,22 +242,14 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// Puts an item and counts it as a task to be done.
     pub fn put(&self, item: &T) -> Result<(), QueueError> {
-        self.queue.ring.put(
-            &[Queue::encode(item)?],
-            self.queue.bounded_queue(),
-            None,
-            true,
-        )
+        self.queue
+            .put_one(item, self.queue.bounded_queue(), None, true)
     }
 
     /// Puts an item, waiting at most `timeout` for room.
     pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), QueueError> {
-        self.queue.ring.put(
-            &[Queue::encode(item)?],
-            true,
-            raw::deadline(Some(timeout)),
-            true,
-        )
+        self.queue
+            .put_one(item, true, raw::deadline(Some(timeout)), true)
     }
 
     /// Puts several items, each a task.
