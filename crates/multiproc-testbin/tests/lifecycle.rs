@@ -227,3 +227,72 @@ fn manager_dies_with_sigkilled_owner_forkserver() {
 fn manager_dies_with_sigkilled_owner_fork() {
     sigkilled_owner_takes_its_manager_along("fork");
 }
+
+/// Processes whose environment holds `MP_TEST_TAG=tag` (a program's whole tree inherits it).
+fn tagged(tag: &str) -> Vec<u32> {
+    let needle = format!("MP_TEST_TAG={tag}");
+    common::processes()
+        .into_iter()
+        .filter(|&(pid, _, st)| {
+            st != 'Z'
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+fn named_segments_die_with_the_tree(method: &str) {
+    let dir = tempdir(&format!("shm-{method}"));
+    let tag = format!("shm-{method}-{}", std::process::id());
+    let mut root = common::Reaped(
+        Command::new(BIN)
+            .args(["shm", dir.to_str().unwrap(), method])
+            .env("MP_TEST_TAG", &tag)
+            .spawn()
+            .unwrap(),
+    );
+    let path = dir.join("shm.names");
+    assert!(
+        eventually(Duration::from_secs(20), || path.exists()),
+        "shm.names never written"
+    );
+    let names: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| format!("/dev/shm{n}"))
+        .collect();
+    assert_eq!(names.len(), 3);
+    // The tree still runs: even the SIGKILLed child's segment is kept (others may use it).
+    for n in &names {
+        assert!(Path::new(n).exists(), "{n} gone while its tree runs");
+    }
+    root.0.kill().unwrap(); // SIGKILL: no handle of the root is dropped
+    root.0.wait().unwrap();
+    // The daemon dies with the root, then the tracker sees the last link close.
+    for n in &names {
+        assert!(
+            eventually(Duration::from_secs(10), || !Path::new(n).exists()),
+            "{n} left in /dev/shm after its tree ended"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || tagged(&tag).is_empty()),
+        "processes of the tree left behind: {:?}",
+        tagged(&tag)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn named_segments_die_with_the_tree_spawn() {
+    named_segments_die_with_the_tree("spawn");
+}
+#[test]
+fn named_segments_die_with_the_tree_fork() {
+    named_segments_die_with_the_tree("fork");
+}
+#[test]
+fn named_segments_die_with_the_tree_forkserver() {
+    named_segments_die_with_the_tree("forkserver");
+}

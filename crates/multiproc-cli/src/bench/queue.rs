@@ -42,12 +42,9 @@ pub(crate) fn pipe_source(fd: Fd, go: Event, n: u64) {
 #[multiproc::func]
 pub(crate) fn seed_writer(q: Queue<Vec<String>>, n: u32) {
     for i in 0..n {
-        let s = i
-            .to_string()
-            .repeat(100)
-            .chars()
-            .take(100)
-            .collect::<String>();
+        // CPython's `str(i) * 100`, cut to 100 bytes (digits are ASCII).
+        let mut s = i.to_string().repeat(100);
+        s.truncate(100);
         q.put(&vec![s; 10]).expect("put");
     }
 }

@@ -8,6 +8,10 @@
 //! - `pool`: starts a pool of 2 workers (pids in `DIR/pool.pids`), then sleeps until killed.
 //! - `manager`: starts a manager (its pid in `DIR/manager.pid`) holding a dict, then sleeps
 //!   until killed.
+//! - `shm`: creates the named segment `/mp-track-PID-root`, starts a child that creates
+//!   `/mp-track-PID-killed` and SIGKILLs itself, and a daemon child that creates
+//!   `/mp-track-PID-daemon` and sleeps; writes the three names to `DIR/shm.names`, then
+//!   sleeps until killed. Nothing unlinks them but the tree's tracker.
 //! - `hold`: starts the forkserver (pid in `DIR/forkserver.pid`) and a daemon child (pid in
 //!   `DIR/daemon.pid`), then sleeps until killed.
 
@@ -20,6 +24,21 @@ use multiproc::{Process, StartMethod};
 fn finish_later(dir: String) {
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(PathBuf::from(dir).join("nondaemon.done"), b"done").unwrap();
+}
+
+/// Creates the named segment `name`, writes `DIR/NAME.ready`, then: `hold` forgets the
+/// handle and sleeps 60 s; otherwise the process SIGKILLs itself (nothing is dropped).
+#[multiproc::func]
+fn create_named(name: String, dir: String, hold: bool) {
+    let shm = multiproc::SharedMemory::create(&name, 4096).unwrap();
+    std::mem::forget(shm);
+    let tag = name.trim_start_matches('/');
+    write_pid(&dir, &format!("{tag}.ready"), std::process::id());
+    if hold {
+        std::thread::sleep(Duration::from_secs(60));
+    } else {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 #[multiproc::func]
@@ -51,6 +70,30 @@ fn main() -> multiproc::Result<()> {
                 .start_method(method)
                 .start(&sleep_long, ())?;
             write_pid(&dir, "daemon.pid", daemon.pid());
+        }
+        "shm" => {
+            let base = format!("/mp-track-{}", std::process::id());
+            let root = multiproc::SharedMemory::create(&format!("{base}-root"), 4096)?;
+            std::mem::forget(root);
+            let killed = format!("{base}-killed");
+            let p = Process::builder()
+                .start_method(method)
+                .start(&create_named, (killed.clone(), dir.clone(), false))?;
+            let _ = p.join(); // killed by itself
+            let held = format!("{base}-daemon");
+            let _daemon = Process::builder()
+                .daemon(true)
+                .start_method(method)
+                .start(&create_named, (held.clone(), dir.clone(), true))?;
+            let ready = PathBuf::from(&dir).join(format!("{}.ready", held.trim_start_matches('/')));
+            while !ready.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let names = format!("{base}-root {killed} {held}");
+            let tmp = PathBuf::from(&dir).join("shm.names.tmp");
+            std::fs::write(&tmp, names).unwrap();
+            std::fs::rename(tmp, PathBuf::from(&dir).join("shm.names")).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
         }
         "hold" => {
             write_pid(&dir, "forkserver.pid", multiproc::start_forkserver()?);

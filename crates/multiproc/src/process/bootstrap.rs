@@ -41,6 +41,7 @@ pub(crate) fn on_load() {
     match role.to_str() {
         Some("child") => run_spawned(sock, true),
         Some("forkserver") => forkserver::serve(sock),
+        Some("tracker") => crate::shared::tracker::serve(sock),
         _ => die(&format!("unknown bootstrap role {role:?}")),
     }
 }
@@ -77,6 +78,13 @@ pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct
         Ok(s) => s,
         Err(e) => die(&format!("unreadable start message: {e}")),
     };
+    let mut fds = fds;
+    if start.tracker {
+        // Sent after the arguments' descriptors (see `Builder::launch`).
+        if let Some(link) = fds.pop() {
+            crate::shared::tracker::adopt(link);
+        }
+    }
     current::become_child(
         &mut current::lock_me(),
         start.name,

@@ -235,6 +235,7 @@ impl Builder {
             parent_pid: me.pid(),
             parent_name: me.name().to_string(),
             args,
+            tracker: false,
         }
     }
 
@@ -257,8 +258,14 @@ impl Builder {
         }
         let io = ProcessError::io;
         let (ours, theirs) = sys::socketpair().map_err(io("creating a socket pair"))?;
+        let mut start = start;
+        let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        // A forked child inherits the tracker link; these get it with the start message.
+        if let Some(link) = crate::shared::tracker::link() {
+            start.tracker = true;
+            fds.push(link);
+        }
         let payload = crate::codec::encode(&start)?;
-        let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         if method == StartMethod::Forkserver {
             // The start message travels with the request: the child has it in memory.
             let (pid, pidfd) = forkserver::request(theirs.as_fd(), &payload, &fds)?;

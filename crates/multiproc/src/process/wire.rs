@@ -57,6 +57,8 @@ pub(crate) struct Start {
     pub(crate) parent_name: String,
     #[serde(with = "serde_bytes")]
     pub(crate) args: Vec<u8>,
+    /// The link to the tree's shared memory tracker comes after the arguments' descriptors.
+    pub(crate) tracker: bool,
 }
 
 /// How the child's function ended, as the child reports it.

@@ -14,7 +14,9 @@ use crate::sys::Region;
 ///   a connection; it is freed when the last handle and mapping are gone, in any process, even
 ///   after `SIGKILL`: nothing can leak.
 /// - [`SharedMemory::create`] / [`SharedMemory::open`]: named, in `/dev/shm`, for processes
-///   that did not start each other. The creating handle unlinks the name when dropped.
+///   that did not start each other. The creating handle unlinks the name when dropped; if
+///   the creator ends without dropping it (killed, `_exit`), the name is unlinked once every
+///   process of its tree has ended (the tree's tracker, as Python's resource tracker).
 ///
 /// ```
 /// let shm = multiproc::SharedMemory::new(4096)?;
@@ -42,6 +44,7 @@ impl Drop for Name {
     fn drop(&mut self) {
         if self.owner {
             let _ = Region::unlink_named(&self.name);
+            super::tracker::unregister(&self.name);
         }
     }
 }
@@ -76,6 +79,8 @@ impl SharedMemory {
         }
         let name = shm_name(name)?;
         let region = Region::create_named(&name, size)?;
+        // Unlinked by the tree's tracker should this process end without dropping it.
+        super::tracker::register(&name);
         Ok(SharedMemory {
             block: Block(Arc::new(region)),
             name: Some(Arc::new(Name { name, owner: true })),
@@ -143,7 +148,13 @@ impl SharedMemory {
     /// Removes the name now (mappings stay valid; new `open`s fail).
     pub fn unlink(&self) -> Result<(), SyncError> {
         match &self.name {
-            Some(n) => Ok(Region::unlink_named(&n.name)?),
+            Some(n) => {
+                Region::unlink_named(&n.name)?;
+                if n.owner {
+                    super::tracker::unregister(&n.name);
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }

@@ -3,6 +3,7 @@
 
 pub(crate) mod block;
 mod memory;
+pub(crate) mod tracker;
 mod value;
 
 pub use memory::SharedMemory;

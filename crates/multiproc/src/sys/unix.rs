@@ -36,6 +36,53 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     .map_err(errno)
 }
 
+/// A connected pair of Unix packet sockets (message boundaries kept; a reader sees end of
+/// file once every copy of the other end is closed), close-on-exec.
+pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(errno)
+}
+
+/// Sends one message on a packet socket (whole or not at all), without `SIGPIPE`.
+pub(crate) fn send_packet(fd: BorrowedFd<'_>, msg: &[u8]) -> io::Result<()> {
+    use nix::sys::socket::{MsgFlags, send};
+    loop {
+        match send(fd.as_raw_fd(), msg, MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Receives one message from a packet socket into `buf` (a longer one is cut); 0 is end of
+/// file.
+pub(crate) fn recv_packet(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, recv};
+    loop {
+        match recv(fd.as_raw_fd(), buf, MsgFlags::empty()) {
+            Err(Errno::EINTR) => continue,
+            r => return r.map_err(errno),
+        }
+    }
+}
+
+/// Makes this process ignore the signals a terminal or a process group sends to stop a
+/// program (SIGINT, SIGTERM, SIGHUP), for a helper that must outlive the program's stop to
+/// clean up after it.
+pub(crate) fn ignore_stop_signals() {
+    use nix::sys::signal::{SigHandler, signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety concern.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+}
+
 /// Sends `data` (some prefix of it, as `sendmsg` does) with `fds` attached to the first byte.
 pub(crate) fn send_with_fds(
     fd: BorrowedFd<'_>,
