@@ -466,6 +466,29 @@ fn encoded_tasks_for_layers_that_carry_bytes() {
 }
 
 #[multiproc::test]
+fn heavy_tasks_submitted_one_by_one_spread_over_the_workers() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    pool.map_chunked(&square, 0..5_000u64, 1).unwrap(); // deep pipelines
+    // Each submission wakes the handler with a single chunk: the least busy worker takes it
+    // (always handing it to the first worker that has room piled them all on one).
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let h = pool.apply_async(&slow_pid, 100u64).unwrap();
+            std::thread::sleep(Duration::from_millis(5)); // dispatched before the next one
+            h
+        })
+        .collect();
+    let mut per_pid = std::collections::HashMap::new();
+    for h in handles {
+        *per_pid.entry(h.get().unwrap()).or_insert(0) += 1;
+    }
+    let mut counts: Vec<u32> = per_pid.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, [4, 4], "tasks per worker: {per_pid:?}");
+}
+
+#[test]
 fn heavy_tasks_after_tiny_ones_spread_over_the_workers() {
     let _leaks = LeakCheck::new();
     let pool = Pool::new(2).unwrap();

@@ -176,8 +176,25 @@ fn stop_workers(workers: &mut Vec<Worker>, kill: bool) {
     }
 }
 
+/// Whether `w` can take a chunk of `len` argument bytes now: ready, not retiring, below the
+/// pipeline `depth`, and with room in its socket buffer for a chunk queued behind a running one
+/// (otherwise this thread would block sending it while the worker blocks sending its report,
+/// each waiting for the other to read).
+fn can_take(w: &Worker, cfg: &Config, depth: usize, len: usize) -> bool {
+    if !w.ready || w.busy.len() >= depth {
+        return false;
+    }
+    if cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 >= cfg.maxtasks {
+        return false;
+    }
+    let queued: usize = w.busy.iter().skip(1).map(|b| b.chunk.args.data.len()).sum();
+    w.busy.is_empty() || queued + len <= PIPELINE_BYTES
+}
+
 /// The handler loop; returns when the pool is closed and drained, or terminated.
 pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers: Vec<Worker>) {
+    // Where the search for a worker starts next: equally busy workers take turns.
+    let mut turn = 0;
     loop {
         // Hand out work and see whether it is time to stop.
         let mut sends: Vec<(usize, ToWorker)> = Vec::new();
@@ -196,52 +213,46 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         w.last_report = Instant::now();
                     }
                 }
-                // Round-robin, one chunk per worker per round: a batch of a few heavy
-                // chunks after many tiny ones (deep pipelines) still spreads over every
-                // worker instead of queueing behind the first.
-                loop {
-                    let mut progressed = false;
-                    for (i, w) in workers.iter_mut().enumerate() {
-                        if !w.ready || w.busy.len() >= depth(w.avg) {
-                            continue;
-                        }
-                        let retiring =
-                            cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 >= cfg.maxtasks;
-                        if retiring {
-                            continue;
-                        }
-                        // A chunk queued behind a running one must fit in the socket buffer:
-                        // otherwise this thread would block sending it while the worker blocks
-                        // sending its report, each waiting for the other to read.
-                        let queued: usize =
-                            w.busy.iter().skip(1).map(|b| b.chunk.args.data.len()).sum();
-                        let next_len = st.pending.front().map_or(0, |c| c.args.data.len());
-                        if !w.busy.is_empty() && queued + next_len > PIPELINE_BYTES {
-                            continue;
-                        }
-                        let Some(chunk) = st.pending.pop_front() else {
-                            break;
-                        };
-                        let deadline = if w.busy.is_empty() {
-                            deadline_for(&cfg, &chunk)
-                        } else {
-                            None
-                        };
-                        sends.push((
-                            i,
-                            ToWorker::Run {
-                                job: chunk.job,
-                                start: chunk.start,
-                                function: chunk.function.to_string(),
-                                args: chunk.args.clone(),
-                            },
-                        ));
-                        w.busy.push_back(Busy { chunk, deadline });
-                        progressed = true;
-                    }
-                    if !progressed || st.pending.is_empty() {
+                // Each chunk goes to the least busy worker that can take it, ties taking
+                // turns: a few heavy chunks after many tiny ones (deep pipelines) spread over
+                // every worker, whether they come as one batch or one per wake-up.
+                // One depth for all: were it per worker, the first worker whose average
+                // dipped under a threshold would take every pending chunk while the others,
+                // still at the lower depth, could not.
+                let depth = workers
+                    .iter()
+                    .filter(|w| w.ready)
+                    .map(|w| depth(w.avg))
+                    .min()
+                    .unwrap_or(1);
+                while let Some(next) = st.pending.front() {
+                    let next_len = next.args.data.len();
+                    let n = workers.len();
+                    let Some(i) = (0..n)
+                        .map(|k| (turn + k) % n)
+                        .filter(|&i| can_take(&workers[i], &cfg, depth, next_len))
+                        .min_by_key(|&i| workers[i].busy.len())
+                    else {
                         break;
-                    }
+                    };
+                    let chunk = st.pending.pop_front().expect("front() was Some");
+                    let w = &mut workers[i];
+                    let deadline = if w.busy.is_empty() {
+                        deadline_for(&cfg, &chunk)
+                    } else {
+                        None
+                    };
+                    sends.push((
+                        i,
+                        ToWorker::Run {
+                            job: chunk.job,
+                            start: chunk.start,
+                            function: chunk.function.to_string(),
+                            args: chunk.args.clone(),
+                        },
+                    ));
+                    w.busy.push_back(Busy { chunk, deadline });
+                    turn = i + 1;
                 }
                 let drained = st.pending.is_empty()
                     && workers.iter().all(|w| w.busy.is_empty())
