@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::state::{Chunk, ItemResult, OnDone, Shared, run_callbacks, split_results};
@@ -13,6 +14,7 @@ use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
 use crate::process::{Process, StartMethod};
+use crate::queue::ring::Ring;
 
 /// Runs a closure pool's tasks in a forked worker.
 pub(crate) type ClosureRunner =
@@ -63,15 +65,18 @@ pub(crate) struct Worker {
     /// Moving average of the time a chunk takes, from the worker's reports.
     avg: Duration,
     last_report: Instant,
-    /// Reports come several per receive.
+    /// Start-up messages and doorbells come several per receive.
     reader: FrameReader,
+    /// The worker's reports (see `worker::report`).
+    reports: Ring,
 }
 
 impl Worker {
-    fn new(process: Process<()>, conn: Connection) -> Worker {
+    fn new(process: Process<()>, conn: Connection, reports: Ring) -> Worker {
         Worker {
             process,
             conn,
+            reports,
             ready: false,
             busy: VecDeque::new(),
             timed_out: false,
@@ -89,14 +94,19 @@ impl Worker {
 
 pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let (ours, theirs) = pipe(true).map_err(|e| PoolError::Io(e.to_string()))?;
+    let reports = Ring::new(0, crate::queue::DEFAULT_QUEUE_BYTES)
+        .map_err(|e| PoolError::Io(format!("cannot make a report ring: {e}")))?;
     if let Some(run) = cfg.closure.clone() {
         let maxtasks = cfg.maxtasks;
+        let ring = reports.clone();
         let process = Process::builder()
             .daemon(true)
             .name("PoolWorker")
-            .fork(move || super::worker::serve(&theirs, None, maxtasks, &|_, a, out| run(a, out)))
+            .fork(move || {
+                super::worker::serve(&theirs, &ring, None, maxtasks, &|_, a, out| run(a, out))
+            })
             .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
-        return Ok(Worker::new(process, ours));
+        return Ok(Worker::new(process, ours, reports));
     }
     let mut b = Process::builder().daemon(true).name("PoolWorker");
     if let Some(m) = cfg.method {
@@ -105,10 +115,10 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let process = b
         .start(
             &multiproc_pool_worker,
-            (theirs, cfg.init.clone(), cfg.maxtasks),
+            (theirs, reports.clone(), cfg.init.clone(), cfg.maxtasks),
         )
         .map_err(|e| PoolError::Io(format!("cannot start a worker: {e}")))?;
-    Ok(Worker::new(process, ours))
+    Ok(Worker::new(process, ours, reports))
 }
 
 /// Records item results of `job` from `start`, and collects the callback if it completed.
@@ -140,6 +150,44 @@ fn record(
         shared.changed.notify_all();
     }
     callbacks
+}
+
+/// Acts on one message of worker `w`.
+fn take_message(
+    shared: &Shared,
+    cfg: &Config,
+    w: &mut Worker,
+    msg: FromWorker,
+    callbacks: &mut Vec<(OnDone, ItemResult)>,
+) {
+    match msg {
+        FromWorker::Ready => {
+            w.ready = true;
+            shared.lock().ready_workers += 1;
+            shared.changed.notify_all();
+        }
+        FromWorker::InitFailed(m) => {
+            shared.lock().broken = Some(PoolError::Initializer(m));
+        }
+        FromWorker::Done {
+            job,
+            start,
+            results,
+            failures,
+        } => {
+            w.busy.pop_front();
+            let took = w.last_report.elapsed();
+            w.last_report = Instant::now();
+            w.avg = (w.avg * 7 + took) / 8;
+            if let Some(next) = w.busy.front_mut() {
+                next.deadline = deadline_for(cfg, &next.chunk);
+            }
+            w.tasks += 1;
+            let results = split_results(results, failures);
+            callbacks.extend(record(shared, job, start, results));
+        }
+        FromWorker::Wake => {}
+    }
 }
 
 fn fail_busy(shared: &Shared, busy: Busy, err: PoolError) -> Vec<(OnDone, ItemResult)> {
@@ -260,7 +308,12 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 (st.closed && drained, false, st.broken.clone())
             }
         };
-        shared.changed.notify_all();
+        // Waiters wait for results (woken by `record`), for ready workers, or for the end;
+        // handing out work changes none of that, and a wake-up per round would cost a
+        // system call here and a spurious wake-up in a sleeping caller.
+        if terminate || broken.is_some() {
+            shared.changed.notify_all();
+        }
         run_callbacks(callbacks);
         if stop {
             stop_workers(&mut workers, terminate);
@@ -304,12 +357,24 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
             fds.push(w.conn.as_fd());
             fds.push(w.process.sentinel());
         }
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // About to sleep: from now on workers ring the doorbell after a report. A report
+        // that came before the flag was seen is in a ring already: then only look.
+        for w in &workers {
+            w.reports.flag().store(1, Ordering::SeqCst);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if workers.iter().any(|w| w.reports.len() > 0) {
+            timeout = Some(Duration::ZERO);
+        }
         // No busy-polling here: measured, a spinning handler (or worker) takes the CPU the
         // task, the caller or a broker needs on a small machine (apply_async 22 µs without,
         // 50-150 µs with); the caller's short spin in `wait_done` is what pays.
         let ready = wait(&fds, timeout).unwrap_or_default();
         drop(fds);
+        for w in &workers {
+            w.reports.flag().store(0, Ordering::Relaxed);
+        }
         let mut callbacks = Vec::new();
         if ready.contains(&0) {
             let mut buf = [0u8; 256];
@@ -318,42 +383,29 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
         let mut dead = Vec::new();
         for (i, w) in workers.iter_mut().enumerate() {
             let (conn_ready, ended) = (ready.contains(&(1 + 2 * i)), ready.contains(&(2 + 2 * i)));
+            // Every message that arrived before looking at the exit: the connection first
+            // (`Ready` comes before any report), then the report ring.
             if conn_ready || ended {
-                // Read every message that arrived before looking at the exit.
                 loop {
-                    let report = match w.reader.try_next(&w.conn) {
+                    let msg = match w.reader.try_next(&w.conn) {
                         Ok(Some(frame)) => crate::codec::decode::<FromWorker>(&frame)
                             .map_err(crate::error::ConnectionError::from),
                         Ok(None) => break,
                         Err(e) => Err(e),
                     };
-                    match report {
-                        Ok(FromWorker::Ready) => {
-                            w.ready = true;
-                            shared.lock().ready_workers += 1;
-                            shared.changed.notify_all();
-                        }
-                        Ok(FromWorker::InitFailed(m)) => {
-                            shared.lock().broken = Some(PoolError::Initializer(m));
-                        }
-                        Ok(FromWorker::Done {
-                            job,
-                            start,
-                            results,
-                            failures,
-                        }) => {
-                            w.busy.pop_front();
-                            let took = w.last_report.elapsed();
-                            w.last_report = Instant::now();
-                            w.avg = (w.avg * 7 + took) / 8;
-                            if let Some(next) = w.busy.front_mut() {
-                                next.deadline = deadline_for(&cfg, &next.chunk);
-                            }
-                            w.tasks += 1;
-                            let results = split_results(results, failures);
-                            callbacks.extend(record(&shared, job, start, results));
-                        }
+                    match msg {
+                        Ok(msg) => take_message(&shared, &cfg, w, msg, &mut callbacks),
                         Err(_) => break,
+                    }
+                }
+            }
+            while w.reports.len() > 0 {
+                let Ok(reports) = w.reports.get(usize::MAX, false, None) else {
+                    break;
+                };
+                for bytes in reports {
+                    if let Ok(msg) = crate::codec::decode::<FromWorker>(&bytes) {
+                        take_message(&shared, &cfg, w, msg, &mut callbacks);
                     }
                 }
             }

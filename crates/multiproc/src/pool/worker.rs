@@ -11,6 +11,7 @@ use crate::connection::Connection;
 use crate::process::bootstrap::run_guarded_into;
 use crate::process::registry;
 use crate::process::wire::Outcome;
+use crate::queue::ring::Ring;
 
 /// Encoded values back to back, with where each one ends: one buffer for a whole chunk
 /// instead of an allocation per item.
@@ -58,13 +59,58 @@ pub(crate) enum FromWorker {
     /// The initializer failed; the worker exits.
     InitFailed(String),
     /// The results of one `Run`, in argument order; the items that failed have an empty
-    /// slot in `results` and their story in `failures`.
+    /// slot in `results` and their story in `failures`. Goes through the report ring.
     Done {
         job: u64,
         start: u64,
         results: Batch,
         failures: Vec<(u32, Outcome)>,
     },
+    /// Reports are waiting in the ring and the handler sleeps: wake up.
+    Wake,
+}
+
+/// Puts one report in the ring the handler reads, and rings its doorbell (a `Wake` on the
+/// connection) only if it sleeps: while the handler is awake, a report costs no system call
+/// on either side. The ring is shared memory the handler owns, so a report is safe once
+/// written even if this process dies right after. `Err` when the handler is gone.
+fn report(conn: &Connection, reports: &Ring, msg: &FromWorker) -> Result<(), ()> {
+    let bytes = crate::codec::encode(msg).map_err(drop)?;
+    match reports.put(&[bytes], true, None, false) {
+        Ok(()) => {}
+        Err(crate::error::QueueError::TooLarge { size, limit }) => {
+            // Only a chunk's results can be that large: fail its items instead.
+            let FromWorker::Done {
+                job,
+                start,
+                results,
+                ..
+            } = msg
+            else {
+                return Err(());
+            };
+            let why = format!("results of {size} bytes exceed the {limit}-byte report buffer");
+            let failed = FromWorker::Done {
+                job: *job,
+                start: *start,
+                results: Batch {
+                    data: ByteBuf::new(),
+                    ends: vec![0; results.len()],
+                },
+                failures: (0..results.len() as u32)
+                    .map(|i| (i, Outcome::Failed(why.clone())))
+                    .collect(),
+            };
+            return report(conn, reports, &failed);
+        }
+        Err(_) => return Err(()),
+    }
+    // Pairs with the handler's store + fence before it polls: either it sees the report,
+    // or we see that it sleeps (`put` ends with a SeqCst fence).
+    if reports.flag().load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        conn.send(&FromWorker::Wake).map_err(drop)?;
+    }
+    Ok(())
 }
 
 fn describe(outcome: &Outcome) -> String {
@@ -96,6 +142,7 @@ pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcom
 /// name (ignored by closure pools) and its encoded argument.
 pub(crate) fn serve(
     conn: &Connection,
+    reports: &Ring,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
     run: &RunTask<'_>,
@@ -137,15 +184,13 @@ pub(crate) fn serve(
         // Each report goes at once, before the next task starts: if that task kills this
         // process, the parent knows exactly which tasks finished (held reports would die
         // with it and their tasks would be failed or run again).
-        if conn
-            .send(&FromWorker::Done {
-                job,
-                start,
-                results,
-                failures,
-            })
-            .is_err()
-        {
+        let done_msg = FromWorker::Done {
+            job,
+            start,
+            results,
+            failures,
+        };
+        if report(conn, reports, &done_msg).is_err() {
             return;
         }
         done += 1;
@@ -159,8 +204,9 @@ pub(crate) fn serve(
 #[multiproc_macros::func]
 pub(crate) fn multiproc_pool_worker(
     conn: Connection,
+    reports: Ring,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
 ) {
-    serve(&conn, init, maxtasks, &run_one);
+    serve(&conn, &reports, init, maxtasks, &run_one);
 }

@@ -8,7 +8,7 @@
 //! the item it was moving is lost. Waits sleep on futexes; when nobody sleeps, `put` and `get`
 //! make no system call.
 
-mod ring;
+pub(crate) mod ring;
 
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};

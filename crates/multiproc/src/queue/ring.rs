@@ -33,6 +33,8 @@ const NOT_EMPTY: usize = 132;
 const PUT_SLEEPERS: usize = 192;
 const NOT_FULL: usize = 196;
 const ALL_DONE: usize = 256;
+/// A word the ring's owner gives its own meaning (see [`Ring::flag`]).
+const FLAG: usize = 320;
 /// Where the ring's bytes start.
 const DATA: usize = 4096;
 /// Consumed memory is given back to the system in chunks of this size.
@@ -432,6 +434,12 @@ impl Ring {
             self.u32(DISCARDS).fetch_add(1, Ordering::Relaxed);
             chunk += 1;
         }
+    }
+
+    /// A shared word the ring does not use itself, for a protocol on top of it (the pool
+    /// marks there that its handler sleeps in `poll` rather than on this ring's futex).
+    pub(crate) fn flag(&self) -> &AtomicU32 {
+        self.u32(FLAG)
     }
 
     pub(crate) fn max_items(&self) -> u64 {
