@@ -20,7 +20,8 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-fn read_pid(dir: &Path, file: &str) -> u32 {
+/// The whitespace-separated words of `dir/file`, once the program has written it.
+fn read_words(dir: &Path, file: &str) -> Vec<String> {
     let path = dir.join(file);
     assert!(
         eventually(Duration::from_secs(20), || path.exists()),
@@ -28,9 +29,13 @@ fn read_pid(dir: &Path, file: &str) -> u32 {
     );
     std::fs::read_to_string(path)
         .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn read_pid(dir: &Path, file: &str) -> u32 {
+    read_words(dir, file)[0].parse().unwrap()
 }
 
 fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
@@ -161,14 +166,8 @@ fn sigkilled_parent_takes_its_pool_along(method: &str) {
         .args(["pool", dir.to_str().unwrap(), method])
         .spawn()
         .unwrap();
-    let path = dir.join("pool.pids");
-    assert!(
-        eventually(Duration::from_secs(20), || path.exists()),
-        "pool never started"
-    );
-    let pids: Vec<u32> = std::fs::read_to_string(&path)
-        .unwrap()
-        .split_whitespace()
+    let pids: Vec<u32> = read_words(&dir, "pool.pids")
+        .iter()
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2);
@@ -252,14 +251,8 @@ fn named_segments_die_with_the_tree(method: &str) {
             .spawn()
             .unwrap(),
     );
-    let path = dir.join("shm.names");
-    assert!(
-        eventually(Duration::from_secs(20), || path.exists()),
-        "shm.names never written"
-    );
-    let names: Vec<String> = std::fs::read_to_string(&path)
-        .unwrap()
-        .split_whitespace()
+    let names: Vec<String> = read_words(&dir, "shm.names")
+        .iter()
         .map(|n| format!("/dev/shm{n}"))
         .collect();
     assert_eq!(names.len(), 3);
