@@ -103,7 +103,10 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
             .daemon(true)
             .name("PoolWorker")
             .fork(move || {
-                super::worker::serve(&theirs, &ring, None, maxtasks, &|_, a, out| run(a, out))
+                super::worker::serve(&theirs, &ring, None, maxtasks, &|_| {
+                    let run = run.clone();
+                    Box::new(move |a, out| run(a, out))
+                })
             })
             .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
         return Ok(Worker::new(process, ours, reports));

@@ -122,33 +122,39 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-/// Runs registered `function` on `args`, appending the encoded result to `out`; `Some` says
-/// why there is none.
-fn run_one(function: &str, args: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
+/// Runs one task: its encoded argument, the buffer the encoded result is appended to;
+/// `Some` says why there is no result.
+pub(crate) type Task<'a> = Box<dyn Fn(&[u8], &mut Vec<u8>) -> Option<Outcome> + 'a>;
+
+/// Finds how to run the tasks of a function from its registered name: once per chunk, not
+/// per item (the lookup hashes the name).
+pub(crate) type Resolve<'a> = dyn Fn(&str) -> Task<'a> + 'a;
+
+/// The tasks of registered `function`.
+fn registered(function: &str) -> Task<'static> {
     match registry::lookup(function) {
-        None => Some(Outcome::Failed(format!(
-            "function `{function}` is not registered"
-        ))),
-        Some(entry) => run_guarded_into(out, |out| (entry.invoke)(args, Vec::new(), out)),
+        None => {
+            let why = format!("function `{function}` is not registered");
+            Box::new(move |_, _| Some(Outcome::Failed(why.clone())))
+        }
+        Some(entry) => Box::new(move |args, out| {
+            run_guarded_into(out, |out| (entry.invoke)(args, Vec::new(), out))
+        }),
     }
 }
 
-/// Runs one task: the function's registered name, its encoded argument, the buffer the
-/// encoded result is appended to; `Some` says why there is no result.
-pub(crate) type RunTask<'a> = dyn Fn(&str, &[u8], &mut Vec<u8>) -> Option<Outcome> + 'a;
-
 /// The worker loop: initializer, then tasks until told to exit, the parent goes away, or
-/// `maxtasks` tasks (chunks) are done. `run` runs one task from the function's registered
-/// name (ignored by closure pools) and its encoded argument.
+/// `maxtasks` tasks (chunks) are done. `resolve` gives the runner of a chunk's tasks from the
+/// function's registered name (ignored by closure pools).
 pub(crate) fn serve(
     conn: &Connection,
     reports: &Ring,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
-    run: &RunTask<'_>,
+    resolve: &Resolve<'_>,
 ) {
     if let Some((function, args)) = init
-        && let Some(failure) = run_one(&function, &args, &mut Vec::new())
+        && let Some(failure) = registered(&function)(&args, &mut Vec::new())
     {
         let _ = conn.send(&FromWorker::InitFailed(describe(&failure)));
         return;
@@ -174,8 +180,9 @@ pub(crate) fn serve(
         let mut results = Batch::default();
         let mut failures = Vec::new();
         let mut out = Vec::new();
+        let run = resolve(&function);
         for i in 0..args.len() {
-            if let Some(failure) = run(&function, args.item(i), &mut out) {
+            if let Some(failure) = run(args.item(i), &mut out) {
                 failures.push((i as u32, failure));
             }
             results.ends.push(out.len() as u32);
@@ -208,5 +215,5 @@ pub(crate) fn multiproc_pool_worker(
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
 ) {
-    serve(&conn, &reports, init, maxtasks, &run_one);
+    serve(&conn, &reports, init, maxtasks, &registered);
 }
