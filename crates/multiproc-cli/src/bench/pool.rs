@@ -34,13 +34,18 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         Ok(n2 as f64 / t.elapsed().as_secs_f64())
     })?;
     let rtn = r.size.pick(50, 500, 3000);
+    // Taken in turns with a raw socketpair round trip: the machine's wake-up latency moves
+    // between runs, and the ratio is what counts.
+    let mut raw_rts = Vec::new();
     let rt = repeat(reps, || {
+        raw_rts.extend(super::pipe::round_trips(1, rtn as u32, true)?.0);
         let t = Instant::now();
         for i in 0..rtn {
             pool.apply_async(&ident, i)?.get()?;
         }
         Ok(t.elapsed().as_secs_f64() / rtn as f64)
     })?;
+    let raw_rt = Samples(raw_rts);
     let startup = repeat(reps, || {
         let t = Instant::now();
         let p = Pool::new(4)?;
@@ -98,7 +103,17 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         "apply_async round trip",
         Unit::Secs,
         &rt,
-        &[("CPython", py_rt)],
+        &[
+            ("raw socketpair round trip", Some(raw_rt.median())),
+            ("CPython", py_rt),
+        ],
+    );
+    r.row(
+        "pool",
+        "raw socketpair round trip, 8 bytes",
+        Unit::Secs,
+        &raw_rt,
+        &[],
     );
     let s4 = spawn4.median();
     r.row(

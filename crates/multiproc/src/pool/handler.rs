@@ -244,8 +244,6 @@ fn can_take(w: &Worker, cfg: &Config, depth: usize, len: usize) -> bool {
 
 /// The handler loop; returns when the pool is closed and drained, or terminated.
 pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers: Vec<Worker>) {
-    // Where the search for a worker starts next: equally busy workers take turns.
-    let mut turn = 0;
     loop {
         // Hand out work and see whether it is time to stop.
         let mut sends: Vec<(usize, ToWorker)> = Vec::new();
@@ -264,9 +262,11 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         w.last_report = Instant::now();
                     }
                 }
-                // Each chunk goes to the least busy worker that can take it, ties taking
-                // turns: a few heavy chunks after many tiny ones (deep pipelines) spread over
-                // every worker, whether they come as one batch or one per wake-up.
+                // Each chunk goes to the least busy worker that can take it: a few heavy
+                // chunks after many tiny ones (deep pipelines) spread over every worker,
+                // whether they come as one batch or one per wake-up. Ties go to the first:
+                // one-at-a-time tasks (apply_async, then get) keep meeting the same worker,
+                // whose CPU the scheduler has settled, instead of waking each in turn.
                 // One depth for all: were it per worker, the first worker whose average
                 // dipped under a threshold would take every pending chunk while the others,
                 // still at the lower depth, could not.
@@ -278,9 +278,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                     .unwrap_or(1);
                 while let Some(next) = st.pending.front() {
                     let next_len = next.args.data.len();
-                    let n = workers.len();
-                    let Some(i) = (0..n)
-                        .map(|k| (turn + k) % n)
+                    let Some(i) = (0..workers.len())
                         .filter(|&i| can_take(&workers[i], &cfg, depth, next_len))
                         .min_by_key(|&i| workers[i].busy.len())
                     else {
@@ -303,7 +301,6 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         },
                     ));
                     w.busy.push_back(Busy { chunk, deadline });
-                    turn = i + 1;
                 }
                 let drained = st.pending.is_empty()
                     && workers.iter().all(|w| w.busy.is_empty())

@@ -30,6 +30,7 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
             for _ in 0..64 {
                 std::hint::spin_loop();
             }
+            std::thread::yield_now();
         }
     }
     let mut st = shared.lock();
