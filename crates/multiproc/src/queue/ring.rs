@@ -1,9 +1,18 @@
 //! The shared ring under every queue: records `[len: u32][bytes]` in a byte ring that lives
-//! in a memfd, guarded by a robust lock, with futex sequence words to sleep on.
+//! in a memfd, with futex sequence words to sleep on.
 //!
-//! A producer or consumer killed at any moment leaves the ring recoverable: indices move only
-//! after the bytes are copied, and the next locker takes the dead holder's lock over and
-//! re-derives the count from the records themselves (`repair`).
+//! Producers and consumers have a robust lock each, on cache lines of their own: a producer
+//! publishes records by moving `TAIL`, a consumer takes them by moving `HEAD`, and neither
+//! reads the other side's line unless it must (a producer looks at `HEAD` only when its cached
+//! copy says the ring may be full, or to notice that the ring is empty; a consumer reads `TAIL`
+//! only once it has taken every record it knew of). With one producer and one consumer on two
+//! CPUs, the lines that travel between them per item are the data and, at most, the tail.
+//!
+//! A producer or consumer killed at any moment leaves the ring recoverable: positions move
+//! only after the bytes are copied, each side writes its intended (position, count) before
+//! moving, and whoever takes a lock over from a dead holder finishes or discards what it was
+//! doing (`repair_put`, `repair_get`). At most the record a dead producer was writing is
+//! lost; a consumer killed before it moved `HEAD` leaves its record to the next consumer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -14,27 +23,43 @@ use crate::shared::block::Block;
 use crate::sync::raw;
 use crate::sys;
 
-// The header, by cache line. Line 0 holds what a put or get changes under the lock, so one
-// transfer of that line serves the whole critical section; the words every operation only
-// reads (limits, `CLOSED`, the sleeper counts that `notify` checks) live on lines nobody
-// writes in the steady state, so reading them costs no transfer.
-const LOCK: usize = 0;
-const HEAD: usize = 8;
-const TAIL: usize = 16;
-const COUNT: usize = 24;
-const UNFINISHED: usize = 32;
-const MAX_ITEMS: usize = 64;
-const DATA_SIZE: usize = 72;
+// The header, by cache line.
+// Producers' line: written under PUT_LOCK.
+const PUT_LOCK: usize = 0;
+/// End of the published records (logical position).
+const TAIL: usize = 8;
+/// Items ever published.
+const PUT_COUNT: usize = 16;
+/// The producers' last look at `HEAD` (never ahead of it).
+const HEAD_SEEN: usize = 24;
+/// What the producer holding the lock is about to make `TAIL` and `PUT_COUNT`.
+const PUT_INTENT_TAIL: usize = 32;
+const PUT_INTENT_COUNT: usize = 40;
+// Consumers' line: written under GET_LOCK.
+const GET_LOCK: usize = 64;
+/// Start of the first record not taken yet (logical position).
+const HEAD: usize = 72;
+/// Items ever taken.
+const GET_COUNT: usize = 80;
+/// The consumers' last look at `TAIL` (never ahead of it).
+const TAIL_SEEN: usize = 88;
+const GET_INTENT_HEAD: usize = 96;
+const GET_INTENT_COUNT: usize = 104;
+// Read-mostly line.
+const MAX_ITEMS: usize = 128;
+const DATA_SIZE: usize = 136;
 /// Bumped by every discard: pages a handle populated before may be gone.
-const DISCARDS: usize = 80;
-const CLOSED: usize = 84;
-const GET_SLEEPERS: usize = 128;
-const NOT_EMPTY: usize = 132;
-const PUT_SLEEPERS: usize = 192;
-const NOT_FULL: usize = 196;
-const ALL_DONE: usize = 256;
+const DISCARDS: usize = 144;
+const CLOSED: usize = 148;
+// Sleepers, each pair on its own line.
+const GET_SLEEPERS: usize = 192;
+const NOT_EMPTY: usize = 196;
+const PUT_SLEEPERS: usize = 256;
+const NOT_FULL: usize = 260;
+const UNFINISHED: usize = 320;
+const ALL_DONE: usize = 324;
 /// A word the ring's owner gives its own meaning (see [`Ring::flag`]).
-const FLAG: usize = 320;
+const FLAG: usize = 384;
 /// Where the ring's bytes start.
 const DATA: usize = 4096;
 /// Consumed memory is given back to the system in chunks of this size.
@@ -46,9 +71,14 @@ const REC: usize = 4;
 const SPINS: u32 = 200;
 /// How far past what it needs now a handle populates the ring's pages in one call.
 const WARM_AHEAD: u64 = 256 << 10;
+/// Once the tail is this far in, a producer that finds the ring empty starts over at 0: a
+/// queue that is usually near empty keeps reusing the same warm pages.
+const REWIND_AFTER: u64 = 256 << 10;
+/// How much a producer writes between looks at `HEAD` while it waits to find the ring empty.
+const LOOK_EVERY: u64 = 4096;
 
 /// The ring as seen by one process. The limits never change after creation, so each handle
-/// keeps a copy instead of reading the (contended) shared header on every operation.
+/// keeps a copy instead of reading the shared header on every operation.
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     block: Block,
@@ -57,11 +87,11 @@ pub(crate) struct Ring {
     warm: Arc<Warm>,
 }
 
-/// The ring range (logical positions) this process has populated for writing and for
-/// reading, valid while the ring's discard count is `epoch`. Page faults in the ring cost
-/// microseconds each, and taken inside the lock they stall every other process waiting for
-/// it (a producer writing into fresh pages while its consumer waits was the slow mode of the
-/// seed benchmark); populating ahead, outside the lock, takes them in one call off that path.
+/// The ring range (logical positions) this process has populated for writing, valid while the
+/// ring's discard count is `epoch`. Page faults in the ring cost microseconds each, and taken
+/// inside a lock they stall every process waiting for it (a producer writing into fresh pages
+/// while its consumer waited was the slow mode of the seed benchmark); populating ahead,
+/// outside the lock, takes them in one call off that path.
 #[derive(Debug, Default)]
 struct Warm {
     write: Mark,
@@ -92,14 +122,14 @@ impl<'de> serde::Deserialize<'de> for Ring {
     }
 }
 
-/// The ring locked by this process; unlocks on drop.
+/// One of the ring's locks, held by this process; unlocks on drop.
 struct Held<'a> {
-    ring: &'a Ring,
+    word: &'a AtomicU32,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        raw::unlock(self.ring.u32(LOCK));
+        raw::unlock(self.word);
     }
 }
 
@@ -121,7 +151,7 @@ impl Ring {
         let data_size = block
             .u64_at(DATA_SIZE)
             .load(Ordering::Acquire)
-            .min((block.len() - DATA) as u64);
+            .clamp(1, (block.len() - DATA) as u64);
         Ring {
             block,
             max_items,
@@ -142,11 +172,60 @@ impl Ring {
         self.data_size
     }
 
-    fn lock(&self) -> Held<'_> {
-        if let raw::Acquired::FromDead(_) = raw::lock(self.u32(LOCK), None) {
-            self.repair();
+    /// The producers' lock (always taken before the consumers' one when both are needed).
+    fn lock_put(&self) -> Held<'_> {
+        let word = self.u32(PUT_LOCK);
+        if let raw::Acquired::FromDead(_) = raw::lock(word, None) {
+            self.repair_put();
         }
-        Held { ring: self }
+        Held { word }
+    }
+
+    /// The consumers' lock.
+    fn lock_get(&self) -> Held<'_> {
+        let word = self.u32(GET_LOCK);
+        if let raw::Acquired::FromDead(_) = raw::lock(word, None) {
+            self.repair_get();
+        }
+        Held { word }
+    }
+
+    /// A producer died holding the lock (which we now hold). Records past `TAIL` are
+    /// half-written: ignored. If it had moved `TAIL`, its count is finished from the intent.
+    /// If it died starting the ring over (`TAIL` moved back to 0 before `HEAD`), the
+    /// consumers' side is finished too.
+    fn repair_put(&self) {
+        let tail = self.u64(TAIL).load(Ordering::Acquire);
+        if tail == self.u64(PUT_INTENT_TAIL).load(Ordering::Relaxed) {
+            let count = self.u64(PUT_INTENT_COUNT).load(Ordering::Relaxed);
+            self.u64(PUT_COUNT).store(count, Ordering::Release);
+        }
+        if self.u64(HEAD).load(Ordering::Acquire) > tail {
+            let _get = self.lock_get(); // repairs the consumers' side
+        }
+        let head = self.u64(HEAD).load(Ordering::Acquire);
+        self.u64(HEAD_SEEN).store(head.min(tail), Ordering::Relaxed);
+    }
+
+    /// A consumer died holding the lock (which we now hold). If it had moved `HEAD`, its
+    /// count is finished from the intent; otherwise the record it was copying is still
+    /// there for us. A `HEAD` past `TAIL` means a producer died starting the ring over an
+    /// empty ring: the consumers start over at 0 too.
+    fn repair_get(&self) {
+        let head = self.u64(HEAD).load(Ordering::Acquire);
+        if head == self.u64(GET_INTENT_HEAD).load(Ordering::Relaxed) {
+            let count = self.u64(GET_INTENT_COUNT).load(Ordering::Relaxed);
+            self.u64(GET_COUNT).store(count, Ordering::Release);
+        }
+        let tail = self.u64(TAIL).load(Ordering::Acquire);
+        if head > tail {
+            let count = self.u64(GET_COUNT).load(Ordering::Relaxed);
+            self.u64(GET_INTENT_HEAD).store(0, Ordering::Relaxed);
+            self.u64(GET_INTENT_COUNT).store(count, Ordering::Relaxed);
+            self.u64(HEAD).store(0, Ordering::Release);
+        }
+        let seen = self.u64(TAIL_SEEN).load(Ordering::Relaxed);
+        self.u64(TAIL_SEEN).store(seen.min(tail), Ordering::Relaxed);
     }
 
     /// Populates the pages behind logical positions `start..start+len` (and some way past)
@@ -168,33 +247,6 @@ impl Ring {
         mark.lo.store(start, Ordering::Relaxed);
         mark.hi.store(start + span, Ordering::Relaxed);
         mark.epoch.store(epoch, Ordering::Relaxed);
-    }
-
-    /// Restores the invariants after a holder died mid-operation (the lock is held): the
-    /// records between head and tail are walked and counted, and a tail past the last whole
-    /// record is pulled back. At most the record the dead process was moving is lost (or,
-    /// for a reader that died after copying, delivered again).
-    fn repair(&self) {
-        let size = self.data_size();
-        let head = self.u64(HEAD).load(Ordering::Relaxed);
-        let tail = self.u64(TAIL).load(Ordering::Relaxed);
-        let (mut pos, mut count) = (head, 0u64);
-        if tail >= head && tail - head <= size {
-            while pos + REC as u64 <= tail {
-                let mut len = [0u8; REC];
-                self.copy_out(pos, &mut len);
-                let next = pos + (REC + u32::from_le_bytes(len) as usize) as u64;
-                if next > tail {
-                    break;
-                }
-                pos = next;
-                count += 1;
-            }
-        } else {
-            pos = head;
-        }
-        self.u64(TAIL).store(pos, Ordering::Relaxed);
-        self.u64(COUNT).store(count, Ordering::Release);
     }
 
     /// Copies `bytes` into the ring at logical position `pos` (wrapping).
@@ -219,6 +271,34 @@ impl Ring {
         }
     }
 
+    /// With the producers' lock held and the ring seen empty at `tail`: starts over at 0 if
+    /// the consumers' lock is free right now (otherwise another time), so that a queue that
+    /// is usually near empty keeps reusing its first, warm pages. `TAIL` moves first: a
+    /// producer that dies in between leaves `HEAD > TAIL`, which the repairs recognise.
+    fn rewind(&self, tail: u64) -> bool {
+        let word = self.u32(GET_LOCK);
+        if !raw::try_lock(word) {
+            return false;
+        }
+        let _get = Held { word };
+        if self.u64(HEAD).load(Ordering::Acquire) != tail {
+            return false;
+        }
+        let put_count = self.u64(PUT_COUNT).load(Ordering::Relaxed);
+        self.u64(PUT_INTENT_TAIL).store(0, Ordering::Relaxed);
+        self.u64(PUT_INTENT_COUNT)
+            .store(put_count, Ordering::Relaxed);
+        self.u64(TAIL).store(0, Ordering::Release);
+        let get_count = self.u64(GET_COUNT).load(Ordering::Relaxed);
+        self.u64(GET_INTENT_HEAD).store(0, Ordering::Relaxed);
+        self.u64(GET_INTENT_COUNT)
+            .store(get_count, Ordering::Relaxed);
+        self.u64(HEAD).store(0, Ordering::Release);
+        self.u64(TAIL_SEEN).store(0, Ordering::Relaxed);
+        self.u64(HEAD_SEEN).store(0, Ordering::Relaxed);
+        true
+    }
+
     /// Puts every item of `items` (all or none fit now); `joinable` counts them as tasks.
     /// Waits for room until `deadline` when `block` (a bounded queue), else fails at once.
     pub(crate) fn put(
@@ -229,6 +309,7 @@ impl Ring {
         joinable: bool,
     ) -> Result<(), QueueError> {
         let size = self.data_size();
+        let n = items.len() as u64;
         let need: u64 = items.iter().map(|i| (REC + i.as_ref().len()) as u64).sum();
         if let Some(big) = items
             .iter()
@@ -239,24 +320,35 @@ impl Ring {
                 limit: size as usize - REC,
             });
         }
+        if need > size {
+            return Err(QueueError::Full);
+        }
         loop {
             let end = {
-                let _held = self.lock();
+                let _put = self.lock_put();
                 if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
                     return Err(QueueError::Closed);
                 }
-                let head = self.u64(HEAD).load(Ordering::Relaxed);
-                let tail = self.u64(TAIL).load(Ordering::Relaxed);
-                let count = self.u64(COUNT).load(Ordering::Relaxed);
-                let max = self.max_items;
+                let mut tail = self.u64(TAIL).load(Ordering::Relaxed);
+                let mut head = self.u64(HEAD_SEEN).load(Ordering::Relaxed);
+                // A fresh look at the consumers' side only when the cached one says the ring
+                // may be full, or, far enough in, to catch it empty and start over.
+                let look = size - (tail - head) < need
+                    || (tail >= REWIND_AFTER && tail - head >= LOOK_EVERY);
+                if look {
+                    head = self.u64(HEAD).load(Ordering::Acquire).min(tail);
+                    self.u64(HEAD_SEEN).store(head, Ordering::Relaxed);
+                }
+                if head == tail && tail >= REWIND_AFTER && self.rewind(tail) {
+                    (tail, head) = (0, 0);
+                }
+                let put_count = self.u64(PUT_COUNT).load(Ordering::Relaxed);
+                let taken = self.u64(GET_COUNT).load(Ordering::Acquire);
                 let room_bytes = size - (tail - head) >= need;
-                let room_items = max == 0 || count + items.len() as u64 <= max;
+                let room_items =
+                    self.max_items == 0 || put_count.saturating_sub(taken) + n <= self.max_items;
                 if room_bytes && room_items {
-                    // An empty ring starts over at 0: a queue that is usually near empty keeps
-                    // reusing the same warm pages instead of faulting in fresh ones.
-                    let rewind = count == 0 && head == tail && tail != 0;
-                    let start = if rewind { 0 } else { tail };
-                    let mut pos = start;
+                    let mut pos = tail;
                     for item in items {
                         let item = item.as_ref();
                         self.copy_in(pos, &(item.len() as u32).to_le_bytes());
@@ -265,23 +357,23 @@ impl Ring {
                     }
                     if joinable {
                         self.u32(UNFINISHED)
-                            .fetch_add(items.len() as u32, Ordering::Relaxed);
+                            .fetch_add(items.len() as u32, Ordering::SeqCst);
                     }
-                    // Positions first, count last: a writer killed in between leaves records
-                    // that `repair` finds and counts.
-                    if rewind {
-                        self.u64(HEAD).store(0, Ordering::Relaxed);
-                    }
+                    // The intent first: a producer killed after moving `TAIL` has its count
+                    // finished by the next one (`repair_put`).
+                    self.u64(PUT_INTENT_TAIL).store(pos, Ordering::Relaxed);
+                    self.u64(PUT_INTENT_COUNT)
+                        .store(put_count + n, Ordering::Relaxed);
                     self.u64(TAIL).store(pos, Ordering::Release);
-                    self.u64(COUNT)
-                        .store(count + items.len() as u64, Ordering::Release);
+                    self.u64(PUT_COUNT).store(put_count + n, Ordering::Release);
                     pos
                 } else if !block {
                     return Err(QueueError::Full);
                 } else {
-                    drop(_held);
+                    drop(_put);
+                    // Every take moves the count on (positions may start over at 0).
                     let ready =
-                        || self.u64(HEAD).load(Ordering::SeqCst) != head || self.is_closed();
+                        || self.u64(GET_COUNT).load(Ordering::SeqCst) != taken || self.is_closed();
                     if !self.sleep(PUT_SLEEPERS, NOT_FULL, ready, deadline) {
                         return Err(QueueError::Full);
                     }
@@ -337,15 +429,16 @@ impl Ring {
         block: bool,
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<u8>>, QueueError> {
-        self.take_when_ready(block, deadline, |head, count| {
-            let n = count.min(max as u64);
-            let mut items = Vec::with_capacity(n as usize);
+        // All there is now, up to `max`: a fresh look at the tail, not the cached one.
+        self.take_when_ready(block, deadline, max > 1, |head, tail| {
+            let mut items = Vec::new();
             let mut pos = head;
-            for _ in 0..n {
+            while pos < tail && items.len() < max.max(1) {
                 let mut item = Vec::new();
                 pos = self.read_record(pos, &mut item);
                 items.push(item);
             }
+            let n = items.len() as u64;
             (items, n, pos)
         })
     }
@@ -358,34 +451,49 @@ impl Ring {
         block: bool,
         deadline: Option<Instant>,
     ) -> Result<(), QueueError> {
-        self.take_when_ready(block, deadline, |head, _| {
+        self.take_when_ready(block, deadline, false, |head, _| {
             ((), 1, self.read_record(head, out))
         })
     }
 
-    /// Waits (spinning briefly, then sleeping) until there is an item, then, under the lock,
-    /// lets `take(head, count)` copy records out from `head`: it returns its result, how many
-    /// records it took (at least one) and the position after them.
+    /// Whether there may be a record to take, without taking a lock: one the consumers
+    /// already know of (their own line), or else a tail that moved (the producers' line).
+    fn may_have_items(&self) -> bool {
+        let head = self.u64(HEAD).load(Ordering::Relaxed);
+        head < self.u64(TAIL_SEEN).load(Ordering::Relaxed)
+            || self.u64(TAIL).load(Ordering::Acquire) != head
+    }
+
+    /// Waits (spinning briefly, then sleeping) until there is an item, then, under the
+    /// consumers' lock, lets `take(head, tail)` copy records out from `head` (all of them
+    /// whole below `tail`, the cached tail unless `fresh_tail`): it returns its result, how
+    /// many records it took (at least one) and the position after them.
     fn take_when_ready<R>(
         &self,
         block: bool,
         deadline: Option<Instant>,
+        fresh_tail: bool,
         mut take: impl FnMut(u64, u64) -> (R, u64, u64),
     ) -> Result<R, QueueError> {
         let mut spins = 0;
         loop {
-            if self.u64(COUNT).load(Ordering::Acquire) > 0
-                || self.u32(CLOSED).load(Ordering::Relaxed) != 0
-            {
-                let held = self.lock();
-                let count = self.u64(COUNT).load(Ordering::Relaxed);
-                if count > 0 {
-                    let head = self.u64(HEAD).load(Ordering::Relaxed);
-                    let (taken, n, pos) = take(head, count);
-                    self.u64(COUNT).store(count - n, Ordering::Relaxed);
+            if self.may_have_items() || self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
+                let get = self.lock_get();
+                let head = self.u64(HEAD).load(Ordering::Relaxed);
+                let mut tail = self.u64(TAIL_SEEN).load(Ordering::Relaxed);
+                if head >= tail || fresh_tail {
+                    tail = self.u64(TAIL).load(Ordering::Acquire);
+                    self.u64(TAIL_SEEN).store(tail, Ordering::Relaxed);
+                }
+                if head < tail {
+                    let (taken, n, pos) = take(head, tail);
+                    let count = self.u64(GET_COUNT).load(Ordering::Relaxed) + n;
+                    self.u64(GET_INTENT_HEAD).store(pos, Ordering::Relaxed);
+                    self.u64(GET_INTENT_COUNT).store(count, Ordering::Relaxed);
                     self.u64(HEAD).store(pos, Ordering::Release);
+                    self.u64(GET_COUNT).store(count, Ordering::Release);
                     self.discard_consumed(head, pos);
-                    drop(held);
+                    drop(get);
                     self.notify(PUT_SLEEPERS, NOT_FULL, u32::MAX);
                     return Ok(taken);
                 }
@@ -404,7 +512,10 @@ impl Ring {
                 }
                 continue;
             }
-            let ready = || self.u64(COUNT).load(Ordering::SeqCst) > 0 || self.is_closed();
+            let ready = || {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                self.may_have_items() || self.is_closed()
+            };
             if !self.sleep(GET_SLEEPERS, NOT_EMPTY, ready, deadline) {
                 return Err(QueueError::Empty);
             }
@@ -412,7 +523,7 @@ impl Ring {
     }
 
     /// Copies the record at `pos` into `out` (replacing its contents) and returns the
-    /// position after it (the lock is held).
+    /// position after it (the consumers' lock is held).
     fn read_record(&self, pos: u64, out: &mut Vec<u8>) -> u64 {
         let mut len = [0u8; REC];
         self.copy_out(pos, &mut len);
@@ -446,8 +557,11 @@ impl Ring {
         self.max_items
     }
 
+    /// Items in the ring now (a producer or consumer in mid-step may be counted or not yet).
     pub(crate) fn len(&self) -> u64 {
-        self.u64(COUNT).load(Ordering::Acquire)
+        let put = self.u64(PUT_COUNT).load(Ordering::Acquire);
+        let taken = self.u64(GET_COUNT).load(Ordering::Acquire);
+        put.saturating_sub(taken)
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -456,7 +570,7 @@ impl Ring {
 
     pub(crate) fn close(&self) {
         {
-            let _held = self.lock();
+            let _put = self.lock_put();
             self.u32(CLOSED).store(1, Ordering::SeqCst);
         }
         self.u32(NOT_EMPTY).fetch_add(1, Ordering::SeqCst);
@@ -471,16 +585,11 @@ impl Ring {
 
     /// Marks one task done; wakes joiners when none is left.
     pub(crate) fn task_done(&self) -> Result<(), QueueError> {
-        let left = {
-            let _held = self.lock();
-            let unfinished = self.u32(UNFINISHED).load(Ordering::Relaxed);
-            if unfinished == 0 {
-                return Err(QueueError::TooManyTaskDone);
-            }
-            self.u32(UNFINISHED)
-                .store(unfinished - 1, Ordering::Relaxed);
-            unfinished - 1
-        };
+        let word = self.u32(UNFINISHED);
+        let left = word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map_err(|_| QueueError::TooManyTaskDone)?
+            - 1;
         if left == 0 {
             self.u32(ALL_DONE).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(ALL_DONE), u32::MAX);
@@ -558,5 +667,119 @@ mod tests {
     fn items_survive_wrapping_a_small_ring() {
         let ring = Ring::new(0, 64 << 10).unwrap();
         round_trip(&ring, 20_000);
+    }
+}
+
+/// A killed producer or consumer, simulated: the ring is left as a process would leave it if
+/// killed at a given point of a put, a get or a rewind, its lock held by a pid that no longer
+/// runs; the next user takes the lock over and must find the ring whole.
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    fn ring_with(items: &[&[u8]]) -> Ring {
+        let ring = Ring::new(0, 1 << 20).unwrap();
+        for item in items {
+            ring.put(&[*item], false, None, false).unwrap();
+        }
+        ring
+    }
+
+    /// Writes a whole record at the tail as a producer would, without publishing it.
+    fn write_record(ring: &Ring, item: &[u8]) -> u64 {
+        let tail = ring.u64(TAIL).load(Ordering::Relaxed);
+        ring.copy_in(tail, &(item.len() as u32).to_le_bytes());
+        ring.copy_in(tail + REC as u64, item);
+        tail + (REC + item.len()) as u64
+    }
+
+    fn take_all(ring: &Ring) -> Vec<Vec<u8>> {
+        ring.get(usize::MAX, false, None).unwrap_or_default()
+    }
+
+    #[test]
+    fn producer_killed_before_publishing_loses_only_its_record() {
+        let ring = ring_with(&[b"one"]);
+        write_record(&ring, b"half-written");
+        ring.u32(PUT_LOCK).store(dead_pid(), Ordering::SeqCst);
+        ring.put(&[b"two"], false, None, false).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(take_all(&ring), [b"one".to_vec(), b"two".to_vec()]);
+    }
+
+    #[test]
+    fn producer_killed_after_moving_the_tail_has_its_count_finished() {
+        let ring = ring_with(&[b"one"]);
+        let end = write_record(&ring, b"two");
+        let count = ring.u64(PUT_COUNT).load(Ordering::Relaxed);
+        ring.u64(PUT_INTENT_TAIL).store(end, Ordering::Relaxed);
+        ring.u64(PUT_INTENT_COUNT)
+            .store(count + 1, Ordering::Relaxed);
+        ring.u64(TAIL).store(end, Ordering::Release); // killed here: count not stored
+        ring.u32(PUT_LOCK).store(dead_pid(), Ordering::SeqCst);
+        ring.put(&[b"three"], false, None, false).unwrap();
+        assert_eq!(ring.len(), 3);
+        assert_eq!(take_all(&ring).len(), 3);
+        assert_eq!(ring.len(), 0);
+    }
+
+    #[test]
+    fn consumer_killed_while_copying_leaves_its_record_to_the_next() {
+        let ring = ring_with(&[b"one", b"two"]);
+        ring.u32(GET_LOCK).store(dead_pid(), Ordering::SeqCst);
+        let mut out = Vec::new();
+        ring.get_one(&mut out, false, None).unwrap();
+        assert_eq!(out, b"one");
+        assert_eq!(ring.len(), 1);
+    }
+
+    #[test]
+    fn consumer_killed_after_moving_the_head_has_its_count_finished() {
+        let ring = ring_with(&[b"one", b"two"]);
+        let head = ring.u64(HEAD).load(Ordering::Relaxed);
+        let after = head + (REC + 3) as u64;
+        let count = ring.u64(GET_COUNT).load(Ordering::Relaxed);
+        ring.u64(GET_INTENT_HEAD).store(after, Ordering::Relaxed);
+        ring.u64(GET_INTENT_COUNT)
+            .store(count + 1, Ordering::Relaxed);
+        ring.u64(HEAD).store(after, Ordering::Release); // killed here: count not stored
+        ring.u32(GET_LOCK).store(dead_pid(), Ordering::SeqCst);
+        assert_eq!(take_all(&ring), [b"two".to_vec()]);
+        assert_eq!(ring.len(), 0);
+    }
+
+    #[test]
+    fn producer_killed_while_starting_over_leaves_a_working_ring() {
+        let ring = ring_with(&[]);
+        // An empty ring far in, both positions at X; the rewinder moved the tail to 0 and
+        // died holding both locks.
+        let x = REWIND_AFTER + 123;
+        for word in [
+            TAIL,
+            HEAD,
+            HEAD_SEEN,
+            TAIL_SEEN,
+            PUT_INTENT_TAIL,
+            GET_INTENT_HEAD,
+        ] {
+            ring.u64(word).store(x, Ordering::Relaxed);
+        }
+        ring.u64(PUT_INTENT_TAIL).store(0, Ordering::Relaxed);
+        ring.u64(TAIL).store(0, Ordering::Release);
+        let pid = dead_pid();
+        ring.u32(PUT_LOCK).store(pid, Ordering::SeqCst);
+        ring.u32(GET_LOCK).store(pid, Ordering::SeqCst);
+        ring.put(&[b"after"], false, None, false).unwrap();
+        assert_eq!(ring.len(), 1);
+        assert_eq!(take_all(&ring), [b"after".to_vec()]);
+        ring.put(&[b"again"], false, None, false).unwrap();
+        assert_eq!(take_all(&ring), [b"again".to_vec()]);
     }
 }
