@@ -46,26 +46,41 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         "spawn: start + join of an empty function, median of {n}"
     ));
     multiproc::start_forkserver()?; // its own start-up is not a per-child cost
-    let fork = Samples::measure(n, 5, raw_fork_exit_wait);
-    let posix = Samples::measure(n, 5, raw_posix_spawn_true);
-    for method in [
+    let methods = [
         StartMethod::Spawn,
         StartMethod::Forkserver,
         StartMethod::Fork,
-    ] {
-        let mut err = None;
-        let s = Samples::measure(n, 5, || {
-            let r = Process::builder()
-                .start_method(method)
-                .start(&empty_func, ())
-                .and_then(|p| p.join());
-            if let Err(e) = r {
-                err = Some(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e.into());
+    ];
+    let err = std::cell::RefCell::new(None);
+    let start_join = |method: StartMethod| {
+        let r = Process::builder()
+            .start_method(method)
+            .start(&empty_func, ())
+            .and_then(|p| p.join());
+        if let Err(e) = r {
+            *err.borrow_mut() = Some(e);
         }
+    };
+    // All in turns: a raw fork and ours see the same moments of the machine.
+    let samples = Samples::measure_in_turns(
+        n,
+        5,
+        &mut [
+            &mut || start_join(StartMethod::Spawn),
+            &mut || start_join(StartMethod::Forkserver),
+            &mut || start_join(StartMethod::Fork),
+            &mut || {
+                let _ = Process::fork(|| 0u8).and_then(|p| p.join());
+            },
+            &mut raw_fork_exit_wait,
+            &mut raw_posix_spawn_true,
+        ],
+    );
+    if let Some(e) = err.into_inner() {
+        return Err(e.into());
+    }
+    let (fork, posix) = (&samples[4], &samples[5]);
+    for (method, s) in methods.iter().zip(&samples) {
         let os = match method {
             StartMethod::Spawn => ("posix_spawn(/bin/true)", posix.median()),
             _ => ("raw fork", fork.median()),
@@ -75,28 +90,18 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
             "spawn",
             &format!("multiproc {method}"),
             Unit::Secs,
-            &s,
+            s,
             &[(os.0, Some(os.1)), ("CPython", py)],
         );
     }
-    let closure = Samples::measure(n, 5, || {
-        let _ = Process::fork(|| 0u8).and_then(|p| p.join());
-    });
-    let f = fork.median();
     r.row(
         "spawn",
         "multiproc fork (closure)",
         Unit::Secs,
-        &closure,
-        &[("raw fork", Some(f))],
+        &samples[3],
+        &[("raw fork", Some(fork.median()))],
     );
-    r.row("spawn", "raw fork+_exit+waitpid", Unit::Secs, &fork, &[]);
-    r.row(
-        "spawn",
-        "raw posix_spawn /bin/true",
-        Unit::Secs,
-        &posix,
-        &[],
-    );
+    r.row("spawn", "raw fork+_exit+waitpid", Unit::Secs, fork, &[]);
+    r.row("spawn", "raw posix_spawn /bin/true", Unit::Secs, posix, &[]);
     Ok(())
 }

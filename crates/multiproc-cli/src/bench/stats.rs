@@ -23,6 +23,30 @@ impl Samples {
         )
     }
 
+    /// Like [`Samples::measure`] for several functions at once, one call of each in turn:
+    /// every function sees the same moments of a machine whose speed drifts, so their ratios
+    /// compare like with like.
+    pub(crate) fn measure_in_turns(
+        n: usize,
+        warmup: usize,
+        fs: &mut [&mut dyn FnMut()],
+    ) -> Vec<Samples> {
+        for _ in 0..warmup {
+            for f in fs.iter_mut() {
+                f();
+            }
+        }
+        let mut out: Vec<Vec<f64>> = vec![Vec::new(); fs.len()];
+        for _ in 0..n.max(1) {
+            for (f, times) in fs.iter_mut().zip(&mut out) {
+                let t = Instant::now();
+                f();
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        out.into_iter().map(Samples).collect()
+    }
+
     fn sorted(&self) -> Vec<f64> {
         let mut v = self.0.clone();
         v.sort_by(f64::total_cmp);
