@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use multiproc::{Event, Fd, Func, Lock, Queue};
 
 use super::report::{Report, Unit};
-use super::stats::repeat;
+use super::stats::{Samples, repeat};
 
 /// Child side: waits for `go`, then puts `n` 8-byte items (in batches of `batch` if > 1).
 #[multiproc::func]
@@ -113,9 +113,14 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     r.group(&format!(
         "queue: 1 producer -> 1 consumer process, 8-byte items, median of {reps}"
     ));
-    let ours = repeat(reps, || queue_rate(n, 1))?;
-    let batched = repeat(reps, || queue_rate(n, 256))?;
-    let raw = repeat(reps, || pipe_rate(n))?;
+    // In turns, so that the queue and the pipe see the same moments of the machine.
+    let (mut ours, mut batched, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        ours.push(queue_rate(n, 1)?);
+        batched.push(queue_rate(n, 256)?);
+        raw.push(pipe_rate(n)?);
+    }
+    let (ours, batched, raw) = (Samples(ours), Samples(batched), Samples(raw));
     let seeds = repeat(reps, || seed(r.size.pick(2_000, 20_000, 20_000)))?;
     let lock = repeat(reps, || {
         lock_ns(r.size.pick(10_000, 1_000_000, 10_000_000)).map(|ns| ns * 1e-9)
