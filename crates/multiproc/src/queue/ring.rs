@@ -77,6 +77,28 @@ const REWIND_AFTER: u64 = 256 << 10;
 /// How much a producer writes between looks at `HEAD` while it waits to find the ring empty.
 const LOOK_EVERY: u64 = 4096;
 
+/// One side's position, count and the intent written before moving them.
+struct Side {
+    pos: usize,
+    count: usize,
+    intent_pos: usize,
+    intent_count: usize,
+}
+
+const PRODUCERS: Side = Side {
+    pos: TAIL,
+    count: PUT_COUNT,
+    intent_pos: PUT_INTENT_TAIL,
+    intent_count: PUT_INTENT_COUNT,
+};
+
+const CONSUMERS: Side = Side {
+    pos: HEAD,
+    count: GET_COUNT,
+    intent_pos: GET_INTENT_HEAD,
+    intent_count: GET_INTENT_COUNT,
+};
+
 /// The ring as seen by one process. The limits never change after creation, so each handle
 /// keeps a copy instead of reading the shared header on every operation.
 #[derive(Debug, Clone)]
@@ -172,6 +194,26 @@ impl Ring {
         self.data_size
     }
 
+    /// Moves `side` to `pos` with `count` items behind it: the intent first, so that whoever
+    /// takes the lock over from a holder killed in between can finish the count.
+    fn advance(&self, side: &Side, pos: u64, count: u64) {
+        self.u64(side.intent_pos).store(pos, Ordering::Relaxed);
+        self.u64(side.intent_count).store(count, Ordering::Relaxed);
+        self.u64(side.pos).store(pos, Ordering::Release);
+        self.u64(side.count).store(count, Ordering::Release);
+    }
+
+    /// After a holder of `side`'s lock was killed: if it had moved the position, its count
+    /// is finished from the intent. Returns the position.
+    fn finish_advance(&self, side: &Side) -> u64 {
+        let pos = self.u64(side.pos).load(Ordering::Acquire);
+        if pos == self.u64(side.intent_pos).load(Ordering::Relaxed) {
+            let count = self.u64(side.intent_count).load(Ordering::Relaxed);
+            self.u64(side.count).store(count, Ordering::Release);
+        }
+        pos
+    }
+
     /// The producers' lock (always taken before the consumers' one when both are needed).
     fn lock_put(&self) -> Held<'_> {
         let word = self.u32(PUT_LOCK);
@@ -195,11 +237,7 @@ impl Ring {
     /// If it died starting the ring over (`TAIL` moved back to 0 before `HEAD`), the
     /// consumers' side is finished too.
     fn repair_put(&self) {
-        let tail = self.u64(TAIL).load(Ordering::Acquire);
-        if tail == self.u64(PUT_INTENT_TAIL).load(Ordering::Relaxed) {
-            let count = self.u64(PUT_INTENT_COUNT).load(Ordering::Relaxed);
-            self.u64(PUT_COUNT).store(count, Ordering::Release);
-        }
+        let tail = self.finish_advance(&PRODUCERS);
         if self.u64(HEAD).load(Ordering::Acquire) > tail {
             let _get = self.lock_get(); // repairs the consumers' side
         }
@@ -212,17 +250,11 @@ impl Ring {
     /// there for us. A `HEAD` past `TAIL` means a producer died starting the ring over an
     /// empty ring: the consumers start over at 0 too.
     fn repair_get(&self) {
-        let head = self.u64(HEAD).load(Ordering::Acquire);
-        if head == self.u64(GET_INTENT_HEAD).load(Ordering::Relaxed) {
-            let count = self.u64(GET_INTENT_COUNT).load(Ordering::Relaxed);
-            self.u64(GET_COUNT).store(count, Ordering::Release);
-        }
+        let head = self.finish_advance(&CONSUMERS);
         let tail = self.u64(TAIL).load(Ordering::Acquire);
         if head > tail {
             let count = self.u64(GET_COUNT).load(Ordering::Relaxed);
-            self.u64(GET_INTENT_HEAD).store(0, Ordering::Relaxed);
-            self.u64(GET_INTENT_COUNT).store(count, Ordering::Relaxed);
-            self.u64(HEAD).store(0, Ordering::Release);
+            self.advance(&CONSUMERS, 0, count);
         }
         let seen = self.u64(TAIL_SEEN).load(Ordering::Relaxed);
         self.u64(TAIL_SEEN).store(seen.min(tail), Ordering::Relaxed);
@@ -284,16 +316,8 @@ impl Ring {
         if self.u64(HEAD).load(Ordering::Acquire) != tail {
             return false;
         }
-        let put_count = self.u64(PUT_COUNT).load(Ordering::Relaxed);
-        self.u64(PUT_INTENT_TAIL).store(0, Ordering::Relaxed);
-        self.u64(PUT_INTENT_COUNT)
-            .store(put_count, Ordering::Relaxed);
-        self.u64(TAIL).store(0, Ordering::Release);
-        let get_count = self.u64(GET_COUNT).load(Ordering::Relaxed);
-        self.u64(GET_INTENT_HEAD).store(0, Ordering::Relaxed);
-        self.u64(GET_INTENT_COUNT)
-            .store(get_count, Ordering::Relaxed);
-        self.u64(HEAD).store(0, Ordering::Release);
+        self.advance(&PRODUCERS, 0, self.u64(PUT_COUNT).load(Ordering::Relaxed));
+        self.advance(&CONSUMERS, 0, self.u64(GET_COUNT).load(Ordering::Relaxed));
         self.u64(TAIL_SEEN).store(0, Ordering::Relaxed);
         self.u64(HEAD_SEEN).store(0, Ordering::Relaxed);
         true
@@ -359,13 +383,7 @@ impl Ring {
                         self.u32(UNFINISHED)
                             .fetch_add(items.len() as u32, Ordering::SeqCst);
                     }
-                    // The intent first: a producer killed after moving `TAIL` has its count
-                    // finished by the next one (`repair_put`).
-                    self.u64(PUT_INTENT_TAIL).store(pos, Ordering::Relaxed);
-                    self.u64(PUT_INTENT_COUNT)
-                        .store(put_count + n, Ordering::Relaxed);
-                    self.u64(TAIL).store(pos, Ordering::Release);
-                    self.u64(PUT_COUNT).store(put_count + n, Ordering::Release);
+                    self.advance(&PRODUCERS, pos, put_count + n);
                     pos
                 } else if !block {
                     return Err(QueueError::Full);
@@ -488,10 +506,7 @@ impl Ring {
                 if head < tail {
                     let (taken, n, pos) = take(head, tail);
                     let count = self.u64(GET_COUNT).load(Ordering::Relaxed) + n;
-                    self.u64(GET_INTENT_HEAD).store(pos, Ordering::Relaxed);
-                    self.u64(GET_INTENT_COUNT).store(count, Ordering::Relaxed);
-                    self.u64(HEAD).store(pos, Ordering::Release);
-                    self.u64(GET_COUNT).store(count, Ordering::Release);
+                    self.advance(&CONSUMERS, pos, count);
                     self.discard_consumed(head, pos);
                     drop(get);
                     self.notify(PUT_SLEEPERS, NOT_FULL, u32::MAX);
@@ -714,16 +729,21 @@ mod crash_tests {
         assert_eq!(take_all(&ring), [b"one".to_vec(), b"two".to_vec()]);
     }
 
+    /// Leaves `side` as a holder killed between moving the position and storing the count.
+    fn killed_mid_advance(ring: &Ring, side: &Side, lock: usize, pos: u64) {
+        let count = ring.u64(side.count).load(Ordering::Relaxed);
+        ring.u64(side.intent_pos).store(pos, Ordering::Relaxed);
+        ring.u64(side.intent_count)
+            .store(count + 1, Ordering::Relaxed);
+        ring.u64(side.pos).store(pos, Ordering::Release);
+        ring.u32(lock).store(dead_pid(), Ordering::SeqCst);
+    }
+
     #[test]
     fn producer_killed_after_moving_the_tail_has_its_count_finished() {
         let ring = ring_with(&[b"one"]);
         let end = write_record(&ring, b"two");
-        let count = ring.u64(PUT_COUNT).load(Ordering::Relaxed);
-        ring.u64(PUT_INTENT_TAIL).store(end, Ordering::Relaxed);
-        ring.u64(PUT_INTENT_COUNT)
-            .store(count + 1, Ordering::Relaxed);
-        ring.u64(TAIL).store(end, Ordering::Release); // killed here: count not stored
-        ring.u32(PUT_LOCK).store(dead_pid(), Ordering::SeqCst);
+        killed_mid_advance(&ring, &PRODUCERS, PUT_LOCK, end);
         ring.put(&[b"three"], false, None, false).unwrap();
         assert_eq!(ring.len(), 3);
         assert_eq!(take_all(&ring).len(), 3);
@@ -744,13 +764,7 @@ mod crash_tests {
     fn consumer_killed_after_moving_the_head_has_its_count_finished() {
         let ring = ring_with(&[b"one", b"two"]);
         let head = ring.u64(HEAD).load(Ordering::Relaxed);
-        let after = head + (REC + 3) as u64;
-        let count = ring.u64(GET_COUNT).load(Ordering::Relaxed);
-        ring.u64(GET_INTENT_HEAD).store(after, Ordering::Relaxed);
-        ring.u64(GET_INTENT_COUNT)
-            .store(count + 1, Ordering::Relaxed);
-        ring.u64(HEAD).store(after, Ordering::Release); // killed here: count not stored
-        ring.u32(GET_LOCK).store(dead_pid(), Ordering::SeqCst);
+        killed_mid_advance(&ring, &CONSUMERS, GET_LOCK, head + (REC + 3) as u64);
         assert_eq!(take_all(&ring), [b"two".to_vec()]);
         assert_eq!(ring.len(), 0);
     }
