@@ -236,6 +236,30 @@ fn maxtasksperchild_rotates_workers() {
     assert_eq!(distinct.len(), 5, "{pids:?}");
 }
 
+/// Waiting callers take reports out of the workers' rings themselves; a handler that went to
+/// sleep right after a caller did so, with chunks still waiting for those workers, once left
+/// every map waiting forever (the bench hung in its first map).
+#[multiproc::test]
+fn callers_taking_reports_never_strand_waiting_chunks() {
+    let _leaks = LeakCheck::new();
+    let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        // Callers take reports only in the first moments of a wait: many short maps with
+        // more chunks than the workers' pipelines hold make those moments many.
+        for round in 0..2_000u64 {
+            let out = p.map_chunked(&square, 0..100u64, 1).unwrap();
+            assert_eq!(out[99], 99 * 99);
+            assert_eq!(p.apply(&square, round).unwrap(), round * round);
+        }
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a map or an apply waited forever");
+}
+
 #[multiproc::test]
 fn ten_thousand_tiny_tasks() {
     let _leaks = LeakCheck::new();

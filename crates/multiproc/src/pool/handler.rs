@@ -5,10 +5,13 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::state::{Chunk, ItemResult, OnDone, Shared, run_callbacks, split_results};
+use super::state::{
+    Chunk, ItemResult, Lent, OnDone, Shared, State, record_locked, run_callbacks, split_results,
+};
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
@@ -57,7 +60,12 @@ fn depth(avg: Duration) -> usize {
 
 pub(crate) struct Worker {
     process: Process<()>,
-    conn: Connection,
+    /// Shared with callers while the worker is lent (see `State::lent`).
+    conn: Arc<Connection>,
+    /// Names the worker in `State::rings`, `State::picked`, `State::lent` and `State::direct`.
+    id: u64,
+    /// Lent to callers: the handler does not send it work until it takes it back.
+    lent: bool,
     ready: bool,
     busy: VecDeque<Busy>,
     timed_out: bool,
@@ -73,9 +81,12 @@ pub(crate) struct Worker {
 
 impl Worker {
     fn new(process: Process<()>, conn: Connection, reports: Ring) -> Worker {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Worker {
             process,
-            conn,
+            conn: Arc::new(conn),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            lent: false,
             reports,
             ready: false,
             busy: VecDeque::new(),
@@ -89,6 +100,83 @@ impl Worker {
 
     pub(crate) fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Counts the report of the chunk it was running: the next one starts its clock.
+    fn finished_one(&mut self, cfg: &Config) {
+        self.busy.pop_front();
+        let took = self.last_report.elapsed();
+        self.last_report = Instant::now();
+        self.avg = (self.avg * 7 + took) / 8;
+        if let Some(next) = self.busy.front_mut() {
+            next.deadline = deadline_for(cfg, &next.chunk);
+        }
+        self.tasks += 1;
+    }
+}
+
+/// Takes into the workers' bookkeeping what callers did under the lock since the handler last
+/// looked: chunks they sent to lent workers, then reports they took out of rings (in that
+/// order: a report can only follow its chunk).
+fn absorb(
+    st: &mut State,
+    cfg: &Config,
+    workers: &mut [Worker],
+    callbacks: &mut Vec<(OnDone, ItemResult)>,
+) {
+    for (id, chunk) in std::mem::take(&mut st.direct) {
+        if let Some(w) = workers.iter_mut().find(|w| w.id == id) {
+            w.lent = false;
+            let deadline = if w.busy.is_empty() {
+                deadline_for(cfg, &chunk)
+            } else {
+                None
+            };
+            w.busy.push_back(Busy { chunk, deadline });
+        }
+    }
+    for p in std::mem::take(&mut st.picked) {
+        if let Some(w) = workers.iter_mut().find(|w| w.id == p.worker) {
+            w.finished_one(cfg);
+        }
+        callbacks.extend(p.callbacks);
+    }
+}
+
+/// Tells callers which workers' report rings to look at and which idle workers they may send
+/// a chunk to themselves (none while chunks wait in the pool's own line, or once it closes).
+fn publish(st: &mut State, cfg: &Config, workers: &mut [Worker]) {
+    if st.rings.len() != workers.len()
+        || st
+            .rings
+            .iter()
+            .zip(workers.iter())
+            .any(|(r, w)| r.0 != w.id)
+    {
+        st.rings = workers.iter().map(|w| (w.id, w.reports.clone())).collect();
+    }
+    // Not with a time limit: the handler must see a chunk start to time it.
+    let lend = st.pending.is_empty()
+        && !st.closed
+        && !st.terminated
+        && st.broken.is_none()
+        && cfg.task_timeout.is_none();
+    let mut changed = false;
+    for w in workers.iter_mut() {
+        let retiring = cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 + 1 > cfg.maxtasks;
+        let lent = lend && w.ready && w.busy.is_empty() && !w.timed_out && !retiring;
+        changed |= lent != w.lent || (lent && !st.lent.iter().any(|l| l.worker == w.id));
+        w.lent = lent;
+    }
+    if changed {
+        st.lent = workers
+            .iter()
+            .filter(|w| w.lent)
+            .map(|w| Lent {
+                worker: w.id,
+                conn: w.conn.clone(),
+            })
+            .collect();
     }
 }
 
@@ -131,20 +219,43 @@ fn record(
     start: u64,
     results: Vec<ItemResult>,
 ) -> Vec<(OnDone, ItemResult)> {
+    let (callbacks, wake) = record_locked(&mut shared.lock(), job, start, results);
+    if wake {
+        shared.changed.notify_all();
+    }
+    callbacks
+}
+
+/// Takes the reports of every worker, under one lock: what callers already did (`absorb`),
+/// then what waits in the rings, so that each worker's reports count in the order written.
+fn take_reports(
+    shared: &Shared,
+    cfg: &Config,
+    workers: &mut [Worker],
+    callbacks: &mut Vec<(OnDone, ItemResult)>,
+) {
     let mut st = shared.lock();
-    let mut callbacks = Vec::new();
+    absorb(&mut st, cfg, workers, callbacks);
     let mut wake = false;
-    if let Some(j) = st.jobs.get_mut(&job) {
-        for (k, r) in results.into_iter().enumerate() {
-            j.finish(start as usize + k, r);
-        }
-        wake = j.streaming || j.remaining == 0;
-        if j.remaining == 0 {
-            if let Some(Some(r)) = j.results.first() {
-                callbacks.extend(j.on_done.drain(..).map(|cb| (cb, r.clone())));
-            }
-            if j.abandoned {
-                st.jobs.remove(&job);
+    for w in workers.iter_mut() {
+        while w.reports.len() > 0 {
+            let Ok(reports) = w.reports.get(usize::MAX, false, None) else {
+                break;
+            };
+            for bytes in reports {
+                if let Ok(FromWorker::Done {
+                    job,
+                    start,
+                    results,
+                    failures,
+                }) = crate::codec::decode::<FromWorker>(&bytes)
+                {
+                    w.finished_one(cfg);
+                    let (cbs, wk) =
+                        record_locked(&mut st, job, start, split_results(results, failures));
+                    callbacks.extend(cbs);
+                    wake |= wk;
+                }
             }
         }
     }
@@ -152,17 +263,10 @@ fn record(
     if wake {
         shared.changed.notify_all();
     }
-    callbacks
 }
 
-/// Acts on one message of worker `w`.
-fn take_message(
-    shared: &Shared,
-    cfg: &Config,
-    w: &mut Worker,
-    msg: FromWorker,
-    callbacks: &mut Vec<(OnDone, ItemResult)>,
-) {
+/// Acts on one message that came on worker `w`'s connection.
+fn take_message(shared: &Shared, w: &mut Worker, msg: FromWorker) {
     match msg {
         FromWorker::Ready => {
             w.ready = true;
@@ -172,24 +276,8 @@ fn take_message(
         FromWorker::InitFailed(m) => {
             shared.lock().broken = Some(PoolError::Initializer(m));
         }
-        FromWorker::Done {
-            job,
-            start,
-            results,
-            failures,
-        } => {
-            w.busy.pop_front();
-            let took = w.last_report.elapsed();
-            w.last_report = Instant::now();
-            w.avg = (w.avg * 7 + took) / 8;
-            if let Some(next) = w.busy.front_mut() {
-                next.deadline = deadline_for(cfg, &next.chunk);
-            }
-            w.tasks += 1;
-            let results = split_results(results, failures);
-            callbacks.extend(record(shared, job, start, results));
-        }
-        FromWorker::Wake => {}
+        // Reports come through the ring (`take_reports`), never on the connection.
+        FromWorker::Done { .. } | FromWorker::Wake => {}
     }
 }
 
@@ -250,10 +338,19 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
         let mut callbacks = Vec::new();
         let (stop, terminate, broken) = {
             let mut st = shared.lock();
+            absorb(&mut st, &cfg, &mut workers, &mut callbacks);
             if st.terminated {
+                st.lent.clear();
                 callbacks.extend(st.fail_all(&PoolError::Terminated));
                 (true, true, None)
             } else {
+                if !st.pending.is_empty() {
+                    // Work waits in line: take the lent workers back to hand it out.
+                    st.lent.clear();
+                    for w in workers.iter_mut() {
+                        w.lent = false;
+                    }
+                }
                 if let Some(err) = st.broken.clone() {
                     callbacks.extend(st.fail_all(&err));
                 }
@@ -279,7 +376,9 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 while let Some(next) = st.pending.front() {
                     let next_len = next.args.data.len();
                     let Some(i) = (0..workers.len())
-                        .filter(|&i| can_take(&workers[i], &cfg, depth, next_len))
+                        .filter(|&i| {
+                            !workers[i].lent && can_take(&workers[i], &cfg, depth, next_len)
+                        })
                         .min_by_key(|&i| workers[i].busy.len())
                     else {
                         break;
@@ -305,6 +404,10 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 let drained = st.pending.is_empty()
                     && workers.iter().all(|w| w.busy.is_empty())
                     && sends.is_empty();
+                publish(&mut st, &cfg, &mut workers);
+                if st.closed && drained {
+                    st.lent.clear();
+                }
                 (st.closed && drained, false, st.broken.clone())
             }
         };
@@ -364,7 +467,16 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
             w.reports.flag().store(1, Ordering::SeqCst);
         }
         std::sync::atomic::fence(Ordering::SeqCst);
-        if workers.iter().any(|w| w.reports.len() > 0) {
+        // Under the lock: a caller may take a report out of a ring (`pickup`) between a look
+        // at the rings and a look at what callers did; either way it is seen here, and a
+        // report written from now on rings the doorbell.
+        let must_look = {
+            let st = shared.lock();
+            !st.picked.is_empty()
+                || !st.direct.is_empty()
+                || workers.iter().any(|w| w.reports.len() > 0)
+        };
+        if must_look {
             timeout = Some(Duration::ZERO);
         }
         // No busy-polling here: measured, a spinning handler (or worker) takes the CPU the
@@ -394,24 +506,24 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         Err(e) => Err(e),
                     };
                     match msg {
-                        Ok(msg) => take_message(&shared, &cfg, w, msg, &mut callbacks),
+                        Ok(msg) => take_message(&shared, w, msg),
                         Err(_) => break,
-                    }
-                }
-            }
-            while w.reports.len() > 0 {
-                let Ok(reports) = w.reports.get(usize::MAX, false, None) else {
-                    break;
-                };
-                for bytes in reports {
-                    if let Ok(msg) = crate::codec::decode::<FromWorker>(&bytes) {
-                        take_message(&shared, &cfg, w, msg, &mut callbacks);
                     }
                 }
             }
             if ended {
                 dead.push(i);
             }
+        }
+        take_reports(&shared, &cfg, &mut workers, &mut callbacks);
+        if !dead.is_empty() {
+            // Whatever callers sent or took since `take_reports` is counted before the dead
+            // are failed, and nobody may send to them any more.
+            let mut st = shared.lock();
+            absorb(&mut st, &cfg, &mut workers, &mut callbacks);
+            let gone: Vec<u64> = dead.iter().map(|&i| workers[i].id).collect();
+            st.lent.retain(|l| !gone.contains(&l.worker));
+            st.rings.retain(|(id, _)| !gone.contains(id));
         }
         for i in dead.into_iter().rev() {
             let w = workers.remove(i);

@@ -344,10 +344,45 @@ impl Pool {
             });
             offset += len;
         }
+        if chunks.len() == 1
+            && let Some(chunk) = Self::send_to_lent(&mut st, chunks.pop_front().expect("one chunk"))
+        {
+            chunks.push_back(chunk);
+        }
+        if chunks.is_empty() {
+            return Ok(id);
+        }
         st.pending.extend(chunks);
         drop(st);
         self.shared.poke();
         Ok(id)
+    }
+
+    /// Sends a lone chunk straight to an idle worker the handler lent out, if there is one:
+    /// a round trip then wakes the worker only, not the handler first (the handler counts
+    /// the chunk from `State::direct` when it next looks). Gives the chunk back otherwise.
+    fn send_to_lent(st: &mut state::State, chunk: Chunk) -> Option<Chunk> {
+        if chunk.timeout.is_some() {
+            return Some(chunk); // the handler must see it start to time it
+        }
+        let Some(lent) = st.lent.pop() else {
+            return Some(chunk);
+        };
+        let msg = worker::ToWorker::Run {
+            job: chunk.job,
+            start: chunk.start,
+            function: chunk.function.to_string(),
+            args: chunk.args.clone(),
+        };
+        let sent = crate::codec::encode(&msg)
+            .ok()
+            .is_some_and(|bytes| lent.conn.send_many(&[bytes]).is_ok());
+        if !sent {
+            // A worker that is going away: its death reaches the handler as usual.
+            return Some(chunk);
+        }
+        st.direct.push((lent.worker, chunk));
+        None
     }
 
     /// Encodes every item into one batch.

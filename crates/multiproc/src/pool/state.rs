@@ -6,9 +6,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::worker::Batch;
+use super::worker::{Batch, FromWorker};
+use crate::connection::Connection;
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
+use crate::queue::ring::Ring;
 
 /// A finished item's encoded result: a slice of its chunk's result buffer (shared, so a chunk
 /// of many results costs one allocation).
@@ -123,6 +125,29 @@ pub(crate) struct State {
     pub(crate) handler_done: bool,
     /// Workers that reported ready, ever (start-up and replacements).
     pub(crate) ready_workers: usize,
+    /// The live workers' report rings, by worker id, for callers that take reports while
+    /// they wait (see [`pickup`]).
+    pub(crate) rings: Vec<(u64, Ring)>,
+    /// Reports callers took out of a ring and recorded, in order: the handler still counts
+    /// them in that worker's bookkeeping and runs their callbacks.
+    pub(crate) picked: Vec<Picked>,
+    /// Idle workers the handler lends to callers: a caller with a one-chunk job sends it to
+    /// one of them itself (see `Pool::submit_limited`), without waking the handler.
+    pub(crate) lent: Vec<Lent>,
+    /// Chunks callers sent to lent workers, in order, for the handler's bookkeeping.
+    pub(crate) direct: Vec<(u64, Chunk)>,
+}
+
+/// One report a caller took from worker `worker`'s ring and recorded.
+pub(crate) struct Picked {
+    pub(crate) worker: u64,
+    pub(crate) callbacks: Vec<(OnDone, ItemResult)>,
+}
+
+/// An idle worker lent to callers: its id and its connection.
+pub(crate) struct Lent {
+    pub(crate) worker: u64,
+    pub(crate) conn: Arc<Connection>,
 }
 
 impl State {
@@ -142,6 +167,68 @@ impl State {
         }
         callbacks
     }
+}
+
+/// Records item results of `job` from `start` (the state is locked); returns the callbacks to
+/// run if it completed, and whether waiters should be woken.
+pub(crate) fn record_locked(
+    st: &mut State,
+    job: u64,
+    start: u64,
+    results: Vec<ItemResult>,
+) -> (Vec<(OnDone, ItemResult)>, bool) {
+    let mut callbacks = Vec::new();
+    let mut wake = false;
+    if let Some(j) = st.jobs.get_mut(&job) {
+        for (k, r) in results.into_iter().enumerate() {
+            j.finish(start as usize + k, r);
+        }
+        wake = j.streaming || j.remaining == 0;
+        if j.remaining == 0 {
+            if let Some(Some(r)) = j.results.first() {
+                callbacks.extend(j.on_done.drain(..).map(|cb| (cb, r.clone())));
+            }
+            if j.abandoned {
+                st.jobs.remove(&job);
+            }
+        }
+    }
+    (callbacks, wake)
+}
+
+/// Takes every report waiting in the workers' rings and records it (the state is locked),
+/// leaving the workers' bookkeeping and the callbacks to the handler (`State::picked`): a
+/// caller waiting for a small task gets its result without waiting for the handler to wake.
+/// Returns whether waiters should be woken.
+pub(crate) fn pickup(st: &mut State) -> bool {
+    let rings = std::mem::take(&mut st.rings);
+    let mut wake = false;
+    for (worker, ring) in &rings {
+        while ring.len() > 0 {
+            let Ok(reports) = ring.get(usize::MAX, false, None) else {
+                break;
+            };
+            for bytes in reports {
+                if let Ok(FromWorker::Done {
+                    job,
+                    start,
+                    results,
+                    failures,
+                }) = crate::codec::decode::<FromWorker>(&bytes)
+                {
+                    let (callbacks, w) =
+                        record_locked(st, job, start, split_results(results, failures));
+                    wake |= w;
+                    st.picked.push(Picked {
+                        worker: *worker,
+                        callbacks,
+                    });
+                }
+            }
+        }
+    }
+    st.rings = rings;
+    wake
 }
 
 /// What callers and the handler share.
