@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::pep::crunch_primes;
 use super::report::{Report, Unit};
-use super::stats::{Samples, repeat};
+use super::stats::Samples;
 
 /// Runs the group.
 pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
@@ -22,33 +22,35 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     ));
     let work: Vec<u64> = vec![limit; blocks];
     let expected: u64 = work.iter().map(|&l| crunch_primes(l)).sum();
-    let serial = repeat(reps, || {
-        let t = Instant::now();
-        let s: u64 = work.iter().map(|&l| crunch_primes(l)).sum();
-        assert_eq!(s, expected);
-        Ok(t.elapsed().as_secs_f64())
-    })?;
     let pool = Pool::new(cpus)?;
-    let procs = repeat(reps, || {
-        let t = Instant::now();
-        let s: u64 = pool
-            .map_chunked(&crunch_primes, work.iter().copied(), 1)?
-            .iter()
-            .sum();
-        assert_eq!(s, expected);
-        Ok(t.elapsed().as_secs_f64())
-    })?;
-    drop(pool);
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cpus)
         .build()
         .map_err(|e| multiproc::Error::Io(std::io::Error::other(e.to_string())))?;
-    let rayon = repeat(reps, || {
+    // Serial, Pool and rayon in turns within each run (see benchmarks.md: this VM has short
+    // windows where two busy CPUs run at half speed).
+    let timed = |f: &mut dyn FnMut() -> multiproc::Result<u64>| -> multiproc::Result<f64> {
         let t = Instant::now();
-        let s: u64 = rayon_pool.install(|| work.par_iter().map(|&l| crunch_primes(l)).sum());
-        assert_eq!(s, expected);
+        assert_eq!(f()?, expected);
         Ok(t.elapsed().as_secs_f64())
-    })?;
+    };
+    let (mut serial, mut procs, mut rayon) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        serial.push(timed(&mut || {
+            Ok(work.iter().map(|&l| crunch_primes(l)).sum())
+        })?);
+        procs.push(timed(&mut || {
+            Ok(pool
+                .map_chunked(&crunch_primes, work.iter().copied(), 1)?
+                .iter()
+                .sum())
+        })?);
+        rayon.push(timed(&mut || {
+            Ok(rayon_pool.install(|| work.par_iter().map(|&l| crunch_primes(l)).sum()))
+        })?);
+    }
+    drop(pool);
+    let (serial, procs, rayon) = (Samples(serial), Samples(procs), Samples(rayon));
     let speedup = |s: &Samples| Samples(serial.0.iter().zip(&s.0).map(|(a, b)| a / b).collect());
     let (p, y) = (speedup(&procs), speedup(&rayon));
     let rayon_speedup = y.median();
