@@ -1,5 +1,12 @@
 //! The pool's handler thread: it owns the workers, hands them chunks, collects results, and
 //! turns every failure into a result instead of a hang.
+//!
+//! Workers write their reports into a shared-memory ring each (see `worker::report`) and wake
+//! the handler only when it sleeps. Two shortcuts bypass the handler on a round trip, both under
+//! the state lock so that the handler counts them before anything else: a caller with a single
+//! chunk sends it to an idle worker the handler lent out (`State::lent`, `State::direct`), and a
+//! caller waiting for its result takes reports out of the rings itself (`state::pickup`,
+//! `State::picked`). Deaths, time limits and respawns stay with the handler.
 
 use std::collections::VecDeque;
 use std::io::Read;
