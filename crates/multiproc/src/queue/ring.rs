@@ -116,11 +116,6 @@ pub(crate) struct Ring {
 /// outside the lock, takes them in one call off that path.
 #[derive(Debug, Default)]
 struct Warm {
-    write: Mark,
-}
-
-#[derive(Debug, Default)]
-struct Mark {
     lo: AtomicU64,
     hi: AtomicU64,
     epoch: AtomicU32,
@@ -260,10 +255,11 @@ impl Ring {
         self.u64(TAIL_SEEN).store(seen.min(tail), Ordering::Relaxed);
     }
 
-    /// Populates the pages behind logical positions `start..start+len` (and some way past)
-    /// unless this handle already did since the last discard. Only a shortcut: a page that
-    /// went missing in between is faulted in by the copy as usual.
-    fn warm(&self, mark: &Mark, start: u64, len: u64, write: bool) {
+    /// Populates for writing the pages behind logical positions `start..start+len` (and some
+    /// way past) unless this handle already did since the last discard. Only a shortcut: a
+    /// page that went missing in between is faulted in by the copy as usual.
+    fn warm(&self, start: u64, len: u64) {
+        let mark = &self.warm;
         let epoch = self.u32(DISCARDS).load(Ordering::Relaxed);
         if mark.epoch.load(Ordering::Relaxed) == epoch
             && mark.lo.load(Ordering::Relaxed) <= start
@@ -275,7 +271,7 @@ impl Ring {
         let phys = start % size;
         let span = (len + WARM_AHEAD).min(size - phys);
         self.block
-            .populate(DATA + phys as usize, span as usize, write);
+            .populate(DATA + phys as usize, span as usize, true);
         mark.lo.store(start, Ordering::Relaxed);
         mark.hi.store(start + span, Ordering::Relaxed);
         mark.epoch.store(epoch, Ordering::Relaxed);
@@ -401,7 +397,7 @@ impl Ring {
             self.notify(GET_SLEEPERS, NOT_EMPTY, items.len() as u32);
             // The next put most likely lands right after this one: its pages are faulted in
             // now, outside the lock (see `Warm`).
-            self.warm(&self.warm.write, end, need, true);
+            self.warm(end, need);
             return Ok(());
         }
     }
