@@ -18,6 +18,37 @@ fn produce(q: Queue<(u32, u32)>, id: u32, n: u32) {
     }
 }
 
+/// A producer that keeps a bounded queue full and a consumer that keeps emptying it wait on
+/// each other for every item: a lost wake-up on either side shows as a stall.
+#[multiproc::test]
+fn bounded_queue_hands_over_every_item_without_stalling() {
+    let _leaks = LeakCheck::new();
+    let q = Queue::<(u32, u32)>::bounded(1).unwrap();
+    let p = produce.spawn((q.clone(), 7, 20_000)).unwrap();
+    for i in 0..20_000 {
+        let got = q
+            .get_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("item {i}: {e}"));
+        assert_eq!(got, (7, i));
+    }
+    p.join().unwrap();
+    // And with the sides swapped: the parent waits for room.
+    let q = Queue::<u64>::bounded(2).unwrap();
+    let seen = Queue::<u64>::new().unwrap();
+    let c = consume_forever.spawn((q.clone(), seen.clone())).unwrap();
+    for i in 0..20_000u64 {
+        q.put_timeout(&i, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("item {i}: {e}"));
+    }
+    let mut last = None;
+    for _ in 0..20_000 {
+        last = Some(seen.get_timeout(Duration::from_secs(10)).unwrap());
+    }
+    assert_eq!(last, Some(19_999));
+    q.close();
+    c.join().unwrap();
+}
+
 #[multiproc::test]
 fn order_is_kept_per_producer() {
     let _leaks = LeakCheck::new();

@@ -349,6 +349,15 @@ impl Ring {
                 if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
                     return Err(QueueError::Closed);
                 }
+                // The consumers' count, read before their position: whatever they take after
+                // this moves it on, which is what a put that has to wait sleeps on. Not read
+                // when nothing depends on it (an unbounded put that fails rather than waits):
+                // that line lives on the consumers' CPU.
+                let taken = if self.max_items > 0 || block {
+                    self.u64(GET_COUNT).load(Ordering::SeqCst)
+                } else {
+                    0
+                };
                 let mut tail = self.u64(TAIL).load(Ordering::Relaxed);
                 let mut head = self.u64(HEAD_SEEN).load(Ordering::Relaxed);
                 // A fresh look at the consumers' side only when the cached one says the ring
@@ -363,7 +372,6 @@ impl Ring {
                     (tail, head) = (0, 0);
                 }
                 let put_count = self.u64(PUT_COUNT).load(Ordering::Relaxed);
-                let taken = self.u64(GET_COUNT).load(Ordering::Acquire);
                 let room_bytes = size - (tail - head) >= need;
                 let room_items =
                     self.max_items == 0 || put_count.saturating_sub(taken) + n <= self.max_items;
