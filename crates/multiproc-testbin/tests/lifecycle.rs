@@ -88,8 +88,10 @@ fn main_end_forkserver() {
 
 fn sigkilled_parent_takes_daemons_and_forkserver_along(method: &str) {
     let dir = tempdir(&format!("kill-{method}"));
+    let tag = format!("kill-{method}-{}", std::process::id());
     let mut child = Command::new(BIN)
         .args(["hold", dir.to_str().unwrap(), method])
+        .env("MP_TEST_TAG", &tag)
         .spawn()
         .unwrap();
     let daemon = read_pid(&dir, "daemon.pid");
@@ -104,6 +106,12 @@ fn sigkilled_parent_takes_daemons_and_forkserver_along(method: &str) {
     assert!(
         eventually(Duration::from_secs(1), || !alive(forkserver)),
         "forkserver {forkserver} outlived its owner"
+    );
+    // Nor the forkserver's spare child (forked while it idles), nor anything else of the tree.
+    assert!(
+        eventually(Duration::from_secs(5), || tagged(&tag).is_empty()),
+        "processes of the tree left behind: {:?}",
+        tagged(&tag)
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

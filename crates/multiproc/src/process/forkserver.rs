@@ -123,6 +123,18 @@ struct Forked {
     pending: Option<Vec<u8>>,
 }
 
+/// How long the forkserver stays idle before it forks a [`Spare`].
+const SPARE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A child forked ahead of the next request, waiting for its start message on `chan`: the
+/// fork (and the child's first page faults) happen while nobody waits, not on a request's
+/// critical path. It exits when `chan` closes without a message (the forkserver is gone).
+struct Spare {
+    pid: u32,
+    pidfd: OwnedFd,
+    chan: OwnedFd,
+}
+
 /// The forkserver's loop (in the re-run executable, before `main`). Never returns.
 pub(crate) fn serve(ctrl: OwnedFd) -> ! {
     let owner = sys::getppid();
@@ -130,6 +142,7 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
         sys::exit_now(0)
     };
     let mut children: HashMap<u32, Forked> = HashMap::new();
+    let mut spare: Option<Spare> = None;
     loop {
         let pids: Vec<u32> = children.keys().copied().collect();
         let mut set: Vec<(BorrowedFd<'_>, bool)> =
@@ -141,15 +154,22 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
                 Some(_) => (f.sock.as_fd(), true),
             });
         }
-        let Ok(ready) = sys::poll(&set, None) else {
+        // Without a spare, wait a little for the next request before forking one: in a burst
+        // or a tight loop of requests, a spare forked right away would only compete for the
+        // CPU with the child just started.
+        let idle = (spare.is_none()).then_some(SPARE_AFTER_IDLE);
+        let Ok(ready) = sys::poll(&set, idle) else {
             sys::exit_now(1)
         };
         drop(set);
         if ready[1] {
             sys::exit_now(0); // the owner is gone
         }
-        if ready[0] && !handle_request(&ctrl, &owner_fd, &mut children) {
+        if ready[0] && !handle_request(&ctrl, &owner_fd, &mut children, &mut spare) {
             sys::exit_now(0);
+        }
+        if spare.is_none() && !ready.contains(&true) {
+            spare = fork_spare(&ctrl, &owner_fd, &mut children);
         }
         for (i, pid) in pids.iter().enumerate() {
             if !ready[2 + i] {
@@ -183,8 +203,84 @@ fn status_frame(status: ExitStatus) -> Vec<u8> {
     wire::frame_bytes(Kind::Status, &payload)
 }
 
+/// Forks a spare child (see [`Spare`]); `None` if that fails (requests then fork on demand).
+fn fork_spare(
+    ctrl: &OwnedFd,
+    owner_fd: &OwnedFd,
+    children: &mut HashMap<u32, Forked>,
+) -> Option<Spare> {
+    let (ours, theirs) = sys::socketpair().ok()?;
+    let close = [ctrl.as_raw_fd(), owner_fd.as_raw_fd(), ours.as_raw_fd()];
+    let pid = sys::fork_then(&close, || {
+        children.clear();
+        match wire::read_frame(theirs.as_fd(), u64::MAX) {
+            Ok((Kind::Start, start, fds)) => {
+                let mut fds = fds.into_iter();
+                match fds.next() {
+                    Some(sock) => bootstrap::run_start(sock, &start, fds.collect(), false),
+                    None => 70,
+                }
+            }
+            _ => 0, // the forkserver went away first
+        }
+    })
+    .ok()?;
+    drop(theirs);
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Some(Spare {
+            pid,
+            pidfd,
+            chan: ours,
+        }),
+        Err(_) => {
+            let _ = sys::send_signal(pid, sys::SIGKILL);
+            let _ = sys::try_wait(pid);
+            None
+        }
+    }
+}
+
+/// Hands a request to the spare child: it becomes the requested child. `Err` gives the
+/// request back (the spare is gone: it is reaped and another one is made later).
+fn use_spare(
+    spare: Spare,
+    sock: OwnedFd,
+    start: &[u8],
+    args: Vec<OwnedFd>,
+    children: &mut HashMap<u32, Forked>,
+) -> Result<u32, (OwnedFd, Vec<OwnedFd>)> {
+    let mut fds: Vec<BorrowedFd<'_>> = vec![sock.as_fd()];
+    fds.extend(args.iter().map(|f| f.as_fd()));
+    if wire::write_frame(spare.chan.as_fd(), Kind::Start, start, &fds).is_err() {
+        drop(fds);
+        let _ = sys::send_signal(spare.pid, sys::SIGKILL);
+        let _ = sys::poll_readable(
+            &[spare.pidfd.as_fd()],
+            Some(std::time::Duration::from_secs(5)),
+        );
+        let _ = sys::try_wait(spare.pid);
+        return Err((sock, args));
+    }
+    drop(fds);
+    let _ = sys::set_nonblocking(sock.as_fd(), true);
+    children.insert(
+        spare.pid,
+        Forked {
+            sock,
+            pidfd: spare.pidfd,
+            pending: None,
+        },
+    );
+    Ok(spare.pid)
+}
+
 /// Handles one request; `false` when the owner closed the control socket.
-fn handle_request(ctrl: &OwnedFd, owner_fd: &OwnedFd, children: &mut HashMap<u32, Forked>) -> bool {
+fn handle_request(
+    ctrl: &OwnedFd,
+    owner_fd: &OwnedFd,
+    children: &mut HashMap<u32, Forked>,
+    spare: &mut Option<Spare>,
+) -> bool {
     // The owner is trusted (it started us): no size limit on its start messages.
     let (kind, start, fds) = match wire::read_frame(ctrl.as_fd(), u64::MAX) {
         Ok(frame) => frame,
@@ -193,7 +289,16 @@ fn handle_request(ctrl: &OwnedFd, owner_fd: &OwnedFd, children: &mut HashMap<u32
     let mut fds = fds.into_iter();
     let (reply, pidfd): (Result<u32, String>, _) = match (kind, fds.next()) {
         (Kind::ForkRequest, Some(sock)) => {
-            match fork_child(sock, &start, fds.collect(), ctrl, owner_fd, children) {
+            let args: Vec<OwnedFd> = fds.collect();
+            let started = match spare.take() {
+                Some(s) => use_spare(s, sock, &start, args, children),
+                None => Err((sock, args)),
+            };
+            let started = match started {
+                Ok(pid) => Ok(pid),
+                Err((sock, args)) => fork_child(sock, &start, args, ctrl, owner_fd, children),
+            };
+            match started {
                 Ok(pid) => (Ok(pid), children.get(&pid).map(|f| f.pidfd.as_fd())),
                 Err(e) => (Err(e), None),
             }
