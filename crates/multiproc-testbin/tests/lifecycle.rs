@@ -108,11 +108,7 @@ fn sigkilled_parent_takes_daemons_and_forkserver_along(method: &str) {
         "forkserver {forkserver} outlived its owner"
     );
     // Nor the forkserver's spare child (forked while it idles), nor anything else of the tree.
-    assert!(
-        eventually(Duration::from_secs(5), || tagged(&tag).is_empty()),
-        "processes of the tree left behind: {:?}",
-        tagged(&tag)
-    );
+    assert_tree_gone(&tag);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -249,6 +245,15 @@ fn tagged(tag: &str) -> Vec<u32> {
         .collect()
 }
 
+/// No process of the program tagged `tag` remains (within 5 s).
+fn assert_tree_gone(tag: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || tagged(tag).is_empty()),
+        "processes of the tree left behind: {:?}",
+        tagged(tag)
+    );
+}
+
 fn named_segments_die_with_the_tree(method: &str) {
     let dir = tempdir(&format!("shm-{method}"));
     let tag = format!("shm-{method}-{}", std::process::id());
@@ -277,11 +282,7 @@ fn named_segments_die_with_the_tree(method: &str) {
             "{n} left in /dev/shm after its tree ended"
         );
     }
-    assert!(
-        eventually(Duration::from_secs(5), || tagged(&tag).is_empty()),
-        "processes of the tree left behind: {:?}",
-        tagged(&tag)
-    );
+    assert_tree_gone(&tag);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

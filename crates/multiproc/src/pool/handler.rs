@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::state::{
-    Chunk, ItemResult, Lent, OnDone, Shared, State, record_locked, run_callbacks, split_results,
+    Chunk, ItemResult, Lent, OnDone, Shared, State, drain_reports, record_locked, run_callbacks,
 };
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::{Connection, FrameReader, pipe, wait};
@@ -245,25 +245,11 @@ fn take_reports(
     absorb(&mut st, cfg, workers, callbacks);
     let mut wake = false;
     for w in workers.iter_mut() {
-        while w.reports.len() > 0 {
-            let Ok(reports) = w.reports.get(usize::MAX, false, None) else {
-                break;
-            };
-            for bytes in reports {
-                if let Ok(FromWorker::Done {
-                    job,
-                    start,
-                    results,
-                    failures,
-                }) = crate::codec::decode::<FromWorker>(&bytes)
-                {
-                    w.finished_one(cfg);
-                    let (cbs, wk) =
-                        record_locked(&mut st, job, start, split_results(results, failures));
-                    callbacks.extend(cbs);
-                    wake |= wk;
-                }
-            }
+        let (wk, done) = drain_reports(&mut st, &w.reports);
+        wake |= wk;
+        for cbs in done {
+            w.finished_one(cfg);
+            callbacks.extend(cbs);
         }
     }
     drop(st);

@@ -196,6 +196,32 @@ pub(crate) fn record_locked(
     (callbacks, wake)
 }
 
+/// Takes every report waiting in `ring` and records it (the state is locked). Returns whether
+/// waiters should be woken, and per report (in order) the callbacks its job completed.
+pub(crate) fn drain_reports(st: &mut State, ring: &Ring) -> (bool, Vec<Vec<(OnDone, ItemResult)>>) {
+    let (mut wake, mut done) = (false, Vec::new());
+    while ring.len() > 0 {
+        let Ok(reports) = ring.get(usize::MAX, false, None) else {
+            break;
+        };
+        for bytes in reports {
+            if let Ok(FromWorker::Done {
+                job,
+                start,
+                results,
+                failures,
+            }) = crate::codec::decode::<FromWorker>(&bytes)
+            {
+                let (callbacks, w) =
+                    record_locked(st, job, start, split_results(results, failures));
+                wake |= w;
+                done.push(callbacks);
+            }
+        }
+    }
+    (wake, done)
+}
+
 /// Takes every report waiting in the workers' rings and records it (the state is locked),
 /// leaving the workers' bookkeeping and the callbacks to the handler (`State::picked`): a
 /// caller waiting for a small task gets its result without waiting for the handler to wake.
@@ -204,28 +230,12 @@ pub(crate) fn pickup(st: &mut State) -> bool {
     let rings = std::mem::take(&mut st.rings);
     let mut wake = false;
     for (worker, ring) in &rings {
-        while ring.len() > 0 {
-            let Ok(reports) = ring.get(usize::MAX, false, None) else {
-                break;
-            };
-            for bytes in reports {
-                if let Ok(FromWorker::Done {
-                    job,
-                    start,
-                    results,
-                    failures,
-                }) = crate::codec::decode::<FromWorker>(&bytes)
-                {
-                    let (callbacks, w) =
-                        record_locked(st, job, start, split_results(results, failures));
-                    wake |= w;
-                    st.picked.push(Picked {
-                        worker: *worker,
-                        callbacks,
-                    });
-                }
-            }
-        }
+        let (w, done) = drain_reports(st, ring);
+        wake |= w;
+        st.picked.extend(done.into_iter().map(|callbacks| Picked {
+            worker: *worker,
+            callbacks,
+        }));
     }
     st.rings = rings;
     wake

@@ -271,7 +271,7 @@ impl Ring {
         let phys = start % size;
         let span = (len + WARM_AHEAD).min(size - phys);
         self.block
-            .populate(DATA + phys as usize, span as usize, true);
+            .populate_for_writing(DATA + phys as usize, span as usize);
         mark.lo.store(start, Ordering::Relaxed);
         mark.hi.store(start + span, Ordering::Relaxed);
         mark.epoch.store(epoch, Ordering::Relaxed);

@@ -163,11 +163,11 @@ impl Region {
 }
 
 impl Region {
-    /// Maps the pages behind `offset..offset+len` into this process now (allocating them
-    /// for writing when `write`), without changing their contents: the page faults happen
-    /// here, in one call, instead of one by one inside a later copy. Best effort: on a kernel
-    /// without `MADV_POPULATE_*` (before 5.14) nothing happens and the copy faults as usual.
-    pub(crate) fn populate(&self, offset: usize, len: usize, write: bool) {
+    /// Maps the pages behind `offset..offset+len` into this process for writing now
+    /// (allocating them), without changing their contents: the page faults happen here, in
+    /// one call, instead of one by one inside a later copy. Best effort: on a kernel without
+    /// `MADV_POPULATE_WRITE` (before 5.14) nothing happens and the copy faults as usual.
+    pub(crate) fn populate_for_writing(&self, offset: usize, len: usize) {
         use nix::sys::mman::{MmapAdvise, madvise};
         let page = 4096;
         let start = offset / page * page;
@@ -176,11 +176,6 @@ impl Region {
         if start >= end {
             return;
         }
-        let advice = if write {
-            MmapAdvise::MADV_POPULATE_WRITE
-        } else {
-            MmapAdvise::MADV_POPULATE_READ
-        };
         // SAFETY: `start..end` lies inside this mapping (clamped above, page-aligned as the
         // mapping itself is); populating only faults pages in, it neither moves nor changes
         // memory that references into the region may point to.
@@ -188,7 +183,7 @@ impl Region {
             madvise(
                 NonNull::new_unchecked(self.ptr.as_ptr().add(start)).cast(),
                 end - start,
-                advice,
+                MmapAdvise::MADV_POPULATE_WRITE,
             )
         };
     }
