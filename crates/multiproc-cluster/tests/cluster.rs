@@ -2,6 +2,9 @@
 //! with workers started as separate commands: this test binary re-run in worker mode.
 #![cfg(target_os = "linux")]
 
+#[path = "../../multiproc/tests/common/mod.rs"]
+mod common;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -353,20 +356,6 @@ fn tampered_and_unsigned_tasks_are_rejected() {
     assert_eq!(pool.apply(&square, 4).unwrap(), 16);
 }
 
-/// The path of example `name`, built by cargo with the tests.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(path.exists(), "{} is not built", path.display());
-    path
-}
-
 #[test]
 fn the_cluster_primes_example_with_workers_as_commands() {
     if !redis_available() {
@@ -374,7 +363,7 @@ fn the_cluster_primes_example_with_workers_as_commands() {
     }
     let redis = Redis::start();
     let url = redis.url();
-    let bin = example("cluster_primes");
+    let bin = common::example("cluster_primes");
     let workers: Vec<Worker> = (0..3)
         .map(|_| {
             Worker(
