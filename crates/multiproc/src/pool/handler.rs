@@ -71,8 +71,6 @@ pub(crate) struct Worker {
     conn: Arc<Connection>,
     /// Names the worker in `State::rings`, `State::picked`, `State::lent` and `State::direct`.
     id: u64,
-    /// Lent to callers: the handler does not send it work until it takes it back.
-    lent: bool,
     ready: bool,
     busy: VecDeque<Busy>,
     timed_out: bool,
@@ -93,7 +91,6 @@ impl Worker {
             process,
             conn: Arc::new(conn),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            lent: false,
             reports,
             ready: false,
             busy: VecDeque::new(),
@@ -133,7 +130,6 @@ fn absorb(
 ) {
     for (id, chunk) in std::mem::take(&mut st.direct) {
         if let Some(w) = workers.iter_mut().find(|w| w.id == id) {
-            w.lent = false;
             let deadline = if w.busy.is_empty() {
                 deadline_for(cfg, &chunk)
             } else {
@@ -152,7 +148,7 @@ fn absorb(
 
 /// Tells callers which workers' report rings to look at and which idle workers they may send
 /// a chunk to themselves (none while chunks wait in the pool's own line, or once it closes).
-fn publish(st: &mut State, cfg: &Config, workers: &mut [Worker]) {
+fn publish(st: &mut State, cfg: &Config, workers: &[Worker]) {
     if st.rings.len() != workers.len()
         || st
             .rings
@@ -168,17 +164,16 @@ fn publish(st: &mut State, cfg: &Config, workers: &mut [Worker]) {
         && !st.terminated
         && st.broken.is_none()
         && cfg.task_timeout.is_none();
-    let mut changed = false;
-    for w in workers.iter_mut() {
+    let idle = workers.iter().filter(|w| {
         let retiring = cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 + 1 > cfg.maxtasks;
-        let lent = lend && w.ready && w.busy.is_empty() && !w.timed_out && !retiring;
-        changed |= lent != w.lent || (lent && !st.lent.iter().any(|l| l.worker == w.id));
-        w.lent = lent;
-    }
-    if changed {
-        st.lent = workers
-            .iter()
-            .filter(|w| w.lent)
+        lend && w.ready && w.busy.is_empty() && !w.timed_out && !retiring
+    });
+    if !idle
+        .clone()
+        .map(|w| w.id)
+        .eq(st.lent.iter().map(|l| l.worker))
+    {
+        st.lent = idle
             .map(|w| Lent {
                 worker: w.id,
                 conn: w.conn.clone(),
@@ -338,11 +333,9 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 (true, true, None)
             } else {
                 if !st.pending.is_empty() {
-                    // Work waits in line: take the lent workers back to hand it out.
+                    // Work waits in line: take the lent workers back to hand it out (so
+                    // none is lent while the loop below dispatches).
                     st.lent.clear();
-                    for w in workers.iter_mut() {
-                        w.lent = false;
-                    }
                 }
                 if let Some(err) = st.broken.clone() {
                     callbacks.extend(st.fail_all(&err));
@@ -369,9 +362,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 while let Some(next) = st.pending.front() {
                     let next_len = next.args.data.len();
                     let Some(i) = (0..workers.len())
-                        .filter(|&i| {
-                            !workers[i].lent && can_take(&workers[i], &cfg, depth, next_len)
-                        })
+                        .filter(|&i| can_take(&workers[i], &cfg, depth, next_len))
                         .min_by_key(|&i| workers[i].busy.len())
                     else {
                         break;
@@ -397,7 +388,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 let drained = st.pending.is_empty()
                     && workers.iter().all(|w| w.busy.is_empty())
                     && sends.is_empty();
-                publish(&mut st, &cfg, &mut workers);
+                publish(&mut st, &cfg, &workers);
                 if st.closed && drained {
                     st.lent.clear();
                 }
