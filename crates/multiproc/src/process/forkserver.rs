@@ -68,8 +68,7 @@ pub(crate) fn request(
             Ok(reply) => return reply,
             Err(_) if attempt == 0 => {
                 if let Some(old) = guard.take() {
-                    let _ = sys::send_signal(old.pid, sys::SIGKILL);
-                    let _ = sys::try_wait(old.pid);
+                    kill_and_reap(old.pid);
                 }
             }
             Err(e) => {
@@ -233,8 +232,7 @@ fn fork_spare(
             chan: ours,
         }),
         Err(_) => {
-            let _ = sys::send_signal(pid, sys::SIGKILL);
-            let _ = sys::try_wait(pid);
+            kill_and_reap(pid);
             None
         }
     }
@@ -253,25 +251,34 @@ fn use_spare(
     fds.extend(args.iter().map(|f| f.as_fd()));
     if wire::write_frame(spare.chan.as_fd(), Kind::Start, start, &fds).is_err() {
         drop(fds);
-        let _ = sys::send_signal(spare.pid, sys::SIGKILL);
-        let _ = sys::poll_readable(
-            &[spare.pidfd.as_fd()],
-            Some(std::time::Duration::from_secs(5)),
-        );
-        let _ = sys::try_wait(spare.pid);
+        kill_and_reap(spare.pid);
         return Err((sock, args));
     }
     drop(fds);
+    watch(children, spare.pid, spare.pidfd, sock);
+    Ok(spare.pid)
+}
+
+/// Ends a child of ours that will not be used, without leaving a zombie (bounded wait).
+fn kill_and_reap(pid: u32) {
+    let _ = sys::send_signal(pid, sys::SIGKILL);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while matches!(sys::try_wait(pid), Ok(None)) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Watches a started child until it ends, to send its exit status on `sock`.
+fn watch(children: &mut HashMap<u32, Forked>, pid: u32, pidfd: OwnedFd, sock: OwnedFd) {
     let _ = sys::set_nonblocking(sock.as_fd(), true);
     children.insert(
-        spare.pid,
+        pid,
         Forked {
             sock,
-            pidfd: spare.pidfd,
+            pidfd,
             pending: None,
         },
     );
-    Ok(spare.pid)
 }
 
 /// Handles one request; `false` when the owner closed the control socket.
@@ -330,14 +337,6 @@ fn fork_child(
     });
     let pid = forked.map_err(|e| e.to_string())?;
     let pidfd = sys::pidfd_open(pid).map_err(|e| e.to_string())?;
-    let _ = sys::set_nonblocking(sock.as_fd(), true);
-    children.insert(
-        pid,
-        Forked {
-            sock,
-            pidfd,
-            pending: None,
-        },
-    );
+    watch(children, pid, pidfd, sock);
     Ok(pid)
 }
