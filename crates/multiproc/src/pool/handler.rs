@@ -374,15 +374,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                     } else {
                         None
                     };
-                    sends.push((
-                        i,
-                        ToWorker::Run {
-                            job: chunk.job,
-                            start: chunk.start,
-                            function: chunk.function.to_string(),
-                            args: chunk.args.clone(),
-                        },
-                    ));
+                    sends.push((i, chunk.run_message()));
                     w.busy.push_back(Busy { chunk, deadline });
                 }
                 let drained = st.pending.is_empty()

@@ -368,13 +368,7 @@ impl Pool {
         let Some(lent) = st.lent.pop() else {
             return Some(chunk);
         };
-        let msg = worker::ToWorker::Run {
-            job: chunk.job,
-            start: chunk.start,
-            function: chunk.function.to_string(),
-            args: chunk.args.clone(),
-        };
-        let sent = crate::codec::encode(&msg)
+        let sent = crate::codec::encode(&chunk.run_message())
             .ok()
             .is_some_and(|bytes| lent.conn.send_many(&[bytes]).is_ok());
         if !sent {

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::worker::{Batch, FromWorker};
+use super::worker::{Batch, FromWorker, ToWorker};
 use crate::connection::Connection;
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
@@ -42,6 +42,18 @@ pub(crate) struct Chunk {
     pub(crate) args: Batch,
     /// Per-item time limit of this chunk's job (otherwise the pool's).
     pub(crate) timeout: Option<Duration>,
+}
+
+impl Chunk {
+    /// The message that has a worker run this chunk.
+    pub(crate) fn run_message(&self) -> ToWorker {
+        ToWorker::Run {
+            job: self.job,
+            start: self.start,
+            function: self.function.to_string(),
+            args: self.args.clone(),
+        }
+    }
 }
 
 /// One submitted map, apply or imap.
