@@ -87,6 +87,98 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         .map_err(encode_error)
 }
 
+/// Where a function's encoded result goes: appended to a vector (pool workers batch their
+/// reports), or into a small buffer with the heap as overflow (a child reports once: a small
+/// result allocates nothing, which in a forked child saves the page faults of a first
+/// allocation on the path its parent waits for).
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum ResultBuf<'a> {
+    /// Appended to this vector.
+    Append(&'a mut Vec<u8>),
+    /// At the start of this buffer, `len` bytes long.
+    Small {
+        /// The buffer.
+        buf: &'a mut [u8; SMALL_RESULT],
+        /// How much of it is used.
+        len: usize,
+    },
+    /// A result that did not fit its small buffer.
+    Spilled(Vec<u8>),
+}
+
+/// The size of a [`ResultBuf::Small`] buffer.
+pub(crate) const SMALL_RESULT: usize = 64;
+
+impl ResultBuf<'_> {
+    /// Encodes `value` (after what is there already, for `Append`).
+    pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CodecError> {
+        match self {
+            ResultBuf::Append(out) => encode_into(value, out),
+            ResultBuf::Small { buf, len } => {
+                match postcard::serialize_with_flavor(value, SmallFlavor { buf, len: *len }) {
+                    Ok(used) => {
+                        *len = used;
+                        Ok(())
+                    }
+                    Err(postcard::Error::SerializeBufferFull) => {
+                        let mut spilled = buf[..*len].to_vec();
+                        encode_into(value, &mut spilled)?;
+                        *self = ResultBuf::Spilled(spilled);
+                        Ok(())
+                    }
+                    Err(e) => Err(encode_error(e)),
+                }
+            }
+            ResultBuf::Spilled(out) => encode_into(value, out),
+        }
+    }
+
+    /// How much is encoded: a mark to go back to with [`truncate`](Self::truncate).
+    pub(crate) fn mark(&self) -> usize {
+        match self {
+            ResultBuf::Append(out) => out.len(),
+            ResultBuf::Small { len, .. } => *len,
+            ResultBuf::Spilled(out) => out.len(),
+        }
+    }
+
+    /// Takes back what was encoded after `mark`.
+    pub(crate) fn truncate(&mut self, mark: usize) {
+        match self {
+            ResultBuf::Append(out) => out.truncate(mark),
+            ResultBuf::Spilled(out) => out.truncate(mark),
+            ResultBuf::Small { len, .. } => *len = mark.min(*len),
+        }
+    }
+}
+
+/// Postcard output into a [`ResultBuf::Small`] buffer, a byte at a time: its slice flavor
+/// copies runs with `memcpy`, a C library page that a forked child touches first otherwise.
+struct SmallFlavor<'a, 'b> {
+    buf: &'a mut &'b mut [u8; SMALL_RESULT],
+    len: usize,
+}
+
+impl postcard::ser_flavors::Flavor for SmallFlavor<'_, '_> {
+    type Output = usize;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        let slot = self
+            .buf
+            .get_mut(self.len)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        *slot = byte;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.len)
+    }
+}
+
 /// Decodes a value that carries no file descriptors.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     postcard::from_bytes(bytes).map_err(decode_error)
@@ -110,6 +202,11 @@ pub(crate) fn decode_with_fds<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, CodecError> {
+    if fds.is_empty() {
+        // Nothing to claim: leave the slots alone (a thread's first use of them registers a
+        // destructor, four page faults in a freshly forked child).
+        return postcard::from_bytes(bytes).map_err(decode_error);
+    }
     let slots = fds.into_iter().map(Some).collect();
     let saved = INCOMING.with(|i| i.borrow_mut().replace(slots));
     let result = postcard::from_bytes(bytes);
@@ -221,6 +318,34 @@ mod test {
         let bytes = encode(&v).unwrap();
         let back: (u64, String, Vec<u8>) = decode(&bytes).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn result_buffers_keep_small_results_inline_and_spill_large_ones() {
+        let mut small = [0u8; SMALL_RESULT];
+        let mut out = ResultBuf::Small {
+            buf: &mut small,
+            len: 0,
+        };
+        out.encode(&7u64).unwrap();
+        assert!(matches!(out, ResultBuf::Small { len: 1, .. }));
+        let mark = out.mark();
+        let big = "x".repeat(2 * SMALL_RESULT);
+        out.encode(&big).unwrap();
+        let ResultBuf::Spilled(bytes) = &out else {
+            panic!("a large result spills to the heap: {out:?}");
+        };
+        let mut expected = encode(&7u64).unwrap();
+        expected.extend(encode(&big).unwrap());
+        assert_eq!(bytes, &expected);
+        out.truncate(mark);
+        assert_eq!(out.mark(), 1);
+
+        let mut vec = vec![9u8];
+        let mut out = ResultBuf::Append(&mut vec);
+        out.encode(&big).unwrap();
+        out.truncate(1);
+        assert_eq!(vec, [9]);
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn shutdown() {
 /// What the macros expand to; not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::codec::ResultBuf;
     pub use crate::process::registry::{Entry, FUNCTIONS, Invoke, decode_args, encode_result};
     pub use linkme;
     pub use serde;

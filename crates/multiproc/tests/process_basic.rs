@@ -64,6 +64,19 @@ fn echo_big(data: Vec<u8>) -> Vec<u8> {
     data.iter().rev().copied().collect()
 }
 
+/// Points this child's standard output at `fd` and prints `text` without a newline: the
+/// line stays in the standard-output buffer unless the child flushes it before it exits.
+#[multiproc::func]
+fn print_partial_line(fd: Fd, text: String) -> u8 {
+    use std::os::fd::AsRawFd;
+    let fd = fd.into_owned();
+    nix::unistd::dup2_stdout(&fd).unwrap();
+    drop(fd);
+    assert_eq!(std::io::stdout().as_raw_fd(), 1);
+    print!("{text}");
+    0
+}
+
 #[multiproc::func]
 fn write_to(fd: Fd, text: String) -> usize {
     use std::io::Write;
@@ -145,6 +158,8 @@ per_method!(
     signals_give_negative_exit_codes,
     join_timeout_is_accurate,
     large_arguments_and_results,
+    results_of_every_size_come_back,
+    partial_stdout_line_is_flushed_at_exit,
     file_descriptor_passes_to_child,
     sentinel_becomes_readable_at_exit,
     child_spawns_its_own_child,
@@ -305,6 +320,49 @@ fn large_arguments_and_results(method: StartMethod) {
     // Polling while the child writes a result larger than the socket buffer must not stall.
     assert!(eventually(Duration::from_secs(30), || !p.is_alive()));
     assert_eq!(p.join().unwrap(), expected);
+}
+
+fn results_of_every_size_come_back(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    // Around the child's small result buffer (64 bytes), one length byte (128), the inline
+    // report limit (32 KiB).
+    for len in [
+        0,
+        1,
+        61,
+        62,
+        63,
+        64,
+        65,
+        126,
+        127,
+        128,
+        300,
+        32 * 1024,
+        40_000,
+    ] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let expected: Vec<u8> = data.iter().rev().copied().collect();
+        let p = builder(method).start(&echo_big, data).unwrap();
+        assert_eq!(p.join().unwrap(), expected, "{len} bytes");
+    }
+    let p = Process::fork(|| "x".repeat(100)).unwrap();
+    assert_eq!(p.join().unwrap(), "x".repeat(100));
+}
+
+fn partial_stdout_line_is_flushed_at_exit(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let (mut read, write) = std::io::pipe().unwrap();
+    let p = builder(method)
+        .start(
+            &print_partial_line,
+            (Fd::from(OwnedFd::from(write)), "no newline here".into()),
+        )
+        .unwrap();
+    assert_eq!(p.join().unwrap(), 0);
+    let mut got = String::new();
+    read.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "no newline here");
 }
 
 fn file_descriptor_passes_to_child(method: StartMethod) {

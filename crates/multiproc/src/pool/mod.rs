@@ -142,8 +142,9 @@ impl PoolBuilder {
     {
         self.closure = Some(std::sync::Arc::new(
             move |bytes: &[u8], out: &mut Vec<u8>| {
-                crate::process::bootstrap::run_guarded_into(out, |out| {
-                    crate::codec::encode_into(&f(crate::codec::decode(bytes)?), out)
+                let mut out = crate::codec::ResultBuf::Append(out);
+                crate::process::bootstrap::run_guarded_into(&mut out, |out| {
+                    out.encode(&f(crate::codec::decode(bytes)?))
                 })
             },
         ));

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::codec::ResultBuf;
 use crate::connection::Connection;
 use crate::process::bootstrap::run_guarded_into;
 use crate::process::registry;
@@ -138,7 +139,9 @@ fn registered(function: &str) -> Task<'static> {
             Box::new(move |_, _| Some(Outcome::Failed(why.clone())))
         }
         Some(entry) => Box::new(move |args, out| {
-            run_guarded_into(out, |out| (entry.invoke)(args, Vec::new(), out))
+            run_guarded_into(&mut ResultBuf::Append(out), |out| {
+                (entry.invoke)(args, Vec::new(), out)
+            })
         }),
     }
 }

@@ -7,8 +7,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::wire::{self, Kind, Outcome, Start};
+use super::wire::{self, Kind, Outcome, Returned, Start};
 use super::{child, current, forkserver, registry};
+use crate::codec::{ResultBuf, SMALL_RESULT};
 use crate::error::CodecError;
 use crate::sys;
 
@@ -94,23 +95,26 @@ pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct
         start.parent_name,
         direct,
     );
-    let outcome = match registry::lookup(&start.function) {
-        None => Outcome::Failed(format!(
-            "function `{}` is not registered in this binary: add `#[multiproc::func]` to it",
-            start.function
-        )),
-        Some(entry) => run_guarded(|out| (entry.invoke)(&start.args, fds, out)),
-    };
-    finish(sock, outcome)
+    match registry::lookup(&start.function) {
+        None => finish(
+            sock,
+            Err(Outcome::Failed(format!(
+                "function `{}` is not registered in this binary: add `#[multiproc::func]` to it",
+                start.function
+            ))),
+        ),
+        Some(entry) => run_and_finish(sock, |out| (entry.invoke)(&start.args, fds, out)),
+    }
 }
 
-/// Runs `body`, which appends one encoded result to `out`; on a panic or a codec error, takes
-/// back what it appended and says what happened.
+/// Runs `body`, which encodes one result into `out`; on a panic or a codec error, takes
+/// back what it encoded and says what happened.
+#[inline(always)]
 pub(crate) fn run_guarded_into(
-    out: &mut Vec<u8>,
-    body: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+    out: &mut ResultBuf<'_>,
+    body: impl FnOnce(&mut ResultBuf<'_>) -> Result<(), CodecError>,
 ) -> Option<Outcome> {
-    let before = out.len();
+    let before = out.mark();
     let failure = match catch_unwind(AssertUnwindSafe(|| body(&mut *out))) {
         Ok(Ok(())) => return None,
         Ok(Err(CodecError::Encode(message))) => Outcome::Codec {
@@ -127,13 +131,25 @@ pub(crate) fn run_guarded_into(
     Some(failure)
 }
 
-/// Runs the body of a child, which appends the encoded result to the buffer it is given,
-/// turning a panic or a codec error into an [`Outcome`].
-pub(crate) fn run_guarded(body: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>) -> Outcome {
-    let mut out = Vec::new();
+/// Runs the body of a child, which encodes its result into the buffer it is given (on the
+/// stack when small), then reports how it ended and exits (see [`finish`]).
+#[inline(always)]
+pub(crate) fn run_and_finish(
+    sock: OwnedFd,
+    body: impl FnOnce(&mut ResultBuf<'_>) -> Result<(), CodecError>,
+) -> ! {
+    let mut small = [0u8; SMALL_RESULT];
+    let mut out = ResultBuf::Small {
+        buf: &mut small,
+        len: 0,
+    };
     match run_guarded_into(&mut out, body) {
-        None => Outcome::Returned(out),
-        Some(failure) => failure,
+        Some(failure) => finish(sock, Err(failure)),
+        None => match &out {
+            ResultBuf::Small { buf, len } => finish(sock, Ok(Returned::Small(buf, *len))),
+            ResultBuf::Spilled(bytes) => finish(sock, Ok(Returned::Bytes(bytes))),
+            ResultBuf::Append(bytes) => finish(sock, Ok(Returned::Bytes(bytes))),
+        },
     }
 }
 
@@ -151,15 +167,21 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// joined), flushes stdio, reports `outcome` to the parent and exits at once. Reporting last
 /// keeps the gap between the report and the exit short, so a parent woken by the report
 /// usually finds the child already ended instead of sleeping a second time.
-pub(crate) fn finish(sock: OwnedFd, outcome: Outcome) -> ! {
-    let code = match outcome {
-        Outcome::Returned(_) => 0,
-        _ => 1,
+#[inline(always)]
+pub(crate) fn finish(sock: OwnedFd, ended: Result<Returned<'_>, Outcome>) -> ! {
+    let code = match ended {
+        Ok(_) => 0,
+        Err(_) => 1,
     };
-    child::finish_children(None);
+    if child::any() {
+        child::finish_children(None);
+    }
+    // Standard error is unbuffered; standard output may hold a line without its newline.
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     // A parent that dropped its handle may have closed the socket: not an error here.
-    let _ = wire::write_outcome(sock.as_fd(), &outcome);
+    let _ = match &ended {
+        Ok(returned) => wire::write_returned(sock.as_fd(), returned),
+        Err(outcome) => wire::write_outcome(sock.as_fd(), outcome),
+    };
     sys::exit_now(code)
 }

@@ -186,17 +186,17 @@ impl Builder {
         check_bootstrapped()?;
         child::reap_finished();
         let start = self.describe(String::new(), Vec::new());
-        Self::fork_with(start, |_| {
-            bootstrap::run_guarded(|out| crate::codec::encode_into(&f(), out))
+        Self::fork_with(start, |_, sock| {
+            bootstrap::run_and_finish(sock, |out| out.encode(&f()))
         })
     }
 
-    /// Forks a child that becomes `start`'s process and reports what `body` returns. The
-    /// child has the start message in memory already: nothing goes through the socket but the
-    /// outcome.
+    /// Forks a child that becomes `start`'s process and runs `body`, which reports on the
+    /// socket it is given and exits. The child has the start message in memory already:
+    /// nothing goes through the socket but the outcome.
     fn fork_with<R>(
         start: Start,
-        body: impl FnOnce(&Start) -> Outcome,
+        body: impl FnOnce(&Start, OwnedFd) -> std::convert::Infallible,
     ) -> Result<Process<R>, ProcessError> {
         let (ours, theirs) =
             sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
@@ -217,8 +217,7 @@ impl Builder {
                 parent_name,
                 true,
             );
-            let outcome = body(&start);
-            bootstrap::finish(theirs, outcome)
+            match body(&start, theirs) {}
         })
         .map_err(ProcessError::io("fork"))?;
         Self::register(pid, start, None, ours)
@@ -251,9 +250,15 @@ impl Builder {
         let method = self.method.unwrap_or_else(get_start_method);
         if method == StartMethod::Fork {
             let entry = registry::lookup(&start.function);
-            return Self::fork_with(start, move |start| match entry {
-                Some(e) => bootstrap::run_guarded(|out| (e.invoke)(&start.args, fds, out)),
-                None => Outcome::Failed(format!("function `{}` is not registered", start.function)),
+            return Self::fork_with(start, move |start, sock| match entry {
+                Some(e) => bootstrap::run_and_finish(sock, |out| (e.invoke)(&start.args, fds, out)),
+                None => bootstrap::finish(
+                    sock,
+                    Err(Outcome::Failed(format!(
+                        "function `{}` is not registered",
+                        start.function
+                    ))),
+                ),
             });
         }
         let io = ProcessError::io;
@@ -347,9 +352,7 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
         if let Some((mut client, mut children, me)) = locks.take() {
             // Written only when there is something to forget: each write to a static is a
             // copy-on-write fault in the child.
-            if client.is_some() {
-                *client = None;
-            }
+            forkserver::forget_in_child(&mut client);
             if !children.is_empty() {
                 children.clear();
             }

@@ -303,12 +303,19 @@ fn read_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, fds: &mut Vec<OwnedFd>) -> i
 
 static CHILDREN: Mutex<Vec<Arc<ChildShared>>> = Mutex::new(Vec::new());
 
+#[inline]
 pub(crate) fn lock_children() -> MutexGuard<'static, Vec<Arc<ChildShared>>> {
     CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(crate) fn register(child: Arc<ChildShared>) {
     lock_children().push(child);
+}
+
+/// Whether this process has children it has not reaped yet.
+#[inline]
+pub(crate) fn any() -> bool {
+    !lock_children().is_empty()
 }
 
 /// Reaps children that have ended and forgets them (Python's `_cleanup`).

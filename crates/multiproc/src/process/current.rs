@@ -18,6 +18,7 @@ pub(crate) struct Me {
 static ME: Mutex<Option<Me>> = Mutex::new(None);
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+#[inline]
 pub(crate) fn lock_me() -> MutexGuard<'static, Option<Me>> {
     ME.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -53,6 +54,7 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
 /// A direct, non-daemonic child opens nothing: whether its parent lives is exactly whether
 /// it is still our OS parent (an orphan is re-parented), and every syscall and page a forked
 /// child touches is on the start-up path the parent waits for.
+#[inline]
 pub(crate) fn become_child(
     slot: &mut Option<Me>,
     name: String,

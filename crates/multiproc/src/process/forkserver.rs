@@ -25,6 +25,14 @@ pub(crate) fn lock_client() -> MutexGuard<'static, Option<Client>> {
     CLIENT.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// In a forked child: the parent's forkserver is not ours; close our copy of its socket
+/// (so that it still ends when its owner does) with an inline system call.
+pub(crate) fn forget_in_child(guard: &mut Option<Client>) {
+    if let Some(client) = guard.take() {
+        sys::close_inline(client.sock);
+    }
+}
+
 fn start_server() -> std::io::Result<Client> {
     let (ours, theirs) = sys::socketpair()?;
     let pid = sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "forkserver"))?;

@@ -7,6 +7,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::SMALL_RESULT;
 use crate::sys;
 
 const MAGIC: u8 = 0xB7;
@@ -75,6 +76,7 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
+#[inline]
 fn header(kind: Kind, nfds: usize, len: usize) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[0] = MAGIC;
@@ -118,9 +120,52 @@ pub(crate) fn write_frame(
     sys::send_all(sock, &payload[sent - HEADER..])
 }
 
+/// A child's encoded result, as it reports it: in its small buffer, or anywhere.
+pub(crate) enum Returned<'a> {
+    /// The first `len` bytes of a small buffer.
+    Small(&'a [u8; SMALL_RESULT], usize),
+    /// Any bytes.
+    Bytes(&'a [u8]),
+}
+
+/// `Outcome::Returned` by reference: encodes the same way (same variant, same field).
+#[derive(Serialize)]
+enum ReturnedRef<'a> {
+    Returned(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+/// Reports a returned value to the parent (see [`write_outcome`]).
+///
+/// A small one, the common report, is framed on the stack and sent with one inline system
+/// call: in a forked child each page of code or heap touched first is a page fault on the
+/// path the parent waits for, and one more mapping to tear down at its exit.
+#[inline(always)]
+pub(crate) fn write_returned(sock: BorrowedFd<'_>, returned: &Returned<'_>) -> io::Result<()> {
+    match *returned {
+        Returned::Small(buf, len) if len < 128 => {
+            let mut frame = [0u8; HEADER + 2 + SMALL_RESULT];
+            frame[..HEADER].copy_from_slice(&header(Kind::Outcome, 0, 2 + len));
+            // The codec's encoding of `Outcome::Returned`: variant 0, the length as a
+            // varint (one byte below 128), the bytes.
+            frame[HEADER] = 0;
+            frame[HEADER + 1] = len as u8;
+            // All of the buffer, whatever `len`: a copy of fixed size needs no call.
+            frame[HEADER + 2..].copy_from_slice(buf);
+            sys::send_all(sock, &frame[..HEADER + 2 + len])
+        }
+        Returned::Small(buf, len) => write_framed(sock, &ReturnedRef::Returned(&buf[..len])),
+        Returned::Bytes(bytes) => write_framed(sock, &ReturnedRef::Returned(bytes)),
+    }
+}
+
 /// Reports `outcome` to the parent: inline when small, else through a memfd. Never blocks
 /// for long: a small frame always fits the socket buffer.
 pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: &Outcome) -> io::Result<()> {
+    write_framed(sock, outcome)
+}
+
+#[cold]
+fn write_framed(sock: BorrowedFd<'_>, outcome: &impl Serialize) -> io::Result<()> {
     let payload = crate::codec::encode(outcome).map_err(|e| invalid(e.to_string()))?;
     if payload.len() <= INLINE_OUTCOME {
         return write_frame(sock, Kind::Outcome, &payload, &[]);
@@ -250,6 +295,34 @@ mod test {
         assert_eq!(buf, vec![9]);
         let mut garbage = vec![0u8; 32];
         assert!(take_frame(&mut garbage).is_err());
+    }
+
+    #[test]
+    fn returned_reports_are_what_the_codec_writes() {
+        let check = |returned: Returned<'_>, bytes: &[u8]| {
+            let (a, b) = sys::socketpair().unwrap();
+            write_returned(a.as_fd(), &returned).unwrap();
+            let (kind, mut payload, fds) = read_frame(b.as_fd(), u64::MAX).unwrap();
+            if kind == Kind::OutcomeInFd {
+                let mut file = std::fs::File::from(fds.into_iter().next().unwrap());
+                std::io::Read::read_to_end(&mut file, &mut payload).unwrap();
+            } else {
+                assert_eq!(kind, Kind::Outcome);
+            }
+            let expected = crate::codec::encode(&Outcome::Returned(bytes.to_vec())).unwrap();
+            assert_eq!(payload, expected);
+        };
+        for len in [0, 1, 8, SMALL_RESULT] {
+            let mut buf = [7u8; SMALL_RESULT];
+            buf[..len]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = i as u8);
+            check(Returned::Small(&buf, len), &buf[..len]);
+        }
+        let big: Vec<u8> = (0..=255).cycle().take(INLINE_OUTCOME + 1).collect();
+        check(Returned::Bytes(&big), &big);
+        check(Returned::Bytes(&big[..300]), &big[..300]);
     }
 
     #[test]

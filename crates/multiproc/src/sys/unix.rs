@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
@@ -243,10 +243,19 @@ fn wait_fd(fd: BorrowedFd<'_>, writable: bool) -> io::Result<()> {
 }
 
 /// Writes all of `data`, never raising `SIGPIPE` (a closed peer is `BrokenPipe`).
+///
+/// The system call is made inline (rustix), not through the C library: a forked child
+/// reports with it, and each C library page it touches first is a page fault there.
+#[inline]
 pub(crate) fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    use rustix::io::Errno as E;
     while !data.is_empty() {
-        let n = send_with_fds(fd, data, &[])?;
-        data = &data[n..];
+        match rustix::net::send(fd, data, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(n) => data = &data[n..],
+            Err(E::INTR) => {}
+            Err(E::AGAIN) => wait_fd(fd, true)?,
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -487,12 +496,14 @@ pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Res
     // Asked here, where the pages involved are mapped: each page of code or data a forked
     // child touches first costs it a page fault on the path the parent waits for.
     let masked = SigSet::thread_get_mask().map_or(true, |set| set.iter().next().is_some());
-    // SAFETY: in the child, control never returns to the caller: only `child` runs (its
-    // panics are caught) and the process ends with `_exit`, so no destructor of the parent's
-    // state runs twice. The documented multithreading hazard is accepted by the caller.
+    // SAFETY: in the child, control never returns to the caller: only `child` runs and the
+    // process ends with `_exit`, also if `child` unwinds (`ExitOnUnwind`), so no destructor
+    // of the parent's state runs twice. The documented multithreading hazard is accepted by
+    // the caller.
     match unsafe { nix::unistd::fork() }.map_err(errno)? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
         nix::unistd::ForkResult::Child => {
+            let guard = ExitOnUnwind;
             if PID.load(std::sync::atomic::Ordering::Relaxed) != 0 {
                 PID.store(0, std::sync::atomic::Ordering::Relaxed);
             }
@@ -504,12 +515,34 @@ pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Res
                 // SAFETY: the objects owning these descriptors live in the parent's half of
                 // the fork; this child never returns to them (it ends in `_exit` below), so
                 // closing its copies cannot cause a double close or a use after close.
-                let _ = nix::unistd::close(unsafe { OwnedFd::from_raw_fd(fd) });
+                unsafe { rustix::io::close(fd) };
             }
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(1);
+            let code = child();
+            std::mem::forget(guard);
             exit_now(code)
         }
     }
+}
+
+/// Ends a forked child that unwinds (a panic outside the code that reports panics): the
+/// unwinding must not reach the frames above the fork, the parent's code path, which the
+/// child has a copy of.
+///
+/// Cheaper than `catch_unwind` at the child's top: that moves the whole child closure (a
+/// `memcpy`, one more page fault before the child does anything).
+struct ExitOnUnwind;
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        exit_now(1)
+    }
+}
+
+/// Closes `fd` with the system call made inline (no C library page touched: see
+/// [`send_all`]).
+pub(crate) fn close_inline(fd: OwnedFd) {
+    // SAFETY: `fd` is ours (owned) and is not used after this call.
+    unsafe { rustix::io::close(fd.into_raw_fd()) }
 }
 
 /// An anonymous in-memory file (close-on-exec) holding `data`, to hand to another process.
