@@ -39,6 +39,15 @@ fn raw_posix_spawn_true() {
     nix::sys::wait::waitpid(pid, None).expect("waitpid");
 }
 
+/// Keeps this thread busy for `d` (a sleep would let the CPU idle, and the next start would
+/// pay for waking it).
+fn spin(d: std::time::Duration) {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
 /// Runs the group: each start method next to the OS primitive and CPython.
 pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     let n = r.size.pick(5, 60, 400);
@@ -46,11 +55,6 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         "spawn: start + join of an empty function, median of {n}"
     ));
     multiproc::start_forkserver()?; // its own start-up is not a per-child cost
-    let methods = [
-        StartMethod::Spawn,
-        StartMethod::Forkserver,
-        StartMethod::Fork,
-    ];
     let err = std::cell::RefCell::new(None);
     let start_join = |method: StartMethod| {
         let r = Process::builder()
@@ -61,47 +65,98 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
             *err.borrow_mut() = Some(e);
         }
     };
-    // All in turns: a raw fork and ours see the same moments of the machine.
-    let samples = Samples::measure_in_turns(
+    // In turns: a figure and its reference see the same moments of the machine. One
+    // rotation per reference and per background: each start leaves work behind (an exec'd
+    // image, the forkserver's next fork) that would land in whatever is measured next.
+    let spawned = Samples::measure_in_turns(
         n,
         5,
         &mut [
             &mut || start_join(StartMethod::Spawn),
+            &mut raw_posix_spawn_true,
+        ],
+    );
+    // The forkserver keeps a child forked ahead once it has been idle for a millisecond:
+    // measured once with that child ready (the caller busy for 1.5 ms first, the timing
+    // thrown away) and once right after another start, when it forks on demand.
+    let served = Samples::measure_in_turns(
+        n,
+        5,
+        &mut [
+            &mut || spin(std::time::Duration::from_micros(1500)),
             &mut || start_join(StartMethod::Forkserver),
+            &mut raw_fork_exit_wait,
+            &mut || start_join(StartMethod::Forkserver),
+        ],
+    );
+    let forked = Samples::measure_in_turns(
+        n,
+        5,
+        &mut [
             &mut || start_join(StartMethod::Fork),
             &mut || {
                 let _ = Process::fork(|| 0u8).and_then(|p| p.join());
             },
             &mut raw_fork_exit_wait,
-            &mut raw_posix_spawn_true,
         ],
     );
     if let Some(e) = err.into_inner() {
         return Err(e.into());
     }
-    let (fork, posix) = (&samples[4], &samples[5]);
-    for (method, s) in methods.iter().zip(&samples) {
-        let os = match method {
-            StartMethod::Spawn => ("posix_spawn(/bin/true)", posix.median()),
-            _ => ("raw fork", fork.median()),
-        };
+    let rows = [
+        (
+            StartMethod::Spawn,
+            &spawned[0],
+            &spawned[1],
+            "posix_spawn(/bin/true)",
+        ),
+        (StartMethod::Forkserver, &served[1], &served[2], "raw fork"),
+        (StartMethod::Fork, &forked[0], &forked[2], "raw fork"),
+    ];
+    for (method, s, reference, what) in rows {
         let py = r.cpython("mp_spawn.py", &format!("py.spawn1.{method}"), 1e-6);
         r.row(
             "spawn",
             &format!("multiproc {method}"),
             Unit::Secs,
             s,
-            &[(os.0, Some(os.1)), ("CPython", py)],
+            &[(what, Some(reference.median())), ("CPython", py)],
         );
     }
     r.row(
         "spawn",
+        "multiproc forkserver (back to back)",
+        Unit::Secs,
+        &served[3],
+        &[("raw fork", Some(served[2].median()))],
+    );
+    r.row(
+        "spawn",
         "multiproc fork (closure)",
         Unit::Secs,
-        &samples[3],
-        &[("raw fork", Some(fork.median()))],
+        &forked[1],
+        &[("raw fork", Some(forked[2].median()))],
     );
-    r.row("spawn", "raw fork+_exit+waitpid", Unit::Secs, fork, &[]);
-    r.row("spawn", "raw posix_spawn /bin/true", Unit::Secs, posix, &[]);
+    r.row(
+        "spawn",
+        "raw fork+_exit+waitpid (in turns with forkserver)",
+        Unit::Secs,
+        &served[2],
+        &[],
+    );
+    r.row(
+        "spawn",
+        "raw fork+_exit+waitpid (in turns with fork)",
+        Unit::Secs,
+        &forked[2],
+        &[],
+    );
+    r.row(
+        "spawn",
+        "raw posix_spawn /bin/true",
+        Unit::Secs,
+        &spawned[1],
+        &[],
+    );
     Ok(())
 }
