@@ -159,6 +159,7 @@ per_method!(
     join_timeout_is_accurate,
     large_arguments_and_results,
     results_of_every_size_come_back,
+    children_ending_every_way_in_a_row_report_their_own,
     partial_stdout_line_is_flushed_at_exit,
     file_descriptor_passes_to_child,
     sentinel_becomes_readable_at_exit,
@@ -348,6 +349,60 @@ fn results_of_every_size_come_back(method: StartMethod) {
     }
     let p = Process::fork(|| "x".repeat(100)).unwrap();
     assert_eq!(p.join().unwrap(), "x".repeat(100));
+}
+
+/// Forked children reuse the report channel of one that ended cleanly: whatever way the one
+/// before ended (returned, panicked, exited without a report, killed, a result through a
+/// memfd), the next one's result is its own.
+fn children_ending_every_way_in_a_row_report_their_own(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    for round in 0..3u64 {
+        assert_eq!(
+            builder(method)
+                .start(&add, (round, 1))
+                .unwrap()
+                .join()
+                .unwrap(),
+            round + 1
+        );
+        match builder(method)
+            .start(&panics, format!("round {round}"))
+            .unwrap()
+            .join()
+        {
+            Err(ProcessError::Panicked { message, .. }) => {
+                assert_eq!(message, format!("custom: round {round}"))
+            }
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        match builder(method).start(&exit_with, 3).unwrap().join() {
+            Err(ProcessError::Exited { code: 3, .. }) => {}
+            other => panic!("expected Exited, got {other:?}"),
+        }
+        let p = builder(method).start(&sleep_ms, 10_000).unwrap();
+        p.kill().unwrap();
+        match p.join() {
+            Err(ProcessError::Killed { signal: 9, .. }) => {}
+            other => panic!("expected Killed, got {other:?}"),
+        }
+        let echoed = builder(method)
+            .start(&echo_big, big.clone())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(echoed.len(), big.len());
+        assert!(echoed.iter().rev().eq(big.iter()));
+        let small = vec![round as u8; 100];
+        assert_eq!(
+            builder(method)
+                .start(&echo_big, small.clone())
+                .unwrap()
+                .join()
+                .unwrap(),
+            small
+        );
+    }
 }
 
 fn partial_stdout_line_is_flushed_at_exit(method: StartMethod) {

@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -97,13 +97,13 @@ pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct
     );
     match registry::lookup(&start.function) {
         None => finish(
-            sock,
+            sock.as_fd(),
             Err(Outcome::Failed(format!(
                 "function `{}` is not registered in this binary: add `#[multiproc::func]` to it",
                 start.function
             ))),
         ),
-        Some(entry) => run_and_finish(sock, |out| (entry.invoke)(&start.args, fds, out)),
+        Some(entry) => run_and_finish(sock.as_fd(), |out| (entry.invoke)(&start.args, fds, out)),
     }
 }
 
@@ -135,7 +135,7 @@ pub(crate) fn run_guarded_into(
 /// stack when small), then reports how it ended and exits (see [`finish`]).
 #[inline(always)]
 pub(crate) fn run_and_finish(
-    sock: OwnedFd,
+    sock: BorrowedFd<'_>,
     body: impl FnOnce(&mut ResultBuf<'_>) -> Result<(), CodecError>,
 ) -> ! {
     let mut small = [0u8; SMALL_RESULT];
@@ -168,7 +168,7 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// keeps the gap between the report and the exit short, so a parent woken by the report
 /// usually finds the child already ended instead of sleeping a second time.
 #[inline(always)]
-pub(crate) fn finish(sock: OwnedFd, ended: Result<Returned<'_>, Outcome>) -> ! {
+pub(crate) fn finish(sock: BorrowedFd<'_>, ended: Result<Returned<'_>, Outcome>) -> ! {
     let code = match ended {
         Ok(_) => 0,
         Err(_) => 1,
@@ -180,8 +180,8 @@ pub(crate) fn finish(sock: OwnedFd, ended: Result<Returned<'_>, Outcome>) -> ! {
     let _ = std::io::stdout().flush();
     // A parent that dropped its handle may have closed the socket: not an error here.
     let _ = match &ended {
-        Ok(returned) => wire::write_returned(sock.as_fd(), returned),
-        Err(outcome) => wire::write_outcome(sock.as_fd(), outcome),
+        Ok(returned) => wire::write_returned(sock, returned),
+        Err(outcome) => wire::write_outcome(sock, outcome),
     };
     sys::exit_now(code)
 }

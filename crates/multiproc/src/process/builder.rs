@@ -1,7 +1,7 @@
 //! Starting processes: the builder, the start methods, and the default method.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -196,10 +196,11 @@ impl Builder {
     /// nothing goes through the socket but the outcome.
     fn fork_with<R>(
         start: Start,
-        body: impl FnOnce(&Start, OwnedFd) -> std::convert::Infallible,
+        body: impl FnOnce(&Start, BorrowedFd<'_>) -> std::convert::Infallible,
     ) -> Result<Process<R>, ProcessError> {
         let (ours, theirs) =
-            sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
+            child::report_pair().map_err(ProcessError::io("creating a socket pair"))?;
+        let report = theirs.as_fd();
         // The child's copies are made here: allocating in the child would write to pages
         // it shares with us (a copy-on-write fault each) on the path the parent waits for.
         let (name, identity, parent_name) = (
@@ -217,10 +218,10 @@ impl Builder {
                 parent_name,
                 true,
             );
-            match body(&start, theirs) {}
+            match body(&start, report) {}
         })
         .map_err(ProcessError::io("fork"))?;
-        Self::register(pid, start, None, ours)
+        Self::register(pid, start, None, ours, Some(theirs))
     }
 
     fn describe(&self, function: String, args: Vec<u8>) -> Start {
@@ -274,13 +275,13 @@ impl Builder {
         if method == StartMethod::Forkserver {
             // The start message travels with the request: the child has it in memory.
             let (pid, pidfd) = forkserver::request(theirs.as_fd(), &payload, &fds)?;
-            return Self::register(pid, start, Some(pidfd), ours);
+            return Self::register(pid, start, Some(pidfd), ours, None);
         }
         let pid = sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
             .map_err(io("spawning a child"))?;
         drop(theirs);
         let sent = wire::write_frame(ours.as_fd(), Kind::Start, &payload, &fds);
-        let process = Self::register(pid, start, None, ours)?;
+        let process = Self::register(pid, start, None, ours, None)?;
         match sent {
             Ok(()) => Ok(process),
             // A child that died before reading is reported by its exit status at join.
@@ -311,8 +312,9 @@ impl Builder {
         start: Start,
         pidfd: Option<OwnedFd>,
         sock: OwnedFd,
+        theirs: Option<OwnedFd>,
     ) -> Result<Process<R>, ProcessError> {
-        let shared = ChildShared::new(pid, start.name, start.daemon, pidfd, sock)
+        let shared = ChildShared::new(pid, start.name, start.daemon, pidfd, sock, theirs)
             .map_err(ProcessError::io("watching the child"))?;
         let shared = Arc::new(shared);
         child::register(shared.clone());
@@ -342,21 +344,27 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
         forkserver::lock_client(),
         child::lock_children(),
         current::lock_me(),
+        child::lock_spare_pair(),
     ));
     // Room for the new child's entry now, so that registering it after the fork does not
     // reallocate while the child shares our pages.
-    if let Some((_, children, _)) = locks.as_mut() {
+    if let Some((_, children, _, _)) = locks.as_mut() {
         children.reserve(1);
     }
     let pid = sys::fork_then(&[close], || {
-        if let Some((mut client, mut children, me)) = locks.take() {
+        if let Some((mut client, mut children, me, mut spare)) = locks.take() {
             // Written only when there is something to forget: each write to a static is a
             // copy-on-write fault in the child.
             forkserver::forget_in_child(&mut client);
             if !children.is_empty() {
                 children.clear();
             }
-            drop((client, children, me));
+            // Another thread's spare report channel: the parent's, not ours.
+            if let Some((a, b)) = spare.take() {
+                sys::close_inline(a);
+                sys::close_inline(b);
+            }
+            drop((client, children, me, spare));
         }
         drop((stdout, stderr));
         body()

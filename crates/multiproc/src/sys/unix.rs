@@ -36,6 +36,17 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     .map_err(errno)
 }
 
+/// [`socketpair`], both ends non-blocking.
+pub(crate) fn socketpair_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(errno)
+}
+
 /// A connected pair of Unix packet sockets (message boundaries kept; a reader sees end of
 /// file once every copy of the other end is closed), close-on-exec.
 pub(crate) fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
