@@ -73,7 +73,8 @@ fn print_partial_line(fd: Fd, text: String) -> u8 {
     nix::unistd::dup2_stdout(&fd).unwrap();
     drop(fd);
     assert_eq!(std::io::stdout().as_raw_fd(), 1);
-    print!("{text}");
+    // Not `print!`: under libtest, a forked test thread still has its output captured.
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()).unwrap();
     0
 }
 
