@@ -406,35 +406,32 @@ fn children_ending_every_way_in_a_row_report_their_own(method: StartMethod) {
     }
 }
 
-fn partial_stdout_line_is_flushed_at_exit(method: StartMethod) {
-    let _leaks = LeakCheck::new();
+/// Starts `f` with the write end of a pipe and `text`, joins it; gives back its result and
+/// what came through the pipe.
+fn through_pipe<F, M>(method: StartMethod, f: &F, text: &str) -> (F::Output, String)
+where
+    F: Func<M, Args = (Fd, String)>,
+{
     let (mut read, write) = std::io::pipe().unwrap();
     let p = builder(method)
-        .start(
-            &print_partial_line,
-            (Fd::from(OwnedFd::from(write)), "no newline here".into()),
-        )
+        .start(f, (Fd::from(OwnedFd::from(write)), text.into()))
         .unwrap();
-    assert_eq!(p.join().unwrap(), 0);
+    let result = p.join().unwrap();
     let mut got = String::new();
     read.read_to_string(&mut got).unwrap();
-    assert_eq!(got, "no newline here");
+    (result, got)
+}
+
+fn partial_stdout_line_is_flushed_at_exit(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let (code, got) = through_pipe(method, &print_partial_line, "no newline here");
+    assert_eq!((code, got.as_str()), (0, "no newline here"));
 }
 
 fn file_descriptor_passes_to_child(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let (read, write) = std::io::pipe().unwrap();
-    let p = builder(method)
-        .start(
-            &write_to,
-            (Fd::from(OwnedFd::from(write)), "through SCM_RIGHTS".into()),
-        )
-        .unwrap();
-    assert_eq!(p.join().unwrap(), 18);
-    let mut got = String::new();
-    let mut read = read;
-    read.read_to_string(&mut got).unwrap();
-    assert_eq!(got, "through SCM_RIGHTS");
+    let (n, got) = through_pipe(method, &write_to, "through SCM_RIGHTS");
+    assert_eq!((n, got.as_str()), (18, "through SCM_RIGHTS"));
 }
 
 fn orphan_sees_its_parent_end(method: StartMethod) {
