@@ -64,6 +64,31 @@ fn echo_big(data: Vec<u8>) -> Vec<u8> {
     data.iter().rev().copied().collect()
 }
 
+/// A result that writes `len` bytes of itself, then refuses to serialize.
+#[derive(Debug, Deserialize)]
+struct Refuses {
+    len: usize,
+}
+
+impl Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeTuple};
+        let mut t = s.serialize_tuple(self.len + 1)?;
+        for _ in 0..self.len {
+            t.serialize_element(&7u8)?;
+        }
+        Err(S::Error::custom(format!(
+            "refused after {} bytes",
+            self.len
+        )))
+    }
+}
+
+#[multiproc::func]
+fn refuse_after(len: usize) -> Refuses {
+    Refuses { len }
+}
+
 /// Points this child's standard output at `fd` and prints `text` without a newline: the
 /// line stays in the standard-output buffer unless the child flushes it before it exits.
 #[multiproc::func]
@@ -161,6 +186,7 @@ per_method!(
     large_arguments_and_results,
     results_of_every_size_come_back,
     children_ending_every_way_in_a_row_report_their_own,
+    result_that_cannot_be_encoded_is_a_codec_error,
     partial_stdout_line_is_flushed_at_exit,
     file_descriptor_passes_to_child,
     sentinel_becomes_readable_at_exit,
@@ -404,6 +430,22 @@ fn children_ending_every_way_in_a_row_report_their_own(method: StartMethod) {
             small
         );
     }
+}
+
+fn result_that_cannot_be_encoded_is_a_codec_error(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    // Within the child's small result buffer, past it, and then a good result again.
+    for len in [0, 10, 200] {
+        match builder(method).start(&refuse_after, len).unwrap().join() {
+            // The codec (postcard) keeps no words of a custom error raised by a user's type.
+            Err(ProcessError::Codec(multiproc::CodecError::Encode(_))) => {}
+            other => panic!("expected an encode error after {len} bytes, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        builder(method).start(&add, (2, 3)).unwrap().join().unwrap(),
+        5
+    );
 }
 
 /// Starts `f` with the write end of a pipe and `text`, joins it; gives back its result and
