@@ -68,13 +68,18 @@ pub(crate) fn run_spawned(sock: OwnedFd, direct: bool) -> ! {
     if kind != Kind::Start {
         die(&format!("expected a start message, got {kind:?}"));
     }
-    run_start(sock, &payload, fds, direct)
+    run_start(sock.as_fd(), &payload, fds, direct)
 }
 
 /// Becomes the child that the encoded start message describes, runs its function with
 /// `fds` as the descriptors of its arguments, reports on `sock`, exits.
 /// `direct`: the OS parent is the process that asked for us (not a forkserver).
-pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct: bool) -> ! {
+pub(crate) fn run_start(
+    sock: BorrowedFd<'_>,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+    direct: bool,
+) -> ! {
     let start: Start = match crate::codec::decode(payload) {
         Ok(s) => s,
         Err(e) => die(&format!("unreadable start message: {e}")),
@@ -97,7 +102,7 @@ pub(crate) fn run_start(sock: OwnedFd, payload: &[u8], fds: Vec<OwnedFd>, direct
     );
     match registry::lookup(&start.function) {
         None => finish(
-            sock.as_fd(),
+            sock,
             Err(Outcome::Failed(format!(
                 "function `{}` is not registered in this binary: add `#[multiproc::func]` to it",
                 start.function

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::bootstrap;
 use super::wire::{self, Kind};
+use super::{bootstrap, registry};
 use crate::error::ProcessError;
 use crate::sys::{self, ExitStatus};
 
@@ -144,6 +144,11 @@ struct Spare {
 
 /// The forkserver's loop (in the re-run executable, before `main`). Never returns.
 pub(crate) fn serve(ctrl: OwnedFd) -> ! {
+    // What every child looks up or writes to first, made once here and inherited: built in
+    // each child, the table of registered functions (a hash of every name, allocations)
+    // and the standard output handle (its buffer) cost a dozen page faults per child.
+    registry::warm();
+    let _ = std::io::stdout();
     let owner = sys::getppid();
     let Ok(owner_fd) = sys::pidfd_open(owner) else {
         sys::exit_now(0)
@@ -210,6 +215,15 @@ fn status_frame(status: ExitStatus) -> Vec<u8> {
     wire::frame_bytes(Kind::Status, &payload)
 }
 
+/// In a new child of the forkserver: the other children's descriptors are the forkserver's,
+/// not ours (closed with inline system calls: each C library page is a fault here).
+fn forget_siblings(children: &mut HashMap<u32, Forked>) {
+    for (_, forked) in children.drain() {
+        sys::close_inline(forked.sock);
+        sys::close_inline(forked.pidfd);
+    }
+}
+
 /// Forks a spare child (see [`Spare`]); `None` if that fails (requests then fork on demand).
 fn fork_spare(
     ctrl: &OwnedFd,
@@ -219,12 +233,12 @@ fn fork_spare(
     let (ours, theirs) = sys::socketpair().ok()?;
     let close = [ctrl.as_raw_fd(), owner_fd.as_raw_fd(), ours.as_raw_fd()];
     let pid = sys::fork_then(&close, || {
-        children.clear();
+        forget_siblings(children);
         match wire::read_frame(theirs.as_fd(), u64::MAX) {
             Ok((Kind::Start, start, fds)) => {
                 let mut fds = fds.into_iter();
                 match fds.next() {
-                    Some(sock) => bootstrap::run_start(sock, &start, fds.collect(), false),
+                    Some(sock) => bootstrap::run_start(sock.as_fd(), &start, fds.collect(), false),
                     None => 70,
                 }
             }
@@ -336,12 +350,8 @@ fn fork_child(
 ) -> Result<u32, String> {
     // The child keeps only its own socket: not the control socket, not the other children's.
     let forked = sys::fork_then(&[ctrl.as_raw_fd(), owner_fd.as_raw_fd()], || {
-        children.clear();
-        let own = match sock.try_clone() {
-            Ok(s) => s,
-            Err(_) => return 70,
-        };
-        bootstrap::run_start(own, start, args, false)
+        forget_siblings(children);
+        bootstrap::run_start(sock.as_fd(), start, args, false)
     });
     let pid = forked.map_err(|e| e.to_string())?;
     let pidfd = sys::pidfd_open(pid).map_err(|e| e.to_string())?;

@@ -36,13 +36,20 @@ pub struct Entry {
 #[linkme::distributed_slice]
 pub static FUNCTIONS: [Entry];
 
+fn index() -> &'static HashMap<&'static str, &'static Entry> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static Entry>> = OnceLock::new();
+    INDEX.get_or_init(|| FUNCTIONS.iter().map(|e| ((e.name)(), e)).collect())
+}
+
 /// Finds a registered function by name.
 pub(crate) fn lookup(name: &str) -> Option<&'static Entry> {
-    static INDEX: OnceLock<HashMap<&'static str, &'static Entry>> = OnceLock::new();
-    INDEX
-        .get_or_init(|| FUNCTIONS.iter().map(|e| ((e.name)(), e)).collect())
-        .get(name)
-        .copied()
+    index().get(name).copied()
+}
+
+/// Builds the index of registered functions now (a forkserver, so that its children
+/// inherit it).
+pub(crate) fn warm() {
+    index();
 }
 
 /// Decodes a registered function's arguments (used by the generated code).
