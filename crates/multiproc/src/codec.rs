@@ -46,18 +46,27 @@ fn custom(message: String) -> String {
     message
 }
 
-fn encode_error(e: postcard::Error) -> CodecError {
-    CodecError::Encode(explain(e))
+/// The error of encoding a `T`, with the type's name: postcard's own words are generic.
+fn encode_error<T: ?Sized>(e: postcard::Error) -> CodecError {
+    CodecError::Encode(format!("`{}`: {}", std::any::type_name::<T>(), explain(e)))
 }
 
-fn decode_error(e: postcard::Error) -> CodecError {
-    CodecError::Decode(explain(e))
+/// The error of decoding a `T`, with the type's name.
+fn decode_error<T>(e: postcard::Error) -> CodecError {
+    CodecError::Decode(format!("`{}`: {}", std::any::type_name::<T>(), explain(e)))
 }
 
 fn explain(e: postcard::Error) -> String {
     let ours = LAST_CUSTOM.with(|l| l.borrow_mut().take());
     match (e, ours) {
         (postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom, Some(m)) => m,
+        // A user's impl raised it: postcard keeps no words of a custom error.
+        (postcard::Error::SerdeSerCustom, None) => {
+            "its Serialize implementation failed (the codec keeps no message)".into()
+        }
+        (postcard::Error::SerdeDeCustom, None) => {
+            "its Deserialize implementation failed (the codec keeps no message)".into()
+        }
         (e, _) => e.to_string(),
     }
 }
@@ -70,9 +79,9 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
     match postcard::to_slice(value, &mut small) {
         Ok(used) => Ok(used.to_vec()),
         Err(postcard::Error::SerializeBufferFull) => {
-            postcard::to_stdvec(value).map_err(encode_error)
+            postcard::to_stdvec(value).map_err(encode_error::<T>)
         }
-        Err(e) => Err(encode_error(e)),
+        Err(e) => Err(encode_error::<T>(e)),
     }
 }
 
@@ -84,7 +93,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), CodecError> {
     postcard::to_io(value, &mut *out)
         .map(drop)
-        .map_err(encode_error)
+        .map_err(encode_error::<T>)
 }
 
 /// Where a function's encoded result goes: appended to a vector (pool workers batch their
@@ -127,7 +136,7 @@ impl ResultBuf<'_> {
                         *self = ResultBuf::Spilled(spilled);
                         Ok(())
                     }
-                    Err(e) => Err(encode_error(e)),
+                    Err(e) => Err(encode_error::<T>(e)),
                 }
             }
             ResultBuf::Spilled(out) => encode_into(value, out),
@@ -181,7 +190,12 @@ impl postcard::ser_flavors::Flavor for SmallFlavor<'_, '_> {
 
 /// Decodes a value that carries no file descriptors.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(bytes).map_err(decode_error)
+    postcard::from_bytes(bytes).map_err(decode_error::<T>)
+}
+
+/// Decodes a value that borrows from `bytes` (framing around encoded items).
+pub(crate) fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(bytes).map_err(decode_error::<T>)
 }
 
 /// Encodes a value, collecting the file descriptors of any [`Fd`] inside it (duplicated, so
@@ -192,7 +206,7 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
     let saved = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
     let result = postcard::to_stdvec(value);
     let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), saved));
-    let bytes = result.map_err(encode_error)?;
+    let bytes = result.map_err(encode_error::<T>)?;
     Ok((bytes, fds.unwrap_or_default()))
 }
 
@@ -205,13 +219,13 @@ pub(crate) fn decode_with_fds<T: DeserializeOwned>(
     if fds.is_empty() {
         // Nothing to claim: leave the slots alone (a thread's first use of them registers a
         // destructor, four page faults in a freshly forked child).
-        return postcard::from_bytes(bytes).map_err(decode_error);
+        return postcard::from_bytes(bytes).map_err(decode_error::<T>);
     }
     let slots = fds.into_iter().map(Some).collect();
     let saved = INCOMING.with(|i| i.borrow_mut().replace(slots));
     let result = postcard::from_bytes(bytes);
     INCOMING.with(|i| *i.borrow_mut() = saved);
-    result.map_err(decode_error)
+    result.map_err(decode_error::<T>)
 }
 
 /// An owned file descriptor that can travel to another process inside any value sent
@@ -377,9 +391,24 @@ mod test {
     #[test]
     fn wrong_type_is_a_decode_error() {
         let bytes = encode(&"hello").unwrap();
-        assert!(matches!(
-            decode::<Vec<u64>>(&bytes[..2]),
-            Err(CodecError::Decode(_))
-        ));
+        match decode::<Vec<u64>>(&bytes[..2]) {
+            Err(CodecError::Decode(m)) => assert!(m.starts_with("`alloc::vec::Vec<u64>`: "), "{m}"),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failing_serialize_impl_is_named_in_the_error() {
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let err = encode(&Refuses).unwrap_err().to_string();
+        assert!(
+            err.contains("Refuses`: its Serialize implementation failed"),
+            "{err}"
+        );
     }
 }

@@ -437,8 +437,12 @@ fn result_that_cannot_be_encoded_is_a_codec_error(method: StartMethod) {
     // Within the child's small result buffer, past it, and then a good result again.
     for len in [0, 10, 200] {
         match builder(method).start(&refuse_after, len).unwrap().join() {
-            // The codec (postcard) keeps no words of a custom error raised by a user's type.
-            Err(ProcessError::Codec(multiproc::CodecError::Encode(_))) => {}
+            // The codec (postcard) keeps no words of a custom error raised by a user's type:
+            // the error names the type.
+            Err(ProcessError::Codec(multiproc::CodecError::Encode(message))) => assert!(
+                message.contains("Refuses`: its Serialize implementation failed"),
+                "{message}"
+            ),
             other => panic!("expected an encode error after {len} bytes, got {other:?}"),
         }
     }

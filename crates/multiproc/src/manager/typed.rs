@@ -19,22 +19,19 @@ fn plain<R: DeserializeOwned>(payload: &[u8]) -> Result<R, ManagerError> {
 
 /// Decodes a reply payload that is one encoded item.
 fn item<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ManagerError> {
-    let bytes: &Bytes =
-        postcard::from_bytes(payload).map_err(|e| crate::CodecError::Decode(e.to_string()))?;
+    let bytes: &Bytes = codec::decode_borrowed(payload)?;
     Ok(codec::decode(bytes)?)
 }
 
 /// Decodes a reply payload that is an optional encoded item.
 fn opt_item<T: DeserializeOwned>(payload: &[u8]) -> Result<Option<T>, ManagerError> {
-    let bytes: Option<&Bytes> =
-        postcard::from_bytes(payload).map_err(|e| crate::CodecError::Decode(e.to_string()))?;
+    let bytes: Option<&Bytes> = codec::decode_borrowed(payload)?;
     Ok(bytes.map(|b| codec::decode(b)).transpose()?)
 }
 
 /// Decodes a reply payload that is a list of encoded items.
 fn items<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, ManagerError> {
-    let all: Vec<&Bytes> =
-        postcard::from_bytes(payload).map_err(|e| crate::CodecError::Decode(e.to_string()))?;
+    let all: Vec<&Bytes> = codec::decode_borrowed(payload)?;
     all.into_iter().map(|b| Ok(codec::decode(b)?)).collect()
 }
 
@@ -202,8 +199,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// The entries, in insertion order.
     pub fn items(&self) -> Result<Vec<(K, V)>, ManagerError> {
         self.proxy.call_with("items", &(), None, |p| {
-            let all: Vec<(&Bytes, &Bytes)> =
-                postcard::from_bytes(p).map_err(|e| crate::CodecError::Decode(e.to_string()))?;
+            let all: Vec<(&Bytes, &Bytes)> = codec::decode_borrowed(p)?;
             all.into_iter()
                 .map(|(k, v)| Ok((codec::decode(k)?, codec::decode(v)?)))
                 .collect()
