@@ -630,6 +630,36 @@ fn start_method_names_round_trip() {
 }
 
 #[multiproc::test]
+fn threads_forking_at_once_each_get_their_own_results() {
+    let _leaks = LeakCheck::new();
+    // Report channels are reused between forks; threads take and give them back at once,
+    // and a child that forks in turn must not take its parent's spare one.
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..150u64 {
+                    let p = Process::fork(move || {
+                        let grandchild = Process::fork(move || t * 1000 + i).unwrap();
+                        (
+                            grandchild.join().unwrap(),
+                            vec![t as u8; (i as usize) % 130],
+                        )
+                    })
+                    .unwrap();
+                    let expected = (t * 1000 + i, vec![t as u8; (i as usize) % 130]);
+                    assert_eq!(p.join().unwrap(), expected);
+                    let q = builder(StartMethod::Fork).start(&add, (t, i)).unwrap();
+                    assert_eq!(q.join().unwrap(), t + i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[multiproc::test]
 fn fork_child_does_not_hang_on_stdout_held_by_another_thread() {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
