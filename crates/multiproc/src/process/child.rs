@@ -48,8 +48,8 @@ struct ChildState {
 }
 
 impl ChildShared {
-    /// `pidfd`: the forkserver's, for its children; opened here for our own. `pair`: a
-    /// forked child's [`report_pair`] (non-blocking already), else `sock` alone.
+    /// `pidfd`: the forkserver's, for its children; opened here for our own. `theirs`: the
+    /// child's end of a forked child's [`report_pair`] (non-blocking already), kept for reuse.
     pub(crate) fn new(
         pid: u32,
         name: String,
