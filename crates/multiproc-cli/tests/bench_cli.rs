@@ -5,6 +5,9 @@
 
 use std::process::Command;
 
+#[path = "../../multiproc/tests/common/mod.rs"]
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_multiproc");
 
 const GROUPS: [&str; 12] = [
@@ -29,12 +32,7 @@ fn every_group_runs_and_emits_json_and_a_chart() {
         .arg(&svg)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::stdout_of(out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["size"], "tiny");
@@ -90,12 +88,7 @@ fn without_python3_the_cpython_columns_are_a_note() {
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = common::stdout_of(out);
     assert!(
         stdout.contains("note: no python3 on this machine"),
         "{stdout}"

@@ -383,12 +383,7 @@ fn the_cluster_primes_example_with_workers_as_commands() {
         .env("MULTIPROC_AUTHKEY", "example key")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::stdout_of(out);
     assert!(text.starts_with("17984 primes below 200000"), "{text}");
     // SIGTERM stops a worker cleanly: it leaves the worker set.
     for w in &workers {

@@ -58,11 +58,7 @@ fn server_workers_and_submitter_as_separate_commands() {
     ])
     .output()
     .unwrap();
-    assert!(
-        submit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&submit.stderr)
-    );
+    let submitted = common::stdout_of(submit);
     let expected: u64 = (0..120u64)
         .map(|id| {
             let limit = 1000 + id * 10;
@@ -72,7 +68,7 @@ fn server_workers_and_submitter_as_separate_commands() {
         })
         .sum();
     assert_eq!(
-        String::from_utf8_lossy(&submit.stdout).trim(),
+        submitted.trim(),
         format!("120 jobs done, {expected} primes in all")
     );
     let mut done = 0;
@@ -80,12 +76,7 @@ fn server_workers_and_submitter_as_separate_commands() {
         let out = std::mem::replace(&mut w.0, Command::new("true").spawn().unwrap())
             .wait_with_output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = common::stdout_of(out);
         done += text
             .split_whitespace()
             .nth(3)

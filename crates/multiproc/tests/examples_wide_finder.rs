@@ -12,12 +12,7 @@ fn wide_finder_finds_the_top_ten_and_agrees_with_the_serial_count() {
         .args(["--lines", "30000", "--workers", "3"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::stdout_of(out);
     let hits: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("/ongoing/When/200x/"))

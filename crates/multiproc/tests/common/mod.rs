@@ -106,6 +106,19 @@ impl Drop for LeakCheck {
     }
 }
 
+/// The standard output of a finished command, after asserting that it succeeded (its
+/// output and errors in the failure message).
+pub fn stdout_of(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The path of example `name`, built by cargo with the tests.
 pub fn example(name: &str) -> std::path::PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/examples/<name>
