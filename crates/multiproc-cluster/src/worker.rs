@@ -1,6 +1,6 @@
 //! The working side: the user's own binary in worker mode.
 //!
-//! A worker runs a local [`Pool`](multiproc::Pool) of N processes and N consumer threads.
+//! A worker runs a local [`Pool`] of N processes and N consumer threads.
 //! Each thread takes one task at a time from the task stream through the consumer group
 //! (`XREADGROUP`), runs its items in the local pool, stores the signed reply on the client's
 //! reply stream and acknowledges the task in the same transaction (`MULTI`: `XADD` reply,

@@ -146,7 +146,7 @@ impl Listener {
     }
 
     /// Accepts the next client without authenticating it: a server that serves each client
-    /// on its own thread runs the handshake there ([`Listener::authenticate`]), so a slow
+    /// on its own thread runs the handshake there ([`Listener::handshake`]), so a slow
     /// client cannot hold up the others.
     pub(crate) fn accept_unauthenticated(&self) -> Result<Connection, ConnectionError> {
         let fd = sys::accept(self.fd.as_fd())?;

@@ -153,19 +153,15 @@ pub(crate) fn write_returned(sock: BorrowedFd<'_>, returned: &Returned<'_>) -> i
             frame[HEADER + 2..].copy_from_slice(buf);
             sys::send_all(sock, &frame[..HEADER + 2 + len])
         }
-        Returned::Small(buf, len) => write_framed(sock, &ReturnedRef::Returned(&buf[..len])),
-        Returned::Bytes(bytes) => write_framed(sock, &ReturnedRef::Returned(bytes)),
+        Returned::Small(buf, len) => write_outcome(sock, &ReturnedRef::Returned(&buf[..len])),
+        Returned::Bytes(bytes) => write_outcome(sock, &ReturnedRef::Returned(bytes)),
     }
 }
 
-/// Reports `outcome` to the parent: inline when small, else through a memfd. Never blocks
-/// for long: a small frame always fits the socket buffer.
-pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: &Outcome) -> io::Result<()> {
-    write_framed(sock, outcome)
-}
-
+/// Reports `outcome` (an [`Outcome`], or [`ReturnedRef`]) to the parent: inline when small,
+/// else through a memfd. Never blocks for long: a small frame always fits the socket buffer.
 #[cold]
-fn write_framed(sock: BorrowedFd<'_>, outcome: &impl Serialize) -> io::Result<()> {
+pub(crate) fn write_outcome(sock: BorrowedFd<'_>, outcome: &impl Serialize) -> io::Result<()> {
     let payload = crate::codec::encode(outcome).map_err(|e| invalid(e.to_string()))?;
     if payload.len() <= INLINE_OUTCOME {
         return write_frame(sock, Kind::Outcome, &payload, &[]);
