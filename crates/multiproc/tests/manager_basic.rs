@@ -644,3 +644,39 @@ fn a_slow_call_stalls_only_its_own_object() {
     );
     assert_eq!(busy.join().unwrap(), 0);
 }
+
+/// A call the server has carried out gets its answer even when another client stops the
+/// server right after: here the worker's last `task_done` lets the submitter's `join`
+/// return and shut the server down (the `remote_queue` example's worker got `Closed` from
+/// that `task_done` in CI: the stopping server cut the connection before the reply).
+#[multiproc::test]
+fn a_call_carried_out_before_a_shutdown_gets_its_answer() {
+    let key = b"answers before shutdown".to_vec();
+    for round in 0..300 {
+        let server = Manager::serve("127.0.0.1:0", &key).unwrap();
+        let mgr = Manager::connect(server.address().to_string().as_str(), &key).unwrap();
+        let jobs = mgr.joinable_queue::<u8>().unwrap();
+        jobs.put(&1).unwrap();
+        assert_eq!(jobs.get().unwrap(), 1);
+        let worker_jobs = jobs.clone();
+        let worker = std::thread::spawn(move || worker_jobs.task_done());
+        jobs.join_timeout(T).unwrap();
+        mgr.shutdown().unwrap();
+        let done = worker.join().unwrap();
+        assert!(
+            done.is_ok(),
+            "round {round}: the task_done the join saw came back as {done:?}"
+        );
+        assert!(server.wait_timeout(T));
+    }
+    // A call still waiting when the server stops gives up with `Closed` (not a time-out).
+    let server = Manager::serve("127.0.0.1:0", &key).unwrap();
+    let mgr = Manager::connect(server.address().to_string().as_str(), &key).unwrap();
+    let q = mgr.queue::<u8>().unwrap();
+    let waiting_q = q.clone();
+    let waiting = std::thread::spawn(move || waiting_q.get_timeout(T));
+    std::thread::sleep(Duration::from_millis(100));
+    mgr.shutdown().unwrap();
+    assert!(matches!(waiting.join().unwrap(), Err(ManagerError::Closed)));
+    assert!(server.wait_timeout(T));
+}

@@ -300,18 +300,28 @@ fn spawn_connection(core: &Arc<Core>, conn: Connection, session: Option<u128>) {
 }
 
 /// Stops every connection, waits a little for their threads, drops the objects.
+///
+/// Only the reading side is shut at first: a thread waiting for the next request ends at
+/// once, a blocking call gives up (it sees `stopping`), and a call already carried out still
+/// sends its answer — cutting the writing side too made a client's last `task_done`, which
+/// let another client's `join` return and shut the server down, fail with `Closed`
+/// although it was done.
 fn finish(core: &Core) {
     core.stopping.store(true, Ordering::SeqCst);
     let mut reg = lock(&core.reg);
     for fd in reg.connections.values() {
         let _ = sys::shutdown(fd.as_fd(), false);
-        let _ = sys::shutdown(fd.as_fd(), true);
     }
     let deadline = Instant::now() + STOP_GRACE;
     while !reg.connections.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break; // a thread stuck in a user method: leave it
+            // A thread stuck in a user method: its client gets `Closed` now, the thread is
+            // left to end on its own.
+            for fd in reg.connections.values() {
+                let _ = sys::shutdown(fd.as_fd(), true);
+            }
+            break;
         }
         reg = core
             .conn_ended
