@@ -553,11 +553,7 @@ fn sequential_spawns_leave_no_zombie(method: StartMethod) {
     assert!(eventually(Duration::from_secs(10), || {
         multiproc::active_children().is_empty()
     }));
-    assert!(
-        common::zombies().is_empty(),
-        "zombies: {:?}",
-        common::zombies()
-    );
+    common::assert_no_lasting_zombie();
 }
 
 fn unregistered_function_is_refused(method: StartMethod) {

@@ -38,6 +38,19 @@ pub fn zombies() -> Vec<u32> {
         .collect()
 }
 
+/// Asserts that no child of this process stays a zombie. Children still running (the
+/// forkserver, other tests' children) are fine. A child that ended a moment ago is a zombie
+/// until its handle or `active_children` reaps it, and tests running beside this one in the
+/// same process (plain `cargo test`) start and end children at any time: only a zombie that
+/// outlasts a 2 s grace, with `active_children` reaping meanwhile, is a leak.
+pub fn assert_no_lasting_zombie() {
+    let clean = eventually(Duration::from_secs(2), || {
+        let _ = multiproc::active_children(); // reaps children whose handles were dropped
+        zombies().is_empty()
+    });
+    assert!(clean, "zombies left: {:?}", zombies());
+}
+
 /// Whether `pid` is running (a zombie counts as ended).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -93,13 +106,7 @@ impl Drop for LeakCheck {
         if std::thread::panicking() {
             return;
         }
-        // Children still running (forkserver) are fine; zombies are not: give the
-        // reaping a moment, since a child may end right now.
-        let clean = eventually(Duration::from_secs(2), || {
-            let _ = multiproc::active_children(); // reaps children whose handles were dropped
-            zombies().is_empty()
-        });
-        assert!(clean, "zombies left: {:?}", zombies());
+        assert_no_lasting_zombie();
         let now = shm_entries();
         let new: Vec<_> = now.iter().filter(|e| !self.shm.contains(e)).collect();
         assert!(new.is_empty(), "/dev/shm entries left: {new:?}");
