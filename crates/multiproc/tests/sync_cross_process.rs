@@ -351,3 +351,25 @@ fn shared_memory_named_and_anonymous() {
     anon.read(0, &mut buf).unwrap();
     assert_eq!(&buf, b"from child");
 }
+
+/// The leak check these tests rely on must itself be able to fail: a named segment that
+/// stays past the grace is reported (and then removed, while the panic unwinds).
+#[test]
+#[should_panic(expected = "/dev/shm entries left")]
+fn leak_check_reports_a_segment_left_behind() {
+    use multiproc::SharedMemory;
+    struct UnlinkAfter(Option<SharedMemory>);
+    impl Drop for UnlinkAfter {
+        fn drop(&mut self) {
+            if let Some(shm) = &self.0 {
+                let _ = shm.unlink();
+            }
+        }
+    }
+    let mut cleanup = UnlinkAfter(None); // dropped after the check
+    let _leaks = LeakCheck::new();
+    let name = format!("mp-test-leak-{}", std::process::id());
+    let leaked = SharedMemory::create(&name, 64).unwrap();
+    cleanup.0 = Some(SharedMemory::open(&name).unwrap());
+    std::mem::forget(leaked);
+}
