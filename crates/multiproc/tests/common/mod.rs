@@ -91,7 +91,7 @@ pub fn shm_entries() -> Vec<String> {
 }
 
 /// Asserts on drop that the test left no zombie child and no new /dev/shm entry (each given
-/// a 2 s grace: see [`assert_no_lasting_zombie`]).
+/// a 2 s grace: see [`assert_no_lasting_zombie`] and [`LeakCheck::shm_left`]).
 pub struct LeakCheck {
     shm: Vec<String>,
 }
@@ -99,6 +99,19 @@ pub struct LeakCheck {
 impl LeakCheck {
     pub fn new() -> Self {
         LeakCheck { shm: shm_entries() }
+    }
+
+    /// The /dev/shm entries made since the check began that are still there after `grace`.
+    /// /dev/shm is the machine's: a test running beside this one in another process may hold
+    /// a segment of its own for a moment, so only an entry that stays is a leak.
+    pub fn shm_left(&self, grace: Duration) -> Vec<String> {
+        let left = || -> Vec<String> {
+            let mut now = shm_entries();
+            now.retain(|e| !self.shm.contains(e));
+            now
+        };
+        eventually(grace, || left().is_empty());
+        left()
     }
 }
 
@@ -108,15 +121,8 @@ impl Drop for LeakCheck {
             return;
         }
         assert_no_lasting_zombie();
-        // /dev/shm is the machine's: a test running beside this one in another process may
-        // hold a segment of its own right now. A leak is an entry that stays.
-        let new = || -> Vec<String> {
-            let mut now = shm_entries();
-            now.retain(|e| !self.shm.contains(e));
-            now
-        };
-        let clean = eventually(Duration::from_secs(2), || new().is_empty());
-        assert!(clean, "/dev/shm entries left: {:?}", new());
+        let left = self.shm_left(Duration::from_secs(2));
+        assert!(left.is_empty(), "/dev/shm entries left: {left:?}");
     }
 }
 
