@@ -105,13 +105,13 @@ impl LeakCheck {
     /// /dev/shm is the machine's: a test running beside this one in another process may hold
     /// a segment of its own for a moment, so only an entry that stays is a leak.
     pub fn shm_left(&self, grace: Duration) -> Vec<String> {
-        let left = || -> Vec<String> {
-            let mut now = shm_entries();
-            now.retain(|e| !self.shm.contains(e));
-            now
-        };
-        eventually(grace, || left().is_empty());
-        left()
+        let mut left = Vec::new();
+        eventually(grace, || {
+            left = shm_entries();
+            left.retain(|e| !self.shm.contains(e));
+            left.is_empty()
+        });
+        left
     }
 }
 
