@@ -157,6 +157,11 @@ pub enum PoolError {
     /// The task panicked; the worker survives.
     #[error("task panicked: {0}")]
     Panicked(String),
+    /// The task left its worker unable to go on (for example it closed the worker's
+    /// descriptors): the task fails, the worker is replaced, and the tasks queued behind it run
+    /// on another worker.
+    #[error("the task broke its worker: {0}")]
+    WorkerBroken(String),
     /// The task ran past the pool's task timeout: its worker was killed and replaced.
     #[error("task ran longer than {0:?}; its worker was killed")]
     Timeout(Duration),

@@ -22,11 +22,30 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     r.group(&format!("pool: {workers} workers, median of {reps}"));
     let pool = Pool::new(workers)?;
     let n1 = r.size.pick(2_000, 20_000, 100_000);
-    let chunk1 = repeat(reps, || {
+    // map, imap and imap_unordered at chunk size 1 in turns: streaming is compared with the
+    // map of the same runs.
+    let rate = |f: &mut dyn FnMut() -> multiproc::Result<()>| -> multiproc::Result<f64> {
         let t = Instant::now();
-        pool.map_chunked(&ident, 0..n1, 1)?;
+        f()?;
         Ok(n1 as f64 / t.elapsed().as_secs_f64())
-    })?;
+    };
+    let (mut chunk1, mut imap1, mut unordered1) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        chunk1.push(rate(&mut || {
+            pool.map_chunked(&ident, 0..n1, 1)?;
+            Ok(())
+        })?);
+        imap1.push(rate(&mut || {
+            pool.imap(&ident, 0..n1).try_for_each(|r| r.map(drop))?;
+            Ok(())
+        })?);
+        unordered1.push(rate(&mut || {
+            pool.imap_unordered(&ident, 0..n1)
+                .try_for_each(|r| r.map(drop))?;
+            Ok(())
+        })?);
+    }
+    let (chunk1, imap1, unordered1) = (Samples(chunk1), Samples(imap1), Samples(unordered1));
     let n2 = r.size.pick(10_000, 100_000, 100_000);
     let chunked = repeat(reps, || {
         let t = Instant::now();
@@ -107,6 +126,15 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         &chunk1,
         &[("CPython", py_c1)],
     );
+    for (name, samples) in [("imap", &imap1), ("imap_unordered", &unordered1)] {
+        r.row(
+            "pool",
+            &format!("{name} of trivial tasks, chunksize 1"),
+            Unit::Rate,
+            samples,
+            &[("map, chunksize 1, same runs", Some(chunk1.median()))],
+        );
+    }
     r.row(
         "pool",
         &format!("map of {n2} trivial tasks, default chunks"),

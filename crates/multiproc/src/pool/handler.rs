@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::progress::{Clock, Progress, now_ns};
 use super::state::{
-    Chunk, ItemResult, Lent, OnDone, Shared, State, drain_reports, record_locked, run_callbacks,
+    Chunk, ItemResult, Lent, OnDone, Shared, State, drain_reports, payloads, record_locked,
+    run_callbacks,
 };
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::{Connection, FrameReader, pipe, wait};
@@ -73,7 +75,8 @@ pub(crate) struct Worker {
     id: u64,
     ready: bool,
     busy: VecDeque<Busy>,
-    timed_out: bool,
+    /// Killed for running past its time limit, at this `now_ns`.
+    timed_out: Option<u64>,
     tasks: u64,
     /// Moving average of the time a chunk takes, from the worker's reports.
     avg: Duration,
@@ -82,19 +85,22 @@ pub(crate) struct Worker {
     reader: FrameReader,
     /// The worker's reports (see `worker::report`).
     reports: Ring,
+    /// How far it got in the chunk it runs.
+    progress: Progress,
 }
 
 impl Worker {
-    fn new(process: Process<()>, conn: Connection, reports: Ring) -> Worker {
+    fn new(process: Process<()>, conn: Connection, reports: Ring, progress: Progress) -> Worker {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Worker {
             process,
             conn: Arc::new(conn),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reports,
+            progress,
             ready: false,
             busy: VecDeque::new(),
-            timed_out: false,
+            timed_out: None,
             tasks: 0,
             avg: Duration::from_millis(1),
             last_report: Instant::now(),
@@ -139,10 +145,12 @@ fn absorb(
         }
     }
     for p in std::mem::take(&mut st.picked) {
-        if let Some(w) = workers.iter_mut().find(|w| w.id == p.worker) {
+        if p.report.ends_chunk
+            && let Some(w) = workers.iter_mut().find(|w| w.id == p.worker)
+        {
             w.finished_one(cfg);
         }
-        callbacks.extend(p.callbacks);
+        callbacks.extend(p.report.callbacks);
     }
 }
 
@@ -166,7 +174,7 @@ fn publish(st: &mut State, cfg: &Config, workers: &[Worker]) {
         && cfg.task_timeout.is_none();
     let idle = workers.iter().filter(|w| {
         let retiring = cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 + 1 > cfg.maxtasks;
-        lend && w.ready && w.busy.is_empty() && !w.timed_out && !retiring
+        lend && w.ready && w.busy.is_empty() && w.timed_out.is_none() && !retiring
     });
     if !idle
         .clone()
@@ -186,20 +194,22 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let (ours, theirs) = pipe(true).map_err(|e| PoolError::Io(e.to_string()))?;
     let reports = Ring::new(0, crate::queue::DEFAULT_QUEUE_BYTES)
         .map_err(|e| PoolError::Io(format!("cannot make a report ring: {e}")))?;
+    let progress =
+        Progress::new().map_err(|e| PoolError::Io(format!("cannot make a progress area: {e}")))?;
     if let Some(run) = cfg.closure.clone() {
         let maxtasks = cfg.maxtasks;
-        let ring = reports.clone();
+        let (ring, kept) = (reports.clone(), progress.clone());
         let process = Process::builder()
             .daemon(true)
             .name("PoolWorker")
             .fork(move || {
-                super::worker::serve(&theirs, &ring, None, maxtasks, &|_| {
+                super::worker::serve(&theirs, &ring, &kept, None, maxtasks, &|_| {
                     let run = run.clone();
                     Box::new(move |a, out| run(a, out))
                 })
             })
             .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
-        return Ok(Worker::new(process, ours, reports));
+        return Ok(Worker::new(process, ours, reports, progress));
     }
     let mut b = Process::builder().daemon(true).name("PoolWorker");
     if let Some(m) = cfg.method {
@@ -208,24 +218,16 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let process = b
         .start(
             &multiproc_pool_worker,
-            (theirs, reports.clone(), cfg.init.clone(), cfg.maxtasks),
+            (
+                theirs,
+                reports.clone(),
+                progress.clone(),
+                cfg.init.clone(),
+                cfg.maxtasks,
+            ),
         )
         .map_err(|e| PoolError::Io(format!("cannot start a worker: {e}")))?;
-    Ok(Worker::new(process, ours, reports))
-}
-
-/// Records item results of `job` from `start`, and collects the callback if it completed.
-fn record(
-    shared: &Shared,
-    job: u64,
-    start: u64,
-    results: Vec<ItemResult>,
-) -> Vec<(OnDone, ItemResult)> {
-    let (callbacks, wake) = record_locked(&mut shared.lock(), job, start, results);
-    if wake {
-        shared.changed.notify_all();
-    }
-    callbacks
+    Ok(Worker::new(process, ours, reports, progress))
 }
 
 /// Takes the reports of every worker, under one lock: what callers already did (`absorb`),
@@ -242,9 +244,11 @@ fn take_reports(
     for w in workers.iter_mut() {
         let (wk, done) = drain_reports(&mut st, &w.reports);
         wake |= wk;
-        for cbs in done {
-            w.finished_one(cfg);
-            callbacks.extend(cbs);
+        for report in done {
+            if report.ends_chunk {
+                w.finished_one(cfg);
+            }
+            callbacks.extend(report.callbacks);
         }
     }
     drop(st);
@@ -269,18 +273,117 @@ fn take_message(shared: &Shared, w: &mut Worker, msg: FromWorker) {
     }
 }
 
-fn fail_busy(shared: &Shared, busy: Busy, err: PoolError) -> Vec<(OnDone, ItemResult)> {
-    let results = (0..busy.chunk.args.len())
-        .map(|_| Err(err.clone()))
-        .collect();
-    record(shared, busy.chunk.job, busy.chunk.start, results)
+/// The time limit of each item of `chunk`, if it has one.
+fn limit_of(cfg: &Config, chunk: &Chunk) -> Option<Duration> {
+    chunk.timeout.or(cfg.task_timeout)
 }
 
+/// Whether a worker records when each item of `chunk` starts.
+fn clock_for(cfg: &Config, chunk: &Chunk) -> Clock {
+    if limit_of(cfg, chunk).is_some() {
+        Clock::PerItem
+    } else {
+        Clock::Off
+    }
+}
+
+/// When `chunk`'s first item is due at the latest, counted from now (the handler looks at when
+/// each item actually started once this passes).
 fn deadline_for(cfg: &Config, chunk: &Chunk) -> Option<Instant> {
-    chunk
-        .timeout
-        .or(cfg.task_timeout)
-        .map(|t| Instant::now() + t * chunk.args.len().max(1) as u32)
+    limit_of(cfg, chunk).map(|t| Instant::now() + t)
+}
+
+/// Settles the chunks of a worker that ended: what it finished of its running chunk is
+/// delivered, the item it was running fails (or runs again, if it was killed for another
+/// item's time limit and had not used up its own), and every item it had not started goes back
+/// to the front of the line.
+fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemResult)> {
+    let _ = w.process.join_timeout(Duration::from_secs(5));
+    let exitcode = w.process.exitcode().unwrap_or(-9);
+    let pid = w.pid();
+    let mut busy = w.busy;
+    let Some(running) = busy.pop_front() else {
+        if !w.ready {
+            // Died before it was ready: the initializer crashed. No respawn storm.
+            let mut st = shared.lock();
+            if st.broken.is_none() && !st.terminated {
+                st.broken = Some(PoolError::Initializer(format!(
+                    "worker {pid} died during start-up (exit code {exitcode})"
+                )));
+            }
+        }
+        return Vec::new();
+    };
+    let mut st = shared.lock();
+    for b in busy.into_iter().rev() {
+        st.pending.push_front(b.chunk);
+    }
+    let chunk = running.chunk;
+    let Some(kept) = w.progress.kept(chunk.seq) else {
+        // It never began the chunk: nothing of it ran.
+        st.pending.push_front(chunk);
+        return Vec::new();
+    };
+    let limit = limit_of(cfg, &chunk).unwrap_or_default();
+    let running_item = kept.running() as usize;
+    let mut rest = running_item + 1;
+    let mut results = payloads(kept.data, &kept.ends);
+    if running_item < chunk.args.len() {
+        match w.timed_out {
+            // Killed for an item that finished just before: this one had time left.
+            Some(killed)
+                if kept.started != 0 && kept.started + limit.as_nanos() as u64 > killed =>
+            {
+                rest = running_item;
+            }
+            Some(_) => results.push(Err(PoolError::Timeout(limit))),
+            None => results.push(Err(PoolError::WorkerDied { pid, exitcode })),
+        }
+    }
+    let seq = st.seq();
+    if let Some(tail) = chunk.tail(rest, seq) {
+        st.pending.push_front(tail);
+    }
+    let (callbacks, wake) = record_locked(
+        &mut st,
+        chunk.job,
+        chunk.start + u64::from(kept.first),
+        results,
+    );
+    drop(st);
+    if wake {
+        shared.changed.notify_all();
+    }
+    callbacks
+}
+
+/// Kills the workers whose running item is past its time limit; their deaths are settled
+/// next round. A chunk's deadline is its first item's: once it passes, the time the running
+/// item actually started (from the worker's progress area) decides.
+fn kill_overdue(cfg: &Config, workers: &mut [Worker]) {
+    let now = Instant::now();
+    for w in workers.iter_mut() {
+        if w.timed_out.is_some() {
+            continue;
+        }
+        let Some(b) = w.busy.front_mut() else {
+            continue;
+        };
+        if b.deadline.is_none_or(|d| d > now) {
+            continue;
+        }
+        let limit = limit_of(cfg, &b.chunk).unwrap_or_default();
+        if let Some(started) = w.progress.item_start(b.chunk.seq) {
+            let due = started + limit.as_nanos() as u64;
+            let now_ns = now_ns();
+            if due > now_ns {
+                b.deadline = Some(now + Duration::from_nanos(due - now_ns));
+                continue;
+            }
+        }
+        w.timed_out = Some(now_ns());
+        let _ = w.process.kill();
+    }
 }
 
 fn stop_workers(workers: &mut Vec<Worker>, kill: bool) {
@@ -374,7 +477,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                     } else {
                         None
                     };
-                    sends.push((i, chunk.run_message()));
+                    sends.push((i, chunk.run_message(clock_for(&cfg, &chunk))));
                     w.busy.push_back(Busy { chunk, deadline });
                 }
                 let drained = st.pending.is_empty()
@@ -429,6 +532,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
         // Wait for a message, a death, a deadline or a poke.
         let deadline = workers
             .iter()
+            .filter(|w| w.timed_out.is_none())
             .filter_map(|w| w.busy.front().and_then(|b| b.deadline))
             .min();
         let mut fds: Vec<BorrowedFd<'_>> = vec![wake.as_fd()];
@@ -503,47 +607,9 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
         }
         for i in dead.into_iter().rev() {
             let w = workers.remove(i);
-            let _ = w.process.join_timeout(Duration::from_secs(5));
-            let exitcode = w.process.exitcode().unwrap_or(-9);
-            let pid = w.pid();
-            let mut busy = w.busy;
-            if let Some(running) = busy.pop_front() {
-                // Chunks it had not started yet go back to the front of the line.
-                let mut st = shared.lock();
-                for b in busy.into_iter().rev() {
-                    st.pending.push_front(b.chunk);
-                }
-                drop(st);
-                let busy = running;
-                let err = if w.timed_out {
-                    PoolError::Timeout(busy.chunk.timeout.or(cfg.task_timeout).unwrap_or_default())
-                } else {
-                    PoolError::WorkerDied { pid, exitcode }
-                };
-                callbacks.extend(fail_busy(&shared, busy, err));
-            } else if !w.ready {
-                // Died before it was ready: the initializer crashed. No respawn storm.
-                let mut st = shared.lock();
-                if st.broken.is_none() && !st.terminated {
-                    st.broken = Some(PoolError::Initializer(format!(
-                        "worker {pid} died during start-up (exit code {exitcode})"
-                    )));
-                }
-            }
+            callbacks.extend(settle_dead(&shared, &cfg, w));
         }
-        // Overdue tasks: kill their workers; the deaths above report them next round.
-        let now = Instant::now();
-        for w in &mut workers {
-            if w.busy
-                .front()
-                .and_then(|b| b.deadline)
-                .is_some_and(|d| d <= now)
-                && !w.timed_out
-            {
-                w.timed_out = true;
-                let _ = w.process.kill();
-            }
-        }
+        kill_overdue(&cfg, &mut workers);
         run_callbacks(callbacks);
     }
 }

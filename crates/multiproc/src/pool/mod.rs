@@ -35,6 +35,7 @@
 //! ```
 
 mod handler;
+mod progress;
 mod result;
 mod state;
 mod worker;
@@ -56,7 +57,7 @@ use crate::error::PoolError;
 use crate::process::StartMethod;
 use crate::process::registry::{self, Func};
 use handler::Config;
-use state::{Chunk, Inner, Job, Shared, State};
+use state::{Chunk, Inner, Job, Reader, Shared, State};
 use worker::Batch;
 
 /// Configures a [`Pool`]: `Pool::builder().processes(4).initializer(&init, cfg).build()`.
@@ -293,7 +294,7 @@ impl Pool {
     fn submit_limited(
         &self,
         function: &'static str,
-        items: Batch,
+        mut items: Batch,
         chunksize: usize,
         job: Option<u64>,
         timeout: Option<Duration>,
@@ -313,37 +314,25 @@ impl Pool {
         }
         let id = match job {
             Some(id) => id,
-            None => {
-                st.next_job += 1;
-                let id = st.next_job;
-                st.jobs.insert(id, Job::default());
-                id
-            }
+            None => Self::new_job_locked(&mut st, Reader::AtTheEnd),
         };
         let n = items.len();
         let start = st.jobs.get_mut(&id).map(|j| j.add_items(n)).unwrap_or(0);
-        let mut offset = 0u64;
         let mut chunks = VecDeque::new();
-        for (from, to) in (0..n)
-            .step_by(chunksize)
-            .map(|a| (a, (a + chunksize).min(n)))
-        {
-            let base = if from == 0 { 0 } else { items.ends[from - 1] };
-            let args = Batch {
-                data: serde_bytes::ByteBuf::from(
-                    items.data[base as usize..items.ends[to - 1] as usize].to_vec(),
-                ),
-                ends: items.ends[from..to].iter().map(|e| e - base).collect(),
-            };
-            let len = (to - from) as u64;
+        for from in (0..n).step_by(chunksize) {
+            let seq = st.seq();
             chunks.push_back(Chunk {
+                seq,
                 job: id,
-                start: start + offset,
+                start: start + from as u64,
                 function,
-                args,
+                args: if chunksize >= n {
+                    std::mem::take(&mut items)
+                } else {
+                    items.slice(from, (from + chunksize).min(n))
+                },
                 timeout,
             });
-            offset += len;
         }
         if chunks.len() == 1
             && let Some(chunk) = Self::send_to_lent(&mut st, chunks.pop_front().expect("one chunk"))
@@ -359,6 +348,18 @@ impl Pool {
         Ok(id)
     }
 
+    fn new_job_locked(st: &mut State, reader: Reader) -> u64 {
+        st.next_job += 1;
+        let id = st.next_job;
+        st.jobs.insert(id, Job::new(reader));
+        id
+    }
+
+    /// A new job whose results `reader` takes (a lazy iterator's, before its first items).
+    pub(crate) fn new_job(&self, reader: Reader) -> u64 {
+        Self::new_job_locked(&mut self.shared.lock(), reader)
+    }
+
     /// Sends a lone chunk straight to an idle worker the handler lent out, if there is one:
     /// a round trip then wakes the worker only, not the handler first (the handler counts
     /// the chunk from `State::direct` when it next looks). Gives the chunk back otherwise.
@@ -369,7 +370,8 @@ impl Pool {
         let Some(lent) = st.lent.pop() else {
             return Some(chunk);
         };
-        let sent = crate::codec::encode(&chunk.run_message())
+        // Lent only while no time limit is set (see `handler::publish`): no clock to keep.
+        let sent = crate::codec::encode(&chunk.run_message(progress::Clock::Off))
             .ok()
             .is_some_and(|bytes| lent.conn.send_many(&[bytes]).is_ok());
         if !sent {
@@ -459,10 +461,7 @@ impl Pool {
         items: impl IntoIterator<Item = F::Args>,
         chunksize: usize,
     ) -> Result<Vec<F::Output>, PoolError> {
-        let function = Self::function(f)?;
-        let encoded = Self::encode_all(items)?;
-        let job = self.submit(function, encoded, chunksize, None)?;
-        MapResult::new(self.shared.clone(), job).get()
+        self.map_async_chunked(f, items, chunksize)?.get()
     }
 
     /// [`map`](Pool::map) without waiting: the results come through the returned handle.
@@ -475,6 +474,19 @@ impl Pool {
         let encoded = Self::encode_all(items)?;
         let chunksize = default_chunksize(encoded.len(), self.processes);
         let job = self.submit(function, encoded, chunksize, None)?;
+        Ok(MapResult::new(self.shared.clone(), job))
+    }
+
+    /// [`map_async`](Pool::map_async) with an explicit chunk size (at least 1; Python's
+    /// `map_async(f, items, chunksize)`).
+    pub fn map_async_chunked<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = F::Args>,
+        chunksize: usize,
+    ) -> Result<MapResult<F::Output>, PoolError> {
+        let function = Self::function(f)?;
+        let job = self.submit(function, Self::encode_all(items)?, chunksize, None)?;
         Ok(MapResult::new(self.shared.clone(), job))
     }
 

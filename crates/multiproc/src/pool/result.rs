@@ -7,7 +7,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Pool;
-use super::state::{ItemResult, Shared};
+use std::collections::VecDeque;
+
+use super::state::{ItemResult, Reader, Shared};
 use crate::error::PoolError;
 
 fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
@@ -60,13 +62,7 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
 /// Takes the results of a finished job out of the pool.
 fn take(shared: &Shared, id: u64) -> Vec<ItemResult> {
     let job = shared.lock().jobs.remove(&id);
-    job.map(|j| {
-        j.results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(PoolError::Terminated)))
-            .collect()
-    })
-    .unwrap_or_default()
+    job.map(|j| j.into_results()).unwrap_or_default()
 }
 
 fn abandon(shared: &Shared, id: u64) {
@@ -152,9 +148,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         if j.remaining > 0 {
             return None;
         }
-        j.results
-            .first()
-            .and_then(|r| r.as_ref().map(|r| r.is_ok()))
+        j.first().map(|r| r.is_ok())
     }
 }
 
@@ -166,12 +160,7 @@ impl<R: DeserializeOwned + 'static> AsyncResult<R> {
         match st.jobs.get_mut(&self.job) {
             Some(j) if j.remaining > 0 => j.on_done.push(Box::new(f)),
             Some(j) => {
-                let r = j
-                    .results
-                    .first()
-                    .cloned()
-                    .flatten()
-                    .unwrap_or(Err(PoolError::Terminated));
+                let r = j.first().cloned().unwrap_or(Err(PoolError::Terminated));
                 drop(st);
                 super::state::run_callbacks(vec![(Box::new(f), r)]);
             }
@@ -285,6 +274,21 @@ impl<R: DeserializeOwned> MapResult<R> {
             .collect()
     }
 
+    /// [`get_each`](MapResult::get_each) waiting at most `timeout`
+    /// ([`PoolError::WaitTimeout`] after; the tasks go on).
+    pub fn get_each_timeout(
+        self,
+        timeout: Duration,
+    ) -> Result<Vec<Result<R, PoolError>>, PoolError> {
+        if !wait_done(&self.shared, self.job, Some(Instant::now() + timeout)) {
+            return Err(PoolError::WaitTimeout(timeout));
+        }
+        Ok(take(&self.shared, self.job)
+            .into_iter()
+            .map(decode)
+            .collect())
+    }
+
     /// Whether every item is done.
     pub fn ready(&self) -> bool {
         self.shared
@@ -302,17 +306,26 @@ impl<R> Drop for MapResult<R> {
 }
 
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: each item is that task's
-/// own result.
+/// own result. After an error that ends the whole iteration (a function that is not
+/// registered, a chunk size of 0, an argument that does not encode, a closed pool) it yields
+/// `None`; an item's own failure (a panic, a dead worker) is yielded and the iteration goes on.
 pub struct Imap<'p, R, I> {
     pool: &'p Pool,
     function: Result<&'static str, PoolError>,
     input: I,
-    ordered: bool,
+    reader: Reader,
     chunksize: usize,
     job: Option<u64>,
+    /// Items submitted, and items yielded (or taken into `ready`).
     submitted: usize,
-    yielded: usize,
+    taken: usize,
+    /// Encoded bytes submitted so far, to size the read-ahead.
+    bytes: usize,
+    /// Results taken from the pool under one lock, not yet yielded.
+    ready: VecDeque<ItemResult>,
     exhausted: bool,
+    /// An error ended the iteration: `None` from now on.
+    ended: bool,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
     _r: PhantomData<fn() -> R>,
@@ -321,11 +334,16 @@ pub struct Imap<'p, R, I> {
 impl<R, I> std::fmt::Debug for Imap<'_, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Imap")
-            .field("ordered", &self.ordered)
+            .field("reader", &self.reader)
             .field("submitted", &self.submitted)
             .finish()
     }
 }
+
+/// Bytes of encoded arguments an iterator keeps in flight at most (beyond its first chunks).
+const READ_AHEAD_BYTES: usize = 8 << 20;
+/// Items in flight per worker at least, so that tiny tasks fill the workers' pipelines.
+const READ_AHEAD_PER_WORKER: usize = 32;
 
 impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I> {
     pub(crate) fn new(
@@ -338,12 +356,19 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
             pool,
             function,
             input,
-            ordered,
+            reader: if ordered {
+                Reader::InOrder
+            } else {
+                Reader::AsCompleted
+            },
             chunksize: 1,
             job: None,
             submitted: 0,
-            yielded: 0,
+            taken: 0,
+            bytes: 0,
+            ready: VecDeque::new(),
             exhausted: false,
+            ended: false,
             #[cfg(feature = "progress")]
             bar: None,
             _r: PhantomData,
@@ -388,32 +413,97 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
         self
     }
 
-    /// How many items may be submitted but not yet yielded: enough chunks for every worker
-    /// twice over.
+    /// How many items may be submitted but not yet yielded: two chunks per worker, at least
+    /// [`READ_AHEAD_PER_WORKER`] items per worker, and no more than [`READ_AHEAD_BYTES`] of
+    /// arguments (by the average size so far) beyond those two chunks. Memory follows this,
+    /// not the number of items seen.
     fn read_ahead(&self) -> usize {
-        self.chunksize.max(1) * self.pool.processes() * 2
+        let workers = self.pool.processes();
+        let chunks = 2 * self.chunksize.max(1) * workers;
+        let wanted = chunks.max(READ_AHEAD_PER_WORKER * workers);
+        let by_bytes = match self.bytes / self.submitted.max(1) {
+            0 => wanted,
+            avg => READ_AHEAD_BYTES / avg,
+        };
+        wanted.min(by_bytes).max(chunks)
     }
 
+    /// Submits items until the read-ahead is full again, once it has half emptied: one lock
+    /// and one wake-up of the handler per batch of chunks, not per chunk.
     fn top_up(&mut self) -> Result<(), PoolError> {
         let function = self.function.clone()?;
         if self.chunksize == 0 {
             return Err(PoolError::Invalid("chunksize must be at least 1".into()));
         }
-        while !self.exhausted && self.submitted - self.yielded < self.read_ahead() {
-            let batch = Pool::encode_all(self.input.by_ref().take(self.chunksize))?;
-            if batch.len() < self.chunksize {
-                self.exhausted = true;
-            }
-            if batch.is_empty() {
-                break;
-            }
-            self.submitted += batch.len();
-            self.job = Some(
-                self.pool
-                    .submit_more(function, batch, self.chunksize, self.job)?,
-            );
+        let ahead = self.read_ahead();
+        // Results taken into `ready` but not yielded still count: the caller has not seen them.
+        let in_flight = self.submitted - (self.taken - self.ready.len());
+        if self.exhausted || in_flight > ahead / 2 {
+            return Ok(());
         }
+        let want = (ahead - in_flight).div_ceil(self.chunksize) * self.chunksize;
+        let batch = Pool::encode_all(self.input.by_ref().take(want))?;
+        if batch.len() < want {
+            self.exhausted = true;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let job = match self.job {
+            Some(job) => job,
+            None => *self.job.insert(self.pool.new_job(self.reader)),
+        };
+        self.submitted += batch.len();
+        self.bytes += batch.data.len();
+        self.pool
+            .submit_more(function, batch, self.chunksize, Some(job))?;
         Ok(())
+    }
+
+    /// Moves every result that can be yielded now into `ready` (the state is locked).
+    fn take_ready(&mut self, job: &mut super::state::Job) {
+        while let Some(r) = job.take_next() {
+            self.ready.push_back(r);
+            self.taken += 1;
+        }
+    }
+
+    /// Waits until at least one result is in `ready`: a short look first (taking the workers'
+    /// reports itself, like [`wait_done`]), then a sleep until the handler records one.
+    fn fill(&mut self, job: u64) -> Option<()> {
+        let shared = self.pool.shared().clone();
+        let spin_until = crate::connection::multi_cpu().then(|| Instant::now() + SPIN);
+        let mut st = shared.lock();
+        loop {
+            let wake = spin_until.is_some() && super::state::pickup(&mut st);
+            let j = st.jobs.get_mut(&job)?;
+            self.take_ready(j);
+            if !self.ready.is_empty() {
+                drop(st);
+                if wake {
+                    shared.changed.notify_all();
+                }
+                return Some(());
+            }
+            if spin_until.is_some_and(|end| Instant::now() < end) {
+                drop(st);
+                if wake {
+                    shared.changed.notify_all();
+                }
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                std::thread::yield_now();
+                st = shared.lock();
+                continue;
+            }
+            j.iterator_waits = true;
+            if wake {
+                shared.changed.notify_all();
+            }
+            let (g, _) = shared.wait(st, None);
+            st = g;
+        }
     }
 }
 
@@ -421,38 +511,32 @@ impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap
     type Item = Result<R, PoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Err(e) = self.top_up() {
-            self.exhausted = true;
-            self.submitted = self.yielded; // nothing more will come
-            return Some(Err(e));
-        }
-        if self.yielded >= self.submitted {
-            self.finish_bar();
+        if self.ended {
             return None;
         }
-        let job = self.job?;
-        let shared = self.pool.shared();
-        let mut st = shared.lock();
-        loop {
-            let j = st.jobs.get_mut(&job)?;
-            let index = if self.ordered {
-                j.results
-                    .get(self.yielded)
-                    .and_then(|r| r.as_ref())
-                    .map(|_| self.yielded)
+        if let Err(e) = self.top_up() {
+            // Nothing more will be submitted; what was is still yielded before the end.
+            self.exhausted = true;
+            if self.submitted == self.taken && self.ready.is_empty() {
+                self.ended = true;
+                self.finish_bar();
             } else {
-                j.completed.pop_front()
-            };
-            if let Some(i) = index {
-                let r = j.results[i].take().unwrap_or(Err(PoolError::Terminated));
-                self.yielded += 1;
-                drop(st);
-                self.advance();
-                return Some(decode(r));
+                self.function = Err(e.clone());
             }
-            let (g, _) = shared.wait(st, None);
-            st = g;
+            return Some(Err(e));
         }
+        if self.ready.is_empty() {
+            if self.submitted == self.taken {
+                self.ended = true;
+                self.finish_bar();
+                return None;
+            }
+            let job = self.job?;
+            self.fill(job)?;
+        }
+        let r = self.ready.pop_front()?;
+        self.advance();
+        Some(decode(r))
     }
 }
 

@@ -14,6 +14,8 @@ use crate::process::registry;
 use crate::process::wire::Outcome;
 use crate::queue::ring::Ring;
 
+use super::progress::{Clock, Progress};
+
 /// Encoded values back to back, with where each one ends: one buffer for a whole chunk
 /// instead of an allocation per item.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -31,6 +33,16 @@ impl Batch {
         self.ends.is_empty()
     }
 
+    /// Items `from..to` as a batch of their own.
+    pub(crate) fn slice(&self, from: usize, to: usize) -> Batch {
+        let base = if from == 0 { 0 } else { self.ends[from - 1] };
+        let end = if to == 0 { 0 } else { self.ends[to - 1] };
+        Batch {
+            data: ByteBuf::from(self.data[base as usize..end as usize].to_vec()),
+            ends: self.ends[from..to].iter().map(|e| e - base).collect(),
+        }
+    }
+
     /// Item `i`'s bytes.
     pub(crate) fn item(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
@@ -41,15 +53,29 @@ impl Batch {
 /// Parent → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// Run `function` on each item of `args`; report the results together.
+    /// Run `function` on each item of `args`, keeping each finished item in the progress area;
+    /// report the results together.
     Run {
+        /// The chunk's number, unique in the pool (see [`Progress`]).
+        seq: u64,
         job: u64,
         start: u64,
         function: String,
         args: Batch,
+        clock: Clock,
     },
     /// Finish and exit.
     Exit,
+}
+
+/// Why an item has no result.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Failure {
+    /// The task panicked, its argument or result did not go through the codec, or it could
+    /// not run.
+    Task(Outcome),
+    /// The task left its worker unable to go on (it closed the worker's connection).
+    BrokeWorker(String),
 }
 
 /// Worker → parent.
@@ -59,13 +85,16 @@ pub(crate) enum FromWorker {
     Ready,
     /// The initializer failed; the worker exits.
     InitFailed(String),
-    /// The results of one `Run`, in argument order; the items that failed have an empty
-    /// slot in `results` and their story in `failures`. Goes through the report ring.
+    /// The results of items `start..start + results.len()` of a job, in argument order; the
+    /// items that failed have an empty slot in `results` and their story in `failures`. Goes
+    /// through the report ring. A chunk is reported in one or more of these; `last` marks the
+    /// one that ends it.
     Done {
         job: u64,
         start: u64,
         results: Batch,
-        failures: Vec<(u32, Outcome)>,
+        failures: Vec<(u32, Failure)>,
+        last: bool,
     },
     /// Reports are waiting in the ring and the handler sleeps: wake up.
     Wake,
@@ -85,6 +114,7 @@ fn report(conn: &Connection, reports: &Ring, msg: &FromWorker) -> Result<(), ()>
                 job,
                 start,
                 results,
+                last,
                 ..
             } = msg
             else {
@@ -99,8 +129,9 @@ fn report(conn: &Connection, reports: &Ring, msg: &FromWorker) -> Result<(), ()>
                     ends: vec![0; results.len()],
                 },
                 failures: (0..results.len() as u32)
-                    .map(|i| (i, Outcome::Failed(why.clone())))
+                    .map(|i| (i, Failure::Task(Outcome::Failed(why.clone()))))
                     .collect(),
+                last: *last,
             };
             return report(conn, reports, &failed);
         }
@@ -152,6 +183,7 @@ fn registered(function: &str) -> Task<'static> {
 pub(crate) fn serve(
     conn: &Connection,
     reports: &Ring,
+    progress: &Progress,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
     resolve: &Resolve<'_>,
@@ -172,35 +204,24 @@ pub(crate) fn serve(
     // to send it (see the handler).
     while let Ok(frame) = reader.next(conn, std::time::Duration::ZERO) {
         let Ok(ToWorker::Run {
+            seq,
             job,
             start,
             function,
             args,
+            clock,
         }) = crate::codec::decode::<ToWorker>(&frame)
         else {
             break;
         };
-        let mut results = Batch::default();
-        let mut failures = Vec::new();
-        let mut out = Vec::new();
-        let run = resolve(&function);
-        for i in 0..args.len() {
-            if let Some(failure) = run(args.item(i), &mut out) {
-                failures.push((i as u32, failure));
-            }
-            results.ends.push(out.len() as u32);
-        }
-        results.data = ByteBuf::from(out);
-        // Each report goes at once, before the next task starts: if that task kills this
-        // process, the parent knows exactly which tasks finished (held reports would die
-        // with it and their tasks would be failed or run again).
-        let done_msg = FromWorker::Done {
+        let chunk = ChunkRun {
+            conn,
+            reports,
+            progress,
             job,
             start,
-            results,
-            failures,
         };
-        if report(conn, reports, &done_msg).is_err() {
+        if chunk.run(seq, &resolve(&function), &args, clock).is_err() {
             return;
         }
         done += 1;
@@ -210,13 +231,125 @@ pub(crate) fn serve(
     }
 }
 
+/// One chunk being run: where its results go.
+struct ChunkRun<'a> {
+    conn: &'a Connection,
+    reports: &'a Ring,
+    progress: &'a Progress,
+    job: u64,
+    start: u64,
+}
+
+impl ChunkRun<'_> {
+    /// Runs every item, keeping each result in the progress area as it finishes, and reports
+    /// the chunk. `Err` when this worker must stop: the handler is gone, or an item broke the
+    /// worker (that item is reported as the failure).
+    fn run(&self, seq: u64, task: &Task<'_>, args: &Batch, clock: Clock) -> Result<(), ()> {
+        self.progress.begin(seq, clock);
+        let n = args.len();
+        let mut out = Vec::new();
+        let mut ends = Vec::with_capacity(n);
+        let mut failures = Vec::new();
+        // Items before this one went through the ring already.
+        let mut from = 0;
+        for i in 0..n {
+            if clock == Clock::PerItem && i > 0 {
+                self.progress.item_started();
+            }
+            let begin = out.len();
+            let failure = task(args.item(i), &mut out);
+            ends.push(out.len() as u32);
+            let kept = failure.is_none() && self.progress.keep(i as u32, &out[begin..]);
+            if let Some(f) = failure {
+                failures.push((i as u32, Failure::Task(f)));
+            }
+            if !kept {
+                // A failure, or a result too large to keep: report up to here now, so that
+                // the progress area never holds what the ring does not have.
+                self.report(&out, &ends, &mut failures, from, i + 1, false)?;
+                from = i + 1;
+            }
+        }
+        // The task may have closed the worker's connection: the next task would fail on a
+        // worker it did not break. Checked once per chunk (a system call): with one item per
+        // chunk the item that broke the worker is exact; with more, the last item of the
+        // chunk takes the blame for the ones before it since the last look.
+        let broken = !connection_intact(self.conn);
+        if broken && let Some(last) = n.checked_sub(1) {
+            failures.retain(|(i, _)| *i as usize != last);
+            failures.push((
+                last as u32,
+                Failure::BrokeWorker(format!(
+                    "the task closed or replaced its worker's connection{}; the worker was \
+                     replaced",
+                    if n > 1 {
+                        format!(
+                            " (this item or one of the {} before it in its chunk)",
+                            n - 1
+                        )
+                    } else {
+                        String::new()
+                    }
+                )),
+            ));
+            let begin = if last == 0 { 0 } else { ends[last - 1] };
+            ends[last] = begin;
+            out.truncate(begin as usize);
+            from = from.min(last);
+        }
+        self.report(&out, &ends, &mut failures, from, n, true)?;
+        if broken { Err(()) } else { Ok(()) }
+    }
+
+    /// Reports items `from..to` of the chunk through the ring (`last`: the chunk's final
+    /// report, sent once, possibly with no item).
+    fn report(
+        &self,
+        out: &[u8],
+        ends: &[u32],
+        failures: &mut Vec<(u32, Failure)>,
+        from: usize,
+        to: usize,
+        last: bool,
+    ) -> Result<(), ()> {
+        let base = if from == 0 { 0 } else { ends[from - 1] };
+        let end = if to == 0 { 0 } else { ends[to - 1] };
+        let results = Batch {
+            data: ByteBuf::from(out[base as usize..end as usize].to_vec()),
+            ends: ends[from..to].iter().map(|e| e - base).collect(),
+        };
+        let failures = failures
+            .drain(..)
+            .map(|(i, f)| (i - from as u32, f))
+            .collect();
+        let msg = FromWorker::Done {
+            job: self.job,
+            start: self.start + from as u64,
+            results,
+            failures,
+            last,
+        };
+        report(self.conn, self.reports, &msg)?;
+        self.progress.reported(to as u32);
+        Ok(())
+    }
+}
+
+/// Whether the worker's connection is still open: a task may have closed every descriptor of
+/// its process.
+fn connection_intact(conn: &Connection) -> bool {
+    use std::os::fd::AsFd;
+    nix::fcntl::fcntl(conn.as_fd(), nix::fcntl::FcntlArg::F_GETFD).is_ok()
+}
+
 /// The worker of a pool of registered functions.
 #[multiproc_macros::func]
 pub(crate) fn multiproc_pool_worker(
     conn: Connection,
     reports: Ring,
+    progress: Progress,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
 ) {
-    serve(&conn, &reports, init, maxtasks, &registered);
+    serve(&conn, &reports, &progress, init, maxtasks, &registered);
 }
