@@ -9,7 +9,9 @@ use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ReturnType, Type, parse_macro_input
 /// `Process::builder().start(&f, args)`.
 ///
 /// The function stays an ordinary function. Its arguments and result must be
-/// `Serialize + DeserializeOwned`; it may not be generic, `async` or a method.
+/// `Serialize + DeserializeOwned`, taken by value (`String`, not `&str`: the argument is
+/// decoded into an owned value in the child); it may not be generic, `async` or a method.
+/// Callers may still pass borrowed items to a pool (`pool.map(&f, &names)`).
 #[proc_macro_attribute]
 pub fn func(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -53,7 +55,19 @@ fn expand_func(f: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             FnArg::Receiver(r) => {
                 return reject("a method (a function with `self`)", r.self_token.span);
             }
-            FnArg::Typed(t) => types.push((*t.ty).clone()),
+            FnArg::Typed(t) => {
+                if let Type::Reference(r) = &*t.ty {
+                    return Err(syn::Error::new_spanned(
+                        r,
+                        format!(
+                            "#[multiproc::func] arguments travel by value to another process: \
+                             take `{}` instead of a reference",
+                            owned_form(&r.elem)
+                        ),
+                    ));
+                }
+                types.push((*t.ty).clone())
+            }
         }
     }
     let ident = &sig.ident;
@@ -84,6 +98,19 @@ fn expand_func(f: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             };
         };
     })
+}
+
+/// The owned type a borrowed argument type `&T` should become: `String` for `str`, `Vec<T>`
+/// for `[T]`, `T` otherwise.
+fn owned_form(elem: &Type) -> String {
+    match elem {
+        Type::Path(p) if p.path.is_ident("str") => "String".into(),
+        Type::Slice(s) => {
+            let t = &s.elem;
+            format!("Vec<{}>", quote!(#t))
+        }
+        t => quote!(#t).to_string(),
+    }
 }
 
 trait SpanRef {

@@ -22,10 +22,7 @@ pub enum CodecError {
 #[non_exhaustive]
 pub enum ProcessError {
     /// The function named for a spawned child is not in this binary's registry.
-    #[error(
-        "function `{name}` is not registered: add `#[multiproc::func]` to its definition \
-         (closures can only run with `Process::fork`)"
-    )]
+    #[error("{}", crate::process::registry::not_registered(name))]
     NotRegistered {
         /// Full path of the function as `std::any::type_name` reports it.
         name: String,
@@ -181,7 +178,7 @@ pub enum PoolError {
     #[error("codec: {0}")]
     Codec(String),
     /// The function is not registered with `#[multiproc::func]`.
-    #[error("function `{0}` is not registered: add `#[multiproc::func]` to it")]
+    #[error("{}", crate::process::registry::not_registered(.0))]
     NotRegistered(String),
     /// A bad argument, such as a chunk size of 0.
     #[error("invalid argument: {0}")]

@@ -21,7 +21,17 @@
 //! ```
 //!
 //! Functions that run in a spawned child are registered with [`#[multiproc::func]`](func);
-//! closures run with [`Process::fork`]. Arguments and results are any
+//! closures run with [`Process::fork`] or a closure pool. A registered function takes its
+//! arguments by value (they are decoded in the child), and a borrowed one is refused with the
+//! owned type to take instead:
+//!
+//! ```compile_fail
+//! #[multiproc::func]
+//! fn count_words(text: &str) -> usize { text.split_whitespace().count() }
+//! // error: #[multiproc::func] arguments travel by value to another process:
+//! //        take `String` instead of a reference
+//! ```
+//! Arguments and results are any
 //! `Serialize + DeserializeOwned` type; an [`Fd`] inside the arguments travels as a real file
 //! descriptor. Children also work inside `#[test]` functions, under `cargo test` and
 //! `cargo nextest`, with nothing to add: a re-run test binary becomes the child before the
@@ -53,7 +63,7 @@ pub use error::{
 };
 pub use manager::Manager;
 pub use multiproc_macros::{func, main, managed, test};
-pub use pool::{AsyncResult, ClosurePool, Pool, PoolBuilder};
+pub use pool::{AsArg, AsyncResult, ClosurePool, Pool, PoolBuilder};
 pub use process::registry::Func;
 pub use process::{
     ActiveChild, Builder, CurrentProcess, ParentProcess, Process, StartMethod, UnknownStartMethod,

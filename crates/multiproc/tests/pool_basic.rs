@@ -527,3 +527,53 @@ fn heavy_tasks_after_tiny_ones_spread_over_the_workers() {
         pids[0]
     );
 }
+
+#[multiproc::func]
+fn shout(s: String) -> String {
+    s.to_uppercase()
+}
+
+#[multiproc::test]
+fn borrowed_items_need_no_clone() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    let names = vec!["ada".to_string(), "grace".to_string()];
+    assert_eq!(pool.map(&shout, &names).unwrap(), ["ADA", "GRACE"]);
+    assert_eq!(
+        pool.map(&shout, ["alan", "barbara"]).unwrap(),
+        ["ALAN", "BARBARA"]
+    );
+    let xs = vec![2u64, 3];
+    assert_eq!(pool.map(&square, &xs).unwrap(), [4, 9]);
+    assert_eq!(pool.map(&square, xs.iter()).unwrap(), [4, 9]);
+    let lazy: Vec<u64> = pool.imap(&square, &xs).map(Result::unwrap).collect();
+    assert_eq!(lazy, [4, 9]);
+    assert_eq!(
+        pool.map_async(&shout, &names).unwrap().get().unwrap().len(),
+        2
+    );
+}
+
+#[multiproc::test]
+fn an_unregistered_closure_is_told_the_ways_that_run_closures() {
+    let pool = Pool::new(1).unwrap();
+    let double = |x: u64| x * 2;
+    let err = pool.map(&double, 0..3u64).unwrap_err();
+    assert!(matches!(err, PoolError::NotRegistered(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("build_closure") && msg.contains("Process::fork"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("add `#[multiproc::func]` to its definition"),
+        "{msg}"
+    );
+    let err = multiproc::Process::builder().start(&double, 1).unwrap_err();
+    assert!(err.to_string().contains("build_closure"), "{err}");
+    fn plain(x: u64) -> u64 {
+        x
+    }
+    let msg = pool.apply(&plain, 1).unwrap_err().to_string();
+    assert!(msg.contains("add `#[multiproc::func]`"), "{msg}");
+}

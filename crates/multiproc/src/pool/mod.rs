@@ -60,6 +60,27 @@ use handler::Config;
 use state::{Chunk, Inner, Job, Reader, Shared, State};
 use worker::Batch;
 
+/// An item a pool can pass as argument `T`: `T` itself, a reference to it, `&str` for a
+/// `String` and `&[T]` for a `Vec<T>` (they encode alike), so that borrowed collections need
+/// no `.cloned()`.
+///
+/// ```no_run
+/// #[multiproc::func]
+/// fn shout(s: String) -> String { s.to_uppercase() }
+///
+/// let pool = multiproc::Pool::new(2)?;
+/// let names = vec!["ada".to_string(), "grace".to_string()];
+/// assert_eq!(pool.map(&shout, &names)?, ["ADA", "GRACE"]);   // &String
+/// assert_eq!(pool.map(&shout, ["alan"])?, ["ALAN"]);           // &str
+/// # Ok::<(), multiproc::PoolError>(())
+/// ```
+pub trait AsArg<T>: Serialize {}
+
+impl<T: Serialize> AsArg<T> for T {}
+impl<T: Serialize> AsArg<T> for &T {}
+impl AsArg<String> for &str {}
+impl<T: Serialize> AsArg<Vec<T>> for &[T] {}
+
 /// Configures a [`Pool`]: `Pool::builder().processes(4).initializer(&init, cfg).build()`.
 #[derive(Clone)]
 pub struct PoolBuilder {
@@ -449,7 +470,7 @@ impl Pool {
     pub fn map<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<Vec<F::Output>, PoolError> {
         self.map_async(f, items)?.get()
     }
@@ -458,7 +479,7 @@ impl Pool {
     pub fn map_chunked<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
         chunksize: usize,
     ) -> Result<Vec<F::Output>, PoolError> {
         self.map_async_chunked(f, items, chunksize)?.get()
@@ -468,7 +489,7 @@ impl Pool {
     pub fn map_async<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<MapResult<F::Output>, PoolError> {
         let function = Self::function(f)?;
         let encoded = Self::encode_all(items)?;
@@ -482,7 +503,7 @@ impl Pool {
     pub fn map_async_chunked<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
         chunksize: usize,
     ) -> Result<MapResult<F::Output>, PoolError> {
         let function = Self::function(f)?;
@@ -496,9 +517,9 @@ impl Pool {
     pub fn map_progress<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<Vec<F::Output>, PoolError> {
-        let items: Vec<F::Args> = items.into_iter().collect();
+        let items: Vec<_> = items.into_iter().collect();
         let chunksize = default_chunksize(items.len(), self.processes);
         self.imap(f, items)
             .chunksize(chunksize)
@@ -511,7 +532,7 @@ impl Pool {
     pub fn starmap<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<Vec<F::Output>, PoolError> {
         self.map(f, items)
     }
@@ -520,7 +541,7 @@ impl Pool {
     pub fn starmap_async<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<MapResult<F::Output>, PoolError> {
         self.map_async(f, items)
     }
@@ -529,7 +550,7 @@ impl Pool {
     /// far as needed to keep the workers busy, so memory stays flat on an endless iterator.
     pub fn imap<F: Func<M>, M, I>(&self, f: &F, items: I) -> Imap<'_, F::Output, I::IntoIter>
     where
-        I: IntoIterator<Item = F::Args>,
+        I: IntoIterator<Item: AsArg<F::Args>>,
     {
         Imap::new(self, Self::function(f), items.into_iter(), true)
     }
@@ -541,7 +562,7 @@ impl Pool {
         items: I,
     ) -> Imap<'_, F::Output, I::IntoIter>
     where
-        I: IntoIterator<Item = F::Args>,
+        I: IntoIterator<Item: AsArg<F::Args>>,
     {
         Imap::new(self, Self::function(f), items.into_iter(), false)
     }
@@ -609,7 +630,7 @@ pub struct ClosurePool<A, R> {
 
 impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
     /// The closure over every item, in order, with the default chunk size.
-    pub fn map(&self, items: impl IntoIterator<Item = A>) -> Result<Vec<R>, PoolError> {
+    pub fn map(&self, items: impl IntoIterator<Item = impl AsArg<A>>) -> Result<Vec<R>, PoolError> {
         let encoded = Pool::encode_all(items)?;
         let chunksize = default_chunksize(encoded.len(), self.pool.processes);
         self.map_encoded(encoded, chunksize)
@@ -618,7 +639,7 @@ impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
     /// [`map`](ClosurePool::map) with an explicit chunk size.
     pub fn map_chunked(
         &self,
-        items: impl IntoIterator<Item = A>,
+        items: impl IntoIterator<Item = impl AsArg<A>>,
         chunksize: usize,
     ) -> Result<Vec<R>, PoolError> {
         self.map_encoded(Pool::encode_all(items)?, chunksize)
@@ -643,12 +664,15 @@ impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
     }
 
     /// Lazily, in order (see [`Pool::imap`]).
-    pub fn imap<I: IntoIterator<Item = A>>(&self, items: I) -> Imap<'_, R, I::IntoIter> {
+    pub fn imap<I: IntoIterator<Item: AsArg<A>>>(&self, items: I) -> Imap<'_, R, I::IntoIter> {
         Imap::new(&self.pool, Ok(CLOSURE), items.into_iter(), true)
     }
 
     /// Lazily, as completed (see [`Pool::imap_unordered`]).
-    pub fn imap_unordered<I: IntoIterator<Item = A>>(&self, items: I) -> Imap<'_, R, I::IntoIter> {
+    pub fn imap_unordered<I: IntoIterator<Item: AsArg<A>>>(
+        &self,
+        items: I,
+    ) -> Imap<'_, R, I::IntoIter> {
         Imap::new(&self.pool, Ok(CLOSURE), items.into_iter(), false)
     }
 

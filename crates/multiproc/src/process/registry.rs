@@ -46,6 +46,20 @@ pub(crate) fn lookup(name: &str) -> Option<&'static Entry> {
     index().get(name).copied()
 }
 
+/// What to tell a user whose function `name` is not registered: the attribute for a `fn`, the
+/// ways that do run a closure for a closure.
+pub(crate) fn not_registered(name: &str) -> String {
+    if name.contains("{{closure}}") {
+        format!(
+            "`{name}` is a closure, and a closure cannot be registered to run in another \
+             process: use `Pool::builder().build_closure(..)` for a pool, `Process::fork(..)` \
+             for one process, or make it a `fn` with `#[multiproc::func]`"
+        )
+    } else {
+        format!("function `{name}` is not registered: add `#[multiproc::func]` to its definition")
+    }
+}
+
 /// Builds the index of registered functions now (a forkserver, so that its children
 /// inherit it).
 pub(crate) fn warm() {
@@ -89,7 +103,28 @@ pub trait Func<Marker>: Sized {
     type Output: DeserializeOwned;
 
     /// The name the function is registered under.
+    ///
+    /// Only a `fn` item can be registered: a closure that captures variables (or a function
+    /// pointer) is refused when the program is built, with advice to use
+    /// [`PoolBuilder::build_closure`](crate::PoolBuilder::build_closure) or
+    /// [`Process::fork`](crate::Process::fork):
+    ///
+    /// ```compile_fail,E0080
+    /// let k = 3u64;
+    /// let pool = multiproc::Pool::new(2)?;
+    /// pool.map(&|x: u64| x * k, 0..10u64)?; // a capturing closure: does not build
+    /// # Ok::<(), multiproc::PoolError>(())
+    /// ```
     fn registered_name(&self) -> &'static str {
+        const {
+            assert!(
+                std::mem::size_of::<Self>() == 0,
+                "only a `fn` registered with `#[multiproc::func]` runs in another process; a \
+                 closure that captures variables or a function pointer cannot: use \
+                 `Pool::builder().build_closure(..)` for a pool or `Process::fork(..)` for one \
+                 process"
+            )
+        };
         std::any::type_name::<Self>()
     }
 
