@@ -10,8 +10,205 @@ use std::time::{Duration, Instant};
 use common::LeakCheck;
 use multiproc::{
     AcquireError, Array, Barrier, BoundedSemaphore, Condition, Event, Func, Lock, Process, RLock,
-    Semaphore, SyncError, Value,
+    Semaphore, StartMethod, SyncError, Value,
 };
+
+macro_rules! per_method {
+    ($($name:ident),* $(,)?) => {
+        mod spawn { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
+        mod fork { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
+        mod forkserver { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
+    };
+}
+
+per_method!(
+    value_increments_under_get_lock_are_not_lost,
+    array_increments_under_get_lock_are_not_lost,
+);
+
+/// Joins every child within `limit` (all of them share it); a child still running then is
+/// killed and the test fails, so a deadlock shows as a failure instead of a hang.
+fn join_all_within<R: serde::Serialize + serde::de::DeserializeOwned>(
+    procs: Vec<Process<R>>,
+    limit: Duration,
+) -> Vec<R> {
+    let end = Instant::now() + limit;
+    let stuck: Vec<u32> = procs
+        .iter()
+        .filter(|p| {
+            let left = end.saturating_duration_since(Instant::now());
+            !p.join_timeout(left).unwrap()
+        })
+        .map(|p| p.pid())
+        .collect();
+    if !stuck.is_empty() {
+        for p in &procs {
+            let _ = p.kill();
+            let _ = p.join_timeout(Duration::from_secs(10));
+        }
+        panic!("children {stuck:?} still ran after {limit:?}");
+    }
+    procs.into_iter().map(|p| p.join().unwrap()).collect()
+}
+
+/// Python's `with v.get_lock(): v.value += 1`.
+#[multiproc::func]
+fn increment_value_under_get_lock(counter: Value<u64>, n: u32) {
+    for _ in 0..n {
+        let _g = counter.get_lock().unwrap().acquire().unwrap();
+        counter.set(counter.get() + 1);
+    }
+}
+
+/// Python's `with a.get_lock(): a[0] += 1`.
+#[multiproc::func]
+fn increment_array_under_get_lock(a: Array<u64>, n: u32) {
+    for _ in 0..n {
+        let _g = a.get_lock().unwrap().acquire().unwrap();
+        a.set(0, a.get(0).unwrap() + 1).unwrap();
+    }
+}
+
+fn value_increments_under_get_lock_are_not_lost(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let counter = Value::new(0u64).unwrap();
+    let procs = (0..4)
+        .map(|_| {
+            Process::builder()
+                .start_method(method)
+                .start(&increment_value_under_get_lock, (counter.clone(), 1000))
+                .unwrap()
+        })
+        .collect();
+    join_all_within(procs, Duration::from_secs(30));
+    assert_eq!(counter.get(), 4000);
+}
+
+fn array_increments_under_get_lock_are_not_lost(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let a = Array::<u64>::zeroed(2).unwrap();
+    let procs = (0..4)
+        .map(|_| {
+            Process::builder()
+                .start_method(method)
+                .start(&increment_array_under_get_lock, (a.clone(), 1000))
+                .unwrap()
+        })
+        .collect();
+    join_all_within(procs, Duration::from_secs(30));
+    assert_eq!(a.to_vec(), [4000, 0]);
+}
+
+/// Runs `f` on another thread and fails if it has not returned within `limit`: an operation
+/// that blocks for ever fails the test instead of hanging it (the stuck thread is left parked).
+fn returns_within<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("did not return within {limit:?}"))
+}
+
+#[test]
+fn value_get_and_set_while_holding_get_lock_return_at_once() {
+    let v = Value::new(1u32).unwrap();
+    let got = returns_within(Duration::from_secs(5), {
+        let v = v.clone();
+        move || {
+            let _g = v.get_lock().unwrap().acquire().unwrap();
+            v.set(v.get() + 1);
+            v.update(|x| *x *= 10).unwrap();
+            v.update_timeout(Duration::from_secs(1), |x| *x += 1)
+                .unwrap();
+            v.get()
+        }
+    });
+    assert_eq!(got, 21);
+    // Released with the guard: another thread takes it at once.
+    let l = v.get_lock().unwrap();
+    drop(l.acquire_timeout(Duration::from_secs(1)).unwrap());
+}
+
+#[test]
+fn array_access_while_holding_get_lock_returns_at_once() {
+    let a = Array::from_slice(&[1i32, 2]).unwrap();
+    let got = returns_within(Duration::from_secs(5), {
+        let a = a.clone();
+        move || {
+            let _g = a.get_lock().unwrap().acquire().unwrap();
+            a.set(1, a.get(0).unwrap() + 10).unwrap();
+            a.update(|s| s[0] = -1).unwrap();
+            a.to_vec()
+        }
+    });
+    assert_eq!(got, [-1, 11]);
+    drop(
+        a.get_lock()
+            .unwrap()
+            .acquire_timeout(Duration::from_secs(1))
+            .unwrap(),
+    );
+}
+
+/// Threads of one process share the process id in the lock word: holding `get_lock()` in one
+/// thread must still exclude the others' `get`/`set`/`update`.
+#[test]
+fn value_increments_from_threads_of_one_process_are_not_lost() {
+    let v = Value::new(0u64).unwrap();
+    let total = returns_within(Duration::from_secs(30), {
+        let v = v.clone();
+        move || {
+            let workers: Vec<_> = (0..4)
+                .map(|i| {
+                    let v = v.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..1000 {
+                            if i % 2 == 0 {
+                                let _g = v.get_lock().unwrap().acquire().unwrap();
+                                v.set(v.get() + 1);
+                            } else {
+                                v.update(|x| *x += 1).unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            v.get()
+        }
+    });
+    assert_eq!(total, 4000);
+}
+
+#[test]
+fn value_lock_held_by_another_thread_still_excludes() {
+    let v = Value::new(0u64).unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn({
+        let v = v.clone();
+        move || {
+            let _g = v.get_lock().unwrap().acquire().unwrap();
+            v.set(1);
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            v.set(2);
+        }
+    });
+    held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(matches!(
+        v.update_timeout(Duration::from_millis(50), |x| *x += 10),
+        Err(SyncError::Timeout(_))
+    ));
+    let seen = returns_within(Duration::from_secs(10), {
+        let v = v.clone();
+        move || v.get()
+    });
+    assert_eq!(seen, 2, "get read while another thread held the lock");
+    holder.join().unwrap();
+}
 
 #[multiproc::func]
 fn add_many(counter: Value<u64>, n: u32, locked: bool) {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::block::Block;
 use crate::error::SyncError;
-use crate::sync::{AcquireError, Lock, LockGuard};
+use crate::sync::{AcquireError, RLock, RLockGuard};
 
 /// Where the data starts in a block: room for alignment up to 64 bytes.
 const DATA: usize = 64;
@@ -20,23 +20,53 @@ fn size_of_n<T>(n: usize) -> Result<usize, SyncError> {
         .ok_or_else(|| SyncError::Invalid(format!("an array of {n} elements is too large")))
 }
 
-/// Takes the optional lock of a value or an array. Plain data cannot be left half-built in a
-/// way that breaks memory safety: a dead holder's lock is taken over and work goes on.
-fn guard(lock: &Option<Lock>) -> Result<Option<LockGuard<'_>>, SyncError> {
+/// Takes the optional lock of a value or an array, waiting at most `timeout` (`None`: no
+/// limit); at once when the calling thread already holds it (through `get_lock()`). Plain
+/// data cannot be left half-built in a way that breaks memory safety: a dead holder's lock is
+/// taken over and work goes on.
+fn guard(
+    lock: &Option<RLock>,
+    timeout: Option<Duration>,
+) -> Result<Option<RLockGuard<'_>>, SyncError> {
+    let Some(l) = lock else { return Ok(None) };
+    let got = match timeout {
+        None => l.acquire(),
+        Some(t) => l.acquire_timeout(t),
+    };
+    Ok(Some(got.or_else(AcquireError::recover)?))
+}
+
+/// Runs `f`, a copy in or out that never takes the lock, under the optional lock: a free
+/// lock costs one compare-and-swap and one swap (see `RLock::run_brief`).
+fn brief<R>(lock: &Option<RLock>, f: impl FnOnce() -> R) -> R {
     match lock {
-        None => Ok(None),
-        Some(l) => Ok(Some(l.acquire().or_else(AcquireError::recover)?)),
+        None => f(),
+        Some(l) => l.run_brief(f),
     }
+}
+
+/// A new lock for a value or an array when `synchronized`.
+fn new_lock(synchronized: bool) -> Result<Option<RLock>, SyncError> {
+    synchronized.then(RLock::new).transpose()
 }
 
 /// A single plain-old-data value in shared memory (Python's `multiprocessing.Value`), with
 /// an optional lock. `T` must be [`bytemuck::Pod`]: no pointers, no padding, any bit pattern
 /// valid, so that sharing its bytes between processes is sound.
 ///
+/// The lock is an [`RLock`], as CPython's default: `get`, `set` and `update` take it, and
+/// take it at once when the calling thread already holds it through
+/// [`get_lock`](Value::get_lock), so Python's `with v.get_lock(): v.value += 1` works.
+///
 /// ```
 /// let counter = multiproc::Value::new(0u64)?;
 /// counter.update(|v| *v += 5)?;
 /// assert_eq!(counter.get(), 5);
+/// {
+///     let _held = counter.get_lock().expect("synchronized").acquire()?;
+///     counter.set(counter.get() + 1); // no deadlock: this thread holds the lock
+/// }
+/// assert_eq!(counter.get(), 6);
 /// # Ok::<(), multiproc::SyncError>(())
 /// ```
 ///
@@ -48,7 +78,7 @@ fn guard(lock: &Option<Lock>) -> Result<Option<LockGuard<'_>>, SyncError> {
 #[serde(bound = "")]
 pub struct Value<T: Pod> {
     block: Block,
-    lock: Option<Lock>,
+    lock: Option<RLock>,
     _t: PhantomData<T>,
 }
 
@@ -68,31 +98,23 @@ impl<T: Pod> Value<T> {
         }
         let block = Block::new("multiproc-value", size_of_n::<T>(1)?)?;
         block.write(DATA, bytemuck::bytes_of(&value));
-        let lock = if synchronized {
-            Some(Lock::new()?)
-        } else {
-            None
-        };
         Ok(Value {
             block,
-            lock,
+            lock: new_lock(synchronized)?,
             _t: PhantomData,
         })
     }
 
-    /// The lock, if the value has one (Python's `get_lock()`).
-    pub fn get_lock(&self) -> Option<&Lock> {
+    /// The lock, if the value has one (Python's `get_lock()`). Hold it to make several
+    /// operations one atomic step; `get`, `set` and `update` still work while this thread
+    /// holds it. Other threads and processes wait for it.
+    pub fn get_lock(&self) -> Option<&RLock> {
         self.lock.as_ref()
-    }
-
-    fn guard(&self) -> Result<Option<LockGuard<'_>>, SyncError> {
-        guard(&self.lock)
     }
 
     /// A copy of the value (read under the lock when there is one).
     pub fn get(&self) -> T {
-        let _g = self.guard().ok().flatten();
-        self.read()
+        brief(&self.lock, || self.read())
     }
 
     fn read(&self) -> T {
@@ -103,30 +125,33 @@ impl<T: Pod> Value<T> {
 
     /// Stores `value` (under the lock when there is one).
     pub fn set(&self, value: T) {
-        let _g = self.guard().ok().flatten();
-        self.block.write(DATA, bytemuck::bytes_of(&value));
+        brief(&self.lock, || {
+            self.block.write(DATA, bytemuck::bytes_of(&value))
+        });
     }
 
     /// Reads, changes and writes back the value while holding the lock; returns what `f`
     /// returns. Without a lock this is not atomic.
     pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, SyncError> {
-        let _g = self.guard()?;
-        let mut v = self.read();
-        let r = f(&mut v);
-        self.block.write(DATA, bytemuck::bytes_of(&v));
-        Ok(r)
+        self.update_within(None, f)
     }
 
-    /// [`update`](Value::update) that gives up after `timeout` waiting for the lock.
+    /// [`update`](Value::update) that gives up after `timeout` waiting for the lock
+    /// ([`SyncError::Timeout`]).
     pub fn update_timeout<R>(
         &self,
         timeout: Duration,
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, SyncError> {
-        let _g = match &self.lock {
-            None => None,
-            Some(l) => Some(l.acquire_timeout(timeout).or_else(AcquireError::recover)?),
-        };
+        self.update_within(Some(timeout), f)
+    }
+
+    fn update_within<R>(
+        &self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, SyncError> {
+        let _g = guard(&self.lock, timeout)?;
         let mut v = self.read();
         let r = f(&mut v);
         self.block.write(DATA, bytemuck::bytes_of(&v));
@@ -135,7 +160,8 @@ impl<T: Pod> Value<T> {
 }
 
 /// A fixed-length array of plain-old-data values in shared memory (Python's
-/// `multiprocessing.Array`), with an optional lock.
+/// `multiprocessing.Array`), with an optional lock: an [`RLock`], which the array's own
+/// methods take at once when the calling thread holds it (see [`Value`]).
 ///
 /// ```
 /// let a = multiproc::Array::from_slice(&[1i32, 2, 3])?;
@@ -149,7 +175,7 @@ impl<T: Pod> Value<T> {
 pub struct Array<T: Pod> {
     block: Block,
     len: usize,
-    lock: Option<Lock>,
+    lock: Option<RLock>,
     _t: PhantomData<T>,
 }
 
@@ -179,15 +205,10 @@ impl<T: Pod> Array<T> {
         if let Some(items) = items {
             block.write(DATA, bytemuck::cast_slice(items));
         }
-        let lock = if synchronized {
-            Some(Lock::new()?)
-        } else {
-            None
-        };
         Ok(Array {
             block,
             len,
-            lock,
+            lock: new_lock(synchronized)?,
             _t: PhantomData,
         })
     }
@@ -202,13 +223,10 @@ impl<T: Pod> Array<T> {
         self.len == 0
     }
 
-    /// The lock, if the array has one.
-    pub fn get_lock(&self) -> Option<&Lock> {
+    /// The lock, if the array has one (Python's `get_lock()`); the array's methods still
+    /// work while this thread holds it.
+    pub fn get_lock(&self) -> Option<&RLock> {
         self.lock.as_ref()
-    }
-
-    fn guard(&self) -> Result<Option<LockGuard<'_>>, SyncError> {
-        guard(&self.lock)
     }
 
     fn offset(&self, index: usize) -> Result<usize, SyncError> {
@@ -224,24 +242,25 @@ impl<T: Pod> Array<T> {
     /// Element `index`.
     pub fn get(&self, index: usize) -> Result<T, SyncError> {
         let at = self.offset(index)?;
-        let _g = self.guard()?;
         let mut v = T::zeroed();
-        self.block.read(at, bytemuck::bytes_of_mut(&mut v));
+        brief(&self.lock, || {
+            self.block.read(at, bytemuck::bytes_of_mut(&mut v))
+        });
         Ok(v)
     }
 
     /// Sets element `index`.
     pub fn set(&self, index: usize, value: T) -> Result<(), SyncError> {
         let at = self.offset(index)?;
-        let _g = self.guard()?;
-        self.block.write(at, bytemuck::bytes_of(&value));
+        brief(&self.lock, || {
+            self.block.write(at, bytemuck::bytes_of(&value))
+        });
         Ok(())
     }
 
     /// A copy of every element.
     pub fn to_vec(&self) -> Vec<T> {
-        let _g = self.guard().ok().flatten();
-        self.read_all()
+        brief(&self.lock, || self.read_all())
     }
 
     fn read_all(&self) -> Vec<T> {
@@ -252,7 +271,7 @@ impl<T: Pod> Array<T> {
 
     /// Works on a copy of the whole array under the lock and writes it back.
     pub fn update<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R, SyncError> {
-        let _g = self.guard()?;
+        let _g = guard(&self.lock, None)?;
         let mut v = self.read_all();
         let r = f(&mut v);
         self.block.write(DATA, bytemuck::cast_slice(&v));

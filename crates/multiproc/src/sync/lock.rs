@@ -211,10 +211,12 @@ impl RLock {
         finish(got, timeout, || RLockGuard { lock: self })
     }
 
+    /// One more acquisition by the owning thread. Only the owner writes the count, so a plain
+    /// load and store do (no read-modify-write instruction on this path).
     fn reenter(&self) -> RLockGuard<'_> {
-        self.block
-            .u32_at(RL_COUNT)
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = self.block.u32_at(RL_COUNT);
+        count.store(count.load(Relaxed) + 1, Relaxed);
         RLockGuard { lock: self }
     }
 
@@ -247,7 +249,11 @@ impl RLock {
         if !self.owned_here() {
             return Err(SyncError::NotOwner);
         }
-        if self.block.u32_at(RL_COUNT).fetch_sub(1, Relaxed) == 1 {
+        // Only the owner writes the count (see `reenter`).
+        let count = self.block.u32_at(RL_COUNT);
+        let left = count.load(Relaxed).saturating_sub(1);
+        count.store(left, Relaxed);
+        if left == 0 {
             self.block.u32_at(RL_TID).store(0, Relaxed);
             raw::unlock(self.block.u32_at(RL_WORD));
         }
@@ -257,5 +263,36 @@ impl RLock {
     /// Whether the calling thread holds the lock.
     pub fn is_owned(&self) -> bool {
         self.owned_here()
+    }
+
+    /// Runs `f` holding the lock and returns what it returns, for a short critical section
+    /// that never takes this lock itself (a copy in or out of shared memory). At once when
+    /// this thread already holds the lock; a dead holder's lock is taken over.
+    ///
+    /// When the lock is free this costs what a [`Lock`] does, one compare-and-swap and one
+    /// swap: the owning thread is not recorded. Nothing can ask for it before `f` returns,
+    /// and other threads of this process see the owner thread id of 0 that every release
+    /// leaves, which is none of theirs, so they wait as they should.
+    pub(crate) fn run_brief<R>(&self, f: impl FnOnce() -> R) -> R {
+        let word = self.block.u32_at(RL_WORD);
+        if raw::try_lock(word) {
+            let _held = BriefHold(word);
+            return f();
+        }
+        let _held = match self.acquire() {
+            Ok(g) | Err(AcquireError::OwnerDied { guard: g, .. }) => Some(g),
+            Err(AcquireError::Timeout(_)) => None, // no deadline was given
+        };
+        f()
+    }
+}
+
+/// The lock word of an [`RLock`] taken by [`RLock::run_brief`]'s fast path; released on
+/// drop, also if the critical section unwinds.
+struct BriefHold<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for BriefHold<'_> {
+    fn drop(&mut self) {
+        raw::unlock(self.0);
     }
 }
