@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::LeakCheck;
 use multiproc::{
-    AcquireError, Array, Barrier, BoundedSemaphore, Condition, Event, Func, Lock, Process, RLock,
-    Semaphore, StartMethod, SyncError, Value,
+    AcquireError, Array, Barrier, BoundedSemaphore, Condition, Event, Func, Lock, Process,
+    ProcessError, RLock, Semaphore, StartMethod, SyncError, Value,
 };
 
 macro_rules! per_method {
@@ -24,14 +24,20 @@ macro_rules! per_method {
 per_method!(
     value_increments_under_get_lock_are_not_lost,
     array_increments_under_get_lock_are_not_lost,
+    semaphore_permit_hand_over_between_processes,
+    semaphore_permit_returns_when_a_child_panics_holding_it,
 );
+
+fn builder(method: StartMethod) -> multiproc::Builder {
+    Process::builder().start_method(method)
+}
 
 /// Joins every child within `limit` (all of them share it); a child still running then is
 /// killed and the test fails, so a deadlock shows as a failure instead of a hang.
 fn join_all_within<R: serde::Serialize + serde::de::DeserializeOwned>(
     procs: Vec<Process<R>>,
     limit: Duration,
-) -> Vec<R> {
+) -> Vec<Result<R, ProcessError>> {
     let end = Instant::now() + limit;
     let stuck: Vec<u32> = procs
         .iter()
@@ -48,7 +54,7 @@ fn join_all_within<R: serde::Serialize + serde::de::DeserializeOwned>(
         }
         panic!("children {stuck:?} still ran after {limit:?}");
     }
-    procs.into_iter().map(|p| p.join().unwrap()).collect()
+    procs.into_iter().map(Process::join).collect()
 }
 
 /// Python's `with v.get_lock(): v.value += 1`.
@@ -74,13 +80,14 @@ fn value_increments_under_get_lock_are_not_lost(method: StartMethod) {
     let counter = Value::new(0u64).unwrap();
     let procs = (0..4)
         .map(|_| {
-            Process::builder()
-                .start_method(method)
+            builder(method)
                 .start(&increment_value_under_get_lock, (counter.clone(), 1000))
                 .unwrap()
         })
         .collect();
-    join_all_within(procs, Duration::from_secs(30));
+    for r in join_all_within(procs, Duration::from_secs(30)) {
+        r.unwrap();
+    }
     assert_eq!(counter.get(), 4000);
 }
 
@@ -89,14 +96,76 @@ fn array_increments_under_get_lock_are_not_lost(method: StartMethod) {
     let a = Array::<u64>::zeroed(2).unwrap();
     let procs = (0..4)
         .map(|_| {
-            Process::builder()
-                .start_method(method)
+            builder(method)
                 .start(&increment_array_under_get_lock, (a.clone(), 1000))
                 .unwrap()
         })
         .collect();
-    join_all_within(procs, Duration::from_secs(30));
+    for r in join_all_within(procs, Duration::from_secs(30)) {
+        r.unwrap();
+    }
     assert_eq!(a.to_vec(), [4000, 0]);
+}
+
+/// Takes a permit and exits without giving it back (Python's hand-over: someone else
+/// releases it); returns the free permits it saw.
+#[multiproc::func]
+fn take_permit_and_keep_it(sem: Semaphore) -> u32 {
+    sem.acquire_timeout(Duration::from_secs(10))
+        .expect("a free permit")
+        .forget();
+    sem.value()
+}
+
+#[multiproc::func]
+fn panic_holding_permit(sem: Semaphore) {
+    let _permit = sem.acquire_timeout(Duration::from_secs(10)).unwrap();
+    panic!("the holder fails");
+}
+
+fn semaphore_permit_hand_over_between_processes(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let sem = Semaphore::new(1).unwrap();
+    // A child keeps the permit it took; the parent gives it back.
+    let p = builder(method)
+        .start(&take_permit_and_keep_it, sem.clone())
+        .unwrap();
+    let seen = join_all_within(vec![p], Duration::from_secs(30));
+    assert_eq!(seen.into_iter().next().unwrap().unwrap(), 0);
+    assert_eq!(sem.value(), 0);
+    sem.release().unwrap();
+    // The parent keeps a permit; a child gives it back, waking the parent's wait.
+    sem.acquire().forget();
+    let p = builder(method)
+        .start(&release_after, (sem.clone(), 50))
+        .unwrap();
+    let permit = sem
+        .acquire_timeout(Duration::from_secs(10))
+        .expect("the permit the child released");
+    assert_eq!(sem.value(), 0);
+    join_all_within(vec![p], Duration::from_secs(30))
+        .pop()
+        .unwrap()
+        .unwrap();
+    drop(permit);
+    assert_eq!(sem.value(), 1);
+}
+
+fn semaphore_permit_returns_when_a_child_panics_holding_it(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let sem = BoundedSemaphore::new(1).unwrap();
+    let p = builder(method)
+        .start(&panic_holding_permit, (*sem).clone())
+        .unwrap();
+    let r = join_all_within(vec![p], Duration::from_secs(30))
+        .pop()
+        .unwrap();
+    assert!(matches!(r, Err(ProcessError::Panicked { .. })), "{r:?}");
+    assert_eq!(sem.value(), 1);
+    drop(
+        sem.acquire_timeout(Duration::from_secs(1))
+            .expect("the permit is free"),
+    );
 }
 
 /// Runs `f` on another thread and fails if it has not returned within `limit`: an operation
@@ -338,32 +407,103 @@ fn release_after(sem: Semaphore, ms: u64) {
 fn semaphore_counts_and_timeouts() {
     let _leaks = LeakCheck::new();
     let sem = Semaphore::new(2).unwrap();
-    sem.acquire();
+    sem.acquire().forget();
     assert_eq!(sem.value(), 1);
-    assert!(sem.try_acquire());
+    sem.try_acquire().expect("a free permit").forget();
     assert_eq!(sem.value(), 0);
-    assert!(!sem.try_acquire());
+    assert!(sem.try_acquire().is_none());
     let t0 = Instant::now();
-    assert!(!sem.acquire_timeout(Duration::from_millis(200)));
+    assert!(matches!(
+        sem.acquire_timeout(Duration::from_millis(200)),
+        Err(SyncError::Timeout(_))
+    ));
     let waited = t0.elapsed();
     assert!(
         waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
         "{waited:?}"
     );
     let p = release_after.spawn((sem.clone(), 100)).unwrap();
-    assert!(sem.acquire_timeout(Duration::from_secs(10)));
+    sem.acquire_timeout(Duration::from_secs(10))
+        .expect("the permit the child released")
+        .forget();
     p.join().unwrap();
     sem.release().unwrap();
     sem.release().unwrap();
     sem.release().unwrap(); // unbounded
     assert_eq!(sem.value(), 3);
     let b = BoundedSemaphore::new(2).unwrap();
-    b.acquire();
+    b.acquire().forget();
     b.release().unwrap();
     assert!(matches!(
         b.release(),
         Err(SyncError::OverReleased { bound: 2 })
     ));
+}
+
+#[test]
+fn semaphore_permit_returns_when_guard_drops() {
+    let sem = Semaphore::new(2).unwrap();
+    {
+        let _a = sem.acquire();
+        let _b = sem.try_acquire().expect("a second permit");
+        assert_eq!(sem.value(), 0);
+        assert!(sem.try_acquire().is_none());
+    }
+    assert_eq!(sem.value(), 2);
+    {
+        let _c = sem.acquire_timeout(Duration::from_secs(1)).unwrap();
+        assert_eq!(sem.value(), 1);
+    }
+    assert_eq!(sem.value(), 2);
+}
+
+#[test]
+fn semaphore_permit_returns_when_holder_panics() {
+    let sem = Semaphore::new(1).unwrap();
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _g = sem.acquire();
+        assert_eq!(sem.value(), 0);
+        panic!("the holder fails");
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(sem.value(), 1);
+    // A waiter is woken by a permit coming back from a panicking holder.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn({
+        let sem = sem.clone();
+        move || {
+            let _g = sem.acquire();
+            held_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("the holder fails");
+        }
+    });
+    held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let g = sem
+        .acquire_timeout(Duration::from_secs(10))
+        .expect("the permit of the panicking holder");
+    assert!(holder.join().is_err());
+    drop(g);
+    assert_eq!(sem.value(), 1);
+}
+
+#[test]
+fn bounded_semaphore_release_past_its_bound_is_an_error() {
+    let b = BoundedSemaphore::new(1).unwrap();
+    assert!(matches!(
+        b.release(),
+        Err(SyncError::OverReleased { bound: 1 })
+    ));
+    let g = b.acquire();
+    b.release().unwrap(); // returned by hand while the guard lives
+    drop(g); // the guard's return would pass the bound: refused
+    assert_eq!(b.value(), 1);
+    assert!(matches!(
+        b.release(),
+        Err(SyncError::OverReleased { bound: 1 })
+    ));
+    assert!(b.try_acquire().is_some());
+    assert_eq!(b.value(), 1);
 }
 
 #[multiproc::func]
@@ -426,7 +566,10 @@ fn condition_notify_counts() {
         })
         .collect();
     for _ in 0..6 {
-        assert!(started.acquire_timeout(Duration::from_secs(20)));
+        started
+            .acquire_timeout(Duration::from_secs(20))
+            .expect("every waiter started")
+            .forget();
     }
     // Every waiter released the lock inside wait once we can take it; give them a moment
     // to be asleep on the futex.

@@ -18,4 +18,4 @@ pub use barrier::Barrier;
 pub use condition::Condition;
 pub use event::Event;
 pub use lock::{AcquireError, Lock, LockGuard, RLock, RLockGuard};
-pub use semaphore::{BoundedSemaphore, Semaphore};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};

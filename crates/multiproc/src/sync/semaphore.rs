@@ -17,18 +17,53 @@ const UNBOUNDED: u32 = u32::MAX;
 
 /// A counting semaphore shared by processes (Python's `multiprocessing.Semaphore`).
 ///
+/// Taking a permit hands back a [`SemaphoreGuard`] that returns it when dropped, also when
+/// the holder panics. For Python's hand-over, where one party takes a permit and another
+/// returns it, [`forget`](SemaphoreGuard::forget) the guard and call
+/// [`release`](Semaphore::release) later, from any thread or process. A semaphore has no
+/// owner: a holder killed with `SIGKILL` does not give its permit back.
+///
 /// ```
 /// let s = multiproc::Semaphore::new(2)?;
-/// s.acquire();
-/// assert!(s.try_acquire());
-/// assert!(!s.try_acquire());
-/// s.release()?;
+/// {
+///     let _a = s.acquire();
+///     let _b = s.try_acquire().expect("a second permit");
+///     assert!(s.try_acquire().is_none());
+/// } // both permits come back here
+/// assert_eq!(s.value(), 2);
+/// s.acquire().forget(); // taken without a guard ...
 /// assert_eq!(s.value(), 1);
+/// s.release()?; // ... and returned by hand
+/// assert_eq!(s.value(), 2);
 /// # Ok::<(), multiproc::SyncError>(())
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Semaphore {
     block: Block,
+}
+
+/// A permit of a [`Semaphore`] (or a [`BoundedSemaphore`]); returned when dropped.
+///
+/// Returning it is refused, without a panic, if the semaphore is a `BoundedSemaphore`
+/// already at its bound (someone released a permit by hand that this guard still holds).
+#[derive(Debug)]
+#[must_use = "the permit is returned when the guard is dropped"]
+pub struct SemaphoreGuard<'a> {
+    sem: &'a Semaphore,
+}
+
+impl SemaphoreGuard<'_> {
+    /// Keeps the permit taken without a guard: it comes back only through
+    /// [`Semaphore::release`], which any thread or process may call (Python's hand-over).
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.sem.release();
+    }
 }
 
 impl Semaphore {
@@ -48,8 +83,7 @@ impl Semaphore {
         self.block.u32_at(VALUE)
     }
 
-    /// Takes a permit if one is free.
-    pub fn try_acquire(&self) -> bool {
+    fn take_one(&self) -> bool {
         let word = self.value_word();
         let mut v = word.load(Ordering::Relaxed);
         while v > 0 {
@@ -61,20 +95,30 @@ impl Semaphore {
         false
     }
 
-    /// Waits for a permit.
-    pub fn acquire(&self) {
-        self.wait_for_permit(None);
+    /// Takes a permit if one is free.
+    pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
+        self.take_one().then(|| SemaphoreGuard { sem: self })
     }
 
-    /// Waits for a permit at most `timeout`; returns whether it got one.
-    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.wait_for_permit(Some(timeout))
+    /// Waits for a permit.
+    pub fn acquire(&self) -> SemaphoreGuard<'_> {
+        self.wait_for_permit(None);
+        SemaphoreGuard { sem: self }
+    }
+
+    /// Waits for a permit at most `timeout` ([`SyncError::Timeout`] after).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>, SyncError> {
+        if self.wait_for_permit(Some(timeout)) {
+            Ok(SemaphoreGuard { sem: self })
+        } else {
+            Err(SyncError::Timeout(timeout))
+        }
     }
 
     fn wait_for_permit(&self, timeout: Option<Duration>) -> bool {
         let deadline = raw::deadline(timeout);
         loop {
-            if self.try_acquire() {
+            if self.take_one() {
                 return true;
             }
             let left = raw::remaining(deadline);
@@ -90,7 +134,9 @@ impl Semaphore {
         }
     }
 
-    /// Returns a permit. Over the bound of a [`BoundedSemaphore`] it is an error.
+    /// Returns a permit taken without a guard (see [`SemaphoreGuard::forget`]); any thread or
+    /// process may. Over the bound of a [`BoundedSemaphore`] it is
+    /// [`SyncError::OverReleased`].
     pub fn release(&self) -> Result<(), SyncError> {
         let bound = self.block.u32_at(BOUND).load(Ordering::Relaxed);
         let word = self.value_word();
@@ -117,11 +163,14 @@ impl Semaphore {
 }
 
 /// A semaphore that refuses to be released above its initial value (Python's
-/// `BoundedSemaphore`): an extra release is [`SyncError::OverReleased`].
+/// `BoundedSemaphore`): an extra release is [`SyncError::OverReleased`]. It has the methods of
+/// [`Semaphore`] (through `Deref`), guards included.
 ///
 /// ```
 /// let s = multiproc::BoundedSemaphore::new(1)?;
 /// assert!(s.release().is_err());
+/// drop(s.acquire());
+/// assert_eq!(s.value(), 1);
 /// # Ok::<(), multiproc::SyncError>(())
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
