@@ -373,6 +373,20 @@ fn killed_holder_gives_owner_died_not_a_deadlock() {
 }
 
 #[test]
+fn failed_try_acquire_leaves_the_holder_holding_the_lock() {
+    let lock = Lock::new().unwrap();
+    let held = lock.acquire().unwrap();
+    assert!(lock.try_acquire().is_none());
+    assert!(
+        lock.is_locked(),
+        "a failed try_acquire released the holder's lock"
+    );
+    assert!(lock.try_acquire().is_none());
+    drop(held);
+    assert!(!lock.is_locked());
+}
+
+#[test]
 fn lock_and_rlock_misuse_are_errors() {
     let lock = Lock::new().unwrap();
     assert!(matches!(lock.release(), Err(SyncError::NotLocked)));

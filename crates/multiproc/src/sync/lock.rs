@@ -125,7 +125,7 @@ impl Lock {
 
     /// Takes the lock if it is free.
     pub fn try_acquire(&self) -> Option<LockGuard<'_>> {
-        raw::try_lock(self.word()).then_some(LockGuard { lock: self })
+        raw::try_lock(self.word()).then(|| LockGuard { lock: self })
     }
 
     /// Whether someone holds the lock.
