@@ -111,6 +111,27 @@ fn timeouts_and_bounds() {
     assert_eq!(tiny.get_many(5).unwrap().len(), 2);
 }
 
+/// Python's `Queue(0)` is unbounded; so is `bounded(0)` (not a one-slot queue).
+#[test]
+fn bounded_zero_is_unbounded_as_in_python() {
+    let q = Queue::<u32>::bounded(0).unwrap();
+    assert_eq!(q.maxsize(), None);
+    for i in 0..100 {
+        q.put_timeout(&i, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("item {i}: {e}"));
+    }
+    assert!(!q.full());
+    assert_eq!(q.qsize(), 100);
+    let j = JoinableQueue::<u32>::bounded(0).unwrap();
+    assert_eq!(j.maxsize(), None);
+    for i in 0..100 {
+        j.put_timeout(&i, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("item {i}: {e}"));
+    }
+    assert!(!j.full());
+    assert_eq!(j.get_many(1000).unwrap().len(), 100);
+}
+
 #[test]
 fn serialization_errors_come_from_put_itself() {
     let q = Queue::<Fd>::new().unwrap();

@@ -59,8 +59,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// A queue of at most `maxsize` items: `put` waits for room (Python's `Queue(maxsize)`).
+    ///
+    /// `maxsize` 0 means no item limit, as in Python, where `Queue(0)` is unbounded: the
+    /// queue is then the same as [`Queue::new`] (and not a zero-capacity rendezvous channel).
+    ///
+    /// ```
+    /// let q = multiproc::Queue::<u8>::bounded(1)?;
+    /// q.put(&1)?;
+    /// assert!(q.full());
+    /// assert_eq!(multiproc::Queue::<u8>::bounded(0)?.maxsize(), None); // unbounded
+    /// # Ok::<(), multiproc::QueueError>(())
+    /// ```
     pub fn bounded(maxsize: usize) -> Result<Queue<T>, QueueError> {
-        Queue::with_limits(maxsize.max(1) as u64, DEFAULT_QUEUE_BYTES)
+        Queue::with_limits(maxsize as u64, DEFAULT_QUEUE_BYTES)
     }
 
     /// A queue of at most `max_items` items (0: unbounded) and `max_bytes` of encoded data.
@@ -233,7 +244,8 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         })
     }
 
-    /// A joinable queue of at most `maxsize` items.
+    /// A joinable queue of at most `maxsize` items; 0 means no item limit, as in Python's
+    /// `JoinableQueue(0)` (see [`Queue::bounded`]).
     pub fn bounded(maxsize: usize) -> Result<JoinableQueue<T>, QueueError> {
         Ok(JoinableQueue {
             queue: Queue::bounded(maxsize)?,
