@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use multiproc::manager::{LockProxy, Manager, ValueProxy};
+use multiproc::manager::{DictProxy, EventProxy, LockProxy, Manager, ValueProxy};
 use multiproc::{Func, Process};
 
 use super::pep::empty_func;
@@ -17,6 +17,65 @@ pub(crate) fn locked_increments(lock: LockProxy, total: ValueProxy<u64>, n: u32)
     for _ in 0..n {
         let _held = lock.lock().expect("lock");
         total.set(&(total.get().expect("get") + 1)).expect("set");
+    }
+}
+
+/// One client of the many-clients rows: waits for the start, then `ops` dict sets and gets.
+#[multiproc::func]
+pub(crate) fn dict_client(address: String, policy: u8, ops: u32) -> Result<(), String> {
+    multiproc::set_spin_policy(spin_policy(policy));
+    let mgr = Manager::connect(address.as_str(), AUTHKEY).map_err(|e| e.to_string())?;
+    let d: DictProxy<u32, u64> = mgr.lookup("d").map_err(|e| e.to_string())?;
+    let start: EventProxy = mgr.lookup("start").map_err(|e| e.to_string())?;
+    start.wait().map_err(|e| e.to_string())?;
+    for i in 0..ops {
+        d.set(&(i % 64), &u64::from(i)).map_err(|e| e.to_string())?;
+        d.get(&(i % 64)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Dict operations per second of `clients` processes against one manager, every process
+/// (server and clients) waiting under spin policy `policy`. Runs in a process of its own, so
+/// that the policy is the only difference between rows.
+#[multiproc::func]
+pub(crate) fn dict_clients(clients: u32, ops: u32, policy: u8) -> Result<f64, String> {
+    let err = |e: multiproc::ManagerError| e.to_string();
+    multiproc::set_spin_policy(spin_policy(policy));
+    let server = Manager::serve(
+        format!("@multiproc-bench-dict-{}", std::process::id()).as_str(),
+        AUTHKEY,
+    )
+    .map_err(err)?;
+    let address = server.address().to_string();
+    let mgr = Manager::connect(address.as_str(), AUTHKEY).map_err(err)?;
+    mgr.publish("d", &mgr.dict::<u32, u64>().map_err(err)?)
+        .map_err(err)?;
+    let start = mgr.event().map_err(err)?;
+    mgr.publish("start", &start).map_err(err)?;
+    let kids = (0..clients)
+        .map(|_| dict_client.spawn((address.clone(), policy, ops)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    // Every client connected and waiting: then the clock starts.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let t = Instant::now();
+    start.set().map_err(err)?;
+    for k in kids {
+        k.join().map_err(|e| e.to_string())??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    server.shutdown();
+    Ok(2.0 * f64::from(clients) * f64::from(ops) / secs)
+}
+
+const AUTHKEY: &[u8] = b"multiproc-bench";
+
+fn spin_policy(p: u8) -> multiproc::SpinPolicy {
+    match p {
+        1 => multiproc::SpinPolicy::Never,
+        2 => multiproc::SpinPolicy::Always,
+        _ => multiproc::SpinPolicy::Adaptive,
     }
 }
 
@@ -146,6 +205,24 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     })?;
     drop(d);
     mgr.shutdown()?;
+    // Many clients on few CPUs: the adaptive waiting policy next to plain blocking and to
+    // spinning whatever the load, every row in a process tree of its own, in turns.
+    let total_ops = r.size.pick(2_000u32, 8_000, 40_000);
+    let mut many = Vec::new();
+    for clients in [1u32, 2, 4, 8] {
+        let ops = total_ops / clients;
+        let mut by_policy = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..reps.min(3) {
+            for (policy, out) in by_policy.iter_mut().enumerate() {
+                let rate = dict_clients
+                    .spawn((clients, ops, policy as u8))?
+                    .join()?
+                    .map_err(|e| multiproc::Error::from(multiproc::ManagerError::Invalid(e)))?;
+                out.push(rate);
+            }
+        }
+        many.push((clients, by_policy.map(Samples)));
+    }
     let py_set = r.cpython("mp_manager.py", "py.mgr.dict.set.fork", 1e-6);
     let py_get = r.cpython("mp_manager.py", "py.mgr.dict.get.fork", 1e-6);
     let py_start = r.cpython("mp_manager.py", "py.mgr.startup.fork", 1e-6);
@@ -196,6 +273,24 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         &spawn,
         &[],
     );
+    for (clients, [adaptive, never, always]) in &many {
+        let py = r.cpython(
+            "mp_manager.py",
+            &format!("py.mgr.dict.clients{clients}"),
+            1.0,
+        );
+        r.row(
+            "manager",
+            &format!("dict ops, {clients} client processes"),
+            Unit::Rate,
+            adaptive,
+            &[
+                ("blocking only", Some(never.median())),
+                ("always spinning", Some(always.median())),
+                ("CPython", py),
+            ],
+        );
+    }
     r.row(
         "manager",
         "counter += 1 under a proxy lock, 2 procs",

@@ -18,7 +18,6 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 pub use address::{Address, ToAddress};
-pub(crate) use conn::multi_cpu;
 pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
 pub(crate) use frames::FrameReader;
 pub(crate) use listener::Handshake;

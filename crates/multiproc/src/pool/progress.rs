@@ -36,11 +36,7 @@ const DATA: usize = ENDS + 4 * SLOTS;
 /// as results reach, and reused by every chunk).
 const DATA_BYTES: usize = 240 << 10;
 
-/// Nanoseconds on the system's monotonic clock, the same in every process of the machine.
-pub(crate) fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
+pub(crate) use crate::sys::monotonic_ns as now_ns;
 
 /// A worker's progress area (see the module docs). Travels to the worker as its memfd.
 #[derive(Debug, Clone, Serialize, Deserialize)]

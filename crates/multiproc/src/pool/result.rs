@@ -22,28 +22,28 @@ const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
     // A small task's result is usually there within microseconds: look a few times before
-    // sleeping on the condition variable (a wake-up from another CPU costs more).
-    if crate::connection::multi_cpu() {
-        let end = Instant::now() + SPIN;
-        while Instant::now() < end {
-            let (done, wake) = {
-                let mut st = shared.lock();
-                // Take the reports ourselves rather than wait for the handler to wake for
-                // them: one wake-up less on a round trip.
-                let wake = super::state::pickup(&mut st);
-                (st.jobs.get(&id).is_none_or(|j| j.remaining == 0), wake)
-            };
-            if wake {
-                shared.changed.notify_all();
-            }
-            if done {
-                return true;
-            }
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            std::thread::yield_now();
+    // sleeping on the condition variable (a wake-up from another CPU costs more), while the
+    // library's waiting policy says that spinning pays.
+    let mut spin = crate::spin::Spinner::new(SPIN);
+    while spin.spinning() {
+        let (done, wake) = {
+            let mut st = shared.lock();
+            // Take the reports ourselves rather than wait for the handler to wake for
+            // them: one wake-up less on a round trip.
+            let wake = super::state::pickup(&mut st);
+            (st.jobs.get(&id).is_none_or(|j| j.remaining == 0), wake)
+        };
+        if wake {
+            shared.changed.notify_all();
         }
+        if done {
+            spin.hit();
+            return true;
+        }
+        if !spin.keep_going() {
+            break;
+        }
+        std::thread::yield_now();
     }
     let mut st = shared.lock();
     loop {
@@ -472,34 +472,28 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
     /// reports itself, like [`wait_done`]), then a sleep until the handler records one.
     fn fill(&mut self, job: u64) -> Option<()> {
         let shared = self.pool.shared().clone();
-        let spin_until = crate::connection::multi_cpu().then(|| Instant::now() + SPIN);
+        let mut spin = crate::spin::Spinner::new(SPIN);
         let mut st = shared.lock();
         loop {
-            let wake = spin_until.is_some() && super::state::pickup(&mut st);
+            let wake = spin.spinning() && super::state::pickup(&mut st);
             let j = st.jobs.get_mut(&job)?;
             self.take_ready(j);
-            if !self.ready.is_empty() {
-                drop(st);
-                if wake {
-                    shared.changed.notify_all();
-                }
+            let got = !self.ready.is_empty();
+            if !got && !spin.keep_going() {
+                j.iterator_waits = true;
+            }
+            if wake {
+                shared.changed.notify_all();
+            }
+            if got {
+                spin.hit();
                 return Some(());
             }
-            if spin_until.is_some_and(|end| Instant::now() < end) {
+            if spin.spinning() {
                 drop(st);
-                if wake {
-                    shared.changed.notify_all();
-                }
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
                 std::thread::yield_now();
                 st = shared.lock();
                 continue;
-            }
-            j.iterator_waits = true;
-            if wake {
-                shared.changed.notify_all();
             }
             let (g, _) = shared.wait(st, None);
             st = g;

@@ -66,9 +66,10 @@ const DATA: usize = 4096;
 const DISCARD_CHUNK: u64 = 1 << 20;
 /// Record header: the payload length.
 const REC: usize = 4;
-/// Spins before a consumer sleeps: a producer on the other core usually delivers within a
-/// few microseconds, and a sleep/wake pair costs far more.
-const SPINS: u32 = 200;
+/// How long a consumer looks for an item before it sleeps, when the library's waiting policy
+/// allows it: a producer on the other core usually delivers within a few microseconds, and a
+/// sleep/wake pair costs far more.
+const SPIN: Duration = Duration::from_micros(20);
 /// How far past what it needs now a handle populates the ring's pages in one call.
 const WARM_AHEAD: u64 = 256 << 10;
 /// Once the tail is this far in, a producer that finds the ring empty starts over at 0: a
@@ -497,7 +498,7 @@ impl Ring {
         fresh_tail: bool,
         mut take: impl FnMut(u64, u64) -> (R, u64, u64),
     ) -> Result<R, QueueError> {
-        let mut spins = 0;
+        let mut spin = crate::spin::Spinner::new(SPIN);
         loop {
             if self.may_have_items() || self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
                 let get = self.lock_get();
@@ -514,6 +515,7 @@ impl Ring {
                     self.discard_consumed(head, pos);
                     drop(get);
                     self.notify(PUT_SLEEPERS, NOT_FULL, u32::MAX);
+                    spin.hit();
                     return Ok(taken);
                 }
                 if self.u32(CLOSED).load(Ordering::Relaxed) != 0 {
@@ -523,12 +525,7 @@ impl Ring {
             if !block {
                 return Err(QueueError::Empty);
             }
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
-                if spins % 50 == 0 {
-                    std::thread::yield_now();
-                }
+            if spin.keep_going() {
                 continue;
             }
             let ready = || {

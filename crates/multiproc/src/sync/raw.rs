@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::sys;
 
 const WAITERS: u32 = 1 << 31;
-/// Spins before a contended acquire goes to sleep.
-const SPINS: u32 = 100;
+/// How long a contended acquire spins before it goes to sleep (when the waiting policy allows).
+const SPIN: Duration = Duration::from_micros(4);
 /// How long a waiter sleeps before it checks whether the owner is still alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(50);
 
@@ -43,14 +43,15 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
         return Acquired::Yes;
     }
     // Critical sections under these locks are short: spin a little before sleeping, since a
-    // futex sleep and wake-up cost microseconds.
-    for _ in 0..SPINS {
-        std::hint::spin_loop();
+    // futex sleep and wake-up cost microseconds (while the waiting policy says it pays).
+    let mut spin = crate::spin::Spinner::new(SPIN);
+    while spin.keep_going() {
         if word.load(Ordering::Relaxed) == 0
             && word
                 .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
+            spin.hit();
             return Acquired::Yes;
         }
     }

@@ -1,0 +1,236 @@
+//! The library's one waiting policy: whether a waiter looks for its event a little while before
+//! it sleeps, and for how long.
+//!
+//! A wake-up from another CPU costs tens of microseconds on a virtual machine, and an event
+//! that another process on another CPU is about to produce usually comes within a few: spinning
+//! first then saves most of a round trip. But a spinner is a runnable task. When the machine has
+//! more runnable tasks than CPUs, the spinner takes the CPU the process it waits for needs, and
+//! every wait gets longer. So spinning is allowed only while it pays:
+//! - never on a single CPU (the event cannot come while this task holds the CPU);
+//! - not while the machine is crowded: more runnable tasks than this process may use CPUs
+//!   (sampled from `/proc/loadavg` at most every [`SAMPLE_EVERY`], by whichever waiter finds the
+//!   sample stale);
+//! - not for a while after spins keep missing: [`MISSES_TO_BACK_OFF`] misses in a row stop
+//!   spinning in this process for a back-off that doubles (up to [`MAX_BACKOFF`]) while misses
+//!   continue, and a hit resets it.
+//!
+//! `MULTIPROC_SPIN=off` (or `0`) turns spinning off in a process and its children, `on` (or
+//! `1`) keeps it on whatever the load; the default is the adaptive policy above.
+//! [`set_spin_policy`] sets it from code.
+//!
+//! Every waiter of the library (pool results, queue gets, lock words, connections, manager
+//! calls) asks [`Spinner::new`] and reports with [`Spinner::hit`] / [`Spinner::keep_going`].
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::sys::monotonic_ns;
+
+/// How often the machine's runnable count is read at most.
+const SAMPLE_EVERY: u64 = 5_000_000;
+/// Misses in a row that stop spinning for a while.
+const MISSES_TO_BACK_OFF: u32 = 8;
+/// The first back-off, and the longest.
+const MIN_BACKOFF: u64 = 2_000_000;
+const MAX_BACKOFF: u64 = 256_000_000;
+
+/// When waiters of this library spin before they sleep (see [`set_spin_policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpinPolicy {
+    /// Spin while it pays: never on one CPU, not while the machine has more runnable tasks
+    /// than CPUs, and not for a while after spins keep missing. The default.
+    Adaptive,
+    /// Never spin: every wait sleeps at once (the least CPU, the slowest wake-ups).
+    Never,
+    /// Always spin briefly, whatever the load (the fastest round trips on an idle machine).
+    Always,
+}
+
+/// The policy in force: 0 until first asked, then 1 + the policy's index.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets when the waiters of this process spin before they sleep (pool results, queue gets,
+/// lock words, connections, manager calls): a process-wide choice, also made by the
+/// `MULTIPROC_SPIN` environment variable (`off`, `on`; unset: adaptive). Children started
+/// afterwards by `fork` inherit it; others read their environment.
+///
+/// ```
+/// multiproc::set_spin_policy(multiproc::SpinPolicy::Never); // a machine shared with batch jobs
+/// # multiproc::set_spin_policy(multiproc::SpinPolicy::Adaptive);
+/// ```
+pub fn set_spin_policy(policy: SpinPolicy) {
+    MODE.store(1 + policy as u8, Ordering::Relaxed);
+}
+
+fn mode() -> SpinPolicy {
+    const ALL: [SpinPolicy; 3] = [SpinPolicy::Adaptive, SpinPolicy::Never, SpinPolicy::Always];
+    match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let p = match std::env::var("MULTIPROC_SPIN").as_deref() {
+                Ok("off" | "0" | "never") => SpinPolicy::Never,
+                Ok("on" | "1" | "always") => SpinPolicy::Always,
+                _ => SpinPolicy::Adaptive,
+            };
+            // A policy set meanwhile by `set_spin_policy` wins.
+            let _ = MODE.compare_exchange(0, 1 + p as u8, Ordering::Relaxed, Ordering::Relaxed);
+            mode()
+        }
+        m => ALL[usize::from(m - 1).min(2)],
+    }
+}
+
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(crate::cpu_count)
+}
+
+/// When the runnable count was last read, and whether it exceeded the CPUs.
+static SAMPLED_AT: AtomicU64 = AtomicU64::new(0);
+static CROWDED: AtomicBool = AtomicBool::new(false);
+/// Misses in a row, the current back-off, and until when spinning is off because of it.
+static MISSES: AtomicU32 = AtomicU32::new(0);
+static BACKOFF: AtomicU64 = AtomicU64::new(MIN_BACKOFF);
+static QUIET_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// The number of runnable tasks on the machine now (the fourth field of `/proc/loadavg`,
+/// `running/total`).
+fn runnable() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether the machine has more runnable tasks than this process's CPUs, from a sample at most
+/// [`SAMPLE_EVERY`] old (the caller that finds it stale takes the new one).
+fn crowded(now: u64) -> bool {
+    let at = SAMPLED_AT.load(Ordering::Relaxed);
+    if now.saturating_sub(at) >= SAMPLE_EVERY
+        && SAMPLED_AT
+            .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        // The reader itself is one of the runnable tasks.
+        let c = runnable().is_some_and(|n| n > cpus());
+        CROWDED.store(c, Ordering::Relaxed);
+        return c;
+    }
+    CROWDED.load(Ordering::Relaxed)
+}
+
+/// Whether a waiter may spin now.
+fn may_spin() -> bool {
+    match mode() {
+        SpinPolicy::Never => false,
+        SpinPolicy::Always => true,
+        SpinPolicy::Adaptive => {
+            if cpus() < 2 {
+                return false;
+            }
+            let now = monotonic_ns();
+            now >= QUIET_UNTIL.load(Ordering::Relaxed) && !crowded(now)
+        }
+    }
+}
+
+fn record_hit() {
+    if MISSES.load(Ordering::Relaxed) != 0 {
+        MISSES.store(0, Ordering::Relaxed);
+    }
+    if BACKOFF.load(Ordering::Relaxed) != MIN_BACKOFF {
+        BACKOFF.store(MIN_BACKOFF, Ordering::Relaxed);
+    }
+}
+
+fn record_miss() {
+    if mode() != SpinPolicy::Adaptive {
+        return;
+    }
+    if MISSES.fetch_add(1, Ordering::Relaxed) + 1 >= MISSES_TO_BACK_OFF {
+        MISSES.store(0, Ordering::Relaxed);
+        let backoff = BACKOFF.load(Ordering::Relaxed);
+        QUIET_UNTIL.store(monotonic_ns() + backoff, Ordering::Relaxed);
+        BACKOFF.store((backoff * 2).min(MAX_BACKOFF), Ordering::Relaxed);
+    }
+}
+
+/// One wait's spin: ask before looking, then [`Spinner::keep_going`] after each look that found
+/// nothing, and [`Spinner::hit`] when the event came.
+#[derive(Debug)]
+pub(crate) struct Spinner {
+    /// When the spin ends (`monotonic_ns`); `None`: no spinning for this wait.
+    end: Option<u64>,
+    looks: u32,
+}
+
+impl Spinner {
+    /// A spin of at most `max` if the policy allows one now.
+    pub(crate) fn new(max: Duration) -> Spinner {
+        let end = may_spin().then(|| monotonic_ns() + max.as_nanos() as u64);
+        Spinner { end, looks: 0 }
+    }
+
+    /// After a look that found nothing: whether to look again (after a pause), or sleep. Once
+    /// the spin runs out it counts as a miss.
+    pub(crate) fn keep_going(&mut self) -> bool {
+        let Some(end) = self.end else {
+            return false;
+        };
+        self.looks += 1;
+        // The clock costs more than a pause: read it every few looks.
+        if self.looks.is_multiple_of(8) && monotonic_ns() >= end {
+            self.end = None;
+            record_miss();
+            return false;
+        }
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
+        true
+    }
+
+    /// The event came: if it came while spinning, the spin paid.
+    pub(crate) fn hit(self) {
+        if self.end.is_some() && self.looks > 0 {
+            record_hit();
+        }
+    }
+
+    /// Whether this wait spins at all.
+    pub(crate) fn spinning(&self) -> bool {
+        self.end.is_some()
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn misses_in_a_row_stop_spinning_and_a_hit_resets_the_back_off() {
+        // Single-threaded view of the global state: other tests of this binary may spin too,
+        // so only what this test does in a row is asserted.
+        if mode() != SpinPolicy::Adaptive || cpus() < 2 {
+            return;
+        }
+        QUIET_UNTIL.store(0, Ordering::Relaxed);
+        for _ in 0..MISSES_TO_BACK_OFF {
+            record_miss();
+        }
+        assert!(QUIET_UNTIL.load(Ordering::Relaxed) > monotonic_ns());
+        assert!(!Spinner::new(Duration::from_micros(50)).spinning());
+        record_hit();
+        assert_eq!(BACKOFF.load(Ordering::Relaxed), MIN_BACKOFF);
+        QUIET_UNTIL.store(0, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn the_runnable_count_is_read_from_loadavg() {
+        assert!(runnable().is_some_and(|n| n >= 1));
+    }
+}
