@@ -87,6 +87,42 @@ fn serves_named_objects_and_stops_on_sigterm() {
     assert!(matches!(q.qsize(), Err(ManagerError::Closed)));
 }
 
+/// A user type: the test binary has its `#[managed]` impl, `multiproc manager serve` does not.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    n: u64,
+}
+
+#[multiproc::managed]
+impl Tally {
+    fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+}
+
+#[test]
+fn a_user_type_asked_of_the_command_says_to_serve_from_the_users_binary() {
+    let s = serve(&["--address", "127.0.0.1:0"], Some("user key"));
+    let m = Manager::connect(s.1.as_str(), b"user key").unwrap();
+    let err = m.create(Tally::default()).unwrap_err();
+    assert!(
+        matches!(&err, ManagerError::UnknownKind(kind) if kind.ends_with("Tally")),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for hint in [
+        "multiproc manager serve",
+        "Manager::serve",
+        "#[multiproc::managed]",
+    ] {
+        assert!(message.contains(hint), "{hint} not in: {message}");
+    }
+    // The server is fine: built-in objects still come.
+    assert_eq!(m.dict::<String, u64>().unwrap().len().unwrap(), 0);
+    m.shutdown().unwrap();
+}
+
 #[test]
 fn key_from_a_file_and_shutdown_by_a_client() {
     let path = std::env::temp_dir().join(format!("multiproc-cli-key-{}", std::process::id()));

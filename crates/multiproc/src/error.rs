@@ -284,10 +284,28 @@ pub enum ManagerError {
         /// The method asked for.
         method: String,
     },
-    /// The server cannot create objects of this kind (a user type that the server's binary
-    /// does not contain).
+    /// The server cannot create objects of this kind: a user type whose
+    /// `#[multiproc::managed]` impl the server's binary does not contain, such as any user
+    /// type asked of `multiproc manager serve`, which serves only the built-in objects.
+    ///
+    /// A server for user types is started from the user's own binary, the one with the impl
+    /// ([`Manager::start`](crate::manager::Manager::start) does this by itself):
+    ///
+    /// ```no_run
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Counter { n: u64 }
+    /// # #[multiproc::managed] impl Counter { fn incr(&mut self) -> u64 { self.n += 1; self.n } }
+    /// use multiproc::manager::Manager;
+    /// # fn main() -> Result<(), multiproc::ManagerError> {
+    /// // This binary contains `#[multiproc::managed] impl Counter`: its server creates them.
+    /// let server = Manager::serve("0.0.0.0:5000", b"secret")?;
+    /// server.wait();
+    /// # Ok(()) }
+    /// ```
     #[error(
-        "the manager cannot create `{0}`: serve from a binary that contains its `#[multiproc::managed]` impl"
+        "the manager cannot create `{0}`: its server's binary does not contain this type's \
+         `#[multiproc::managed]` impl (`multiproc manager serve` serves only the built-in \
+         objects); serve user types from your own binary, the one with the impl: \
+         `let server = multiproc::manager::Manager::serve(address, authkey)?; server.wait();`"
     )]
     UnknownKind(String),
     /// The arguments did not decode as the method's parameter types (the two sides disagree
