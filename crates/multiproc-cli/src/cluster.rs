@@ -1,27 +1,25 @@
 //! `multiproc cluster status`: the workers, depth, in-flight and failed tasks of a queue.
 
-/// The Redis URL and queue of `multiproc cluster status`.
-pub(crate) fn parse(args: &[String]) -> Result<(String, String), String> {
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    if let Some(bad) = args
-        .iter()
-        .step_by(2)
-        .find(|a| !matches!(a.as_str(), "--redis" | "--queue"))
-    {
-        return Err(format!("unknown argument `{bad}`"));
-    }
-    let url = value("--redis").ok_or("--redis URL is required")?;
-    let queue = value("--queue").unwrap_or_else(|| "default".into());
-    Ok((url, queue))
+/// The command line of `multiproc cluster status`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Live workers, waiting, in-flight and dead-lettered tasks of a cluster queue",
+    long_about = "Live workers, waiting, in-flight and dead-lettered tasks of a cluster queue \
+                  (multiproc-cluster's ClusterPool on Redis Streams), read from the broker; \
+                  no authkey needed."
+)]
+pub(crate) struct Args {
+    /// The broker, as redis://HOST:PORT/
+    #[arg(long, value_name = "URL")]
+    redis: String,
+    /// The queue whose status is shown
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    queue: String,
 }
 
-/// Prints the status of `queue` on the Redis at `url`.
-pub(crate) fn status(url: &str, queue: &str) -> Result<(), String> {
+/// Prints the status of the queue on the Redis at the URL.
+pub(crate) fn status(args: &Args) -> Result<(), String> {
+    let (url, queue) = (&args.redis, &args.queue);
     let st = multiproc_cluster::status(url, queue).map_err(|e| e.to_string())?;
     println!(
         "queue {queue}: {} waiting, {} in flight, {} dead letters, {} workers",

@@ -1,64 +1,75 @@
 //! `multiproc manager serve`: a manager serving on the network until stopped.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use multiproc::manager::Manager;
 use nix::sys::signal::{SigSet, Signal};
 
-/// What `multiproc manager serve` was asked for.
+/// The environment variable read for the authkey when neither `--authkey-env` nor
+/// `--authkey-file` is given.
+pub(crate) const DEFAULT_KEY_ENV: &str = "MULTIPROC_AUTHKEY";
+
+/// The command line of `multiproc manager serve`.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Serves a manager (dicts, queues, locks, ... by name) until SIGINT/SIGTERM or a client's shutdown",
+    long_about = "Serves a manager on the network: clients that know the authkey create dicts, \
+                  lists, queues, locks, events, barriers, ... on it and publish them by name \
+                  (Manager::connect, publish, lookup). It runs until SIGINT/SIGTERM or a \
+                  client's shutdown, and prints the address it serves on.",
+    after_long_help = "User types (#[multiproc::managed]) are created only by a server whose \
+                       binary contains their impl; this command serves the built-in objects. \
+                       Serve them from your own binary:\n\n    \
+                       let server = multiproc::manager::Manager::serve(\"0.0.0.0:5000\", &authkey)?;\n    \
+                       server.wait();"
+)]
+pub(crate) struct Args {
+    /// Where to listen: HOST:PORT (port 0 picks a free one), a Unix socket /path, or an
+    /// abstract Unix socket @name
+    #[arg(long, value_name = "ADDR")]
+    address: String,
+    /// The environment variable that holds the authkey
+    #[arg(long, value_name = "VAR", default_value = DEFAULT_KEY_ENV)]
+    authkey_env: String,
+    /// A file that holds the authkey (trailing whitespace ignored), instead of a variable
+    #[arg(long, value_name = "PATH", conflicts_with = "authkey_env")]
+    authkey_file: Option<PathBuf>,
+}
+
+/// What `multiproc manager serve` was asked for, its authkey read.
 #[derive(Debug)]
 pub(crate) struct Options {
     address: String,
     authkey: Vec<u8>,
 }
 
-/// The environment variable read for the authkey when neither `--authkey-env` nor
-/// `--authkey-file` is given.
-pub(crate) const DEFAULT_KEY_ENV: &str = "MULTIPROC_AUTHKEY";
+impl TryFrom<Args> for Options {
+    type Error = String;
 
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
-        let mut address = None;
-        let mut key_env = None;
-        let mut key_file = None;
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
-            match a.as_str() {
-                "--address" => address = Some(value("--address")?),
-                "--authkey-env" => key_env = Some(value("--authkey-env")?),
-                "--authkey-file" => key_file = Some(value("--authkey-file")?),
-                other => return Err(format!("unknown argument `{other}`")),
-            }
-        }
-        let address = address.ok_or("--address is required (HOST:PORT, /path or @name)")?;
-        let authkey = match (key_env, key_file) {
-            (Some(_), Some(_)) => {
-                return Err("give --authkey-env or --authkey-file, not both".into());
-            }
-            (None, Some(path)) => {
-                let mut key = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read the authkey file {path}: {e}"))?;
+    /// Reads the authkey from the file or the variable; a message naming where it looked
+    /// when it cannot.
+    fn try_from(args: Args) -> Result<Options, String> {
+        let authkey = match &args.authkey_file {
+            Some(path) => {
+                let mut key = std::fs::read(path)
+                    .map_err(|e| format!("cannot read the authkey file {}: {e}", path.display()))?;
                 while key.last().is_some_and(|b| b.is_ascii_whitespace()) {
                     key.pop();
                 }
                 key
             }
-            (env, None) => {
-                let name = env.as_deref().unwrap_or(DEFAULT_KEY_ENV);
-                std::env::var_os(name)
-                    .ok_or_else(|| format!("the authkey variable {name} is not set"))?
-                    .into_encoded_bytes()
-            }
+            None => std::env::var_os(&args.authkey_env)
+                .ok_or_else(|| format!("the authkey variable {} is not set", args.authkey_env))?
+                .into_encoded_bytes(),
         };
         if authkey.is_empty() {
             return Err("the authkey is empty".into());
         }
-        Ok(Options { address, authkey })
+        Ok(Options {
+            address: args.address,
+            authkey,
+        })
     }
 }
 

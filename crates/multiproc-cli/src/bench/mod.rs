@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use report::Report;
 pub(crate) use report::Size;
 
-/// Command-line options of `multiproc bench`.
+/// What `multiproc bench` runs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Options {
     /// How big the run is (`--quick`, the default; `--full`; `--tiny` for tests).
@@ -35,44 +35,102 @@ pub(crate) struct Options {
     pub(crate) chart: Option<PathBuf>,
 }
 
-/// Every group, in the order they run.
-pub(crate) const GROUPS: [&str; 12] = [
-    "empty", "fib", "primes", "fileio", "url", "spawn", "pipe", "queue", "pool", "manager",
-    "scaling", "cluster",
+/// Every group, in the order they run, with what it measures.
+pub(crate) const GROUPS: [(&str, &str); 12] = [
+    (
+        "empty",
+        "PEP 371 table: an empty function, serial / threads / processes",
+    ),
+    (
+        "fib",
+        "PEP 371 table: naive Fibonacci, serial / threads / processes",
+    ),
+    (
+        "primes",
+        "PEP 371 table: prime testing, serial / threads / processes",
+    ),
+    (
+        "fileio",
+        "PEP 371 table: file writes, seeks and reads, serial / threads / processes",
+    ),
+    (
+        "url",
+        "PEP 371 table: HTTP GETs of a local server, serial / threads / processes",
+    ),
+    ("spawn", "spawn + join per start method vs the OS"),
+    ("pipe", "Connection vs a raw socketpair"),
+    ("queue", "Queue vs a raw pipe, locks vs a raw futex"),
+    ("pool", "Pool throughput and latency"),
+    ("manager", "manager proxy operations and start-up"),
+    ("scaling", "Pool vs rayon on every core"),
+    (
+        "cluster",
+        "the Pool API through Redis Streams vs a raw Redis round trip",
+    ),
 ];
 
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
-        let mut opts = Options {
-            size: Size::Quick,
-            groups: Vec::new(),
-            python: true,
-            json: None,
-            chart: None,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--quick" => opts.size = Size::Quick,
-                "--full" => opts.size = Size::Full,
-                "--tiny" => opts.size = Size::Tiny,
-                "--no-python" => opts.python = false,
-                "--json" => opts.json = Some(it.next().ok_or("--json needs a file")?.into()),
-                "--chart" => opts.chart = Some(it.next().ok_or("--chart needs a file")?.into()),
-                "--group" => {
-                    let g = it.next().ok_or("--group needs a name")?;
-                    if !GROUPS.contains(&g.as_str()) {
-                        return Err(format!("unknown group `{g}`"));
-                    }
-                    opts.groups.push(g.clone());
-                }
-                other => return Err(format!("unknown option `{other}`")),
-            }
-        }
-        Ok(opts)
-    }
+/// The command line of `multiproc bench`.
+#[derive(Debug, clap::Args)]
+// As the options always did: a flag or option given twice counts once, the last value wins
+// (`--group` adds up).
+#[command(
+    args_override_self = true,
+    about = "Every benchmark group side by side with the OS and CPython",
+    long_about = "Every benchmark group side by side with the raw OS primitive and CPython \
+                  multiprocessing in the same run, as tables (and JSON and SVG charts when \
+                  asked).\n\nWith no option: every group in quick mode (well under a minute \
+                  on 2 cores), CPython peers included when python3 is on the PATH."
+)]
+pub(crate) struct Args {
+    /// Quick sizes: every group in well under a minute on 2 cores (the default)
+    #[arg(long, overrides_with_all = ["full", "tiny"])]
+    quick: bool,
+    /// Full sizes: the figures to quote (several minutes)
+    #[arg(long, overrides_with_all = ["quick", "tiny"])]
+    full: bool,
+    /// The smallest sizes that still run every path (for tests: the figures mean nothing)
+    #[arg(long, overrides_with_all = ["quick", "full"])]
+    tiny: bool,
+    /// Leave out the CPython peers (run by default when python3 is on the PATH)
+    #[arg(long)]
+    no_python: bool,
+    /// Write the results as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the charts as SVG to FILE
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
+    /// Run this group only (repeat for several; every group when not given)
+    #[arg(
+        long = "group",
+        value_name = "NAME",
+        value_parser = clap::builder::PossibleValuesParser::new(
+            GROUPS.map(|(name, what)| clap::builder::PossibleValue::new(name).help(what))
+        )
+    )]
+    groups: Vec<String>,
+}
 
-    fn wants(&self, group: &str) -> bool {
+impl From<Args> for Options {
+    fn from(a: Args) -> Options {
+        // The size flags override one another: the last one given is the only one set.
+        let size = match (a.full, a.tiny) {
+            (true, _) => Size::Full,
+            (_, true) => Size::Tiny,
+            _ => Size::Quick,
+        };
+        Options {
+            size,
+            groups: a.groups,
+            python: !a.no_python,
+            json: a.json,
+            chart: a.chart,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn wants(&self, group: &str) -> bool {
         self.groups.is_empty() || self.groups.iter().any(|g| g == group)
     }
 }
@@ -90,7 +148,11 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
         m.start_method,
         m.python.as_deref().unwrap_or("none")
     );
-    let selected: Vec<&str> = GROUPS.iter().copied().filter(|g| opts.wants(g)).collect();
+    let selected: Vec<&str> = GROUPS
+        .iter()
+        .map(|(g, _)| *g)
+        .filter(|g| opts.wants(g))
+        .collect();
     let bar = indicatif::ProgressBar::new(selected.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} group {pos}/{len}: {msg} ({elapsed})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
@@ -124,39 +186,5 @@ fn run_group(group: &str, r: &mut Report) -> multiproc::Result<()> {
         "manager" => manager::run(r),
         "scaling" => scaling::run(r),
         _ => cluster::run(r),
-    }
-}
-
-#[cfg(test)]
-mod test {
-    use super::*;
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn options_parse() {
-        let o = Options::parse(&args(&["--full", "--group", "spawn", "--group", "fib"])).unwrap();
-        assert_eq!(o.size, Size::Full);
-        assert_eq!(o.groups, vec!["spawn", "fib"]);
-        assert!(o.wants("fib") && !o.wants("primes"));
-        let o = Options::parse(&args(&[
-            "--json",
-            "a.json",
-            "--chart",
-            "c.svg",
-            "--no-python",
-        ]))
-        .unwrap();
-        assert_eq!(o.size, Size::Quick, "quick by default");
-        assert_eq!(o.json.as_deref(), Some(std::path::Path::new("a.json")));
-        assert_eq!(o.chart.as_deref(), Some(std::path::Path::new("c.svg")));
-        assert!(!o.python);
-        assert!(Options::parse(&args(&["--group"])).is_err());
-        assert!(Options::parse(&args(&["--json"])).is_err());
-        assert!(Options::parse(&args(&["--group", "nope"])).is_err());
-        assert!(Options::parse(&args(&["--fast"])).is_err());
-        assert!(Options::parse(&[]).unwrap().wants("primes"));
     }
 }
