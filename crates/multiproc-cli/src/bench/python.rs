@@ -1,5 +1,5 @@
-//! CPython peers: the scripts of `bench/peers/py/` (built into the binary, so `multiproc
-//! bench` works from any directory), run with the machine's `python3` when there is one.
+//! CPython peers: the scripts of `crates/multiproc-cli/peers/py/` (built into the binary, so
+//! `multiproc bench` works from any directory), run with the machine's `python3` when there is one.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -8,37 +8,19 @@ use super::report::Size;
 
 /// The peer scripts, by file name.
 const SCRIPTS: [(&str, &str); 8] = [
-    (
-        "_common.py",
-        include_str!("../../../../bench/peers/py/_common.py"),
-    ),
+    ("_common.py", include_str!("../../peers/py/_common.py")),
     (
         "mp_manager.py",
-        include_str!("../../../../bench/peers/py/mp_manager.py"),
+        include_str!("../../peers/py/mp_manager.py"),
     ),
-    (
-        "mp_pipe.py",
-        include_str!("../../../../bench/peers/py/mp_pipe.py"),
-    ),
-    (
-        "mp_pool.py",
-        include_str!("../../../../bench/peers/py/mp_pool.py"),
-    ),
-    (
-        "mp_queue.py",
-        include_str!("../../../../bench/peers/py/mp_queue.py"),
-    ),
-    (
-        "mp_spawn.py",
-        include_str!("../../../../bench/peers/py/mp_spawn.py"),
-    ),
-    (
-        "mp_primes.py",
-        include_str!("../../../../bench/peers/py/mp_primes.py"),
-    ),
+    ("mp_pipe.py", include_str!("../../peers/py/mp_pipe.py")),
+    ("mp_pool.py", include_str!("../../peers/py/mp_pool.py")),
+    ("mp_queue.py", include_str!("../../peers/py/mp_queue.py")),
+    ("mp_spawn.py", include_str!("../../peers/py/mp_spawn.py")),
+    ("mp_primes.py", include_str!("../../peers/py/mp_primes.py")),
     (
         "mp_futures.py",
-        include_str!("../../../../bench/peers/py/mp_futures.py"),
+        include_str!("../../peers/py/mp_futures.py"),
     ),
 ];
 
