@@ -1,6 +1,6 @@
 //! The `pipe` group: a `Connection` between two processes next to a raw `socketpair` driven
-//! with plain `read`/`write` in the same run: small-message round trip and 1 MiB-message
-//! bandwidth.
+//! with plain `read`/`write` in the same run: small-message round trip (raw bytes, and a typed
+//! `u64` through the codec) and 1 MiB-message bandwidth.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -14,12 +14,17 @@ use super::stats::Samples;
 const SMALL: usize = 8;
 const MIB: usize = 1 << 20;
 
-/// Child side: echoes `n` messages.
+/// Child side: echoes `n` messages, raw bytes or (`typed`) `u64`s.
 #[multiproc::func]
-pub(crate) fn conn_echo(conn: Connection, n: u32) {
+pub(crate) fn conn_echo(conn: Connection, n: u32, typed: bool) {
     for _ in 0..n {
-        let m = conn.recv_bytes().expect("recv");
-        conn.send_bytes(&m).expect("send");
+        if typed {
+            let v: u64 = conn.recv().expect("recv");
+            conn.send(&v).expect("send");
+        } else {
+            let m = conn.recv_bytes().expect("recv");
+            conn.send_bytes(&m).expect("send");
+        }
     }
 }
 
@@ -82,23 +87,37 @@ pub(crate) fn round_trips(reps: usize, n: u32, raw: bool) -> multiproc::Result<S
             samples.push(t.elapsed().as_secs_f64() / f64::from(n));
             p.join()?;
         } else {
-            let (ours, theirs) = pipe(true)?;
-            let p = conn_echo.spawn((theirs, n + 10))?;
-            let buf = [7u8; SMALL];
-            for _ in 0..10 {
-                ours.send_bytes(&buf)?;
-                ours.recv_bytes()?;
-            }
-            let t = Instant::now();
-            for _ in 0..n {
-                ours.send_bytes(&buf)?;
-                ours.recv_bytes()?;
-            }
-            samples.push(t.elapsed().as_secs_f64() / f64::from(n));
-            p.join()?;
+            samples.push(conn_round_trips(n, false)?);
         }
     }
     Ok(Samples(samples))
+}
+
+/// Seconds per round trip over `n` round trips through a `Connection` to a child that echoes:
+/// 8 raw bytes, or (`typed`) a `u64` through `send`/`recv`.
+fn conn_round_trips(n: u32, typed: bool) -> multiproc::Result<f64> {
+    let (ours, theirs) = pipe(true)?;
+    let p = conn_echo.spawn((theirs, n + 10, typed))?;
+    let exchange = || -> multiproc::Result<()> {
+        if typed {
+            ours.send(&7u64)?;
+            std::hint::black_box(ours.recv::<u64>()?);
+        } else {
+            ours.send_bytes(&[7u8; SMALL])?;
+            std::hint::black_box(ours.recv_bytes()?);
+        }
+        Ok(())
+    };
+    for _ in 0..10 {
+        exchange()?;
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        exchange()?;
+    }
+    let secs = t.elapsed().as_secs_f64() / f64::from(n);
+    p.join()?;
+    Ok(secs)
 }
 
 /// Bytes per second receiving `n` blocks of 1 MiB, for each of `reps` runs.
@@ -141,9 +160,15 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     ));
     let ours_rt = round_trips(reps, n_rt, false)?;
     let raw_rt = round_trips(reps, n_rt, true)?;
+    let typed_rt = Samples(
+        (0..reps)
+            .map(|_| conn_round_trips(n_rt, true))
+            .collect::<multiproc::Result<_>>()?,
+    );
     let ours_bw = bandwidth(reps, n_bw, false)?;
     let raw_bw = bandwidth(reps, n_bw, true)?;
     let py_rt = r.cpython("mp_pipe.py", "py.pipe.rtt.bytes.duplex", 1e-6);
+    let py_obj_rt = r.cpython("mp_pipe.py", "py.pipe.rtt.obj.duplex", 1e-6);
     let py_bw = r.cpython("mp_pipe.py", "py.pipe.bw1m.duplex", 1e6);
     let raw = raw_rt.median();
     r.row(
@@ -152,6 +177,13 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         Unit::Secs,
         &ours_rt,
         &[("raw socketpair", Some(raw)), ("CPython", py_rt)],
+    );
+    r.row(
+        "pipe",
+        "round trip, typed u64: multiproc",
+        Unit::Secs,
+        &typed_rt,
+        &[("raw socketpair", Some(raw)), ("CPython", py_obj_rt)],
     );
     r.row(
         "pipe",
