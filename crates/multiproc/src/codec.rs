@@ -1,25 +1,28 @@
 //! The serde codec behind every typed channel: one place to swap formats.
 //!
-//! Values are encoded with `postcard` (compact, varint-based). File descriptors inside a value
-//! (see [`Fd`]) are collected out of band while encoding and handed back while decoding, so that
-//! the transport can move them with `SCM_RIGHTS`.
+//! Values are encoded with `postcard` (compact, varint-based), through a layer that keeps the
+//! words of the errors a value's own serde code raises (see [`format`]). Decoding takes the
+//! whole input: bytes left over after the value are an error, not ignored. File descriptors
+//! inside a value (see [`Fd`]) are collected out of band while encoding and handed back while
+//! decoding, so that the transport can move them with `SCM_RIGHTS`.
+
+mod format;
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use postcard::ser_flavors::{Slice, StdVec, io::WriteFlavor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::CodecError;
+use format::Failure;
 
 thread_local! {
     /// Descriptors collected by the encoder that runs on this thread, if it accepts any.
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     /// Descriptors received with the message being decoded on this thread.
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
-    /// The message of the last custom error raised by our own serde impls: postcard keeps
-    /// only "custom error", so the codec puts the words back.
-    static LAST_CUSTOM: RefCell<Option<String>> = const { RefCell::new(None) };
     /// A buffer reused by the hot single-item paths (queue put/get) instead of allocating
     /// one per item.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -41,33 +44,32 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
-fn custom(message: String) -> String {
-    LAST_CUSTOM.with(|l| *l.borrow_mut() = Some(message.clone()));
-    message
-}
-
 /// The error of encoding a `T`, with the type's name: postcard's own words are generic.
-fn encode_error<T: ?Sized>(e: postcard::Error) -> CodecError {
-    CodecError::Encode(format!("`{}`: {}", std::any::type_name::<T>(), explain(e)))
+#[cold]
+fn encode_error<T: ?Sized>(e: Failure) -> CodecError {
+    CodecError::Encode(format!(
+        "`{}`: {}",
+        std::any::type_name::<T>(),
+        explain(e, "Serialize")
+    ))
 }
 
 /// The error of decoding a `T`, with the type's name.
-fn decode_error<T>(e: postcard::Error) -> CodecError {
-    CodecError::Decode(format!("`{}`: {}", std::any::type_name::<T>(), explain(e)))
+#[cold]
+fn decode_error<T>(e: Failure) -> CodecError {
+    CodecError::Decode(format!(
+        "`{}`: {}",
+        std::any::type_name::<T>(),
+        explain(e, "Deserialize")
+    ))
 }
 
-fn explain(e: postcard::Error) -> String {
-    let ours = LAST_CUSTOM.with(|l| l.borrow_mut().take());
-    match (e, ours) {
-        (postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom, Some(m)) => m,
-        // A user's impl raised it: postcard keeps no words of a custom error.
-        (postcard::Error::SerdeSerCustom, None) => {
-            "its Serialize implementation failed (the codec keeps no message)".into()
-        }
-        (postcard::Error::SerdeDeCustom, None) => {
-            "its Deserialize implementation failed (the codec keeps no message)".into()
-        }
-        (e, _) => e.to_string(),
+/// What went wrong, in words: postcard's, or those of the serde code (`which`: `Serialize`
+/// or `Deserialize`) that refused the value.
+fn explain(e: Failure, which: &str) -> String {
+    match e {
+        Failure::Custom(message) => format!("its {which} implementation failed: {message}"),
+        Failure::Format(e) => e.to_string(),
     }
 }
 
@@ -76,10 +78,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
     // Most values are small: encode on the stack and allocate once, at the exact size,
     // instead of growing a vector from empty.
     let mut small = [0u8; 256];
-    match postcard::to_slice(value, &mut small) {
+    match format::serialize(value, Slice::new(&mut small)) {
         Ok(used) => Ok(used.to_vec()),
-        Err(postcard::Error::SerializeBufferFull) => {
-            postcard::to_stdvec(value).map_err(encode_error::<T>)
+        Err(Failure::Format(postcard::Error::SerializeBufferFull)) => {
+            format::serialize(value, StdVec::new()).map_err(encode_error::<T>)
         }
         Err(e) => Err(encode_error::<T>(e)),
     }
@@ -91,7 +93,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    postcard::to_io(value, &mut *out)
+    format::serialize(value, WriteFlavor::new(&mut *out))
         .map(drop)
         .map_err(encode_error::<T>)
 }
@@ -125,12 +127,12 @@ impl ResultBuf<'_> {
         match self {
             ResultBuf::Append(out) => encode_into(value, out),
             ResultBuf::Small { buf, len } => {
-                match postcard::serialize_with_flavor(value, SmallFlavor { buf, len: *len }) {
+                match format::serialize(value, SmallFlavor { buf, len: *len }) {
                     Ok(used) => {
                         *len = used;
                         Ok(())
                     }
-                    Err(postcard::Error::SerializeBufferFull) => {
+                    Err(Failure::Format(postcard::Error::SerializeBufferFull)) => {
                         let mut spilled = buf[..*len].to_vec();
                         encode_into(value, &mut spilled)?;
                         *self = ResultBuf::Spilled(spilled);
@@ -188,14 +190,34 @@ impl postcard::ser_flavors::Flavor for SmallFlavor<'_, '_> {
     }
 }
 
-/// Decodes a value that carries no file descriptors.
+/// Decodes a value that carries no file descriptors: all of `bytes` (see [`decode_borrowed`]).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(bytes).map_err(decode_error::<T>)
+    decode_borrowed(bytes)
 }
 
-/// Decodes a value that borrows from `bytes` (framing around encoded items).
+/// Decodes a value that may borrow from `bytes` (framing around encoded items). The value
+/// must take all of `bytes`: any left over means that the sender encoded something else (a
+/// type with more fields, another type), an error rather than a value made of a prefix.
 pub(crate) fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(bytes).map_err(decode_error::<T>)
+    match format::deserialize(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(left_over::<T>(rest.len())),
+        Err(e) => Err(decode_error::<T>(e)),
+    }
+}
+
+/// The error of bytes left over after decoding a `T`.
+#[cold]
+fn left_over<T>(left: usize) -> CodecError {
+    CodecError::Decode(format!(
+        "`{}`: {} left over after the value: the message holds more than a `{0}` (the two ends \
+         disagree on the type)",
+        std::any::type_name::<T>(),
+        match left {
+            1 => "1 byte".to_string(),
+            n => format!("{n} bytes"),
+        }
+    ))
 }
 
 /// Encodes a value, collecting the file descriptors of any [`Fd`] inside it (duplicated, so
@@ -204,7 +226,7 @@ pub(crate) fn encode_with_fds<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), CodecError> {
     let saved = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
-    let result = postcard::to_stdvec(value);
+    let result = format::serialize(value, StdVec::new());
     let fds = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), saved));
     let bytes = result.map_err(encode_error::<T>)?;
     Ok((bytes, fds.unwrap_or_default()))
@@ -219,13 +241,13 @@ pub(crate) fn decode_with_fds<T: DeserializeOwned>(
     if fds.is_empty() {
         // Nothing to claim: leave the slots alone (a thread's first use of them registers a
         // destructor, four page faults in a freshly forked child).
-        return postcard::from_bytes(bytes).map_err(decode_error::<T>);
+        return decode(bytes);
     }
     let slots = fds.into_iter().map(Some).collect();
     let saved = INCOMING.with(|i| i.borrow_mut().replace(slots));
-    let result = postcard::from_bytes(bytes);
+    let result = decode(bytes);
     INCOMING.with(|i| *i.borrow_mut() = saved);
-    result.map_err(decode_error::<T>)
+    result
 }
 
 /// An owned file descriptor that can travel to another process inside any value sent
@@ -283,9 +305,9 @@ pub(crate) fn serialize_fd<S: Serializer>(
 ) -> Result<S::Ok, S::Error> {
     {
         use serde::ser::Error;
-        let dup = fd.try_clone_to_owned().map_err(|e| {
-            S::Error::custom(custom(format!("cannot duplicate file descriptor: {e}")))
-        })?;
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| S::Error::custom(format!("cannot duplicate file descriptor: {e}")))?;
         let index = OUTGOING.with(|o| {
             o.borrow_mut().as_mut().map(|fds| {
                 fds.push(dup);
@@ -294,11 +316,10 @@ pub(crate) fn serialize_fd<S: Serializer>(
         });
         match index {
             Some(i) => serializer.serialize_u32(i as u32),
-            None => Err(S::Error::custom(custom(
+            None => Err(S::Error::custom(
                 "a file descriptor can only travel through a multiproc process argument, \
-                 result or connection"
-                    .to_string(),
-            ))),
+                 result or connection",
+            )),
         }
     }
 }
@@ -315,9 +336,9 @@ impl<'de> Deserialize<'de> for Fd {
             })
             .map(Fd)
             .ok_or_else(|| {
-                D::Error::custom(custom(format!(
+                D::Error::custom(format!(
                     "file descriptor #{index} was not received with this message"
-                )))
+                ))
             })
     }
 }
@@ -397,18 +418,138 @@ mod test {
         }
     }
 
+    /// Refuses 0 when serialized and odd numbers when deserialized, in words of its own.
+    #[derive(Debug, PartialEq)]
+    struct Picky(u32);
+
+    impl Serialize for Picky {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0 == 0 {
+                return Err(serde::ser::Error::custom("zero is not a picky number"));
+            }
+            s.serialize_u32(self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Picky {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let n = u32::deserialize(d)?;
+            if n % 2 == 1 {
+                return Err(serde::de::Error::custom(format!("odd value {n} refused")));
+            }
+            Ok(Picky(n))
+        }
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Holder {
+        Nothing,
+        One(Picky),
+        Pair(u8, Picky),
+        Named {
+            first: Option<Picky>,
+            rest: Vec<Picky>,
+        },
+        Map(std::collections::BTreeMap<String, Picky>),
+    }
+
     #[test]
-    fn a_failing_serialize_impl_is_named_in_the_error() {
-        struct Refuses;
-        impl Serialize for Refuses {
-            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-                Err(serde::ser::Error::custom("no"))
+    fn a_types_own_error_messages_are_kept() {
+        let err = encode(&Picky(0)).unwrap_err().to_string();
+        assert!(
+            err.contains("Picky`: its Serialize implementation failed: zero is not a picky number"),
+            "{err}"
+        );
+        let err = decode::<Picky>(&encode(&Picky(3)).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Picky`: its Deserialize implementation failed: odd value 3 refused"),
+            "{err}"
+        );
+        // Deep inside other values, through every path of the codec.
+        let deep = [
+            Holder::One(Picky(0)),
+            Holder::Pair(1, Picky(0)),
+            Holder::Named {
+                first: Some(Picky(0)),
+                rest: vec![],
+            },
+            Holder::Named {
+                first: None,
+                rest: vec![Picky(2), Picky(0)],
+            },
+            Holder::Map([("k".to_string(), Picky(0))].into()),
+        ];
+        for value in &deep {
+            for err in [
+                encode(value).unwrap_err(),
+                encode_into(value, &mut Vec::new()).unwrap_err(),
+                encode_with_fds(value).unwrap_err(),
+                ResultBuf::Spilled(Vec::new()).encode(value).unwrap_err(),
+                ResultBuf::Small {
+                    buf: &mut [0; SMALL_RESULT],
+                    len: 0,
+                }
+                .encode(value)
+                .unwrap_err(),
+            ] {
+                assert!(err.to_string().contains("zero is not a picky"), "{err}");
             }
         }
-        let err = encode(&Refuses).unwrap_err().to_string();
-        assert!(
-            err.contains("Refuses`: its Serialize implementation failed"),
-            "{err}"
+        let odd = [
+            Holder::One(Picky(3)),
+            Holder::Pair(1, Picky(3)),
+            Holder::Named {
+                first: Some(Picky(3)),
+                rest: vec![],
+            },
+            Holder::Named {
+                first: None,
+                rest: vec![Picky(2), Picky(3)],
+            },
+            Holder::Map([("k".to_string(), Picky(3))].into()),
+        ];
+        for value in &odd {
+            let bytes = encode(value).unwrap();
+            for err in [
+                decode::<Holder>(&bytes).unwrap_err(),
+                decode_with_fds::<Holder>(&bytes, Vec::new()).unwrap_err(),
+            ] {
+                assert!(err.to_string().contains("odd value 3 refused"), "{err}");
+            }
+        }
+        // And what is acceptable goes through.
+        for value in [
+            Holder::Nothing,
+            Holder::Pair(1, Picky(2)),
+            Holder::Named {
+                first: Some(Picky(4)),
+                rest: vec![Picky(6)],
+            },
+        ] {
+            assert_eq!(decode::<Holder>(&encode(&value).unwrap()).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn bytes_left_over_after_a_value_are_a_decode_error() {
+        let bytes = encode(&(1u8, 2u8)).unwrap();
+        match decode::<u8>(&bytes) {
+            Err(CodecError::Decode(m)) => assert!(
+                m.starts_with("`u8`: 1 byte left over after the value"),
+                "{m}"
+            ),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        let bytes = encode(&("ab", 7u32, 8u32)).unwrap();
+        match decode_borrowed::<&str>(&bytes) {
+            Err(CodecError::Decode(m)) => assert!(m.contains("2 bytes left over"), "{m}"),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        assert_eq!(
+            decode_borrowed::<(&str, u32, u32)>(&bytes).unwrap(),
+            ("ab", 7, 8)
         );
     }
 }

@@ -12,6 +12,9 @@ use common::LeakCheck;
 use multiproc::connection::{DEFAULT_MAX_MESSAGE, Listener as L};
 use multiproc::{Address, Client, Connection, ConnectionError, Fd, Func, Listener, pipe, wait};
 
+/// How long a test waits for a message that should be there.
+const T: Duration = Duration::from_secs(10);
+
 #[test]
 fn duplex_pipe_carries_typed_and_raw_messages_both_ways() {
     let (a, b) = pipe(true).unwrap();
@@ -98,6 +101,87 @@ fn wrong_type_is_a_codec_error_not_a_panic() {
     assert!(matches!(b.recv::<String>(), Err(ConnectionError::Codec(_))));
     a.send(&"a string").unwrap();
     assert!(matches!(b.recv::<bool>(), Err(ConnectionError::Codec(_))));
+}
+
+/// The message types of two programs built apart: the same names in modules of their own.
+mod sender {
+    #[derive(serde::Serialize)]
+    pub(crate) struct Job {
+        pub(crate) id: u32,
+        pub(crate) tags: Vec<String>,
+    }
+}
+
+mod receiver {
+    /// `Job` as an older receiver knows it: without its tags.
+    pub(crate) mod old {
+        #[derive(serde::Serialize, serde::Deserialize, Debug)]
+        pub(crate) struct Job {
+            pub(crate) id: u32,
+        }
+    }
+}
+
+/// The codec error inside a connection error, as its message.
+fn codec_message<T: std::fmt::Debug>(got: Result<T, ConnectionError>) -> String {
+    match got {
+        Err(ConnectionError::Codec(e)) => e.to_string(),
+        other => panic!("expected a codec error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bytes_left_after_a_typed_value_are_a_codec_error() {
+    // Same name, fewer fields: the bytes of the missing ones are left over.
+    let (a, b) = pipe(true).unwrap();
+    a.send(&sender::Job {
+        id: 1,
+        tags: vec!["x".into()],
+    })
+    .unwrap();
+    let m = codec_message(b.recv_timeout::<receiver::old::Job>(T));
+    assert!(m.contains("Job`") && m.contains("3 bytes left over"), "{m}");
+}
+
+/// A value whose own serde code refuses some values with messages of its own.
+#[derive(Debug)]
+struct Picky(u32);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 0 {
+            return Err(serde::ser::Error::custom("zero is not a picky number"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = <u32 as serde::Deserialize>::deserialize(d)?;
+        if n % 2 == 1 {
+            return Err(serde::de::Error::custom(format!("odd value {n} refused")));
+        }
+        Ok(Picky(n))
+    }
+}
+
+#[test]
+fn the_messages_of_a_types_own_serde_errors_reach_the_caller() {
+    let (a, b) = pipe(true).unwrap();
+    let m = codec_message(a.send(&Picky(0)));
+    assert!(
+        m.contains("Picky`") && m.contains("zero is not a picky number"),
+        "{m}"
+    );
+    a.send(&Picky(3)).unwrap();
+    let m = codec_message(b.recv_timeout::<Picky>(T));
+    assert!(
+        m.contains("Picky`") && m.contains("odd value 3 refused"),
+        "{m}"
+    );
+    a.send(&Picky(4)).unwrap();
+    assert_eq!(b.recv_timeout::<Picky>(T).unwrap().0, 4);
 }
 
 #[test]
