@@ -7,6 +7,7 @@
 //! decoding, so that the transport can move them with `SCM_RIGHTS`.
 
 mod format;
+pub(crate) mod tag;
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};

@@ -89,8 +89,7 @@ fn large_and_empty_messages() {
 
 #[test]
 fn wrong_type_is_a_codec_error_not_a_panic() {
-    // The codec is compact, not self-describing: a mismatch shows when the bytes run out
-    // or cannot be what the receiver expects.
+    // The type tag of a typed message tells the receiver that it asked for another type.
     let (a, b) = pipe(true).unwrap();
     a.send(&1u8).unwrap();
     assert!(matches!(
@@ -113,6 +112,12 @@ mod sender {
 }
 
 mod receiver {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    pub(crate) struct Job {
+        pub(crate) id: u32,
+        pub(crate) tags: Vec<String>,
+    }
+
     /// `Job` as an older receiver knows it: without its tags.
     pub(crate) mod old {
         #[derive(serde::Serialize, serde::Deserialize, Debug)]
@@ -131,6 +136,30 @@ fn codec_message<T: std::fmt::Debug>(got: Result<T, ConnectionError>) -> String 
 }
 
 #[test]
+fn a_message_received_as_another_type_is_a_codec_error() {
+    let (a, b) = pipe(true).unwrap();
+    a.send(&-1i32).unwrap();
+    let m = codec_message(b.recv_timeout::<u32>(T));
+    assert!(
+        m.contains("`u32`") && m.contains("sent as another type"),
+        "{m}"
+    );
+    a.send(&(1u8, 2u8)).unwrap();
+    let m = codec_message(b.recv_timeout::<u16>(T));
+    assert!(
+        m.contains("`u16`") && m.contains("sent as another type"),
+        "{m}"
+    );
+    a.send(&sender::Job {
+        id: 1,
+        tags: vec![],
+    })
+    .unwrap();
+    let m = codec_message(b.recv_timeout::<(u32, Vec<String>)>(T));
+    assert!(m.contains("sent as another type"), "{m}");
+}
+
+#[test]
 fn bytes_left_after_a_typed_value_are_a_codec_error() {
     // Same name, fewer fields: the bytes of the missing ones are left over.
     let (a, b) = pipe(true).unwrap();
@@ -141,6 +170,83 @@ fn bytes_left_after_a_typed_value_are_a_codec_error() {
     .unwrap();
     let m = codec_message(b.recv_timeout::<receiver::old::Job>(T));
     assert!(m.contains("Job`") && m.contains("3 bytes left over"), "{m}");
+}
+
+#[test]
+fn the_connection_stays_in_step_after_a_refused_message() {
+    let (a, b) = pipe(true).unwrap();
+    a.send(&-1i32).unwrap();
+    a.send(&7u32).unwrap();
+    a.send(&sender::Job {
+        id: 2,
+        tags: vec!["y".into()],
+    })
+    .unwrap();
+    a.send(&receiver::old::Job { id: 3 }).unwrap();
+    assert!(b.recv_timeout::<u32>(T).is_err());
+    assert_eq!(b.recv_timeout::<u32>(T).unwrap(), 7);
+    assert!(b.recv_timeout::<receiver::old::Job>(T).is_err());
+    assert_eq!(b.recv_timeout::<receiver::old::Job>(T).unwrap().id, 3);
+}
+
+#[test]
+fn matching_types_pass_between_a_listener_and_a_client() {
+    let listener = Listener::bind(Address::Unix(tmp_sock("types")), None).unwrap();
+    let addr = listener.address().clone();
+    let server = std::thread::spawn(move || -> Result<(), ConnectionError> {
+        let conn = listener.accept()?;
+        let job: receiver::Job = conn.recv_timeout(T)?;
+        let (text, numbers): (String, Vec<u32>) = conn.recv_timeout(T)?;
+        let maybe: Option<Box<str>> = conn.recv_timeout(T)?;
+        conn.send(&(job, text, numbers, maybe))
+    });
+    let conn = Client::connect(&addr, None).unwrap();
+    // A struct defined in another module, and borrowed forms of what the other end owns.
+    conn.send(&sender::Job {
+        id: 9,
+        tags: vec!["urgent".into()],
+    })
+    .unwrap();
+    conn.send(&("text", &[1u32, 2][..])).unwrap();
+    conn.send(&Some("boxed")).unwrap();
+    let (job, text, numbers, maybe): (receiver::Job, String, Vec<u32>, Option<String>) =
+        conn.recv_timeout(T).unwrap();
+    assert_eq!(
+        job,
+        receiver::Job {
+            id: 9,
+            tags: vec!["urgent".into()]
+        }
+    );
+    assert_eq!(
+        (text, numbers, maybe),
+        ("text".into(), vec![1, 2], Some("boxed".into()))
+    );
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn raw_and_typed_messages_do_not_pass_for_each_other() {
+    let (a, b) = pipe(true).unwrap();
+    // Raw bytes carry no type tag: a typed receive refuses them.
+    a.send_bytes(b"hello, typed world").unwrap();
+    assert!(matches!(
+        b.recv_timeout::<String>(T),
+        Err(ConnectionError::Codec(_))
+    ));
+    a.send_bytes(b"hi").unwrap();
+    assert!(matches!(
+        b.recv_timeout::<u8>(T),
+        Err(ConnectionError::Codec(_))
+    ));
+    // A typed message read raw is its 4-byte type tag, then the value's encoding.
+    a.send(&5u8).unwrap();
+    let raw = b.recv_bytes_timeout(T).unwrap();
+    assert_eq!(raw.len(), 5);
+    assert_eq!(raw[4], 5);
+    // Relayed raw, it stays a typed message.
+    b.send_bytes(&raw).unwrap();
+    assert_eq!(a.recv_timeout::<u8>(T).unwrap(), 5);
 }
 
 /// A value whose own serde code refuses some values with messages of its own.

@@ -27,8 +27,9 @@ const GROW_STEP: usize = 1 << 20;
 /// big-endian signed length, or `-1` and an 8-byte length for messages over 2 GiB), so
 /// [`send_bytes`](Connection::send_bytes)/[`recv_bytes`](Connection::recv_bytes) interoperate
 /// with Python byte for byte. [`send`](Connection::send)/[`recv`](Connection::recv) carry typed
-/// values through the crate's codec; file descriptors inside them (an [`Fd`], another
-/// `Connection`) travel with `SCM_RIGHTS` over Unix sockets.
+/// values through the crate's codec, tagged with their type so that a value is never read back
+/// as another type; file descriptors inside them (an [`Fd`], another `Connection`) travel with
+/// `SCM_RIGHTS` over Unix sockets.
 ///
 /// A `Connection` is itself a handle that can be passed to a child process as an argument,
 /// or sent through another connection.
@@ -127,10 +128,10 @@ impl Connection {
         }
     }
 
-    /// Sends `buf` as one message.
+    /// Sends `buf` as one message, as it is (CPython's `send_bytes`).
     pub fn send_bytes(&self, buf: &[u8]) -> Result<(), ConnectionError> {
         self.check_writable()?;
-        self.send_frame(buf, &[])
+        self.send_frame(&[], buf, &[])
     }
 
     /// Sends several messages with as few system calls as the OS allows (one `sendmsg` per
@@ -150,9 +151,15 @@ impl Connection {
         Ok(())
     }
 
-    fn send_frame(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ConnectionError> {
-        let (h, n) = header(buf.len());
-        sys::send_parts(self.fd.as_fd(), &[&h[..n], buf], fds).map_err(map_send)
+    /// Sends one message: `tag` (empty for a raw message), then `buf`, with `fds`.
+    fn send_frame(
+        &self,
+        tag: &[u8],
+        buf: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ConnectionError> {
+        let (h, n) = header(tag.len() + buf.len());
+        sys::send_parts(self.fd.as_fd(), &[&h[..n], tag, buf], fds).map_err(map_send)
     }
 
     /// Receives one message.
@@ -189,8 +196,39 @@ impl Connection {
         Ok(message.len())
     }
 
-    /// Sends a typed value (through the crate's codec). File descriptors inside it travel
-    /// along (Unix sockets only).
+    /// Sends a typed value through the crate's codec, to be received with
+    /// [`recv`](Connection::recv). File descriptors inside it (an [`Fd`], another
+    /// `Connection`, a queue, ...) travel along (Unix sockets only).
+    ///
+    /// The message starts with a 4-byte tag of the value's type, which `recv` checks, then
+    /// the value's encoding. The tag is made of the type's name without module paths (a
+    /// `Job` defined in another module or another program matches), with references and
+    /// `Box`/`Rc`/`Arc`/`Cow` left out and borrowed and owned forms made one: `&str`, `str`
+    /// and `String`; `&[T]` and `Vec<T>`; `Path` and `PathBuf`. So `send(&("job", &ids[..]))`
+    /// is received as `(String, Vec<u32>)`.
+    ///
+    /// What the tag catches: a message received as another type (`-1i32` as a `u32`,
+    /// `(u8, u8)` as a `u16`, a `Job` as a `Task`). What it does not: two types of the same
+    /// name whose fields differ (an older `Job` at the other end) — there the codec still
+    /// refuses bytes that do not decode, and bytes left over after the value, but a field
+    /// whose type changed can decode; other types that serde encodes alike (`Vec<u8>` and
+    /// `ByteBuf`, `Vec<T>` and `VecDeque<T>`) are refused as different. Tags of different
+    /// names collide with a chance of one in four billion. Send the same type at both ends,
+    /// built from the same definition.
+    ///
+    /// A typed message read with [`recv_bytes`](Connection::recv_bytes) is its tag, then the
+    /// encoding; relayed as it is with [`send_bytes`](Connection::send_bytes), it stays a
+    /// typed message.
+    ///
+    /// ```
+    /// let (a, b) = multiproc::pipe(true)?;
+    /// a.send(&("job", &[1u32, 2][..]))?;
+    /// let (name, ids): (String, Vec<u32>) = b.recv()?;
+    /// assert_eq!((name.as_str(), ids), ("job", vec![1, 2]));
+    /// a.send(&-1i32)?;
+    /// assert!(matches!(b.recv::<u32>(), Err(multiproc::ConnectionError::Codec(_))));
+    /// # Ok::<(), multiproc::ConnectionError>(())
+    /// ```
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), ConnectionError> {
         self.check_writable()?;
         let (bytes, fds) = codec::encode_with_fds(value)?;
@@ -201,24 +239,48 @@ impl Connection {
                 sys::MAX_FDS_PER_MESSAGE
             )));
         }
-        self.send_frame(&bytes, &borrowed)
+        self.send_frame(&codec::tag::of::<T>(), &bytes, &borrowed)
     }
 
-    /// Receives a typed value.
+    /// Sends a value without a type tag, for the crate's own links whose reader decodes
+    /// frames itself (a pool's workers). No descriptors.
+    pub(crate) fn send_untagged<T: Serialize>(&self, value: &T) -> Result<(), ConnectionError> {
+        self.check_writable()?;
+        self.send_frame(&[], &codec::encode(value)?, &[])
+    }
+
+    /// Receives a typed value sent with [`send`](Connection::send) as this type (see there
+    /// for what counts as the same type).
+    ///
+    /// A message sent as another type is a [`ConnectionError::Codec`] error that says so, as
+    /// is a message whose encoding does not decode as a `T` or holds more than a `T` (bytes
+    /// left over), or that was sent raw with [`send_bytes`](Connection::send_bytes) (it has
+    /// no tag). The message is consumed either way, and descriptors that came with it are
+    /// closed: the next `recv` reads the next message.
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
-        self.check_readable()?;
-        let (bytes, fds) = self.recv_frame(None, self.max_message)?;
-        Ok(codec::decode_with_fds(&bytes, fds)?)
+        self.recv_typed(None)
     }
 
-    /// Receives a typed value with a time limit ([`ConnectionError::Timeout`]).
+    /// Receives a typed value as [`recv`](Connection::recv) does, with a time limit
+    /// ([`ConnectionError::Timeout`]).
     pub fn recv_timeout<T: DeserializeOwned>(
         &self,
         timeout: Duration,
     ) -> Result<T, ConnectionError> {
+        self.recv_typed(Some(Instant::now() + timeout))
+    }
+
+    /// Receives one typed message, before `deadline` if there is one.
+    fn recv_typed<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<T, ConnectionError> {
         self.check_readable()?;
-        let (bytes, fds) = self.recv_frame(Some(Instant::now() + timeout), self.max_message)?;
-        Ok(codec::decode_with_fds(&bytes, fds)?)
+        let (bytes, fds) = self.recv_frame(deadline, self.max_message)?;
+        Ok(codec::decode_with_fds(
+            codec::tag::strip::<T>(&bytes)?,
+            fds,
+        )?)
     }
 
     /// Whether there is something to receive (or the peer closed), waiting at most

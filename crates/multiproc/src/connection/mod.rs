@@ -6,7 +6,8 @@
 //! against one without fails instead of hanging), network connections bound the message size
 //! (256 MiB by default: a peer announcing 2 GiB gets an error, not an allocation), and the
 //! listener backlog defaults to 128. Nothing received is ever executed: typed messages go
-//! through the crate's serde codec.
+//! through the crate's serde codec, and a typed message is checked against the type the
+//! receiver asks for (see [`Connection::send`]).
 
 mod address;
 mod auth;

@@ -391,7 +391,7 @@ fn stop_workers(workers: &mut Vec<Worker>, kill: bool) {
         if kill {
             let _ = w.process.terminate();
         } else {
-            let _ = w.conn.send(&ToWorker::Exit);
+            let _ = w.conn.send_untagged(&ToWorker::Exit);
         }
     }
     for w in workers.drain(..) {

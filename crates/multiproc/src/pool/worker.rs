@@ -140,7 +140,7 @@ fn report(conn: &Connection, reports: &Ring, msg: &FromWorker) -> Result<(), ()>
     // Pairs with the handler's store + fence before it polls: either it sees the report,
     // or we see that it sleeps (`put` ends with a SeqCst fence).
     if reports.flag().load(std::sync::atomic::Ordering::SeqCst) != 0 {
-        conn.send(&FromWorker::Wake).map_err(drop)?;
+        conn.send_untagged(&FromWorker::Wake).map_err(drop)?;
     }
     Ok(())
 }
@@ -191,10 +191,10 @@ pub(crate) fn serve(
     if let Some((function, args)) = init
         && let Some(failure) = registered(&function)(&args, &mut Vec::new())
     {
-        let _ = conn.send(&FromWorker::InitFailed(describe(&failure)));
+        let _ = conn.send_untagged(&FromWorker::InitFailed(describe(&failure)));
         return;
     }
-    if conn.send(&FromWorker::Ready).is_err() {
+    if conn.send_untagged(&FromWorker::Ready).is_err() {
         return;
     }
     let mut done = 0u64;
