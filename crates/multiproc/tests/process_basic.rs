@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -57,6 +58,12 @@ fn panics(msg: String) -> u8 {
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
+}
+
+#[multiproc::func]
+fn sleep_then_exit(ms: u64, code: i32) -> u8 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::exit(code)
 }
 
 #[multiproc::func]
@@ -119,6 +126,44 @@ fn nested(method: String) -> (Report, Report) {
         .start(&whoami, ())
         .unwrap();
     (whoami(), inner.join().unwrap())
+}
+
+/// Starts `n` children that sleep a little, drops their handles while they run and returns
+/// those of them still zombies of this process 2 s after they all ended.
+#[multiproc::func]
+fn drop_running_children(method: String, n: u32) -> Vec<u32> {
+    let method: StartMethod = method.parse().unwrap();
+    let pids = start_and_drop(method, n);
+    zombies_after_they_end(&pids)
+}
+
+/// Starts `n` children that sleep 100 ms and more and drops their handles while they run.
+fn start_and_drop(method: StartMethod, n: u32) -> HashSet<u32> {
+    (0..n)
+        .map(|i| {
+            builder(method)
+                .start(&sleep_ms, 100 + 10 * u64::from(i))
+                .unwrap()
+                .pid()
+        })
+        .collect()
+}
+
+/// Waits (at most 20 s) until every process of `pids` has ended, then gives those of them
+/// that are still zombies of this process 2 s later. Nothing here reaps: it only looks at
+/// /proc (no start, no `active_children`).
+fn zombies_after_they_end(pids: &HashSet<u32>) -> Vec<u32> {
+    assert!(
+        eventually(Duration::from_secs(20), || pids.iter().all(|&p| !alive(p))),
+        "the children did not end"
+    );
+    let mut left = Vec::new();
+    eventually(Duration::from_secs(2), || {
+        left = common::zombies();
+        left.retain(|p| pids.contains(p));
+        left.is_empty()
+    });
+    left
 }
 
 fn not_registered(x: u32) -> u32 {
@@ -197,6 +242,8 @@ per_method!(
     daemon_flag_and_names,
     stop_signals_work_when_the_parent_blocks_them,
     orphan_sees_its_parent_end,
+    dropped_handles_are_reaped_when_their_children_end,
+    a_child_reaps_the_children_it_dropped,
 );
 
 fn typed_result_and_identity(method: StartMethod) {
@@ -559,6 +606,38 @@ fn sequential_spawns_leave_no_zombie(method: StartMethod) {
             .any(|c| pids.contains(&c.pid()))
     }));
     common::assert_no_lasting_zombie();
+}
+
+/// Children whose handles were dropped while they ran are reaped as they end, with no call
+/// that reaps (no start, no `active_children`); a child whose handle is kept still gives its
+/// exit status to that handle.
+fn dropped_handles_are_reaped_when_their_children_end(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let kept = builder(method).start(&sleep_then_exit, (200, 7)).unwrap();
+    let pids = start_and_drop(method, 20);
+    let left = zombies_after_they_end(&pids);
+    assert!(left.is_empty(), "zombies 2 s after they ended: {left:?}");
+    assert!(kept.join_timeout(Duration::from_secs(10)).unwrap());
+    assert_eq!(kept.exitcode(), Some(7));
+    match kept.join() {
+        Err(ProcessError::Exited { code: 7, .. }) => {}
+        other => panic!("expected Exited with code 7, got {other:?}"),
+    }
+}
+
+/// A child (a forked one too, whose parent already drops handles of running children)
+/// reaps the children whose handles it dropped.
+fn a_child_reaps_the_children_it_dropped(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    drop(builder(method).start(&sleep_ms, 50).unwrap());
+    let p = builder(method)
+        .start(&drop_running_children, (method.to_string(), 5))
+        .unwrap();
+    let left = p.join().unwrap();
+    assert!(
+        left.is_empty(),
+        "the child's zombies 2 s after they ended: {left:?}"
+    );
 }
 
 fn unregistered_function_is_refused(method: StartMethod) {

@@ -295,11 +295,20 @@ impl ChildShared {
         }
     }
 
-    fn detach(&self) {
+    /// The last handle is gone: the result is no longer wanted. Returns whether a reaper
+    /// must still reap the child: it runs and we are its OS parent (the forkserver reaps
+    /// its own children).
+    fn detach(&self) -> bool {
         let mut st = self.lock();
         st.detached = true;
         st.outcome = None;
         let _ = self.progress(&mut st);
+        st.status.is_none() && !self.via_forkserver
+    }
+
+    /// The descriptor that becomes readable when the child ends.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 }
 
@@ -365,8 +374,13 @@ pub(crate) fn reap_finished() {
         .filter(|c| c.exit_status().is_some())
         .map(|c| c.pid)
         .collect();
-    if !done.is_empty() {
-        lock_children().retain(|c| !done.contains(&c.pid));
+    forget(&done);
+}
+
+/// Removes the children `pids`, which have been reaped, from the table of children.
+pub(crate) fn forget(pids: &[u32]) {
+    if !pids.is_empty() {
+        lock_children().retain(|c| !pids.contains(&c.pid));
     }
 }
 
@@ -387,8 +401,8 @@ pub(crate) fn finish_children(only_from: Option<ThreadId>) {
     reap_finished();
 }
 
-/// A started process. Dropping the handle neither kills nor waits: the child goes on and is
-/// reaped later (on the next start, by [`active_children`], or at the end of `main`).
+/// A started process. Dropping the handle neither kills nor waits: the child goes on, and
+/// a background thread reaps it as soon as it ends (it never becomes a zombie).
 ///
 /// `R` is what the child's function returns; [`join`](Process::join) gives it back.
 pub struct Process<R> {
@@ -481,7 +495,9 @@ impl<R: DeserializeOwned> Process<R> {
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        self.shared.detach();
+        if self.shared.detach() {
+            super::reaper::adopt(self.shared.clone());
+        }
     }
 }
 

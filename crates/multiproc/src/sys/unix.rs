@@ -271,6 +271,17 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One `send` that never waits and never raises `SIGPIPE`: `WouldBlock` when a
+/// non-blocking socket is full.
+pub(crate) fn try_send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match rustix::net::send(fd, data, rustix::net::SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
 /// Fills `buf` completely; end of stream first is `UnexpectedEof`.
 pub(crate) fn recv_exact(fd: BorrowedFd<'_>, mut buf: &mut [u8]) -> io::Result<()> {
     while !buf.is_empty() {
