@@ -124,9 +124,20 @@ impl SpanRef for syn::GenericParam {
     }
 }
 
-/// Wraps `main`: a re-run child is intercepted first (if the life-before-main hook could not),
-/// and when `main` returns or unwinds, daemonic children are terminated and the others
-/// joined, as Python does at exit.
+/// Optional on `main`: a program's children are ended at its exit without it.
+///
+/// Whenever a program that started children exits (`main` returns or panics,
+/// `std::process::exit` is called), multiproc first terminates its daemonic children and
+/// joins the others, as Python does at interpreter exit, from an exit handler (`atexit`)
+/// registered before `main`. This attribute adds exactly two things:
+///
+/// - that same clean-up at the end of `main`'s body, when it returns or unwinds, instead of
+///   in the exit handler (after the runtime has flushed standard output);
+/// - a call to `multiproc::init()` first, which turns a re-run binary into the child it was
+///   started as if the life-before-main hook could not (on Linux that hook always runs).
+///
+/// A `SIGKILL` or `panic = "abort"` skips both; daemonic children still die with the
+/// program then.
 #[proc_macro_attribute]
 pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut f = parse_macro_input!(item as ItemFn);

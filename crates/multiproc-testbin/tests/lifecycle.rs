@@ -12,6 +12,8 @@ mod common;
 use common::{alive, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mp-lifecycle");
+/// The program without `#[multiproc::main]`.
+const PLAIN: &str = env!("CARGO_BIN_EXE_mp-plain");
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mp-lifecycle-{tag}-{}", std::process::id()));
@@ -61,16 +63,52 @@ fn main_end_joins_non_daemons_and_terminates_daemons(method: &str) {
         .unwrap();
     let status = wait_with_timeout(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
+    assert_children_were_finished(&dir, "main");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Once the program that wrote `dir` has exited: its non-daemon child had finished (its file
+/// is there) and its daemon child had been ended (not only left to die with its parent).
+fn assert_children_were_finished(dir: &Path, how: &str) {
     assert!(
         dir.join("nondaemon.done").exists(),
-        "the non-daemon child was not joined"
+        "the non-daemon child was not joined ({how})"
     );
-    let daemon = read_pid(&dir, "daemon.pid");
+    let daemon = read_pid(dir, "daemon.pid");
     assert!(
-        eventually(Duration::from_secs(5), || !alive(daemon)),
-        "daemon {daemon} survived main"
+        !alive(daemon),
+        "daemon {daemon} survived the program ({how})"
     );
-    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Without `#[multiproc::main]`, leaving `main` by returning, by `std::process::exit` or by
+/// a panic still joins the non-daemon children and terminates the daemonic ones.
+fn process_exit_without_the_attribute_finishes_children(method: &str) {
+    for (how, code) in [("return", 0), ("exit", 3), ("panic", 101)] {
+        let dir = tempdir(&format!("plain-{how}-{method}"));
+        let mut child = Command::new(PLAIN)
+            .args([how, dir.to_str().unwrap(), method])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(code), "{how}");
+        assert_children_were_finished(&dir, how);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn plain_main_end_spawn() {
+    process_exit_without_the_attribute_finishes_children("spawn");
+}
+#[test]
+fn plain_main_end_fork() {
+    process_exit_without_the_attribute_finishes_children("fork");
+}
+#[test]
+fn plain_main_end_forkserver() {
+    process_exit_without_the_attribute_finishes_children("forkserver");
 }
 
 #[test]

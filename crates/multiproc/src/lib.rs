@@ -84,7 +84,9 @@ pub fn init() {
 }
 
 /// Ends this process's children as Python does when the main process exits: daemonic ones
-/// are terminated, the others joined. `#[multiproc::main]` calls it when `main` returns.
+/// are terminated, the others joined. The process's exit runs it (see
+/// [`#[multiproc::main]`](main), which runs it when `main`'s body ends); call it to do it
+/// earlier.
 pub fn shutdown() {
     process::child::finish_children(None);
 }

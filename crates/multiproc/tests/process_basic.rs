@@ -171,7 +171,8 @@ fn not_registered(x: u32) -> u32 {
 }
 
 /// Starts `watch_parent_end` as a non-daemonic child, waits until it has looked at its
-/// parent once, and ends without joining it: the grandchild becomes an orphan.
+/// parent once, and ends without joining it (`_exit`: `exit` would join it, as Python's
+/// `sys.exit` does): the grandchild becomes an orphan.
 #[multiproc::func]
 fn leave_orphan(method: String, out: Fd) -> u8 {
     let method: StartMethod = method.parse().unwrap();
@@ -183,7 +184,8 @@ fn leave_orphan(method: String, out: Fd) -> u8 {
     let mut byte = [0u8; 1];
     ready_r.read_exact(&mut byte).unwrap();
     std::mem::forget(grandchild);
-    std::process::exit(0)
+    // SAFETY: `_exit` takes no pointer and ends the process at once.
+    unsafe { nix::libc::_exit(0) }
 }
 
 /// Reports whether its parent was alive at start and whether it saw the parent end.

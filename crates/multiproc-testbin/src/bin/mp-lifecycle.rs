@@ -19,12 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use multiproc::{Process, StartMethod};
-
-#[multiproc::func]
-fn finish_later(dir: String) {
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(PathBuf::from(dir).join("nondaemon.done"), b"done").unwrap();
-}
+use multiproc_testbin::{finish_later, sleep_long, write_pid};
 
 /// Creates the named segment `name`, writes `DIR/NAME.ready`, then: `hold` forgets the
 /// handle and sleeps 60 s; otherwise the process SIGKILLs itself (nothing is dropped).
@@ -41,17 +36,6 @@ fn create_named(name: String, dir: String, hold: bool) {
     }
 }
 
-#[multiproc::func]
-fn sleep_long() {
-    std::thread::sleep(Duration::from_secs(60));
-}
-
-fn write_pid(dir: &str, file: &str, pid: u32) {
-    let tmp = PathBuf::from(dir).join(format!("{file}.tmp"));
-    std::fs::write(&tmp, pid.to_string()).unwrap();
-    std::fs::rename(tmp, PathBuf::from(dir).join(file)).unwrap();
-}
-
 #[multiproc::main]
 fn main() -> multiproc::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -64,7 +48,7 @@ fn main() -> multiproc::Result<()> {
         "main-end" => {
             let _joined = Process::builder()
                 .start_method(method)
-                .start(&finish_later, dir.clone())?;
+                .start(&finish_later, (dir.clone(), 300))?;
             let daemon = Process::builder()
                 .daemon(true)
                 .start_method(method)

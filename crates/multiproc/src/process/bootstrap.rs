@@ -26,6 +26,8 @@ const BOOTSTRAP_FAILED: i32 = 70;
 /// links multiproc. In a normal start it only looks at one environment variable.
 pub(crate) fn on_load() {
     let Some(role) = std::env::var_os(ENV) else {
+        // Registered here, before any thread: a later registration could race a fork.
+        child::finish_at_exit();
         return;
     };
     if INTERCEPTED.swap(true, Ordering::SeqCst) {

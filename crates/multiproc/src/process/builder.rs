@@ -133,7 +133,7 @@ impl Builder {
     }
 
     /// A daemonic process is killed when its parent ends, even by `SIGKILL`, and is
-    /// terminated rather than joined when `#[multiproc::main]` returns.
+    /// terminated rather than joined when its parent exits.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = Some(daemon);
         self

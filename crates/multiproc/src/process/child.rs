@@ -357,7 +357,32 @@ pub(crate) fn lock_children() -> MutexGuard<'static, Vec<Arc<ChildShared>>> {
 }
 
 pub(crate) fn register(child: Arc<ChildShared>) {
+    // Normally done before `main` already (see `bootstrap::on_load`).
+    finish_at_exit();
     lock_children().push(child);
+}
+
+/// Has the exit of this process (a return from `main`, `std::process::exit`, a panic out
+/// of `main`) end its children first, as Python does at interpreter exit: daemonic ones
+/// terminated, the others joined. Registered once; later calls cost one atomic load.
+///
+/// Children end with `_exit` ([`sys::exit_now`]), which skips the hook; a child that calls
+/// `std::process::exit` itself runs it for its own children only: the table of children is
+/// per process (a forked child empties the copy it inherits, see `Builder::fork`). The hook
+/// takes only locks that are held for a moment (never across a wait), so it cannot
+/// deadlock on a lock another thread holds when `exit` is called.
+pub(crate) fn finish_at_exit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if !REGISTERED.load(Ordering::Relaxed) && !REGISTERED.swap(true, Ordering::SeqCst) {
+        // Without the hook, children are still ended by `#[multiproc::main]`.
+        let _ = sys::at_exit(at_process_exit);
+    }
+}
+
+extern "C" fn at_process_exit() {
+    // A panic must not unwind into the C library.
+    let _ = std::panic::catch_unwind(|| finish_children(None));
 }
 
 /// Whether this process has children it has not reaped yet.

@@ -430,6 +430,17 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Has `exit` (a return from `main`, `std::process::exit`) call `handler` before the process
+/// ends. `exit_now` skips it.
+pub(crate) fn at_exit(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `handler` is a plain function with no arguments that lives as long as the
+    // program; the C library keeps only its address.
+    match unsafe { libc::atexit(handler) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit: no room for another handler")),
+    }
+}
+
 /// Removes an environment variable of this process.
 ///
 /// Only called while this process is single-threaded: from the life-before-main hook, or in
