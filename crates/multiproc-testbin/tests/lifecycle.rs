@@ -111,6 +111,99 @@ fn plain_main_end_forkserver() {
     process_exit_without_the_attribute_finishes_children("forkserver");
 }
 
+/// Runs `mp-plain child-panics` with `RUST_BACKTRACE` set to `backtrace` (unset: `None`);
+/// gives back its standard output and error.
+fn run_panicking_child(method: &str, backtrace: Option<&str>) -> (String, String) {
+    let mut cmd = Command::new(PLAIN);
+    cmd.args(["child-panics", "-", method])
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(value) = backtrace {
+        cmd.env("RUST_BACKTRACE", value);
+    }
+    let child = common::Reaped(cmd.spawn().unwrap());
+    let out = wait_output(child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (common::stdout_of(out), stderr)
+}
+
+/// Waits at most `limit` for the command's end and collects its output.
+fn wait_output(mut child: common::Reaped, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let (mut stdout, mut stderr) = (
+        child.0.stdout.take().unwrap(),
+        child.0.stderr.take().unwrap(),
+    );
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).map(|_| buf)
+    });
+    let mut out = Vec::new();
+    let reader = std::thread::spawn(move || stdout.read_to_end(&mut out).map(|_| out));
+    let status = wait_with_timeout(&mut child.0, limit);
+    std::process::Output {
+        status,
+        stdout: reader.join().unwrap().unwrap(),
+        stderr: err.join().unwrap().unwrap(),
+    }
+}
+
+/// Whether `line` is the one line a panicking child prints: its name, pid, where and what.
+fn is_panic_line(line: &str) -> bool {
+    line.starts_with("process 'panicker' (pid ")
+        && line.contains(") panicked at ")
+        && line.contains("mp-plain.rs:")
+        && line.ends_with(": boom 42")
+}
+
+/// A panicking child prints one line naming itself, where it panicked and the message,
+/// no backtrace unless `RUST_BACKTRACE` asks; the parent gets the message from `join`.
+fn a_panicking_child_prints_one_line_naming_itself(method: &str) {
+    let (stdout, stderr) = run_panicking_child(method, None);
+    assert_eq!(stdout, "Panicked: boom 42\n");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && is_panic_line(lines[0]),
+        "expected one panic line, got:\n{stderr}"
+    );
+    for asked in ["1", "full"] {
+        let (stdout, stderr) = run_panicking_child(method, Some(asked));
+        assert_eq!(stdout, "Panicked: boom 42\n");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.len() > 1 && is_panic_line(lines[0]),
+            "RUST_BACKTRACE={asked}: expected the panic line and a backtrace, got:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("panic_with"),
+            "RUST_BACKTRACE={asked}: the backtrace does not show the function:\n{stderr}"
+        );
+        if asked == "1" {
+            // Only the user's frames: not how multiproc started the child.
+            assert!(
+                !stderr.contains("multiproc::process") && !stderr.contains("mp_plain::main"),
+                "RUST_BACKTRACE=1: frames of the machinery shown:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn panic_line_spawn() {
+    a_panicking_child_prints_one_line_naming_itself("spawn");
+}
+#[test]
+fn panic_line_fork() {
+    a_panicking_child_prints_one_line_naming_itself("fork");
+}
+#[test]
+fn panic_line_forkserver() {
+    a_panicking_child_prints_one_line_naming_itself("forkserver");
+}
+
 #[test]
 fn main_end_spawn() {
     main_end_joins_non_daemons_and_terminates_daemons("spawn");

@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::wire::{self, Kind, Outcome, Returned, Start};
-use super::{child, current, forkserver, registry};
+use super::{child, current, forkserver, panics, registry};
 use crate::codec::{ResultBuf, SMALL_RESULT};
 use crate::error::CodecError;
 use crate::sys;
@@ -82,6 +82,7 @@ pub(crate) fn run_start(
     fds: Vec<OwnedFd>,
     direct: bool,
 ) -> ! {
+    panics::install();
     let start: Start = match crate::codec::decode(payload) {
         Ok(s) => s,
         Err(e) => die(&format!("unreadable start message: {e}")),
@@ -122,7 +123,8 @@ pub(crate) fn run_guarded_into(
     body: impl FnOnce(&mut ResultBuf<'_>) -> Result<(), CodecError>,
 ) -> Option<Outcome> {
     let before = out.mark();
-    let failure = match catch_unwind(AssertUnwindSafe(|| body(&mut *out))) {
+    let run = || panics::__rust_begin_short_backtrace(|| body(&mut *out));
+    let failure = match catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(())) => return None,
         Ok(Err(CodecError::Encode(message))) => Outcome::Codec {
             encode: true,

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::child::{self, ChildShared, Process};
 use super::registry::Func;
 use super::wire::{self, Kind, Outcome, Start};
-use super::{bootstrap, current, forkserver, reaper, registry};
+use super::{bootstrap, current, forkserver, panics, reaper, registry};
 use crate::error::ProcessError;
 use crate::sys;
 
@@ -198,6 +198,8 @@ impl Builder {
         start: Start,
         body: impl FnOnce(&Start, BorrowedFd<'_>) -> std::convert::Infallible,
     ) -> Result<Process<R>, ProcessError> {
+        // The child inherits the hook that names it when it panics.
+        panics::install();
         let (ours, theirs) =
             child::report_pair().map_err(ProcessError::io("creating a socket pair"))?;
         let report = theirs.as_fd();

@@ -23,6 +23,17 @@ pub(crate) fn lock_me() -> MutexGuard<'static, Option<Me>> {
     ME.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// This process's name if multiproc started it; `None` in the main process, and while the
+/// record is being written (never waits: the panic hook calls it).
+pub(crate) fn child_name() -> Option<String> {
+    let name = |me: &Option<Me>| me.as_ref().map(|m| m.name.clone());
+    match ME.try_lock() {
+        Ok(me) => name(&me),
+        Err(std::sync::TryLockError::Poisoned(me)) => name(&me.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 fn me() -> Me {
     lock_me().clone().unwrap_or_else(|| Me {
         name: "MainProcess".into(),

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::wire::{self, Kind};
-use super::{bootstrap, registry};
+use super::{bootstrap, panics, registry};
 use crate::error::ProcessError;
 use crate::sys::{self, ExitStatus};
 
@@ -149,6 +149,7 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
     // and the standard output handle (its buffer) cost a dozen page faults per child.
     registry::warm();
     let _ = std::io::stdout();
+    panics::install();
     let owner = sys::getppid();
     let Ok(owner_fd) = sys::pidfd_open(owner) else {
         sys::exit_now(0)

@@ -29,6 +29,7 @@ mod builder;
 pub(crate) mod child;
 mod current;
 mod forkserver;
+mod panics;
 mod reaper;
 pub(crate) mod registry;
 pub(crate) mod wire;

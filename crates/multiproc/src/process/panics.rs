@@ -1,0 +1,142 @@
+//! What a child prints when it panics: one line naming the process, where it panicked and
+//! the message, then a backtrace of the user's frames only when `RUST_BACKTRACE` asks
+//! for one. The parent gets the message through `join` as well.
+
+use std::io::Write;
+use std::panic::PanicHookInfo;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::current;
+
+/// Installs the hook once per process. In a child it prints the line; elsewhere it calls
+/// the hook that was there before, so the program's own panics print as they always did.
+///
+/// Called in the parent before its first fork (a forked child inherits the hook: setting
+/// one in the child could wait for ever on the hook's lock if another thread of the
+/// parent held it at the fork), in the forkserver (its children inherit it) and in a
+/// spawned child before it runs anything. A hook the program sets later replaces it.
+pub(crate) fn install() {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.load(Ordering::Relaxed) || INSTALLED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| match current::child_name() {
+        Some(name) => report(&name, info),
+        None => previous(info),
+    }));
+}
+
+/// Prints what a panic in this child is, in one write.
+fn report(name: &str, info: &PanicHookInfo<'_>) {
+    let message = super::bootstrap::panic_message(info.payload());
+    let place = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let pid = crate::sys::getpid();
+    let mut text = format!("process '{name}' (pid {pid}) panicked{place}: {message}\n");
+    match std::env::var("RUST_BACKTRACE").as_deref() {
+        Err(_) | Ok("0") => {}
+        Ok("full") => {
+            let trace = std::backtrace::Backtrace::force_capture();
+            text.push_str(&format!("stack backtrace:\n{trace:#}\n"));
+        }
+        Ok(_) => {
+            let trace = std::backtrace::Backtrace::force_capture();
+            text.push_str("stack backtrace:\n");
+            text.push_str(&user_frames(&trace.to_string()));
+            text.push_str(
+                "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a \
+                 verbose backtrace.\n",
+            );
+        }
+    }
+    // Not `eprint!`: under a test harness a forked test thread's output is still captured.
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// The frames of a printed backtrace that are the user's, renumbered: those between the
+/// panic machinery (up to `__rust_end_short_backtrace`) and the child's start (from
+/// [`__rust_begin_short_backtrace`]), without multiproc's own frames in between.
+fn user_frames(trace: &str) -> String {
+    // A frame is its numbered line and the lines after it (inlined calls, `at` lines).
+    let mut frames: Vec<String> = Vec::new();
+    for line in trace.lines() {
+        let numbered = line
+            .trim_start()
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match frames.last_mut() {
+            Some(frame) if !numbered => {
+                frame.push_str(line);
+                frame.push('\n');
+            }
+            _ => frames.push(format!("{line}\n")),
+        }
+    }
+    let start = frames
+        .iter()
+        .rposition(|f| f.contains("__rust_end_short_backtrace"))
+        .map_or(0, |i| i + 1);
+    let end = frames
+        .iter()
+        .position(|f| f.contains("__rust_begin_short_backtrace"))
+        .unwrap_or(frames.len())
+        .max(start);
+    let mut out = String::new();
+    let kept = frames[start..end]
+        .iter()
+        .filter(|f| !f.contains("multiproc::process::"));
+    for (i, frame) in kept.enumerate() {
+        // Replace the frame's number with its new one, keeping the alignment.
+        let (head, rest) = frame.split_once(": ").unwrap_or(("", frame));
+        let width = head.len();
+        out.push_str(&format!("{i:>width$}: {rest}"));
+    }
+    out
+}
+
+/// Where the user's code starts in a child: backtraces stop here (the default panic hook
+/// and [`user_frames`] look for this name, as for `std`'s own marker).
+#[inline(never)]
+pub(crate) fn __rust_begin_short_backtrace<R>(f: impl FnOnce() -> R) -> R {
+    let result = f();
+    // Keeps this frame on the stack (no tail call).
+    std::hint::black_box(());
+    result
+}
+
+#[cfg(test)]
+mod test {
+    use super::user_frames;
+
+    #[test]
+    fn user_frames_are_those_between_the_markers_renumbered() {
+        let trace = "   0: std::backtrace::Backtrace::force_capture
+             at /rustc/library/std/src/backtrace.rs:1:1
+   1: std::panicking::begin_panic_handler::{{closure}}
+   2: std::sys::backtrace::__rust_end_short_backtrace
+   3: core::panicking::panic_fmt
+   4: app::work
+             at ./src/main.rs:4:5
+             app::inlined
+   5: multiproc::process::bootstrap::run_start::{{closure}}
+   6: multiproc::process::panics::__rust_begin_short_backtrace
+   7: main
+";
+        assert_eq!(
+            user_frames(trace),
+            "   0: core::panicking::panic_fmt
+   1: app::work
+             at ./src/main.rs:4:5
+             app::inlined
+"
+        );
+        // Without markers: every frame but multiproc's.
+        assert_eq!(
+            user_frames("  0: a\n  1: multiproc::process::x\n  2: b\n"),
+            "  0: a\n  1: b\n"
+        );
+    }
+}
