@@ -149,8 +149,16 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     quote!(#f).into()
 }
 
-/// `#[test]` that ends the children the test started (daemons terminated, others joined)
-/// when it returns or fails, so no test leaves a process behind.
+/// `#[test]` that ends every child the test started, so that no test leaves a process
+/// behind: when the test returns, daemonic children are terminated and the others joined;
+/// when it fails, all are terminated (killed if still there 5 s later), since a failed
+/// test wants nothing more from them and may be what they wait for.
+///
+/// The children started on the test's own thread are the test's, and so are those started
+/// on threads it spawned when the harness runs one test at a time (`cargo nextest`, or
+/// `cargo test` with `--test-threads=1`). With tests side by side in one process, such a
+/// child cannot be told from another test's; the harness's exit ends it, as it ends a
+/// plain `#[test]`'s children (daemonic ones terminated, the others joined).
 #[proc_macro_attribute]
 pub fn test(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut f = parse_macro_input!(item as ItemFn);

@@ -88,7 +88,7 @@ pub fn init() {
 /// [`#[multiproc::main]`](main), which runs it when `main`'s body ends); call it to do it
 /// earlier.
 pub fn shutdown() {
-    process::child::finish_children(None);
+    process::child::finish_children(None, process::child::Finish::TerminateDaemons);
 }
 
 /// What the macros expand to; not a stable API.
@@ -123,27 +123,26 @@ pub mod __private {
         }
     }
 
-    /// Ends the children a test started (on its own thread) when the test returns or fails.
+    /// Ends the children a test started when the test returns or fails (see
+    /// `#[multiproc::test]`).
     #[derive(Debug)]
-    pub struct TestGuard(std::thread::ThreadId);
+    pub struct TestGuard {
+        _scope: crate::process::TestScope,
+    }
 
     impl TestGuard {
-        /// Arms the guard for the current thread.
+        /// Arms the guard for the test running on the current thread.
         pub fn new() -> Self {
             crate::init();
-            TestGuard(std::thread::current().id())
+            TestGuard {
+                _scope: crate::process::TestScope::enter(),
+            }
         }
     }
 
     impl Default for TestGuard {
         fn default() -> Self {
             Self::new()
-        }
-    }
-
-    impl Drop for TestGuard {
-        fn drop(&mut self) {
-            crate::process::child::finish_children(Some(self.0));
         }
     }
 }

@@ -183,7 +183,7 @@ pub(crate) fn finish(sock: BorrowedFd<'_>, ended: Result<Returned<'_>, Outcome>)
         Err(_) => 1,
     };
     if child::any() {
-        child::finish_children(None);
+        child::finish_children(None, child::Finish::TerminateDaemons);
     }
     // Standard error is unbuffered; standard output may hold a line without its newline.
     let _ = std::io::stdout().flush();

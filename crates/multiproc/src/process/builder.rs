@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::child::{self, ChildShared, Process};
 use super::registry::Func;
 use super::wire::{self, Kind, Outcome, Start};
-use super::{bootstrap, current, forkserver, panics, reaper, registry};
+use super::{bootstrap, current, forkserver, panics, reaper, registry, scope};
 use crate::error::ProcessError;
 use crate::sys;
 
@@ -348,14 +348,15 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
         current::lock_me(),
         child::lock_spare_pair(),
         reaper::lock_reaper(),
+        scope::lock_scopes(),
     ));
     // Room for the new child's entry now, so that registering it after the fork does not
     // reallocate while the child shares our pages.
-    if let Some((_, children, _, _, _)) = locks.as_mut() {
+    if let Some((_, children, _, _, _, _)) = locks.as_mut() {
         children.reserve(1);
     }
     let pid = sys::fork_then(&[close], || {
-        if let Some((mut client, mut children, me, mut spare, mut reaper)) = locks.take() {
+        if let Some((mut client, mut children, me, mut spare, mut reaper, scopes)) = locks.take() {
             // Written only when there is something to forget: each write to a static is a
             // copy-on-write fault in the child.
             forkserver::forget_in_child(&mut client);
@@ -368,7 +369,8 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
                 sys::close_inline(a);
                 sys::close_inline(b);
             }
-            drop((client, children, me, spare, reaper));
+            // The running tests' scopes are left as they are: no test ends in this child.
+            drop((client, children, me, spare, reaper, scopes));
         }
         drop((stdout, stderr));
         body()

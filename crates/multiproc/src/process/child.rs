@@ -5,7 +5,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -22,7 +21,8 @@ pub(crate) struct ChildShared {
     pub(crate) daemon: bool,
     /// The forkserver, not this process, is the OS parent: the exit status comes as a frame.
     via_forkserver: bool,
-    spawner: ThreadId,
+    /// The `#[multiproc::test]` that started it (see `scope`), or `scope::NONE`.
+    scope: u64,
     pidfd: OwnedFd,
     state: Mutex<ChildState>,
 }
@@ -71,7 +71,7 @@ impl ChildShared {
             name,
             daemon,
             via_forkserver,
-            spawner: std::thread::current().id(),
+            scope: super::scope::of_new_child(),
             pidfd,
             state: Mutex::new(ChildState {
                 sock: Some(Arc::new(sock)),
@@ -382,7 +382,7 @@ pub(crate) fn finish_at_exit() {
 
 extern "C" fn at_process_exit() {
     // A panic must not unwind into the C library.
-    let _ = std::panic::catch_unwind(|| finish_children(None));
+    let _ = std::panic::catch_unwind(|| finish_children(None, Finish::TerminateDaemons));
 }
 
 /// Whether this process has children it has not reaped yet.
@@ -409,19 +409,41 @@ pub(crate) fn forget(pids: &[u32]) {
     }
 }
 
-/// Terminates daemonic children and joins the others, as Python does when the main process
-/// ends. `only_from` limits it to children started by one thread.
-pub(crate) fn finish_children(only_from: Option<ThreadId>) {
+/// How [`finish_children`] ends children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// Terminate daemonic children and join the others, as Python does at exit.
+    TerminateDaemons,
+    /// Terminate all of them, and kill those still there after [`KILL_AFTER`].
+    TerminateAll,
+}
+
+/// How long [`Finish::TerminateAll`] lets children end on `SIGTERM` before `SIGKILL`.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// Ends this process's children (`scope`: only those of one test, see `scope`) and reaps
+/// them.
+pub(crate) fn finish_children(scope: Option<u64>, how: Finish) {
     let mine: Vec<Arc<ChildShared>> = lock_children()
         .iter()
-        .filter(|c| only_from.is_none_or(|t| c.spawner == t))
+        .filter(|c| scope.is_none_or(|s| c.scope == s))
         .cloned()
         .collect();
-    for c in mine.iter().filter(|c| c.daemon) {
+    let all = how == Finish::TerminateAll;
+    for c in mine.iter().filter(|c| all || c.daemon) {
         let _ = c.signal(sys::SIGTERM);
     }
+    let deadline = Instant::now() + KILL_AFTER;
     for c in &mine {
-        let _ = c.wait(None);
+        if !all {
+            let _ = c.wait(None);
+        } else if !matches!(
+            c.wait(Some(deadline.saturating_duration_since(Instant::now()))),
+            Ok(Some(_))
+        ) {
+            let _ = c.signal(sys::SIGKILL);
+            let _ = c.wait(Some(KILL_AFTER));
+        }
     }
     reap_finished();
 }

@@ -32,11 +32,13 @@ mod forkserver;
 mod panics;
 mod reaper;
 pub(crate) mod registry;
+mod scope;
 pub(crate) mod wire;
 
 pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};
 pub use child::{ActiveChild, Process, active_children};
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub(crate) use scope::TestScope;
 
 impl Process<()> {
     /// A builder for a process: name, daemon flag, start method.
