@@ -123,8 +123,7 @@ pub(crate) fn run_guarded_into(
     body: impl FnOnce(&mut ResultBuf<'_>) -> Result<(), CodecError>,
 ) -> Option<Outcome> {
     let before = out.mark();
-    let run = || panics::__rust_begin_short_backtrace(|| body(&mut *out));
-    let failure = match catch_unwind(AssertUnwindSafe(run)) {
+    let failure = match catch_unwind(AssertUnwindSafe(|| body(&mut *out))) {
         Ok(Ok(())) => return None,
         Ok(Err(CodecError::Encode(message))) => Outcome::Codec {
             encode: true,

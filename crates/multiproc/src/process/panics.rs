@@ -56,9 +56,14 @@ fn report(name: &str, info: &PanicHookInfo<'_>) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
-/// The frames of a printed backtrace that are the user's, renumbered: those between the
-/// panic machinery (up to `__rust_end_short_backtrace`) and the child's start (from
-/// [`__rust_begin_short_backtrace`]), without multiproc's own frames in between.
+/// The frames of a printed backtrace that are the user's, renumbered: those after the panic
+/// machinery (up to `std`'s `__rust_end_short_backtrace`) and before the frames of
+/// multiproc that started the child's function. Frames of multiproc's process code at the
+/// top (a panic inside it) are kept: only those under the user's frames are the start-up.
+///
+/// No marker function of ours sits under the user's frames, as `std`'s
+/// `__rust_begin_short_backtrace` does under a thread's: a forked child would pay a page
+/// fault for its code on every start.
 fn user_frames(trace: &str) -> String {
     // A frame is its numbered line and the lines after it (inlined calls, `at` lines).
     let mut frames: Vec<String> = Vec::new();
@@ -79,16 +84,17 @@ fn user_frames(trace: &str) -> String {
         .iter()
         .rposition(|f| f.contains("__rust_end_short_backtrace"))
         .map_or(0, |i| i + 1);
-    let end = frames
+    let ours = |f: &String| f.contains("multiproc::process::");
+    let first_user = frames[start..]
         .iter()
-        .position(|f| f.contains("__rust_begin_short_backtrace"))
-        .unwrap_or(frames.len())
-        .max(start);
+        .position(|f| !ours(f))
+        .map_or(frames.len(), |i| start + i);
+    let end = frames[first_user..]
+        .iter()
+        .position(ours)
+        .map_or(frames.len(), |i| first_user + i);
     let mut out = String::new();
-    let kept = frames[start..end]
-        .iter()
-        .filter(|f| !f.contains("multiproc::process::"));
-    for (i, frame) in kept.enumerate() {
+    for (i, frame) in frames[start..end].iter().enumerate() {
         // Replace the frame's number with its new one, keeping the alignment.
         let (head, rest) = frame.split_once(": ").unwrap_or(("", frame));
         let width = head.len();
@@ -97,22 +103,12 @@ fn user_frames(trace: &str) -> String {
     out
 }
 
-/// Where the user's code starts in a child: backtraces stop here (the default panic hook
-/// and [`user_frames`] look for this name, as for `std`'s own marker).
-#[inline(never)]
-pub(crate) fn __rust_begin_short_backtrace<R>(f: impl FnOnce() -> R) -> R {
-    let result = f();
-    // Keeps this frame on the stack (no tail call).
-    std::hint::black_box(());
-    result
-}
-
 #[cfg(test)]
 mod test {
     use super::user_frames;
 
     #[test]
-    fn user_frames_are_those_between_the_markers_renumbered() {
+    fn user_frames_are_those_between_the_panic_and_the_start_up_renumbered() {
         let trace = "   0: std::backtrace::Backtrace::force_capture
              at /rustc/library/std/src/backtrace.rs:1:1
    1: std::panicking::begin_panic_handler::{{closure}}
@@ -122,7 +118,7 @@ mod test {
              at ./src/main.rs:4:5
              app::inlined
    5: multiproc::process::bootstrap::run_start::{{closure}}
-   6: multiproc::process::panics::__rust_begin_short_backtrace
+   6: multiproc::process::bootstrap::run_spawned
    7: main
 ";
         assert_eq!(
@@ -133,10 +129,10 @@ mod test {
              app::inlined
 "
         );
-        // Without markers: every frame but multiproc's.
+        // A panic in multiproc's own code keeps its frames on top.
         assert_eq!(
-            user_frames("  0: a\n  1: multiproc::process::x\n  2: b\n"),
-            "  0: a\n  1: b\n"
+            user_frames("  0: multiproc::process::x\n  1: app::f\n  2: multiproc::process::y\n"),
+            "  0: multiproc::process::x\n  1: app::f\n"
         );
     }
 }
