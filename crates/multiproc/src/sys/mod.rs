@@ -4,9 +4,9 @@
 //! Every backend provides the same names (as mio and ipc-channel do), so another OS is one
 //! more module:
 //! - sockets: [`socketpair`], [`send_with_fds`], [`recv_with_fds`], [`send_all`],
-//!   [`recv_exact`], [`read_some`], [`set_nonblocking`], [`poll_readable`];
+//!   [`try_send`], [`recv_exact`], [`read_some`], [`set_nonblocking`], [`poll_readable`];
 //! - processes: [`spawn_self`], [`fork_then`], [`pidfd_open`], [`try_wait`], [`send_signal`],
-//!   [`exit_now`], [`getpid`], [`getppid`], [`remove_env`], [`signal_name`];
+//!   [`exit_now`], [`at_exit`], [`getpid`], [`getppid`], [`remove_env`], [`signal_name`];
 //! - machine facts: [`affinity_cpu_count`];
 //! - the life-before-main hook that lets a re-run binary become a child before `main`.
 //!
