@@ -171,7 +171,7 @@ pub(crate) struct Spinner {
 impl Spinner {
     /// A spin of at most `max` if the policy allows one now.
     pub(crate) fn new(max: Duration) -> Spinner {
-        let end = may_spin().then(|| monotonic_ns() + max.as_nanos() as u64);
+        let end = (!max.is_zero() && may_spin()).then(|| monotonic_ns() + max.as_nanos() as u64);
         Spinner { end, looks: 0 }
     }
 

@@ -332,21 +332,21 @@ impl Connection {
     /// without a sleep and a cross-CPU wake-up, which on virtual machines costs more than
     /// the whole exchange — and reads the header and a small payload in one receive. A
     /// second message found behind the first is a [`ConnectionError::BadFrame`].
-    /// Descriptors cannot come this way. No spinning on a single CPU.
+    /// Descriptors cannot come this way. Spins only as the library's waiting policy allows
+    /// (never on a single CPU, not on a crowded machine).
     pub(crate) fn recv_sole(
         &self,
         spin: Duration,
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, ConnectionError> {
         self.check_readable()?;
-        let spin_until = multi_cpu().then(|| Instant::now() + spin);
+        let mut spin = crate::spin::Spinner::new(spin);
         let mut head = [0u8; 1024];
         let n = loop {
             match sys::recv_plain(self.fd.as_fd(), &mut head, true) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if spin_until.is_some_and(|end| Instant::now() < end) {
-                        std::hint::spin_loop();
+                    if spin.keep_going() {
                         continue;
                     }
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -357,6 +357,7 @@ impl Connection {
                 Err(e) => return Err(e.into()),
             }
         };
+        spin.hit();
         if n == 0 {
             return Err(ConnectionError::Closed);
         }
@@ -411,6 +412,26 @@ impl Connection {
         }
     }
 
+    /// Looks for a message without sleeping for as long as the library's waiting policy
+    /// allows (see `crate::spin`): a peer on another CPU usually answers within microseconds,
+    /// and a sleep and wake-up across CPUs costs tens of them.
+    fn spin_until_readable(&self) {
+        let mut spin = crate::spin::Spinner::new(RECV_SPIN);
+        if !spin.spinning() {
+            return;
+        }
+        loop {
+            let ready = sys::poll_readable(&[self.fd.as_fd()], Some(Duration::ZERO));
+            if matches!(ready.as_deref(), Ok([true])) {
+                spin.hit();
+                return;
+            }
+            if !spin.keep_going() {
+                return;
+            }
+        }
+    }
+
     /// Fills `buf`; `fds` collects descriptors that came along. End of stream before the
     /// first byte of a message is `Closed`, inside a message a `BadFrame`.
     fn fill(
@@ -447,7 +468,24 @@ impl Connection {
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), ConnectionError> {
         let mut fds = Vec::new();
         let mut h = [0u8; 12];
-        self.fill(&mut h[..4], &mut fds, deadline, true)?;
+        // What has arrived already, without waiting; if nothing, a short spin (when it pays)
+        // before the receive that sleeps.
+        let have = match sys::recv_with_fds_now(self.fd.as_fd(), &mut h[..4]) {
+            Ok((0, _)) => return Err(ConnectionError::Closed),
+            Ok((n, got)) => {
+                fds.extend(got);
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.spin_until_readable();
+                0
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ConnectionError::Closed);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.fill(&mut h[have..4], &mut fds, deadline, have == 0)?;
         let size = match frame_header(&h[..4], limit)? {
             Some((_, size)) => size,
             None => {
@@ -520,10 +558,8 @@ pub(crate) fn frame_header(
 }
 
 /// Whether busy-polling can help: another CPU can answer while this one polls.
-pub(crate) fn multi_cpu() -> bool {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(crate::cpu_count) > 1
-}
+/// How long a receive looks for a message before it sleeps, when spinning pays.
+const RECV_SPIN: Duration = Duration::from_micros(50);
 
 fn map_send(e: std::io::Error) -> ConnectionError {
     match e.kind() {

@@ -2,9 +2,9 @@
 //! descriptors (the pool's worker links), instead of two receives per message.
 
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::conn::{Connection, frame_header, multi_cpu};
+use super::conn::{Connection, frame_header};
 use crate::error::ConnectionError;
 use crate::sys;
 
@@ -89,20 +89,20 @@ impl FrameReader {
         }
     }
 
-    /// The next message, polling for it up to `spin` without sleeping (with 2+ CPUs), then
-    /// waiting as long as it takes.
+    /// The next message, polling for it up to `spin` without sleeping (as the library's
+    /// waiting policy allows), then waiting as long as it takes.
     pub(crate) fn next(
         &mut self,
         conn: &Connection,
         spin: Duration,
     ) -> Result<Vec<u8>, ConnectionError> {
-        let spin_until = multi_cpu().then(|| Instant::now() + spin);
+        let mut spin = crate::spin::Spinner::new(spin);
         loop {
             if let Some(p) = self.try_next(conn)? {
+                spin.hit();
                 return Ok(p);
             }
-            if spin_until.is_some_and(|end| Instant::now() < end) {
-                std::hint::spin_loop();
+            if spin.keep_going() {
                 continue;
             }
             self.fill(conn, true)?;

@@ -127,13 +127,29 @@ pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_with_flags(fd, buf, MsgFlags::empty())
+}
+
+/// [`recv_with_fds`] without waiting: `WouldBlock` when nothing has arrived.
+pub(crate) fn recv_with_fds_now(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_with_flags(fd, buf, MsgFlags::MSG_DONTWAIT)
+}
+
+fn recv_with_flags(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     thread_local! {
         // Room for the most descriptors one message may carry, allocated once per thread
         // (every receive of a frame header goes through here).
         static SPACE: std::cell::RefCell<Vec<u8>> =
             std::cell::RefCell::new(nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]));
     }
-    SPACE.with(|space| recv_with_space(fd, buf, &mut space.borrow_mut()))
+    SPACE.with(|space| recv_with_space(fd, buf, &mut space.borrow_mut(), flags))
 }
 
 /// One plain receive (no descriptors; any that came along are closed by the kernel),
@@ -162,6 +178,7 @@ fn recv_with_space(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     space: &mut [u8],
+    flags: MsgFlags,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     loop {
         let mut iov = [IoSliceMut::new(buf)];
@@ -169,7 +186,7 @@ fn recv_with_space(
             fd.as_raw_fd(),
             &mut iov,
             Some(space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
+            MsgFlags::MSG_CMSG_CLOEXEC | flags,
         ) {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(errno(e)),
