@@ -2,18 +2,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiproc::Func;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use crate::envelope::{self, Keys, PAYLOAD, Reply, SIGNATURE, Task};
-use crate::error::ClusterError;
+use crate::envelope::{self, Keys, Kind, PAYLOAD, Reply, ReplyBody, SIGNATURE, Task};
+use crate::error::{ClusterError, TaskFailure};
 
 /// How many chunks an `imap` keeps submitted ahead of what the caller consumed.
 const IMAP_WINDOW: usize = 64;
@@ -21,15 +21,68 @@ const IMAP_WINDOW: usize = 64;
 /// The field of the entry that wakes the reply reader when the pool is dropped.
 const WAKE: &str = "wake";
 
+/// How long the reply reader's `XREAD` blocks.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// How long an answer of the broker may take (beyond a `BLOCK`) on the client's connections:
+/// past it the connection is taken for lost and opened again.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many waiting tasks one pipeline of the broker check asks about.
+const CHECK_BATCH: usize = 512;
+
+const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_BROKER_CHECK: Duration = Duration::from_secs(10);
+const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Each item's encoded result, or the failure of its whole task.
 type TaskOutcome = Result<Vec<Result<Vec<u8>, ClusterError>>, ClusterError>;
+
+/// Where a waiting task's current submission is.
+enum Sent {
+    /// Its `XADD` has not been answered yet.
+    Sending,
+    /// In the task stream under this entry id.
+    Entry(String),
+    /// Its `XADD` failed: the broker check submits it again.
+    Failed,
+}
+
+/// A submitted task.
+enum Slot {
+    /// Waiting for its reply: the task as submitted (to check on it and submit it again)
+    /// and where it is.
+    Waiting { task: Task, sent: Sent },
+    /// Its outcome, until taken.
+    Done(TaskOutcome),
+}
 
 #[derive(Default)]
 struct State {
     next: u64,
-    /// Submitted tasks: `None` until the reply is in.
-    slots: HashMap<u64, Option<TaskOutcome>>,
+    slots: HashMap<u64, Slot>,
     closed: bool,
+}
+
+impl State {
+    /// Whether a task still waits for its result.
+    fn unfinished(&self) -> bool {
+        self.slots
+            .values()
+            .any(|s| matches!(s, Slot::Waiting { .. }))
+    }
+
+    /// Whether task `id` has its outcome (or was taken already).
+    fn finished(&self, id: u64) -> bool {
+        !matches!(self.slots.get(&id), Some(Slot::Waiting { .. }))
+    }
+}
+
+/// Signed tasks ready to go: [`Sending::go`] adds them to the stream.
+struct Sending {
+    pipe: redis::Pipeline,
+    /// (task, submission) of each `XADD`, in order.
+    tasks: Vec<(u64, u32)>,
 }
 
 struct Inner {
@@ -44,12 +97,122 @@ struct Inner {
     stop: AtomicBool,
     timeout: Option<Duration>,
     chunksize: Option<usize>,
+    expiry: Duration,
+    broker_check: Duration,
+    broker_timeout: Duration,
+    /// The broker's clock minus ours, in milliseconds.
+    clock_offset: AtomicI64,
     rejected: AtomicU64,
     duplicates: AtomicU64,
+    resubmitted: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the epoch by this machine's clock.
+fn local_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Inner {
+    /// The broker's clock as last measured, in milliseconds since the epoch.
+    fn broker_now(&self) -> u64 {
+        (local_ms() + self.clock_offset.load(Ordering::Relaxed)).max(0) as u64
+    }
+
+    /// Reads the broker's clock on `con`: its time now.
+    fn sync_clock(&self, con: &mut redis::Connection) -> redis::RedisResult<u64> {
+        let now = envelope::broker_ms(con)?;
+        self.clock_offset
+            .store(now as i64 - local_ms(), Ordering::Relaxed);
+        Ok(now)
+    }
+
+    /// Runs `f` on the submission connection, reconnecting once if it was lost.
+    fn with_con<T>(
+        &self,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, ClusterError> {
+        let mut con = lock(&self.con);
+        for attempt in 0..2 {
+            if con.is_none() {
+                *con = Some(envelope::connect(&self.redis, READ_TIMEOUT)?);
+            }
+            let c = con.as_mut().expect("connected above");
+            match f(c) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                    *con = None;
+                    if attempt == 1 {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ClusterError::Redis(
+            "the connection to Redis was lost".into(),
+        ))
+    }
+
+    /// Signs `tasks` into their `XADD`s. The slots of the tasks must exist before the
+    /// `XADD`s go: a reply may come back before their own answer.
+    fn seal<'t>(&self, tasks: impl IntoIterator<Item = &'t Task>) -> Result<Sending, ClusterError> {
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::new();
+        for task in tasks {
+            let (payload, tag) =
+                envelope::seal(&self.authkey, Kind::Task, task).map_err(ClusterError::Codec)?;
+            pipe.cmd("XADD")
+                .arg(&self.keys.tasks)
+                .arg("*")
+                .arg(PAYLOAD)
+                .arg(payload)
+                .arg(SIGNATURE)
+                .arg(tag);
+            sent.push((task.id, task.attempt));
+        }
+        Ok(Sending { pipe, tasks: sent })
+    }
+
+    /// Adds the tasks of `s` to the stream; records their entries, or on a failure returns
+    /// the error, marking them [`Sent::Failed`] when `keep_failed` (the broker check submits
+    /// them again).
+    fn go(&self, s: &Sending, keep_failed: bool) -> Result<(), ClusterError> {
+        let sent = self.with_con(|con| s.pipe.query::<Vec<String>>(con));
+        let mut st = lock(&self.state);
+        let mut entries = match &sent {
+            Ok(entries) => entries.clone(),
+            Err(_) if !keep_failed => return sent.map(drop),
+            Err(_) => Vec::new(),
+        }
+        .into_iter();
+        for &(id, attempt) in &s.tasks {
+            if let Some(Slot::Waiting { task, sent }) = st.slots.get_mut(&id)
+                && task.attempt == attempt
+            {
+                *sent = entries.next().map_or(Sent::Failed, Sent::Entry);
+            }
+        }
+        sent.map(drop)
+    }
+
+    /// Fills the slot of task `id` with `outcome` if it still waits (waking the waiters);
+    /// whether it did.
+    fn finish(&self, st: &mut State, id: u64, outcome: TaskOutcome) -> bool {
+        match st.slots.get_mut(&id) {
+            Some(slot @ Slot::Waiting { .. }) => {
+                *slot = Slot::Done(outcome);
+                self.done.notify_all();
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Configures a [`ClusterPool`]: `ClusterPool::builder(url, queue, key).chunksize(64).connect()`.
@@ -60,6 +223,9 @@ pub struct ClusterPoolBuilder {
     authkey: Vec<u8>,
     timeout: Option<Duration>,
     chunksize: Option<usize>,
+    expiry: Duration,
+    broker_check: Duration,
+    broker_timeout: Duration,
 }
 
 impl ClusterPoolBuilder {
@@ -76,7 +242,36 @@ impl ClusterPoolBuilder {
         self
     }
 
-    /// Connects to Redis and starts the reply reader.
+    /// A task that no worker started within `expiry` of its submission never starts: it
+    /// fails with [`ClusterError::Expired`] (default 24 hours; measured by the broker's
+    /// clock). A task that started runs to its end, however long.
+    ///
+    /// The expiry also bounds replays: workers refuse a copy of a task entry while the task
+    /// runs and after it ran, by a claim kept in Redis until the expiry (about 150 bytes per
+    /// task, so shorten the expiry at high task rates), and refuse every entry of the task
+    /// after it.
+    pub fn task_expiry(mut self, expiry: Duration) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// How often the pool checks that the broker still holds the tasks waiting for their
+    /// results (default 10 s). A task the broker lost (it restarted without persistence, or
+    /// its stream was deleted) is submitted again: noticed within this period, or within two
+    /// of the workers' leases after the last renewal when the worker running it died too.
+    pub fn broker_check(mut self, every: Duration) -> Self {
+        self.broker_check = every;
+        self
+    }
+
+    /// When the broker cannot be reached for this long while tasks wait for their results,
+    /// they fail with [`ClusterError::BrokerLost`] (default 5 minutes).
+    pub fn broker_timeout(mut self, timeout: Duration) -> Self {
+        self.broker_timeout = timeout;
+        self
+    }
+
+    /// Connects to Redis and starts the reply reader and the broker check.
     pub fn connect(self) -> Result<ClusterPool, ClusterError> {
         if self.queue.is_empty() {
             return Err(ClusterError::Invalid("the queue name is empty".into()));
@@ -84,38 +279,74 @@ impl ClusterPoolBuilder {
         if self.chunksize == Some(0) {
             return Err(ClusterError::Invalid("chunksize must be at least 1".into()));
         }
+        for (name, d) in [
+            ("task_expiry", self.expiry),
+            ("broker_check", self.broker_check),
+            ("broker_timeout", self.broker_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ClusterError::Invalid(format!("{name} must not be zero")));
+            }
+        }
         let redis = redis::Client::open(self.url.as_str())?;
-        let mut con = redis.get_connection()?;
+        let mut con = envelope::connect(&redis, READ_TIMEOUT)?;
         let keys = Keys::new(&self.queue);
         envelope::ensure_group(&mut con, &keys)?;
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let client: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        // The reply stream exists from now on: workers report refused copies of this
+        // client's tasks on it, but only on a stream that exists (none is made for a client
+        // that is gone).
+        redis::cmd("XADD")
+            .arg(keys.replies(&client))
+            .arg("*")
+            .arg(WAKE)
+            .arg(0)
+            .query::<()>(&mut con)?;
+        let reader_con = envelope::connect(&redis, BLOCK + READ_TIMEOUT)?;
         let inner = Arc::new(Inner {
             keys,
             client,
             authkey: self.authkey,
             redis,
-            con: Mutex::new(Some(con)),
+            con: Mutex::new(None),
             state: Mutex::new(State::default()),
             done: Condvar::new(),
             stop: AtomicBool::new(false),
             timeout: self.timeout,
             chunksize: self.chunksize,
+            expiry: self.expiry,
+            broker_check: self.broker_check,
+            broker_timeout: self.broker_timeout,
+            clock_offset: AtomicI64::new(0),
             rejected: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            resubmitted: AtomicU64::new(0),
         });
-        let reader_con = inner.redis.get_connection()?;
-        let i = inner.clone();
-        let reader = std::thread::Builder::new()
-            .name("cluster-replies".into())
-            .spawn(move || read_replies(&i, reader_con))
-            .map_err(|e| ClusterError::Invalid(format!("cannot start the reply reader: {e}")))?;
-        Ok(ClusterPool {
+        inner.sync_clock(&mut con)?;
+        *lock(&inner.con) = Some(con);
+        // The pool first: if a thread cannot start, its drop stops the one already started.
+        let mut pool = ClusterPool {
             inner,
-            reader: Some(reader),
-        })
+            threads: Vec::new(),
+        };
+        let i = pool.inner.clone();
+        pool.threads.push(spawn("cluster-replies", move || {
+            read_replies(&i, reader_con)
+        })?);
+        let i = pool.inner.clone();
+        pool.threads
+            .push(spawn("cluster-check", move || check_broker(&i))?);
+        Ok(pool)
     }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ClusterError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| ClusterError::Invalid(format!("cannot start the thread {name}: {e}")))
 }
 
 /// The [`Pool`](multiproc::Pool) API across machines: tasks go to a Redis stream, workers
@@ -124,12 +355,17 @@ impl ClusterPoolBuilder {
 /// group, and results come back on this client's own reply stream.
 ///
 /// A result is delivered exactly once even when a task ran twice (a worker died after
-/// running it, another ran it again). Tasks are signed with the authkey; replies that are
-/// not signed with it are rejected ([`rejected`](ClusterPool::rejected)).
+/// running it, another ran it again). Tasks are signed with the authkey together with this
+/// client's id, their queue and their expiry, and workers refuse copies of them; replies not
+/// signed with the authkey, or addressed to another client, are dropped
+/// ([`rejected`](ClusterPool::rejected)). Tasks the broker lost are submitted again
+/// ([`resubmitted`](ClusterPool::resubmitted)); when the broker stays unreachable, waiting
+/// tasks fail with [`ClusterError::BrokerLost`], so no wait is endless.
 #[derive(Debug)]
 pub struct ClusterPool {
     inner: Arc<Inner>,
-    reader: Option<JoinHandle<()>>,
+    /// The reply reader and the broker check.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -157,17 +393,34 @@ impl ClusterPool {
             authkey: authkey.to_vec(),
             timeout: None,
             chunksize: None,
+            expiry: DEFAULT_EXPIRY,
+            broker_check: DEFAULT_BROKER_CHECK,
+            broker_timeout: DEFAULT_BROKER_TIMEOUT,
         }
     }
 
-    /// Replies seen that were not signed with the authkey (and were dropped).
+    /// This pool's id, unique among clients: its reply stream is
+    /// `mp:{queue}:replies:{id}`.
+    pub fn id(&self) -> &str {
+        &self.inner.client
+    }
+
+    /// What was refused: replies this pool dropped (not signed with the authkey, or
+    /// addressed to another client), and copies of this pool's task entries that workers
+    /// refused without running them (replayed, or past their expiry).
     pub fn rejected(&self) -> u64 {
         self.inner.rejected.load(Ordering::Relaxed)
     }
 
-    /// Replies seen for tasks already answered (a task that ran twice): dropped.
+    /// Replies seen for tasks already answered (a task that ran twice, or the late reply of
+    /// a worker whose task was taken over): dropped.
     pub fn duplicates(&self) -> u64 {
         self.inner.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Tasks submitted again because the broker lost them.
+    pub fn resubmitted(&self) -> u64 {
+        self.inner.resubmitted.load(Ordering::Relaxed)
     }
 
     /// Submits `items` (encoded) of `function` in chunks; the task ids.
@@ -178,40 +431,36 @@ impl ClusterPool {
         chunksize: usize,
     ) -> Result<Vec<u64>, ClusterError> {
         let inner = &self.inner;
-        let mut ids = Vec::new();
-        let mut pipe = redis::pipe();
-        {
+        let mut tasks = Vec::new();
+        let sending = {
             let mut st = lock(&inner.state);
             if st.closed {
                 return Err(ClusterError::Closed);
             }
+            let expires_ms = inner.broker_now() + inner.expiry.as_millis() as u64;
             let mut items = items.into_iter().peekable();
             while items.peek().is_some() {
                 st.next += 1;
-                let id = st.next;
-                let task = Task {
-                    id,
+                tasks.push(Task {
                     client: inner.client.clone(),
+                    queue: inner.keys.queue.clone(),
+                    id: st.next,
+                    attempt: 0,
+                    expires_ms,
                     function: function.to_string(),
                     items: items.by_ref().take(chunksize).map(ByteBuf::from).collect(),
                     timeout_ms: inner.timeout.map(|t| t.as_millis() as u64),
-                };
-                let (payload, tag) =
-                    envelope::seal(&inner.authkey, &task).map_err(ClusterError::Codec)?;
-                pipe.cmd("XADD")
-                    .arg(&inner.keys.tasks)
-                    .arg("*")
-                    .arg(PAYLOAD)
-                    .arg(payload)
-                    .arg(SIGNATURE)
-                    .arg(tag)
-                    .ignore();
-                st.slots.insert(id, None);
-                ids.push(id);
+                });
             }
-        }
-        let sent = self.with_con(|con| pipe.query::<()>(con));
-        if let Err(e) = sent {
+            let sending = inner.seal(&tasks)?;
+            for task in tasks {
+                let sent = Sent::Sending;
+                st.slots.insert(task.id, Slot::Waiting { task, sent });
+            }
+            sending
+        };
+        let ids: Vec<u64> = sending.tasks.iter().map(|t| t.0).collect();
+        if let Err(e) = inner.go(&sending, false) {
             let mut st = lock(&inner.state);
             for id in &ids {
                 st.slots.remove(id);
@@ -219,30 +468,6 @@ impl ClusterPool {
             return Err(e);
         }
         Ok(ids)
-    }
-
-    /// Runs `f` on the submission connection, reconnecting once if it was lost.
-    fn with_con<T>(
-        &self,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, ClusterError> {
-        let mut con = lock(&self.inner.con);
-        for attempt in 0..2 {
-            if con.is_none() {
-                *con = Some(self.inner.redis.get_connection()?);
-            }
-            let c = con.as_mut().expect("connected above");
-            match f(c) {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt == 0 && (e.is_io_error() || e.is_connection_dropped()) => {
-                    *con = None;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ClusterError::Redis(
-            "the connection to Redis was lost".into(),
-        ))
     }
 
     fn encode<A: Serialize>(
@@ -357,7 +582,7 @@ impl ClusterPool {
     /// Waits until every submitted task has its result.
     pub fn join(&self) {
         let mut st = lock(&self.inner.state);
-        while st.slots.values().any(Option::is_none) {
+        while st.unfinished() {
             st = self
                 .inner
                 .done
@@ -372,9 +597,9 @@ impl ClusterPool {
         let (st, _) = self
             .inner
             .done
-            .wait_timeout_while(st, timeout, |s| s.slots.values().any(Option::is_none))
+            .wait_timeout_while(st, timeout, |s| s.unfinished())
             .unwrap_or_else(PoisonError::into_inner);
-        !st.slots.values().any(Option::is_none)
+        !st.unfinished()
     }
 }
 
@@ -383,7 +608,7 @@ impl Drop for ClusterPool {
         let inner = &self.inner;
         inner.stop.store(true, Ordering::SeqCst);
         let replies = inner.keys.replies(&inner.client);
-        let _ = self.with_con(|con| {
+        let _ = inner.with_con(|con| {
             redis::cmd("XADD")
                 .arg(&replies)
                 .arg("*")
@@ -391,10 +616,10 @@ impl Drop for ClusterPool {
                 .arg(1)
                 .query::<()>(con)
         });
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
-        let _ = self.with_con(|con| redis::cmd("DEL").arg(&replies).query::<()>(con));
+        let _ = inner.with_con(|con| redis::cmd("DEL").arg(&replies).query::<()>(con));
     }
 }
 
@@ -406,7 +631,7 @@ fn read_replies(inner: &Inner, con: redis::Connection) {
     while !inner.stop.load(Ordering::SeqCst) {
         let c = match con.as_mut() {
             Some(c) => c,
-            None => match inner.redis.get_connection() {
+            None => match envelope::connect(&inner.redis, BLOCK + READ_TIMEOUT) {
                 Ok(c) => con.insert(c),
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(200));
@@ -418,7 +643,7 @@ fn read_replies(inner: &Inner, con: redis::Connection) {
             .arg("COUNT")
             .arg(1024)
             .arg("BLOCK")
-            .arg(1000)
+            .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(&key)
             .arg(&last)
@@ -440,28 +665,50 @@ fn read_replies(inner: &Inner, con: redis::Connection) {
         for entry in &entries {
             last.clone_from(&entry.0);
             del.arg(&entry.0);
-            if envelope::field(entry, WAKE).is_some() {
-                continue;
-            }
-            match envelope::open::<Reply>(
-                &inner.authkey,
-                envelope::field(entry, PAYLOAD),
-                envelope::field(entry, SIGNATURE),
-            ) {
-                Ok(reply) => deliver(inner, reply),
-                Err(why) => {
-                    inner.rejected.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("multiproc-cluster: reply {} rejected: {why}", entry.0);
-                }
+            if envelope::field(entry, WAKE).is_none() {
+                accept(inner, entry);
             }
         }
         let _ = del.query::<()>(c);
     }
 }
 
-fn deliver(inner: &Inner, reply: Reply) {
-    let outcome: TaskOutcome = reply
-        .items
+/// Takes in one entry of the reply stream.
+fn accept(inner: &Inner, entry: &envelope::Entry) {
+    let reply = envelope::open::<Reply>(
+        &inner.authkey,
+        Kind::Reply,
+        envelope::field(entry, PAYLOAD),
+        envelope::field(entry, SIGNATURE),
+    );
+    let why = match reply {
+        Err(why) => why,
+        // A reply of another client copied here: its task N is not ours.
+        Ok(r) if r.client != inner.client => "addressed to another client".to_string(),
+        Ok(Reply {
+            task,
+            body: ReplyBody::Refused(why),
+            ..
+        }) => format!("a copy of task {task} was refused by a worker: {why}"),
+        Ok(Reply {
+            task,
+            body: ReplyBody::Done(items),
+            ..
+        }) => {
+            deliver(inner, task, items);
+            return;
+        }
+    };
+    inner.rejected.fetch_add(1, Ordering::Relaxed);
+    eprintln!("multiproc-cluster: reply {} rejected: {why}", entry.0);
+}
+
+fn deliver(
+    inner: &Inner,
+    task: u64,
+    items: Result<Vec<Result<ByteBuf, TaskFailure>>, TaskFailure>,
+) {
+    let outcome: TaskOutcome = items
         .map(|items| {
             items
                 .into_iter()
@@ -469,18 +716,196 @@ fn deliver(inner: &Inner, reply: Reply) {
                 .collect()
         })
         .map_err(ClusterError::from);
-    let mut st = lock(&inner.state);
-    match st.slots.get_mut(&reply.task) {
-        Some(slot @ None) => {
-            *slot = Some(outcome);
-            drop(st);
-            inner.done.notify_all();
+    // Already answered (the task ran twice), or taken and forgotten: a duplicate.
+    if !inner.finish(&mut lock(&inner.state), task, outcome) {
+        inner.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps `d` in short slices; false as soon as the pool is stopping.
+fn nap(stop: &AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
         }
-        // Already answered (the task ran twice), or taken and forgotten.
-        _ => {
-            inner.duplicates.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    false
+}
+
+/// A task waiting for its result, as the broker check asks about it.
+struct Waiting {
+    id: u64,
+    attempt: u32,
+    expires_ms: u64,
+    /// Its entry; `None` when its `XADD` failed.
+    entry: Option<String>,
+}
+
+/// What the broker holds of a waiting task.
+enum Verdict {
+    /// Its entry waits or runs, or it ran (its reply is on the way).
+    Held,
+    /// Not started before its expiry: it never will.
+    Expired,
+    /// Neither its entry nor its claim: the broker lost it.
+    Lost,
+}
+
+/// The broker check: every `broker_check`, asks the broker about the tasks waiting for
+/// their results; submits again the ones it lost, fails the ones that expired, and fails
+/// them all with `BrokerLost` once the broker has been unreachable for `broker_timeout`.
+fn check_broker(inner: &Inner) {
+    let mut con = None;
+    let mut last_seen = Instant::now();
+    while nap(&inner.stop, inner.broker_check) {
+        let waiting: Vec<Waiting> = lock(&inner.state)
+            .slots
+            .iter()
+            .filter_map(|(&id, slot)| match slot {
+                Slot::Waiting { task, sent } => Some(Waiting {
+                    id,
+                    attempt: task.attempt,
+                    expires_ms: task.expires_ms,
+                    entry: match sent {
+                        Sent::Sending => return None,
+                        Sent::Entry(e) => Some(e.clone()),
+                        Sent::Failed => None,
+                    },
+                }),
+                Slot::Done(_) => None,
+            })
+            .collect();
+        if waiting.is_empty() {
+            last_seen = Instant::now();
+            continue;
+        }
+        match inspect(inner, &mut con, &waiting) {
+            Ok(verdicts) => {
+                last_seen = Instant::now();
+                act(inner, &waiting, &verdicts);
+            }
+            Err(e) => {
+                con = None;
+                if last_seen.elapsed() >= inner.broker_timeout {
+                    let why = format!(
+                        "unreachable for {:?} while tasks waited: {e}",
+                        inner.broker_timeout
+                    );
+                    let mut st = lock(&inner.state);
+                    for w in &waiting {
+                        inner.finish(&mut st, w.id, Err(ClusterError::BrokerLost(why.clone())));
+                    }
+                }
+            }
         }
     }
+}
+
+/// Asks the broker what it holds of each of `waiting`.
+fn inspect(
+    inner: &Inner,
+    con: &mut Option<redis::Connection>,
+    waiting: &[Waiting],
+) -> Result<Vec<Verdict>, ClusterError> {
+    let c = match con {
+        Some(c) => c,
+        None => con.insert(envelope::connect(&inner.redis, READ_TIMEOUT)?),
+    };
+    let mut verdicts = Vec::with_capacity(waiting.len());
+    for batch in waiting.chunks(CHECK_BATCH) {
+        // Entry first, claim second, the clock last: a worker retires an entry and marks its
+        // claim done in one transaction, and refuses an expired task only by the broker's
+        // clock; so a task missing from both is lost, and one refused as expired shows as
+        // expired here.
+        let mut p = redis::pipe();
+        for w in batch {
+            match &w.entry {
+                Some(e) => p.cmd("XRANGE").arg(&inner.keys.tasks).arg(e).arg(e),
+                None => p.cmd("ECHO").arg(""),
+            };
+            p.cmd("EXISTS")
+                .arg(inner.keys.claim(&inner.client, w.id, w.attempt));
+        }
+        p.cmd("TIME");
+        let mut answers: Vec<redis::Value> = p.query(c)?;
+        let now = match answers.pop() {
+            Some(redis::Value::Array(t)) if t.len() == 2 => {
+                let n = |v: &redis::Value| -> u64 {
+                    envelope::bytes(v)
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0)
+                };
+                n(&t[0]) * 1000 + n(&t[1]) / 1000
+            }
+            _ => return Err(ClusterError::Redis("TIME gave no time".into())),
+        };
+        for (w, pair) in batch.iter().zip(answers.chunks(2)) {
+            let present = matches!(pair.first(), Some(redis::Value::Array(a)) if !a.is_empty());
+            let claimed = matches!(pair.get(1), Some(redis::Value::Int(n)) if *n > 0);
+            verdicts.push(if claimed {
+                Verdict::Held
+            } else if now >= w.expires_ms {
+                Verdict::Expired
+            } else if present {
+                Verdict::Held
+            } else {
+                Verdict::Lost
+            });
+        }
+    }
+    Ok(verdicts)
+}
+
+/// Fails the expired tasks of `waiting` and submits the lost ones again (a new submission:
+/// the next attempt, a new expiry).
+fn act(inner: &Inner, waiting: &[Waiting], verdicts: &[Verdict]) {
+    let sending = {
+        let mut st = lock(&inner.state);
+        let mut again = Vec::new();
+        let expires_ms = inner.broker_now() + inner.expiry.as_millis() as u64;
+        for (w, v) in waiting.iter().zip(verdicts) {
+            match v {
+                Verdict::Held => {}
+                Verdict::Expired => {
+                    inner.finish(&mut st, w.id, Err(ClusterError::Expired(inner.expiry)));
+                }
+                Verdict::Lost => {
+                    if let Some(Slot::Waiting { task, sent }) = st.slots.get_mut(&w.id)
+                        && task.attempt == w.attempt
+                    {
+                        task.attempt += 1;
+                        task.expires_ms = expires_ms;
+                        *sent = Sent::Sending;
+                        again.push(w.id);
+                    }
+                }
+            }
+        }
+        if again.is_empty() {
+            return;
+        }
+        let tasks = again.iter().filter_map(|id| match st.slots.get(id) {
+            Some(Slot::Waiting { task, .. }) => Some(task),
+            _ => None,
+        });
+        match inner.seal(tasks) {
+            Ok(s) => s,
+            Err(e) => {
+                for id in again {
+                    inner.finish(&mut st, id, Err(e.clone()));
+                }
+                return;
+            }
+        }
+    };
+    let n = sending.tasks.len() as u64;
+    eprintln!("multiproc-cluster: the broker lost {n} waiting tasks: submitted again");
+    inner.resubmitted.fetch_add(n, Ordering::Relaxed);
+    let _ = inner.go(&sending, true);
 }
 
 /// Waits for task `id` and takes its outcome.
@@ -488,13 +913,9 @@ fn take(inner: &Inner, id: u64, deadline: Option<Instant>) -> Option<TaskOutcome
     let mut st = lock(&inner.state);
     loop {
         match st.slots.get(&id) {
-            Some(Some(_)) => return st.slots.remove(&id).flatten(),
-            None => {
-                return Some(Err(ClusterError::Invalid(
-                    "the result was already taken".into(),
-                )));
-            }
-            Some(None) => {}
+            Some(Slot::Done(_)) => return st.slots.remove(&id).map(Slot::outcome),
+            None => return Some(Err(taken())),
+            Some(Slot::Waiting { .. }) => {}
         }
         match deadline {
             None => st = inner.done.wait(st).unwrap_or_else(PoisonError::into_inner),
@@ -513,6 +934,20 @@ fn take(inner: &Inner, id: u64, deadline: Option<Instant>) -> Option<TaskOutcome
     }
 }
 
+impl Slot {
+    /// The outcome of a finished slot.
+    fn outcome(self) -> TaskOutcome {
+        match self {
+            Slot::Done(outcome) => outcome,
+            Slot::Waiting { .. } => Err(ClusterError::Invalid("the result is not in".into())),
+        }
+    }
+}
+
+fn taken() -> ClusterError {
+    ClusterError::Invalid("the result was already taken".into())
+}
+
 fn decode<R: DeserializeOwned>(item: Result<Vec<u8>, ClusterError>) -> Result<R, ClusterError> {
     postcard::from_bytes(&item?).map_err(|e| ClusterError::Codec(e.to_string()))
 }
@@ -526,9 +961,7 @@ struct Pending {
 impl Pending {
     fn ready(&self) -> bool {
         let st = lock(&self.inner.state);
-        self.tasks
-            .iter()
-            .all(|t| st.slots.get(t).is_none_or(Option::is_some))
+        self.tasks.iter().all(|&t| st.finished(t))
     }
 
     /// Every item's own result, in order, waiting at most until `deadline`.
@@ -747,15 +1180,13 @@ impl<A: Serialize, R: DeserializeOwned, I: Iterator<Item = A>> Iterator
                 // The first of the in-flight tasks to complete.
                 let mut st = lock(&inner.state);
                 loop {
-                    let done = self
-                        .inflight
-                        .iter()
-                        .position(|t| matches!(st.slots.get(t), Some(Some(_)) | None));
+                    let done = self.inflight.iter().position(|&t| st.finished(t));
                     if let Some(i) = done {
                         let id = self.inflight.remove(i)?;
-                        let outcome = st.slots.remove(&id).flatten().unwrap_or_else(|| {
-                            Err(ClusterError::Invalid("the result was already taken".into()))
-                        });
+                        let outcome = st
+                            .slots
+                            .remove(&id)
+                            .map_or_else(|| Err(taken()), Slot::outcome);
                         drop(st);
                         self.accept(outcome);
                         break;

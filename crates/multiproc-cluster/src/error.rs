@@ -39,6 +39,15 @@ pub enum ClusterError {
     /// Waiting for a result ran out of time (the task goes on).
     #[error("no result within {0:?}")]
     WaitTimeout(Duration),
+    /// No worker started the task before its expiry
+    /// ([`task_expiry`](crate::ClusterPoolBuilder::task_expiry)); it will not run.
+    #[error("no worker started the task within its expiry of {0:?}")]
+    Expired(Duration),
+    /// The broker could not be reached for
+    /// [`broker_timeout`](crate::ClusterPoolBuilder::broker_timeout) while the task waited for
+    /// its result: it may or may not have run.
+    #[error("the broker was lost: {0}")]
+    BrokerLost(String),
     /// The pool was closed: no more submissions.
     #[error("the pool is closed")]
     Closed,

@@ -9,6 +9,13 @@
 //! that died are taken over once idle longer than the lease (`XAUTOCLAIM`). A task that
 //! killed the processes running it `max_tries` times goes to the dead-letter stream and
 //! fails at the client instead of looping for ever. A heartbeat announces the worker.
+//!
+//! Before running a task a worker claims it (`CLAIM`, a script): the claim key of the task's
+//! (client, task, submission) holds the stream entry that runs it. A second entry of the same
+//! task (a copy added by someone with write access to Redis) finds the claim taken and is
+//! refused, moved to the dead letters and never run, while the original is pending and after
+//! it completed, until the task's expiry; after the expiry no entry of it may start. A task
+//! taken over from a dead worker is the same entry, which its claim names: it runs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 use multiproc::{Pool, PoolError};
 use serde_bytes::ByteBuf;
 
-use crate::envelope::{self, Entry, GROUP, Keys, PAYLOAD, Reply, SIGNATURE, Task};
+use crate::envelope::{self, Entry, GROUP, Keys, Kind, PAYLOAD, Reply, ReplyBody, SIGNATURE, Task};
 use crate::error::{ClusterError, TaskFailure};
 
 /// How long a worker's heartbeat record lives without renewal.
@@ -26,6 +33,80 @@ const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 
 /// How long a reply stream lives after its last reply (a client that vanished).
 const REPLIES_TTL_SECS: u64 = 24 * 3600;
+
+/// How long a worker's `XREADGROUP` blocks.
+const BLOCK: Duration = Duration::from_millis(500);
+
+/// How long an answer of the broker may take beyond a `BLOCK`: past it the connection is
+/// taken for cut (a broker behind a link that went down answers nothing, not even an error).
+const READ_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a worker keeps trying to store the reply of a task it ran while the broker is
+/// unreachable. The task may have been taken over meanwhile: the client then counts the late
+/// reply as a duplicate.
+const REPLY_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Claims, renews and completes the claim of a task (`KEYS[1]`), atomically, by the broker's
+/// clock. `ARGV`: mode, stream entry id, the task's expiry (ms), how long a claim of a
+/// running task lives without renewal (ms).
+///
+/// - `take` (a new delivery) and `retake` (a delivery taken over from a worker that stopped
+///   renewing it): on `retake`, `run` when the claim names this entry (a genuine
+///   redelivery, even past the expiry: the task started in time); else `expired` past the
+///   expiry, `run` when the task is unclaimed (the claim now names this entry), `done` when
+///   it ran, `replay` when another entry runs it (or this entry was added again).
+/// - `renew`: keeps this entry's claim alive while it runs (two leases past the last
+///   renewal, and at least until the expiry).
+/// - `done`: marks the claim done; it stays until the expiry, and two leases at least, so
+///   that the client's broker check sees the task ran until its reply is in.
+const CLAIM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires = tonumber(ARGV[3])
+local keep = math.max(expires, now + tonumber(ARGV[4]))
+local mode, run = ARGV[1], 'run:' .. ARGV[2]
+local held = redis.call('GET', KEYS[1])
+if mode == 'done' then
+  redis.call('SET', KEYS[1], 'done:' .. ARGV[2], 'PXAT', keep)
+  return 'ok'
+elseif mode == 'renew' then
+  if held == run then redis.call('PEXPIREAT', KEYS[1], keep) end
+  return 'ok'
+end
+if mode == 'retake' and held == run then
+  redis.call('PEXPIREAT', KEYS[1], keep)
+  return 'run'
+end
+if now >= expires then return 'expired' end
+if not held then
+  redis.call('SET', KEYS[1], run, 'PXAT', keep)
+  return 'run'
+end
+if string.sub(held, 1, 5) == 'done:' then return 'done' end
+return 'replay'
+";
+
+/// A `CLAIM` call in `mode` on the claim of `held`.
+fn claim(shared: &Shared, held: &Held, mode: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(CLAIM)
+        .arg(1)
+        .arg(&held.claim)
+        .arg(mode)
+        .arg(&held.entry)
+        .arg(held.expires_ms)
+        .arg(shared.hold_ms());
+    cmd
+}
+
+/// A task being run: its entry, who holds it and its claim.
+#[derive(Debug, Clone)]
+struct Held {
+    entry: String,
+    consumer: String,
+    claim: String,
+    expires_ms: u64,
+}
 
 /// The settings of a worker.
 #[derive(Debug, Clone)]
@@ -158,12 +239,19 @@ struct Shared {
     id: String,
     redis: redis::Client,
     pool: Pool,
-    /// Task entry ids being run, and their consumers (their leases are renewed).
-    running: Mutex<HashMap<String, String>>,
+    /// Tasks being run, by entry id (their leases and claims are renewed).
+    running: Mutex<HashMap<String, Held>>,
     stop: Arc<AtomicBool>,
     done: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+}
+
+impl Shared {
+    /// How long the claim of a running task lives without renewal: two leases.
+    fn hold_ms(&self) -> u64 {
+        2 * self.opts.lease.as_millis() as u64
+    }
 }
 
 /// Runs a worker until `stop` is set (never, without one). Returns an error only when it
@@ -206,7 +294,8 @@ pub fn run_worker(opts: &WorkerOptions, stop: Option<Arc<AtomicBool>>) -> Result
     Ok(())
 }
 
-/// A connection, reopened after errors (the broker restarted): `None` while unreachable.
+/// A connection, reopened after errors (the broker restarted, the link was cut): `None`
+/// while unreachable.
 struct Link<'a> {
     shared: &'a Shared,
     con: Option<redis::Connection>,
@@ -215,15 +304,11 @@ struct Link<'a> {
 impl Link<'_> {
     fn get(&mut self) -> Option<&mut redis::Connection> {
         if self.con.is_none() {
-            match self.shared.redis.get_connection() {
-                Ok(mut c) => {
-                    // After a broker restart without persistence the group is gone.
-                    if envelope::ensure_group(&mut c, &self.shared.keys).is_err() {
-                        std::thread::sleep(Duration::from_millis(200));
-                        return None;
-                    }
-                    self.con = Some(c);
-                }
+            let opened = envelope::connect(&self.shared.redis, BLOCK + READ_MARGIN)
+                // After a broker restart without persistence the group is gone.
+                .and_then(|mut c| envelope::ensure_group(&mut c, &self.shared.keys).map(|()| c));
+            match opened {
+                Ok(c) => self.con = Some(c),
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(200));
                     return None;
@@ -238,14 +323,20 @@ impl Link<'_> {
         &mut self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
-        let con = self.get()?;
-        match f(con) {
-            Ok(v) => Some(v),
-            Err(_) => {
-                self.con = None;
-                None
-            }
-        }
+        self.try_run(f).ok()
+    }
+
+    /// As [`run`](Self::run); `Err(true)` when the broker could not be reached (worth
+    /// trying again), `Err(false)` when it refused the command.
+    fn try_run<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, bool> {
+        let con = self.get().ok_or(true)?;
+        f(con).map_err(|e| {
+            self.con = None;
+            e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+        })
     }
 }
 
@@ -263,7 +354,7 @@ fn consume(shared: &Shared, n: usize) {
                 .arg("COUNT")
                 .arg(1)
                 .arg("BLOCK")
-                .arg(500)
+                .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&shared.keys.tasks)
                 .arg(">")
@@ -324,36 +415,57 @@ fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry,
     let id = entry.0.clone();
     let task: Task = match envelope::open(
         &shared.opts.authkey,
+        Kind::Task,
         envelope::field(&entry, PAYLOAD),
         envelope::field(&entry, SIGNATURE),
     ) {
         Ok(t) => t,
         Err(why) => {
-            // Never run, never answered (the reply address is not to be trusted either):
-            // moved to the dead letters with the reason, and reported.
-            shared.rejected.fetch_add(1, Ordering::Relaxed);
-            eprintln!("multiproc-cluster worker {consumer}: task {id} rejected: {why}");
-            let mut p = redis::pipe();
-            p.atomic()
-                .cmd("XADD")
-                .arg(&keys.dead)
-                .arg("*")
-                .arg("entry")
-                .arg(&id)
-                .arg("reason")
-                .arg(&why)
-                .ignore();
-            acknowledge(&mut p, keys, &id);
-            link.run(|c| p.query::<()>(c));
+            // Never run, never answered (the reply address is not to be trusted either).
+            refuse(shared, link, consumer, &entry, None, &why);
             return;
         }
     };
+    let held = Held {
+        entry: id.clone(),
+        consumer: consumer.to_string(),
+        claim: keys.claim(&task.client, task.id, task.attempt),
+        expires_ms: task.expires_ms,
+    };
+    if task.queue != keys.queue {
+        let why = format!("addressed to queue `{}`", task.queue);
+        refuse(shared, link, consumer, &entry, Some(&task), &why);
+        return;
+    }
+    let mode = if reclaimed { "retake" } else { "take" };
+    let verdict = link.run(|c| claim(shared, &held, mode).query::<String>(c));
+    match verdict.as_deref() {
+        Some("run") => {}
+        Some("expired") => {
+            let why = "expired: no worker started it before its expiry";
+            refuse(shared, link, consumer, &entry, Some(&task), why);
+            return;
+        }
+        Some("done") => {
+            let why = "replayed: this task already ran";
+            refuse(shared, link, consumer, &entry, Some(&task), why);
+            return;
+        }
+        Some(_) => {
+            let why = "replayed: another entry of this task runs or ran it";
+            refuse(shared, link, consumer, &entry, Some(&task), why);
+            return;
+        }
+        // The broker is unreachable: the entry stays pending, and is taken over after the
+        // lease (this worker's claim, if it was made, names it).
+        None => return,
+    }
     let mut tries = if reclaimed {
         deliveries(link, keys, &id)
     } else {
         1
     };
-    lock(&shared.running).insert(id.clone(), consumer.to_string());
+    lock(&shared.running).insert(id.clone(), held.clone());
     let mut last = "its worker was killed".to_string();
     let items = loop {
         if tries > shared.opts.max_tries {
@@ -388,50 +500,121 @@ fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry,
     }
     let dead = matches!(items, Err(TaskFailure::DeadLetter { .. }));
     let reply = Reply {
+        client: task.client.clone(),
         task: task.id,
-        items,
+        attempt: task.attempt,
+        body: ReplyBody::Done(items),
     };
     let replies = keys.replies(&task.client);
-    let sealed = envelope::seal(&shared.opts.authkey, &reply);
-    // Until the reply is stored and the task acknowledged together, keep trying (the
-    // broker may be restarting); the lease keeps the task ours meanwhile.
-    let deadline = Instant::now() + shared.opts.lease;
-    while let Ok((payload, tag)) = &sealed {
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("XADD")
-            .arg(&replies)
-            .arg("*")
-            .arg(PAYLOAD)
-            .arg(payload.as_slice())
-            .arg(SIGNATURE)
-            .arg(tag.as_slice())
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&replies)
-            .arg(REPLIES_TTL_SECS)
-            .ignore();
-        if dead {
-            p.cmd("XADD")
-                .arg(&keys.dead)
+    match envelope::seal(&shared.opts.authkey, Kind::Reply, &reply) {
+        Ok((payload, tag)) => {
+            let mut p = redis::pipe();
+            p.atomic()
+                .cmd("XADD")
+                .arg(&replies)
                 .arg("*")
-                .arg("entry")
-                .arg(&id)
                 .arg(PAYLOAD)
-                .arg(envelope::field(&entry, PAYLOAD).unwrap_or_default())
+                .arg(payload)
                 .arg(SIGNATURE)
-                .arg(envelope::field(&entry, SIGNATURE).unwrap_or_default())
+                .arg(tag)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&replies)
+                .arg(REPLIES_TTL_SECS)
                 .ignore();
+            if dead {
+                dead_letter(&mut p, keys, &entry, "it killed its worker max_tries times");
+            }
+            p.add_command(claim(shared, &held, "done")).ignore();
+            acknowledge(&mut p, keys, &id);
+            store(shared, link, consumer, &id, &p);
         }
-        acknowledge(&mut p, keys, &id);
-        if link.run(|c| p.query::<()>(c)).is_some() || Instant::now() > deadline {
-            break;
+        Err(e) => {
+            eprintln!("multiproc-cluster worker {consumer}: cannot encode the reply of {id}: {e}")
         }
-    }
-    if let Err(e) = sealed {
-        eprintln!("multiproc-cluster worker {consumer}: cannot encode the reply of {id}: {e}");
     }
     lock(&shared.running).remove(&id);
+}
+
+/// Runs the transaction `p` that stores a task's outcome and retires its entry. Until it
+/// goes through, keeps trying while the broker is unreachable (restarting, or behind a cut
+/// link), up to [`REPLY_PATIENCE`] or until the worker stops; meanwhile the lease lapses and
+/// another worker may take the task over.
+fn store(shared: &Shared, link: &mut Link<'_>, consumer: &str, id: &str, p: &redis::Pipeline) {
+    let deadline = Instant::now() + REPLY_PATIENCE.max(shared.opts.lease);
+    loop {
+        match link.try_run(|c| p.query::<()>(c)) {
+            Ok(()) => return,
+            Err(true) if Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(_) => {
+                eprintln!(
+                    "multiproc-cluster worker {consumer}: the outcome of {id} was not stored"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Adds to `p` a copy of `entry` on the dead-letter stream, with `reason`.
+fn dead_letter(p: &mut redis::Pipeline, keys: &Keys, entry: &Entry, reason: &str) {
+    p.cmd("XADD")
+        .arg(&keys.dead)
+        .arg("*")
+        .arg("entry")
+        .arg(&entry.0)
+        .arg("reason")
+        .arg(reason)
+        .arg(PAYLOAD)
+        .arg(envelope::field(entry, PAYLOAD).unwrap_or_default())
+        .arg(SIGNATURE)
+        .arg(envelope::field(entry, SIGNATURE).unwrap_or_default())
+        .ignore();
+}
+
+/// Refuses a task entry without running it: counted, moved to the dead letters with the
+/// reason, acknowledged, and (a genuine task's copy: its client is known) reported to its
+/// client, on the client's reply stream only if it exists.
+fn refuse(
+    shared: &Shared,
+    link: &mut Link<'_>,
+    consumer: &str,
+    entry: &Entry,
+    task: Option<&Task>,
+    why: &str,
+) {
+    let keys = &shared.keys;
+    shared.rejected.fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "multiproc-cluster worker {consumer}: task {} rejected: {why}",
+        entry.0
+    );
+    let mut p = redis::pipe();
+    p.atomic();
+    dead_letter(&mut p, keys, entry, why);
+    if let Some(task) = task {
+        let notice = Reply {
+            client: task.client.clone(),
+            task: task.id,
+            attempt: task.attempt,
+            body: ReplyBody::Refused(why.to_string()),
+        };
+        if let Ok((payload, tag)) = envelope::seal(&shared.opts.authkey, Kind::Reply, &notice) {
+            p.cmd("XADD")
+                .arg(keys.replies(&task.client))
+                .arg("NOMKSTREAM")
+                .arg("*")
+                .arg(PAYLOAD)
+                .arg(payload)
+                .arg(SIGNATURE)
+                .arg(tag)
+                .ignore();
+        }
+    }
+    acknowledge(&mut p, keys, &entry.0);
+    link.run(|c| p.query::<()>(c));
 }
 
 /// Adds to `p` what retires task entry `id`: acknowledged in the group, deleted from the
@@ -500,29 +683,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Renews the leases of running tasks a few times per lease: `XCLAIM ... JUSTID` to the
-/// consumer that holds the task resets its idle time.
+/// Renews the leases and claims of running tasks a few times per lease: `XCLAIM ... JUSTID`
+/// to the consumer that holds the task resets its idle time.
 fn keep_leases(shared: &Shared) {
     let mut link = Link { shared, con: None };
     let every = (shared.opts.lease / 4).max(Duration::from_millis(10));
     while nap(&shared.stop, every) {
-        let held: Vec<(String, String)> = lock(&shared.running)
-            .iter()
-            .map(|(id, c)| (id.clone(), c.clone()))
-            .collect();
+        let held: Vec<Held> = lock(&shared.running).values().cloned().collect();
         if held.is_empty() {
             continue;
         }
         let mut p = redis::pipe();
-        for (id, consumer) in &held {
+        for h in &held {
             p.cmd("XCLAIM")
                 .arg(&shared.keys.tasks)
                 .arg(GROUP)
-                .arg(consumer)
+                .arg(&h.consumer)
                 .arg(0)
-                .arg(id)
+                .arg(&h.entry)
                 .arg("JUSTID")
                 .ignore();
+            p.add_command(claim(shared, h, "renew")).ignore();
         }
         link.run(|c| p.query::<()>(c));
     }

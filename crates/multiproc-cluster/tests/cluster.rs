@@ -31,6 +31,20 @@ fn slow_square(x: u64, dir: String, millis: u64) -> u64 {
     x * x
 }
 
+/// Appends `x` to the file `log` (one line per run), then takes `millis`.
+#[multiproc::func]
+fn logged_square(x: u64, log: String, millis: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    writeln!(f, "{x}").unwrap();
+    std::thread::sleep(Duration::from_millis(millis));
+    x * x
+}
+
 #[multiproc::func]
 fn crash(_x: u64) -> u64 {
     std::process::abort()
@@ -169,8 +183,12 @@ impl Drop for Worker {
     }
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + T;
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_within(T, what, cond);
+}
+
+fn wait_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -443,4 +461,344 @@ fn redis_auth_and_acl_users_come_with_the_url() {
             Err(ClusterError::Redis(_))
         ));
     }
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("mp-cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lines in `path` (0 when it does not exist).
+fn lines(path: &str) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// The fields of a stream entry.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The entries of stream `key`: (id, fields).
+fn stream(con: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> {
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap();
+    let bytes = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => b.clone(),
+        other => panic!("not a string: {other:?}"),
+    };
+    let redis::Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .map(|e| {
+            let redis::Value::Array(pair) = e else {
+                panic!("not an entry: {e:?}")
+            };
+            let redis::Value::Array(fields) = &pair[1] else {
+                panic!("no fields: {e:?}")
+            };
+            let fields = fields
+                .chunks(2)
+                .map(|kv| (bytes(&kv[0]), bytes(&kv[1])))
+                .collect();
+            (String::from_utf8(bytes(&pair[0])).unwrap(), fields)
+        })
+        .collect()
+}
+
+/// Adds an entry with `fields` to stream `key`, as someone with write access to Redis can.
+fn xadd(con: &mut redis::Connection, key: &str, fields: &Fields) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for (k, v) in fields {
+        cmd.arg(k.as_slice()).arg(v.as_slice());
+    }
+    let _: String = cmd.query(con).unwrap();
+}
+
+/// Waits for the one task entry of `queue` and returns a copy of its fields.
+fn capture_task(con: &mut redis::Connection, queue: &str) -> Fields {
+    let key = format!("mp:{{{queue}}}:tasks");
+    let mut got = Vec::new();
+    wait_within(Duration::from_secs(10), "the task entry", || {
+        got = stream(con, &key);
+        !got.is_empty()
+    });
+    assert_eq!(got.len(), 1, "one task entry");
+    got.remove(0).1
+}
+
+/// The reasons of the dead-letter entries of `queue`.
+fn dead_reasons(con: &mut redis::Connection, queue: &str) -> Vec<String> {
+    stream(con, &format!("mp:{{{queue}}}:dead"))
+        .into_iter()
+        .filter_map(|(_, f)| {
+            f.into_iter()
+                .find(|(k, _)| k == b"reason")
+                .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        })
+        .collect()
+}
+
+/// Workers' rejections, summed over the heartbeats.
+fn workers_rejected(url: &str, queue: &str) -> u64 {
+    status(url, queue).map_or(0, |s| s.workers.iter().map(|w| w.rejected).sum())
+}
+
+#[multiproc::test]
+fn a_task_entry_replayed_while_its_original_runs_is_refused() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let scratch = Scratch::new("replay-pending");
+    let log = scratch.path("runs");
+    let _w = Worker::start(&url, "rp", "");
+    let pool = ClusterPool::connect(&url, "rp", KEY).unwrap();
+    let h = pool
+        .apply_async(&logged_square, (3, log.clone(), 1500))
+        .unwrap();
+    let mut con = redis.con();
+    let copy = capture_task(&mut con, "rp");
+    wait_within(Duration::from_secs(10), "the original to start", || {
+        lines(&log) == 1
+    });
+    // The worker has a second process free: the copy is taken at once.
+    xadd(&mut con, "mp:{rp}:tasks", &copy);
+    assert_eq!(h.get_timeout(T).unwrap(), 9);
+    wait_within(Duration::from_secs(10), "the replay refused", || {
+        workers_rejected(&url, "rp") == 1 && pool.rejected() == 1
+    });
+    let reasons = dead_reasons(&mut con, "rp");
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("replay"),
+        "{reasons:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&log), 1, "the task ran once");
+    assert_eq!(pool.duplicates(), 0);
+}
+
+#[multiproc::test]
+fn a_task_entry_replayed_after_it_completed_is_refused() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let scratch = Scratch::new("replay-done");
+    let log = scratch.path("runs");
+    let _w = Worker::start(&url, "rd", "");
+    let _other = Worker::start(&url, "rd-other", "");
+    let pool = ClusterPool::connect(&url, "rd", KEY).unwrap();
+    let h = pool
+        .apply_async(&logged_square, (4, log.clone(), 300))
+        .unwrap();
+    let mut con = redis.con();
+    let copy = capture_task(&mut con, "rd");
+    assert_eq!(h.get_timeout(T).unwrap(), 16);
+    for _ in 0..3 {
+        xadd(&mut con, "mp:{rd}:tasks", &copy);
+    }
+    // Nor does it run on another queue.
+    xadd(&mut con, "mp:{rd-other}:tasks", &copy);
+    wait_within(Duration::from_secs(10), "three replays refused", || {
+        workers_rejected(&url, "rd") == 3 && pool.rejected() == 3
+    });
+    assert_eq!(dead_reasons(&mut con, "rd").len(), 3);
+    wait_within(Duration::from_secs(10), "the other queue's refusal", || {
+        workers_rejected(&url, "rd-other") == 1
+    });
+    let other = dead_reasons(&mut con, "rd-other");
+    assert!(other[0].contains("addressed to queue `rd`"), "{other:?}");
+    // The worker serves on; the task never ran again.
+    assert_eq!(pool.apply(&square, 5).unwrap(), 25);
+    assert_eq!(lines(&log), 1, "the task ran once");
+}
+
+#[multiproc::test]
+fn replies_copied_into_another_clients_stream_are_rejected_and_counted() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let scratch = Scratch::new("wrong-client");
+    let _w = Worker::start(&url, "wc", "");
+    let a = ClusterPool::connect(&url, "wc", KEY).unwrap();
+    let b = ClusterPool::connect(&url, "wc", KEY).unwrap();
+    let a_replies = format!("mp:{{wc}}:replies:{}", a.id());
+    let b_replies = format!("mp:{{wc}}:replies:{}", b.id());
+    // Task 1 of each client; B's runs long.
+    let hb = b
+        .apply_async(&logged_square, (7, scratch.path("b"), 1500))
+        .unwrap();
+    let ha = a
+        .apply_async(&logged_square, (55, scratch.path("a"), 200))
+        .unwrap();
+    drop(ha);
+    drop(a); // A stops reading: its reply stays on its stream.
+    let mut con = redis.con();
+    let mut a_reply = Vec::new();
+    wait_within(Duration::from_secs(10), "A's reply", || {
+        a_reply = stream(&mut con, &a_replies);
+        !a_reply.is_empty()
+    });
+    for (_, fields) in &a_reply {
+        xadd(&mut con, &b_replies, fields);
+    }
+    assert_eq!(hb.get_timeout(T).unwrap(), 49, "B's own result");
+    assert_eq!(b.rejected(), a_reply.len() as u64);
+    assert_eq!(b.duplicates(), 0);
+}
+
+#[multiproc::test]
+fn a_broker_restarted_empty_mid_map_loses_no_result() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let _w = Worker::start(&url, "lost", "--lease-ms 1000");
+    let pool = ClusterPool::builder(&url, "lost", KEY)
+        .broker_check(Duration::from_millis(300))
+        .connect()
+        .unwrap();
+    let scratch = Scratch::new("lost");
+    let log = scratch.path("runs");
+    let items: Vec<(u64, String, u64)> = (0..300).map(|x| (x, log.clone(), 10)).collect();
+    let pending = pool.map_async(&logged_square, items).unwrap();
+    wait_within(Duration::from_secs(10), "the map under way", || {
+        lines(&log) >= 20
+    });
+    // SIGKILL, and a new server without the data (no persistence).
+    redis.restart();
+    // `get()` without a limit ends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(pending.get());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("map().get() did not return after the broker lost its tasks")
+        .unwrap();
+    assert_eq!(out, (0..300u64).map(|x| x * x).collect::<Vec<_>>());
+    assert!(
+        pool.resubmitted() > 0,
+        "the lost tasks were submitted again"
+    );
+    assert!(pool.join_timeout(Duration::from_secs(5)));
+}
+
+#[multiproc::test]
+fn a_task_entry_replayed_after_its_expiry_is_refused() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let scratch = Scratch::new("replay-expired");
+    let log = scratch.path("runs");
+    let _w = Worker::start(&url, "re", "");
+    let pool = ClusterPool::builder(&url, "re", KEY)
+        .task_expiry(Duration::from_secs(1))
+        .connect()
+        .unwrap();
+    let h = pool
+        .apply_async(&logged_square, (6, log.clone(), 300))
+        .unwrap();
+    let mut con = redis.con();
+    let copy = capture_task(&mut con, "re");
+    assert_eq!(h.get_timeout(T).unwrap(), 36);
+    // Much later: past the expiry no entry of the task starts.
+    std::thread::sleep(Duration::from_millis(1500));
+    xadd(&mut con, "mp:{re}:tasks", &copy);
+    wait_within(Duration::from_secs(10), "the late replay refused", || {
+        workers_rejected(&url, "re") == 1 && pool.rejected() == 1
+    });
+    let reasons = dead_reasons(&mut con, "re");
+    assert!(reasons[0].contains("expired"), "{reasons:?}");
+    assert_eq!(pool.apply(&square, 5).unwrap(), 25);
+    assert_eq!(lines(&log), 1, "the task ran once");
+}
+
+#[multiproc::test]
+fn a_task_no_worker_starts_within_its_expiry_fails_with_expired() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let scratch = Scratch::new("expired");
+    let log = scratch.path("runs");
+    let pool = ClusterPool::builder(&url, "ex1", KEY)
+        .task_expiry(Duration::from_millis(500))
+        .broker_check(Duration::from_millis(200))
+        .connect()
+        .unwrap();
+    let h = pool
+        .apply_async(&logged_square, (2, log.clone(), 0))
+        .unwrap();
+    // No worker: `get()` without a limit still ends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.get());
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("get() ended");
+    assert!(matches!(got, Err(ClusterError::Expired(_))), "{got:?}");
+    // A worker that comes later refuses the entry.
+    let _w = Worker::start(&url, "ex1", "");
+    wait_within(Duration::from_secs(10), "the expired entry refused", || {
+        workers_rejected(&url, "ex1") == 1
+    });
+    assert_eq!(lines(&log), 0, "the task never ran");
+    assert_eq!(pool.apply(&square, 3).unwrap(), 9);
+}
+
+#[multiproc::test]
+fn waiting_tasks_fail_with_broker_lost_when_the_broker_stays_away() {
+    if !redis_available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let pool = ClusterPool::builder(&url, "gone", KEY)
+        .broker_check(Duration::from_millis(200))
+        .broker_timeout(Duration::from_secs(1))
+        .connect()
+        .unwrap();
+    let h = pool.map_async(&square, 0..10u64).unwrap();
+    redis.stop();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.get());
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("get() ended");
+    assert!(matches!(got, Err(ClusterError::BrokerLost(_))), "{got:?}");
+    assert!(pool.join_timeout(Duration::from_secs(1)));
 }
