@@ -72,10 +72,15 @@ fn worker_entry() {
     multiproc_cluster::run_worker(&opts, None).unwrap();
 }
 
-/// A `redis-server` on a free loopback port, stopped when dropped.
+/// A `redis-server` on a free loopback port (or in a network namespace), stopped when
+/// dropped.
 struct Redis {
     child: Option<Child>,
     port: u16,
+    /// Its address.
+    host: String,
+    /// Its network namespace, if not this one's.
+    netns: Option<String>,
 }
 
 fn redis_available() -> bool {
@@ -101,37 +106,50 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
-        let mut r = Redis { child: None, port };
+        let mut r = Redis {
+            child: None,
+            port,
+            host: "127.0.0.1".into(),
+            netns: None,
+        };
         r.restart();
         r
     }
 
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+    /// A server on host `host` of `net`, waited for from host `from`.
+    fn start_in(net: &Net, host: &str, from: &str) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: 6379,
+            host: net.addr(host),
+            netns: Some(net.ns(host)),
+        };
+        r.spawn();
+        let url = r.url();
+        net.within(from, Duration::from_secs(15), move || wait_ready(&url));
+        r
     }
 
-    fn restart(&mut self) {
-        self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    fn url(&self) -> String {
+        format!("redis://{}:{}/", self.host, self.port)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = in_netns(self.netns.as_deref(), "redis-server");
+        let child = cmd
+            .args(["--port", &self.port.to_string(), "--bind", &self.host])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = redis::Client::open(self.url().as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < end, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        wait_ready(&self.url());
     }
 
     fn stop(&mut self) {
@@ -149,6 +167,34 @@ impl Redis {
     }
 }
 
+/// Waits for the Redis at `url` to answer.
+fn wait_ready(url: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok();
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < end, "redis-server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `program` as a command, run in network namespace `netns` if given.
+fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
@@ -160,8 +206,13 @@ struct Worker(Child);
 
 impl Worker {
     fn start(url: &str, queue: &str, extra: &str) -> Worker {
+        Self::start_in(None, url, queue, extra)
+    }
+
+    /// A worker in network namespace `netns` (if given).
+    fn start_in(netns: Option<&str>, url: &str, queue: &str, extra: &str) -> Worker {
         let args = format!("--mp-worker {url} --queue {queue} --processes 2 {extra}");
-        let child = Command::new(std::env::current_exe().unwrap())
+        let child = in_netns(netns, std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "worker_entry", "--nocapture"])
             .env("MP_TEST_WORKER", args.trim())
             .env("MULTIPROC_AUTHKEY", std::str::from_utf8(KEY).unwrap())
@@ -273,6 +324,9 @@ fn a_sigkilled_worker_loses_no_task_and_the_result_comes_once() {
     assert!(pool.join_timeout(Duration::from_secs(5)));
     let st = status(&url, "kill").unwrap();
     assert_eq!((st.waiting, st.in_flight), (0, 0));
+    // The same entry taken over is no replay.
+    assert_eq!((pool.rejected(), st.dead), (0, 0));
+    assert_eq!(workers_rejected(&url, "kill"), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -801,4 +855,249 @@ fn waiting_tasks_fail_with_broker_lost_when_the_broker_stays_away() {
         .expect("get() ended");
     assert!(matches!(got, Err(ClusterError::BrokerLost(_))), "{got:?}");
     assert!(pool.join_timeout(Duration::from_secs(1)));
+}
+
+/// The prefix of the network namespaces of these tests: `mpcl-PID-HOST`.
+const NETNS_PREFIX: &str = "mpcl-";
+
+/// Whether network namespaces can be made here (root, `ip`); under CI=true they must.
+fn netns_available() -> bool {
+    // The effective uid: the second field of `Uid:` in /proc/self/status.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let uid = s.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            Some(uid.split_whitespace().nth(1)? == "0")
+        })
+        .unwrap_or(false);
+    let ok = root
+        && Command::new("ip")
+            .args(["netns", "list"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "network namespaces need root and `ip` (iproute2) under CI=true"
+        );
+        eprintln!("not root, or no `ip`: test skipped");
+    }
+    ok
+}
+
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Machines simulated on this one: each host a network namespace with one interface,
+/// `eth0` at 10.213.0.N/24, cabled to a bridge in a namespace of its own (the switch), so
+/// no traffic and no interface of the tests touches the machine's own network. Everything
+/// is deleted when dropped, and what a crashed run left (namespaces of a process that is
+/// gone) when made.
+struct Net {
+    prefix: String,
+    hosts: Vec<String>,
+}
+
+impl Net {
+    fn new(hosts: &[&str]) -> Net {
+        Self::remove_leftovers();
+        // Made before the namespaces: a failure half way still deletes what was made.
+        let net = Net {
+            prefix: format!("{NETNS_PREFIX}{}-", std::process::id()),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        let sw = net.ns("switch");
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for h in hosts {
+            let ns = net.ns(h);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            // The cable: `h` on the switch, `eth0` on the host.
+            ip(&[
+                "-n", &sw, "link", "add", h, "type", "veth", "peer", "name", "eth0",
+            ]);
+            ip(&["-n", &sw, "link", "set", "eth0", "netns", &ns]);
+            ip(&["-n", &sw, "link", "set", h, "master", "br0"]);
+            ip(&["-n", &sw, "link", "set", h, "up"]);
+            let cidr = format!("{}/24", net.addr(h));
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        net
+    }
+
+    /// Deletes the namespaces of earlier runs whose process is gone.
+    fn remove_leftovers() {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(pid) = name
+                .strip_prefix(NETNS_PREFIX)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !common::alive(pid) {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    fn addr(&self, host: &str) -> String {
+        let n = self.hosts.iter().position(|h| h == host).unwrap() + 1;
+        format!("10.213.0.{n}")
+    }
+
+    /// The switch, to pull cables out of.
+    fn switch(&self) -> Switch {
+        Switch(self.ns("switch"))
+    }
+
+    /// Runs `f` on a thread of its own in the network namespace of `host`, waiting at most
+    /// `limit` (a panic in `f` is this one).
+    fn within<T: Send + 'static>(
+        &self,
+        host: &str,
+        limit: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.ns(host))).unwrap();
+        let t = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        });
+        let end = Instant::now() + limit;
+        while !t.is_finished() {
+            assert!(Instant::now() < end, "no end within {limit:?} on {host}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+/// The switch of a [`Net`]: its namespace.
+struct Switch(String);
+
+impl Switch {
+    /// Pulls the cable of `host` out of the switch.
+    fn cut(&self, host: &str) {
+        ip(&["-n", &self.0, "link", "set", host, "down"]);
+    }
+
+    /// Plugs it back.
+    fn heal(&self, host: &str) {
+        ip(&["-n", &self.0, "link", "set", host, "up"]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for h in self.hosts.iter().map(String::as_str).chain(["switch"]) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(h)])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Appends `x PID` to the file `log` (PID: the worker running it), then takes `millis`.
+#[multiproc::func]
+fn hosted_square(x: u64, log: String, millis: u64) -> u64 {
+    use std::io::Write;
+    let worker = multiproc::parent_process().map(|p| p.pid()).unwrap_or(0);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    writeln!(f, "{x} {worker}").unwrap();
+    std::thread::sleep(Duration::from_millis(millis));
+    x * x
+}
+
+/// (item, worker pid) of every run logged by `hosted_square`.
+fn runs(log: &str) -> Vec<(u64, u32)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (x, pid) = l.split_once(' ')?;
+            Some((x.parse().ok()?, pid.parse().ok()?))
+        })
+        .collect()
+}
+
+#[multiproc::test]
+fn a_worker_host_cut_off_mid_map_is_taken_over_and_its_late_replies_are_duplicates() {
+    if !redis_available() || !netns_available() {
+        return;
+    }
+    // Declared first, dropped last: the processes in the namespaces end before them.
+    let net = Net::new(&["broker", "host1", "host2", "head"]);
+    let redis = Redis::start_in(&net, "broker", "head");
+    let url = redis.url();
+    let scratch = Scratch::new("netns");
+    let log = scratch.path("runs");
+    let w1 = Worker::start_in(Some(&net.ns("host1")), &url, "hosts", "--lease-ms 1000");
+    let w2 = Worker::start_in(Some(&net.ns("host2")), &url, "hosts", "--lease-ms 1000");
+    let (pid1, pid2) = (w1.pid(), w2.pid());
+    let switch = net.switch();
+    let (dups, late) = net.within("head", Duration::from_secs(50), move || {
+        let pool = ClusterPool::connect(&url, "hosts", KEY).unwrap();
+        wait_within(Duration::from_secs(15), "both hosts' workers", || {
+            status(&url, "hosts").is_ok_and(|s| s.workers.len() == 2)
+        });
+        let items: Vec<(u64, String, u64)> = (0..16).map(|x| (x, log.clone(), 800)).collect();
+        let pending = pool.map_async(&hosted_square, items).unwrap();
+        wait_within(Duration::from_secs(10), "host 1 at work", || {
+            runs(&log).iter().filter(|r| r.1 == pid1).count() == 2
+        });
+        switch.cut("host1");
+        let out = pending.get_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(out, (0..16u64).map(|x| x * x).collect::<Vec<_>>());
+        // What host 1 was running when it was cut off ran again on host 2.
+        let all = runs(&log);
+        let cut_off: Vec<u64> = all.iter().filter(|r| r.1 == pid1).map(|r| r.0).collect();
+        for x in &cut_off {
+            assert!(
+                all.contains(&(*x, pid2)),
+                "item {x} not taken over: {all:?}"
+            );
+        }
+        assert_eq!(pool.duplicates(), 0, "no reply from host 1 while cut off");
+        switch.heal("host1");
+        wait_within(Duration::from_secs(20), "host 1's late replies", || {
+            pool.duplicates() >= 1
+        });
+        // Both hosts serve on.
+        let again = pool.map(&square, 0..200u64).unwrap();
+        assert_eq!(again[199], 199 * 199);
+        (pool.duplicates(), cut_off.len())
+    });
+    assert!(
+        dups >= 1 && late == 2,
+        "{dups} duplicates of {late} late tasks"
+    );
+    for mut w in [w1, w2] {
+        assert!(w.0.try_wait().unwrap().is_none(), "a worker ended");
+    }
 }
