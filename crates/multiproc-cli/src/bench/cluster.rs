@@ -1,8 +1,11 @@
 //! The `cluster` group: the cluster pool through a real `redis-server` (started here on a
 //! free loopback port) with one worker (this binary in worker mode), next to a raw
-//! `XADD` → `XREADGROUP` → reply `XADD` → `XREAD` round trip measured in the same run.
+//! `XADD` → `XREADGROUP` → reply `XADD` → `XREAD` round trip measured in the same run, and
+//! next to Celery (prefork, as many processes as our worker, the same Redis as broker and
+//! result backend) when the machine's `python3` can import it.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +15,15 @@ use super::report::{Report, Unit};
 use super::stats::repeat;
 
 const KEY: &str = "multiproc bench cluster key";
+
+/// Items per task of the chunked maps, ours and Celery's.
+const CHUNK: usize = 1000;
+
+/// Processes of our worker and of Celery's.
+const PROCESSES: usize = 2;
+
+/// The Celery peer: a worker, or the client that measures (`python3 -c`, no file).
+const CELERY_PEER: &str = include_str!("celery_peer.py");
 
 /// The trivial task.
 #[multiproc::func]
@@ -27,6 +39,91 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A child process leading a process group of its own (Celery's worker and its pool),
+/// the group killed when dropped.
+struct KilledGroup(Child);
+
+impl Drop for KilledGroup {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// Celery's figures, measured in the same run.
+struct Celery {
+    /// Seconds per round trip of one task.
+    rt: f64,
+    /// Tasks per second of a map in chunks of [`CHUNK`].
+    map: f64,
+    /// What it is, for the comparisons.
+    what: String,
+}
+
+/// Celery's figures, or why there are none.
+fn celery(
+    url: &str,
+    python: bool,
+    round_trips: u32,
+    n_map: u64,
+    reps: usize,
+) -> Result<Celery, String> {
+    if !python {
+        return Err("Celery columns skipped (--no-python)".into());
+    }
+    let probe = Command::new("python3")
+        .args(["-c", "import celery, redis; print(celery.__version__)"])
+        .stderr(Stdio::null())
+        .output();
+    let version = match probe {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => {
+            let note = "celery (with the redis package) is not importable by python3: \
+                        Celery columns skipped (pip install celery redis)";
+            return Err(note.into());
+        }
+    };
+    let failed = |e: &dyn std::fmt::Display| format!("the Celery peer failed: {e}");
+    let _worker = KilledGroup(
+        Command::new("python3")
+            .args(["-c", CELERY_PEER, "worker", url, &PROCESSES.to_string()])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| failed(&e))?,
+    );
+    let out = Command::new("python3")
+        .args(["-c", CELERY_PEER, "bench", url])
+        .args([
+            round_trips.to_string(),
+            n_map.to_string(),
+            CHUNK.to_string(),
+            reps.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| failed(&e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(failed(&err.lines().last().unwrap_or("no output")));
+    }
+    let figures = super::python::parse(&String::from_utf8_lossy(&out.stdout));
+    let get = |name: &str| {
+        figures
+            .get(name)
+            .map(|f| f.0)
+            .ok_or_else(|| failed(&format!("no {name}")))
+    };
+    Ok(Celery {
+        rt: get("celery.rt")? * 1e-6,
+        map: get(&format!("celery.map.chunks{CHUNK}"))?,
+        what: format!("CPython Celery {version}, prefork of {PROCESSES}"),
+    })
 }
 
 fn fail(e: impl std::fmt::Display) -> multiproc::Error {
@@ -147,7 +244,7 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         .size
         .pick((2, 50, 2_000), (3, 300, 20_000), (5, 2_000, 100_000));
     r.group(&format!(
-        "cluster: the Pool API through Redis Streams, 1 worker of 2 processes, median of {reps}"
+        "cluster: the Pool API through Redis Streams, 1 worker of {PROCESSES} processes, median of {reps}"
     ));
     if Command::new("redis-server")
         .arg("--version")
@@ -164,7 +261,8 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     let (_redis, url) = start_redis()?;
     let worker = Killed(
         Command::new(std::env::current_exe()?)
-            .args(["--mp-worker", &url, "--queue", "bench", "--processes", "2"])
+            .args(["--mp-worker", &url, "--queue", "bench", "--processes"])
+            .arg(PROCESSES.to_string())
             .env("MULTIPROC_AUTHKEY", KEY)
             .stdout(Stdio::null())
             .spawn()?,
@@ -188,19 +286,32 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     let raw = repeat(reps, || raw_round_trips(&url, n_rt).map_err(fail))?;
     let map = repeat(reps, || {
         let t = Instant::now();
-        let out = pool.map(&cluster_trivial, 0..n_map).map_err(fail)?;
+        let out = pool
+            .map_chunked(&cluster_trivial, 0..n_map, CHUNK)
+            .map_err(fail)?;
         assert_eq!(out.len() as u64, n_map);
         Ok(n_map as f64 / t.elapsed().as_secs_f64())
     })?;
     drop(pool);
     drop(worker);
+    // Celery on the same Redis, in the same run (its round trips are slower: fewer).
+    let celery = celery(&url, r.python, n_rt.min(300), n_map, reps)
+        .map_err(|note| {
+            println!("note: {note}");
+            r.notes.push(note);
+        })
+        .ok();
     let reference = raw.median();
+    let mut refs = vec![("raw Redis round trip", Some(reference))];
+    if let Some(c) = &celery {
+        refs.push((&c.what, Some(c.rt)));
+    }
     r.row(
         "cluster",
         "apply round trip (trivial task)",
         Unit::Secs,
         &rt,
-        &[("raw Redis round trip", Some(reference))],
+        &refs,
     );
     r.row(
         "cluster",
@@ -209,12 +320,29 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         &raw,
         &[],
     );
+    let refs: Vec<(&str, Option<f64>)> = celery
+        .iter()
+        .map(|c| (c.what.as_str(), Some(c.map)))
+        .collect();
     r.row(
         "cluster",
-        &format!("map of {n_map} trivial tasks"),
+        &format!("map of {n_map} trivial tasks, chunks of {CHUNK}"),
         Unit::Rate,
         &map,
-        &[],
+        &refs,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn celery_without_python_is_a_note_not_an_error() {
+        let note = celery("redis://127.0.0.1:1/", false, 1, 1, 1)
+            .err()
+            .expect("no figures");
+        assert!(note.contains("--no-python"), "{note}");
+    }
 }
