@@ -145,9 +145,11 @@ impl Inner {
             let c = con.as_mut().expect("connected above");
             match f(c) {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                // A connection the broker dropped (it restarted) fails at once: once more on
+                // a new one. A timeout is not retried: what was sent may have gone through.
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
                     *con = None;
-                    if attempt == 1 {
+                    if attempt == 1 || e.is_timeout() {
                         return Err(e.into());
                     }
                 }
@@ -192,10 +194,11 @@ impl Inner {
         }
         .into_iter();
         for &(id, attempt) in &s.tasks {
+            let entry = entries.next().map_or(Sent::Failed, Sent::Entry);
             if let Some(Slot::Waiting { task, sent }) = st.slots.get_mut(&id)
                 && task.attempt == attempt
             {
-                *sent = entries.next().map_or(Sent::Failed, Sent::Entry);
+                *sent = entry;
             }
         }
         sent.map(drop)
