@@ -27,9 +27,23 @@
 //! of dead workers are taken over with `XAUTOCLAIM` after the lease; a task that killed its
 //! process `max_tries` times goes to `mp:{queue}:dead` and fails with
 //! [`ClusterError::DeadLetter`]. The client keeps one slot per task, so a task that ran twice
-//! is still delivered once. Tasks and replies are signed (HMAC-SHA256) with the authkey;
-//! unsigned or tampered entries are rejected and reported. Redis AUTH/ACL come with the URL
-//! (`redis://user:password@host/`), TLS with `rediss://` and the `tls` feature.
+//! is still delivered once.
+//!
+//! Authenticity: tasks and replies are signed (HMAC-SHA256) with the authkey; unsigned or
+//! tampered entries are rejected and reported. A task is signed together with its client,
+//! queue, task id, submission number and expiry, and a worker claims it in Redis before
+//! running it, so a copy of a task entry is refused (dead-lettered, reported to its client's
+//! [`rejected`](ClusterPool::rejected)) while the task runs, after it ran, and after its
+//! expiry; the same entry taken over from a dead worker runs. A reply names the client and
+//! task it answers: on another client's stream it is rejected. What someone who can write to
+//! Redis without the authkey can still do (read, delete, delay) is in the README.
+//!
+//! Broker loss: the client checks that the broker still holds its waiting tasks and submits
+//! again those it lost (a restart without persistence), fails those no worker started in
+//! time with [`ClusterError::Expired`], and all of them with [`ClusterError::BrokerLost`]
+//! when the broker stays unreachable: no wait is endless. Redis AUTH/ACL come with the URL
+//! (`redis://user:password@host/`; the user needs the stream commands and `EVAL`), TLS with
+//! `rediss://` and the `tls` feature. Redis 6.2 or later.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

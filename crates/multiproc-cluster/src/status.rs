@@ -24,7 +24,8 @@ pub struct WorkerStatus {
     pub done: u64,
     /// Tasks done with failed items, or dead-lettered.
     pub failed: u64,
-    /// Tasks rejected (bad signature).
+    /// Task entries refused without running them: unsigned or tampered, a copy of a task
+    /// that runs or ran (a replay), past the task's expiry, or addressed to another queue.
     pub rejected: u64,
     /// Seconds since its last heartbeat.
     pub seen_secs_ago: u64,
