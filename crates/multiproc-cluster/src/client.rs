@@ -250,7 +250,7 @@ impl ClusterPoolBuilder {
     /// clock). A task that started runs to its end, however long.
     ///
     /// The expiry also bounds replays: workers refuse a copy of a task entry while the task
-    /// runs and after it ran, by a claim kept in Redis until the expiry (about 150 bytes per
+    /// runs and after it ran, by a claim kept in Redis until the expiry (about 170 bytes per
     /// task, so shorten the expiry at high task rates), and refuse every entry of the task
     /// after it.
     pub fn task_expiry(mut self, expiry: Duration) -> Self {
