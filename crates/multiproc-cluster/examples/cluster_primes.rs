@@ -12,6 +12,10 @@
 //! multiproc cluster status --redis redis://head:6379/ --queue primes
 //! ```
 //!
+//! Without persistence (`--save ''`) a Redis restart loses the queue: the head notices
+//! within its broker check (10 s) and submits the lost blocks again; the README says what
+//! each persistence setting means for the tasks.
+//!
 //! The head splits `0..limit` into blocks of 10,000 numbers, maps `count_primes` over them
 //! through the cluster, and prints the total with the workers that took part.
 
