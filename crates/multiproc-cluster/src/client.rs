@@ -78,7 +78,7 @@ impl State {
     }
 }
 
-/// Signed tasks ready to go: [`Sending::go`] adds them to the stream.
+/// Signed tasks ready to go: [`Inner::go`] adds them to the stream.
 struct Sending {
     pipe: redis::Pipeline,
     /// (task, submission) of each `XADD`, in order.
