@@ -392,6 +392,8 @@ fn named_segments_die_with_the_tree(method: &str) {
         Command::new(BIN)
             .args(["shm", dir.to_str().unwrap(), method])
             .env("MP_TEST_TAG", &tag)
+            // Its segments are named as this test's own, for the run's leak check.
+            .env("MP_TEST_SHM_PREFIX", common::shm_prefix())
             .spawn()
             .unwrap(),
     );

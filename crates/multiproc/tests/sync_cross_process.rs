@@ -666,7 +666,7 @@ fn barrier_with_many_parties_abort_and_reset() {
 fn shared_memory_named_and_anonymous() {
     use multiproc::SharedMemory;
     let leaks = LeakCheck::new();
-    let name = format!("mp-test-{}", std::process::id());
+    let name = common::shm_name("named");
     let owner = SharedMemory::create(&name, 4096).unwrap();
     // The leak check sees a named segment (so it can fail when one is left behind).
     assert!(leaks.shm_left(Duration::ZERO).contains(&name));

@@ -11,7 +11,8 @@
 //! - `shm`: creates the named segment `/mp-track-PID-root`, starts a child that creates
 //!   `/mp-track-PID-killed` and SIGKILLs itself, and a daemon child that creates
 //!   `/mp-track-PID-daemon` and sleeps; writes the three names to `DIR/shm.names`, then
-//!   sleeps until killed. Nothing unlinks them but the tree's tracker.
+//!   sleeps until killed. Nothing unlinks them but the tree's tracker. `MP_TEST_SHM_PREFIX`,
+//!   if set, replaces `mp-` in the names (the test's own prefix, which its leak check sees).
 //! - `hold`: starts the forkserver (pid in `DIR/forkserver.pid`) and a daemon child (pid in
 //!   `DIR/daemon.pid`), then sleeps until killed.
 
@@ -56,7 +57,8 @@ fn main() -> multiproc::Result<()> {
             write_pid(&dir, "daemon.pid", daemon.pid());
         }
         "shm" => {
-            let base = format!("/mp-track-{}", std::process::id());
+            let prefix = std::env::var("MP_TEST_SHM_PREFIX").unwrap_or_else(|_| "mp-".into());
+            let base = format!("/{prefix}track-{}", std::process::id());
             let root = multiproc::SharedMemory::create(&format!("{base}-root"), 4096)?;
             std::mem::forget(root);
             let killed = format!("{base}-killed");

@@ -77,12 +77,35 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Entries of /dev/shm.
+/// This test run's token: `MP_TEST_RUN` (scripts/test sets a fresh one per run), or `local`.
+pub fn run_token() -> String {
+    std::env::var("MP_TEST_RUN").unwrap_or_else(|_| "local".into())
+}
+
+/// The start of every /dev/shm name this test process gives: `mp-test-RUN-PID-`.
+///
+/// /dev/shm is the machine's: browsers, databases and other test runs (another checkout, or
+/// this suite's other test processes under nextest) create and remove segments there at any
+/// time. The leak checks count only names with this prefix (scripts/test: with this run's
+/// token), so every test names its segments with [`shm_name`]; a child process, whose pid
+/// differs, gets its names from the test.
+pub fn shm_prefix() -> String {
+    format!("mp-test-{}-{}-", run_token(), std::process::id())
+}
+
+/// A /dev/shm name for this test process, seen by its leak checks: [`shm_prefix`] + `tag`.
+pub fn shm_name(tag: &str) -> String {
+    format!("{}{tag}", shm_prefix())
+}
+
+/// The entries of /dev/shm named by this test process (see [`shm_prefix`]), sorted.
 pub fn shm_entries() -> Vec<String> {
+    let prefix = shm_prefix();
     let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&prefix))
                 .collect()
         })
         .unwrap_or_default();
@@ -90,8 +113,10 @@ pub fn shm_entries() -> Vec<String> {
     v
 }
 
-/// Asserts on drop that the test left no zombie child and no new /dev/shm entry (each given
-/// a 2 s grace: see [`assert_no_lasting_zombie`] and [`LeakCheck::shm_left`]).
+/// Asserts on drop that the test left no zombie child and no new /dev/shm entry of its own
+/// (each given a 2 s grace: see [`assert_no_lasting_zombie`] and [`LeakCheck::shm_left`]).
+/// Both are scoped to this test process: its children, the segments it named with
+/// [`shm_name`]. What other programs do meanwhile cannot fail it.
 pub struct LeakCheck {
     shm: Vec<String>,
 }
@@ -101,9 +126,10 @@ impl LeakCheck {
         LeakCheck { shm: shm_entries() }
     }
 
-    /// The /dev/shm entries made since the check began that are still there after `grace`.
-    /// /dev/shm is the machine's: a test running beside this one in another process may hold
-    /// a segment of its own for a moment, so only an entry that stays is a leak.
+    /// The entries of this test process (see [`shm_entries`]) made since the check began that
+    /// are still there after `grace`. A test running beside this one in the same process
+    /// (plain `cargo test`) may hold a segment of its own for a moment, so only an entry
+    /// that stays is a leak.
     pub fn shm_left(&self, grace: Duration) -> Vec<String> {
         let mut left = Vec::new();
         eventually(grace, || {
