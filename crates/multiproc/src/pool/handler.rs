@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::progress::{Clock, Progress, now_ns};
+use super::reports::Reports;
 use super::state::{
     Chunk, ItemResult, Lent, OnDone, Shared, State, drain_reports, payloads, record_locked,
     run_callbacks,
@@ -26,7 +27,6 @@ use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
 use crate::process::{Process, StartMethod};
-use crate::queue::ring::Ring;
 
 /// Runs a closure pool's tasks in a forked worker.
 pub(crate) type ClosureRunner =
@@ -83,14 +83,14 @@ pub(crate) struct Worker {
     last_report: Instant,
     /// Start-up messages and doorbells come several per receive.
     reader: FrameReader,
-    /// The worker's reports (see `worker::report`).
-    reports: Ring,
+    /// The worker's reports.
+    reports: Reports,
     /// How far it got in the chunk it runs.
     progress: Progress,
 }
 
 impl Worker {
-    fn new(process: Process<()>, conn: Connection, reports: Ring, progress: Progress) -> Worker {
+    fn new(process: Process<()>, conn: Connection, reports: Reports, progress: Progress) -> Worker {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Worker {
             process,
@@ -134,7 +134,7 @@ fn absorb(
     workers: &mut [Worker],
     callbacks: &mut Vec<(OnDone, ItemResult)>,
 ) {
-    for (id, chunk) in std::mem::take(&mut st.direct) {
+    for (id, chunk) in st.take_sent_directly() {
         if let Some(w) = workers.iter_mut().find(|w| w.id == id) {
             let deadline = if w.busy.is_empty() {
                 deadline_for(cfg, &chunk)
@@ -144,7 +144,7 @@ fn absorb(
             w.busy.push_back(Busy { chunk, deadline });
         }
     }
-    for p in std::mem::take(&mut st.picked) {
+    for p in st.take_picked() {
         if p.report.ends_chunk
             && let Some(w) = workers.iter_mut().find(|w| w.id == p.worker)
         {
@@ -157,43 +157,25 @@ fn absorb(
 /// Tells callers which workers' report rings to look at and which idle workers they may send
 /// a chunk to themselves (none while chunks wait in the pool's own line, or once it closes).
 fn publish(st: &mut State, cfg: &Config, workers: &[Worker]) {
-    if st.rings.len() != workers.len()
-        || st
-            .rings
-            .iter()
-            .zip(workers.iter())
-            .any(|(r, w)| r.0 != w.id)
-    {
-        st.rings = workers.iter().map(|w| (w.id, w.reports.clone())).collect();
-    }
+    st.show_rings(workers.iter().map(|w| (w.id, w.reports.clone())));
     // Not with a time limit: the handler must see a chunk start to time it.
-    let lend = st.pending.is_empty()
-        && !st.closed
-        && !st.terminated
-        && st.broken.is_none()
-        && cfg.task_timeout.is_none();
     let idle = workers.iter().filter(|w| {
         let retiring = cfg.maxtasks > 0 && w.tasks + w.busy.len() as u64 + 1 > cfg.maxtasks;
-        lend && w.ready && w.busy.is_empty() && w.timed_out.is_none() && !retiring
+        cfg.task_timeout.is_none()
+            && w.ready
+            && w.busy.is_empty()
+            && w.timed_out.is_none()
+            && !retiring
     });
-    if !idle
-        .clone()
-        .map(|w| w.id)
-        .eq(st.lent.iter().map(|l| l.worker))
-    {
-        st.lent = idle
-            .map(|w| Lent {
-                worker: w.id,
-                conn: w.conn.clone(),
-            })
-            .collect();
-    }
+    st.lend(idle.map(|w| Lent {
+        worker: w.id,
+        conn: w.conn.clone(),
+    }));
 }
 
 pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let (ours, theirs) = pipe(true).map_err(|e| PoolError::Io(e.to_string()))?;
-    let reports = Ring::new(0, crate::queue::DEFAULT_QUEUE_BYTES)
-        .map_err(|e| PoolError::Io(format!("cannot make a report ring: {e}")))?;
+    let reports = Reports::new()?;
     let progress =
         Progress::new().map_err(|e| PoolError::Io(format!("cannot make a progress area: {e}")))?;
     if let Some(run) = cfg.closure.clone() {
@@ -262,11 +244,11 @@ fn take_message(shared: &Shared, w: &mut Worker, msg: FromWorker) {
     match msg {
         FromWorker::Ready => {
             w.ready = true;
-            shared.lock().ready_workers += 1;
+            shared.lock().worker_ready();
             shared.changed.notify_all();
         }
         FromWorker::InitFailed(m) => {
-            shared.lock().broken = Some(PoolError::Initializer(m));
+            shared.lock().break_with(PoolError::Initializer(m));
         }
         // Reports come through the ring (`take_reports`), never on the connection.
         FromWorker::Done { .. } | FromWorker::Wake => {}
@@ -305,23 +287,20 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
     let Some(running) = busy.pop_front() else {
         if !w.ready {
             // Died before it was ready: the initializer crashed. No respawn storm.
-            let mut st = shared.lock();
-            if st.broken.is_none() && !st.terminated {
-                st.broken = Some(PoolError::Initializer(format!(
-                    "worker {pid} died during start-up (exit code {exitcode})"
-                )));
-            }
+            shared.lock().break_with(PoolError::Initializer(format!(
+                "worker {pid} died during start-up (exit code {exitcode})"
+            )));
         }
         return Vec::new();
     };
     let mut st = shared.lock();
     for b in busy.into_iter().rev() {
-        st.pending.push_front(b.chunk);
+        st.requeue(b.chunk);
     }
     let chunk = running.chunk;
     let Some(kept) = w.progress.kept(chunk.seq) else {
         // It never began the chunk: nothing of it ran.
-        st.pending.push_front(chunk);
+        st.requeue(chunk);
         return Vec::new();
     };
     let limit = limit_of(cfg, &chunk).unwrap_or_default();
@@ -342,7 +321,7 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
     }
     let seq = st.seq();
     if let Some(tail) = chunk.tail(rest, seq) {
-        st.pending.push_front(tail);
+        st.requeue(tail);
     }
     let (callbacks, wake) = record_locked(
         &mut st,
@@ -421,159 +400,228 @@ fn can_take(w: &Worker, cfg: &Config, depth: usize, len: usize) -> bool {
     w.busy.is_empty() || queued + len <= PIPELINE_BYTES
 }
 
+/// What the handler does next after handing out work.
+enum Next {
+    /// Sleep until something happens, then look again.
+    Wait,
+    /// The pool is closed and drained: ask the workers to exit.
+    Finish,
+    /// The pool was terminated: kill the workers.
+    Kill,
+}
+
+/// The handler thread: it owns the workers. Each round has the same phases, in this order:
+/// [`dispatch`](Handler::dispatch) (count what callers did, hand chunks out, lend idle workers),
+/// [`send`](Handler::send), [`replenish`](Handler::replenish) (keep the pool at its size),
+/// [`sleep`](Handler::sleep) (until a message, a death, a deadline or a poke),
+/// [`read_messages`](Handler::read_messages), [`collect_reports`](Handler::collect_reports),
+/// [`bury`](Handler::bury) (settle the dead) and [`kill_overdue`].
+struct Handler {
+    shared: Shared,
+    cfg: Config,
+    /// Written to by callers to wake the handler (new work, close, terminate).
+    wake: UnixStream,
+    workers: Vec<Worker>,
+    /// Callbacks to run outside the lock at the end of a phase.
+    callbacks: Vec<(OnDone, ItemResult)>,
+}
+
 /// The handler loop; returns when the pool is closed and drained, or terminated.
-pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers: Vec<Worker>) {
+pub(crate) fn run(shared: Shared, cfg: Config, wake: UnixStream, workers: Vec<Worker>) {
+    let mut h = Handler {
+        shared,
+        cfg,
+        wake,
+        workers,
+        callbacks: Vec::new(),
+    };
     loop {
-        // Hand out work and see whether it is time to stop.
-        let mut sends: Vec<(usize, ToWorker)> = Vec::new();
-        let mut callbacks = Vec::new();
-        let (stop, terminate, broken) = {
-            let mut st = shared.lock();
-            absorb(&mut st, &cfg, &mut workers, &mut callbacks);
-            if st.terminated {
-                st.lent.clear();
-                callbacks.extend(st.fail_all(&PoolError::Terminated));
-                (true, true, None)
-            } else {
-                if !st.pending.is_empty() {
-                    // Work waits in line: take the lent workers back to hand it out (so
-                    // none is lent while the loop below dispatches).
-                    st.lent.clear();
-                }
-                if let Some(err) = st.broken.clone() {
-                    callbacks.extend(st.fail_all(&err));
-                }
-                for w in workers.iter_mut() {
-                    if w.busy.is_empty() {
-                        w.last_report = Instant::now();
-                    }
-                }
-                // Each chunk goes to the least busy worker that can take it: a few heavy
-                // chunks after many tiny ones (deep pipelines) spread over every worker,
-                // whether they come as one batch or one per wake-up. Ties go to the first:
-                // one-at-a-time tasks (apply_async, then get) keep meeting the same worker,
-                // whose CPU the scheduler has settled, instead of waking each in turn.
-                // One depth for all: were it per worker, the first worker whose average
-                // dipped under a threshold would take every pending chunk while the others,
-                // still at the lower depth, could not.
-                let depth = workers
-                    .iter()
-                    .filter(|w| w.ready)
-                    .map(|w| depth(w.avg))
-                    .min()
-                    .unwrap_or(1);
-                while let Some(next) = st.pending.front() {
-                    let next_len = next.args.data.len();
-                    let Some(i) = (0..workers.len())
-                        .filter(|&i| can_take(&workers[i], &cfg, depth, next_len))
-                        .min_by_key(|&i| workers[i].busy.len())
-                    else {
-                        break;
-                    };
-                    let chunk = st.pending.pop_front().expect("front() was Some");
-                    let w = &mut workers[i];
-                    let deadline = if w.busy.is_empty() {
-                        deadline_for(&cfg, &chunk)
-                    } else {
-                        None
-                    };
-                    sends.push((i, chunk.run_message(clock_for(&cfg, &chunk))));
-                    w.busy.push_back(Busy { chunk, deadline });
-                }
-                let drained = st.pending.is_empty()
-                    && workers.iter().all(|w| w.busy.is_empty())
-                    && sends.is_empty();
-                publish(&mut st, &cfg, &workers);
-                if st.closed && drained {
-                    st.lent.clear();
-                }
-                (st.closed && drained, false, st.broken.clone())
+        let (next, sends) = h.dispatch();
+        h.run_callbacks();
+        match next {
+            Next::Finish | Next::Kill => {
+                stop_workers(&mut h.workers, matches!(next, Next::Kill));
+                h.shared.changed.notify_all();
+                return;
             }
-        };
-        // Waiters wait for results (woken by `record`), for ready workers, or for the end;
-        // handing out work changes none of that, and a wake-up per round would cost a
-        // system call here and a spurious wake-up in a sleeping caller.
-        if terminate || broken.is_some() {
-            shared.changed.notify_all();
+            Next::Wait => {}
         }
-        run_callbacks(callbacks);
-        if stop {
-            stop_workers(&mut workers, terminate);
-            shared.lock().handler_done = true;
-            shared.changed.notify_all();
+        h.send(sends);
+        h.replenish();
+        let ready = h.sleep();
+        let dead = h.read_messages(&ready);
+        h.collect_reports();
+        h.bury(dead);
+        kill_overdue(&h.cfg, &mut h.workers);
+        h.run_callbacks();
+    }
+}
+
+impl Handler {
+    fn run_callbacks(&mut self) {
+        run_callbacks(std::mem::take(&mut self.callbacks));
+    }
+
+    /// Under the lock: counts what callers did, fails everything on termination or a broken
+    /// pool, hands waiting chunks to workers, and lends idle workers out. Returns what to do
+    /// next and the messages to send (worker index, message).
+    fn dispatch(&mut self) -> (Next, Vec<(usize, ToWorker)>) {
+        let mut sends = Vec::new();
+        let mut st = self.shared.lock();
+        absorb(&mut st, &self.cfg, &mut self.workers, &mut self.callbacks);
+        if st.is_terminated() {
+            st.lend_none();
+            self.callbacks.extend(st.fail_all(&PoolError::Terminated));
+            drop(st);
+            // Waiters wait for results, for ready workers, or for the end.
+            self.shared.changed.notify_all();
+            return (Next::Kill, sends);
+        }
+        if !st.line_is_empty() {
+            // Work waits in line: take the lent workers back to hand it out (so none is lent
+            // while the loop below dispatches).
+            st.lend_none();
+        }
+        let broken = st.broken().cloned();
+        if let Some(err) = &broken {
+            self.callbacks.extend(st.fail_all(err));
+        }
+        for w in self.workers.iter_mut() {
+            if w.busy.is_empty() {
+                w.last_report = Instant::now();
+            }
+        }
+        // Each chunk goes to the least busy worker that can take it: a few heavy chunks after
+        // many tiny ones (deep pipelines) spread over every worker, whether they come as one
+        // batch or one per wake-up. Ties go to the first: one-at-a-time tasks (apply_async,
+        // then get) keep meeting the same worker, whose CPU the scheduler has settled,
+        // instead of waking each in turn. One depth for all: were it per worker, the first
+        // worker whose average dipped under a threshold would take every pending chunk while
+        // the others, still at the lower depth, could not.
+        let depth = self
+            .workers
+            .iter()
+            .filter(|w| w.ready)
+            .map(|w| depth(w.avg))
+            .min()
+            .unwrap_or(1);
+        while let Some(next) = st.next_in_line() {
+            let next_len = next.args.data.len();
+            let Some(i) = (0..self.workers.len())
+                .filter(|&i| can_take(&self.workers[i], &self.cfg, depth, next_len))
+                .min_by_key(|&i| self.workers[i].busy.len())
+            else {
+                break;
+            };
+            let chunk = st.take_next_in_line().expect("next_in_line() was Some");
+            let w = &mut self.workers[i];
+            let deadline = if w.busy.is_empty() {
+                deadline_for(&self.cfg, &chunk)
+            } else {
+                None
+            };
+            sends.push((i, chunk.run_message(clock_for(&self.cfg, &chunk))));
+            w.busy.push_back(Busy { chunk, deadline });
+        }
+        let drained = st.line_is_empty()
+            && self.workers.iter().all(|w| w.busy.is_empty())
+            && sends.is_empty();
+        publish(&mut st, &self.cfg, &self.workers);
+        let finish = st.is_closed() && drained;
+        if finish {
+            st.lend_none();
+        }
+        drop(st);
+        // Handing out work changes nothing a waiter waits for, and a wake-up per round would
+        // cost a system call here and a spurious wake-up in a sleeping caller.
+        if broken.is_some() {
+            self.shared.changed.notify_all();
+        }
+        (if finish { Next::Finish } else { Next::Wait }, sends)
+    }
+
+    /// Sends each worker its messages in one write.
+    fn send(&self, sends: Vec<(usize, ToWorker)>) {
+        if sends.is_empty() {
             return;
         }
-        // Everything for one worker in one write.
-        let mut per_worker: Vec<Vec<Vec<u8>>> = Vec::new();
-        if !sends.is_empty() {
-            per_worker.resize(workers.len(), Vec::new());
-        }
+        let mut per_worker: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.workers.len()];
         for (i, msg) in sends {
             if let Ok(bytes) = crate::codec::encode(&msg) {
                 per_worker[i].push(bytes);
             }
         }
-        for (w, msgs) in workers.iter().zip(&per_worker) {
+        for (w, msgs) in self.workers.iter().zip(&per_worker) {
             if !msgs.is_empty() {
                 // A worker that is going away: its sentinel will report how.
                 let _ = w.conn.send_many(msgs);
             }
         }
-        // Keep the pool at its size (not once the initializer failed: no respawn storm).
-        while broken.is_none() && workers.len() < cfg.processes {
-            match spawn_worker(&cfg) {
-                Ok(w) => workers.push(w),
+    }
+
+    /// Keeps the pool at its size (not once it is broken: no respawn storm).
+    fn replenish(&mut self) {
+        while self.workers.len() < self.cfg.processes && self.shared.lock().broken().is_none() {
+            match spawn_worker(&self.cfg) {
+                Ok(w) => self.workers.push(w),
                 Err(e) => {
-                    shared.lock().broken = Some(e);
+                    self.shared.lock().break_with(e);
                     break;
                 }
             }
         }
-        // Wait for a message, a death, a deadline or a poke.
-        let deadline = workers
+    }
+
+    /// Sleeps until a worker's message or death, the earliest deadline, or a poke. Returns
+    /// the indices ready in `[wake, conn 0, sentinel 0, conn 1, sentinel 1, ...]`.
+    fn sleep(&mut self) -> Vec<usize> {
+        let deadline = self
+            .workers
             .iter()
             .filter(|w| w.timed_out.is_none())
             .filter_map(|w| w.busy.front().and_then(|b| b.deadline))
             .min();
-        let mut fds: Vec<BorrowedFd<'_>> = vec![wake.as_fd()];
-        for w in &workers {
-            fds.push(w.conn.as_fd());
-            fds.push(w.process.sentinel());
-        }
         let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // About to sleep: from now on workers ring the doorbell after a report. A report
-        // that came before the flag was seen is in a ring already: then only look.
-        for w in &workers {
-            w.reports.flag().store(1, Ordering::SeqCst);
+        // that came before is in a ring already: then only look (see `reports`).
+        for w in &self.workers {
+            w.reports.arm();
         }
-        std::sync::atomic::fence(Ordering::SeqCst);
         // Under the lock: a caller may take a report out of a ring (`pickup`) between a look
         // at the rings and a look at what callers did; either way it is seen here, and a
         // report written from now on rings the doorbell.
         let must_look = {
-            let st = shared.lock();
-            !st.picked.is_empty()
-                || !st.direct.is_empty()
-                || workers.iter().any(|w| w.reports.len() > 0)
+            let st = self.shared.lock();
+            st.callers_acted() || self.workers.iter().any(|w| w.reports.pending())
         };
         if must_look {
             timeout = Some(Duration::ZERO);
+        }
+        let mut fds: Vec<BorrowedFd<'_>> = vec![self.wake.as_fd()];
+        for w in &self.workers {
+            fds.push(w.conn.as_fd());
+            fds.push(w.process.sentinel());
         }
         // No busy-polling here: measured, a spinning handler (or worker) takes the CPU the
         // task, the caller or a broker needs on a small machine (apply_async 22 µs without,
         // 50-150 µs with); the caller's short spin in `wait_done` is what pays.
         let ready = wait(&fds, timeout).unwrap_or_default();
         drop(fds);
-        for w in &workers {
-            w.reports.flag().store(0, Ordering::Relaxed);
+        for w in &self.workers {
+            w.reports.disarm();
         }
-        let mut callbacks = Vec::new();
         if ready.contains(&0) {
             let mut buf = [0u8; 256];
-            while matches!(wake.read(&mut buf), Ok(n) if n > 0) {}
+            while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
         }
+        ready
+    }
+
+    /// Reads what came on the ready workers' connections; returns the indices of the workers
+    /// that ended.
+    fn read_messages(&mut self, ready: &[usize]) -> Vec<usize> {
         let mut dead = Vec::new();
-        for (i, w) in workers.iter_mut().enumerate() {
+        for (i, w) in self.workers.iter_mut().enumerate() {
             let (conn_ready, ended) = (ready.contains(&(1 + 2 * i)), ready.contains(&(2 + 2 * i)));
             // Every message that arrived before looking at the exit: the connection first
             // (`Ready` comes before any report), then the report ring.
@@ -586,7 +634,7 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                         Err(e) => Err(e),
                     };
                     match msg {
-                        Ok(msg) => take_message(&shared, w, msg),
+                        Ok(msg) => take_message(&self.shared, w, msg),
                         Err(_) => break,
                     }
                 }
@@ -595,21 +643,36 @@ pub(crate) fn run(shared: Shared, cfg: Config, mut wake: UnixStream, mut workers
                 dead.push(i);
             }
         }
-        take_reports(&shared, &cfg, &mut workers, &mut callbacks);
-        if !dead.is_empty() {
-            // Whatever callers sent or took since `take_reports` is counted before the dead
-            // are failed, and nobody may send to them any more.
-            let mut st = shared.lock();
-            absorb(&mut st, &cfg, &mut workers, &mut callbacks);
-            let gone: Vec<u64> = dead.iter().map(|&i| workers[i].id).collect();
-            st.lent.retain(|l| !gone.contains(&l.worker));
-            st.rings.retain(|(id, _)| !gone.contains(id));
+        dead
+    }
+
+    /// Takes the reports of every worker (see [`take_reports`]).
+    fn collect_reports(&mut self) {
+        take_reports(
+            &self.shared,
+            &self.cfg,
+            &mut self.workers,
+            &mut self.callbacks,
+        );
+    }
+
+    /// Settles the workers that ended (see [`settle_dead`]).
+    fn bury(&mut self, dead: Vec<usize>) {
+        if dead.is_empty() {
+            return;
+        }
+        {
+            // Whatever callers sent or took since the reports were collected is counted
+            // before the dead are settled, and nobody may send to them any more.
+            let mut st = self.shared.lock();
+            absorb(&mut st, &self.cfg, &mut self.workers, &mut self.callbacks);
+            let gone: Vec<u64> = dead.iter().map(|&i| self.workers[i].id).collect();
+            st.forget_workers(&gone);
         }
         for i in dead.into_iter().rev() {
-            let w = workers.remove(i);
-            callbacks.extend(settle_dead(&shared, &cfg, w));
+            let w = self.workers.remove(i);
+            self.callbacks
+                .extend(settle_dead(&self.shared, &self.cfg, w));
         }
-        kill_overdue(&cfg, &mut workers);
-        run_callbacks(callbacks);
     }
 }

@@ -36,6 +36,7 @@
 
 mod handler;
 mod progress;
+mod reports;
 mod result;
 mod state;
 mod worker;
@@ -57,7 +58,7 @@ use crate::error::PoolError;
 use crate::process::StartMethod;
 use crate::process::registry::{self, Func};
 use handler::Config;
-use state::{Chunk, Inner, Job, Reader, Shared, State};
+use state::{Chunk, Inner, Reader, Shared, State};
 use worker::Batch;
 
 /// An item a pool can pass as argument `T`: `T` itself, a reference to it, `&str` for a
@@ -286,12 +287,12 @@ impl Pool {
         let deadline = Some(std::time::Instant::now() + Duration::from_secs(60));
         let mut st = self.shared.lock();
         loop {
-            if let Some(e) = st.broken.clone() {
+            if let Some(e) = st.broken().cloned() {
                 drop(st);
                 self.terminate();
                 return Err(e);
             }
-            if st.ready_workers >= self.processes {
+            if st.ready_workers() >= self.processes {
                 return Ok(());
             }
             let (g, more) = self.shared.wait(st, deadline);
@@ -324,21 +325,13 @@ impl Pool {
             return Err(PoolError::Invalid("chunksize must be at least 1".into()));
         }
         let mut st = self.shared.lock();
-        if let Some(e) = &st.broken {
-            return Err(e.clone());
-        }
-        if st.terminated {
-            return Err(PoolError::Terminated);
-        }
-        if st.closed && job.is_none() {
-            return Err(PoolError::Closed);
-        }
+        st.accepting(job)?;
         let id = match job {
             Some(id) => id,
-            None => Self::new_job_locked(&mut st, Reader::AtTheEnd),
+            None => st.new_job(Reader::AtTheEnd),
         };
         let n = items.len();
-        let start = st.jobs.get_mut(&id).map(|j| j.add_items(n)).unwrap_or(0);
+        let start = st.job_mut(id).map(|j| j.add_items(n)).unwrap_or(0);
         let mut chunks = VecDeque::new();
         for from in (0..n).step_by(chunksize) {
             let seq = st.seq();
@@ -363,22 +356,15 @@ impl Pool {
         if chunks.is_empty() {
             return Ok(id);
         }
-        st.pending.extend(chunks);
+        st.enqueue(chunks);
         drop(st);
         self.shared.poke();
         Ok(id)
     }
 
-    fn new_job_locked(st: &mut State, reader: Reader) -> u64 {
-        st.next_job += 1;
-        let id = st.next_job;
-        st.jobs.insert(id, Job::new(reader));
-        id
-    }
-
     /// A new job whose results `reader` takes (a lazy iterator's, before its first items).
     pub(crate) fn new_job(&self, reader: Reader) -> u64 {
-        Self::new_job_locked(&mut self.shared.lock(), reader)
+        self.shared.lock().new_job(reader)
     }
 
     /// Sends a lone chunk straight to an idle worker the handler lent out, if there is one:
@@ -388,7 +374,7 @@ impl Pool {
         if chunk.timeout.is_some() {
             return Some(chunk); // the handler must see it start to time it
         }
-        let Some(lent) = st.lent.pop() else {
+        let Some(lent) = st.lend_one() else {
             return Some(chunk);
         };
         // Lent only while no time limit is set (see `handler::publish`): no clock to keep.
@@ -399,7 +385,7 @@ impl Pool {
             // A worker that is going away: its death reaches the handler as usual.
             return Some(chunk);
         }
-        st.direct.push((lent.worker, chunk));
+        st.sent_directly(lent.worker, chunk);
         None
     }
 
@@ -569,13 +555,13 @@ impl Pool {
 
     /// No more tasks; the workers exit once every submitted task is done.
     pub fn close(&self) {
-        self.shared.lock().closed = true;
+        self.shared.lock().close();
         self.shared.poke();
     }
 
     /// Stops the workers now; unfinished tasks fail with [`PoolError::Terminated`].
     pub fn terminate(&self) {
-        self.shared.lock().terminated = true;
+        self.shared.lock().terminate();
         self.shared.poke();
         self.join_handler();
     }
@@ -585,7 +571,7 @@ impl Pool {
     pub fn join(&self) -> Result<(), PoolError> {
         {
             let st = self.shared.lock();
-            if !st.closed && !st.terminated {
+            if !st.is_closed() && !st.is_terminated() {
                 return Err(PoolError::Invalid(
                     "join() needs close() or terminate() first".into(),
                 ));

@@ -31,7 +31,7 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
             // Take the reports ourselves rather than wait for the handler to wake for
             // them: one wake-up less on a round trip.
             let wake = super::state::pickup(&mut st);
-            (st.jobs.get(&id).is_none_or(|j| j.remaining == 0), wake)
+            (st.job_done(id), wake)
         };
         if wake {
             shared.changed.notify_all();
@@ -47,36 +47,25 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
     }
     let mut st = shared.lock();
     loop {
-        match st.jobs.get(&id) {
-            Some(j) if j.remaining > 0 => {}
-            _ => return true,
+        if st.job_done(id) {
+            return true;
         }
         let (g, more) = shared.wait(st, deadline);
         st = g;
         if !more {
-            return st.jobs.get(&id).is_none_or(|j| j.remaining == 0);
+            return st.job_done(id);
         }
     }
 }
 
 /// Takes the results of a finished job out of the pool.
 fn take(shared: &Shared, id: u64) -> Vec<ItemResult> {
-    let job = shared.lock().jobs.remove(&id);
+    let job = shared.lock().take_job(id);
     job.map(|j| j.into_results()).unwrap_or_default()
 }
 
 fn abandon(shared: &Shared, id: u64) {
-    let mut st = shared.lock();
-    let done = match st.jobs.get_mut(&id) {
-        Some(j) => {
-            j.abandoned = true;
-            j.remaining == 0
-        }
-        None => false,
-    };
-    if done {
-        st.jobs.remove(&id);
-    }
+    shared.lock().abandon(id);
 }
 
 /// The pending result of [`Pool::apply_async`].
@@ -134,17 +123,13 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
     /// Whether the task is done.
     pub fn ready(&self) -> bool {
-        self.shared
-            .lock()
-            .jobs
-            .get(&self.job)
-            .is_none_or(|j| j.remaining == 0)
+        self.shared.lock().job_done(self.job)
     }
 
     /// Whether the task is done and succeeded (`None` while it runs).
     pub fn successful(&self) -> Option<bool> {
         let st = self.shared.lock();
-        let j = st.jobs.get(&self.job)?;
+        let j = st.job(self.job)?;
         if j.remaining > 0 {
             return None;
         }
@@ -157,7 +142,7 @@ impl<R: DeserializeOwned + 'static> AsyncResult<R> {
     /// already), with the item's result; the result stays available to `get`.
     fn on_done(&self, f: impl FnOnce(&ItemResult) + Send + 'static) {
         let mut st = self.shared.lock();
-        match st.jobs.get_mut(&self.job) {
+        match st.job_mut(self.job) {
             Some(j) if j.remaining > 0 => j.on_done.push(Box::new(f)),
             Some(j) => {
                 let r = j.first().cloned().unwrap_or(Err(PoolError::Terminated));
@@ -291,11 +276,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 
     /// Whether every item is done.
     pub fn ready(&self) -> bool {
-        self.shared
-            .lock()
-            .jobs
-            .get(&self.job)
-            .is_none_or(|j| j.remaining == 0)
+        self.shared.lock().job_done(self.job)
     }
 }
 
@@ -476,7 +457,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
         let mut st = shared.lock();
         loop {
             let wake = spin.spinning() && super::state::pickup(&mut st);
-            let j = st.jobs.get_mut(&job)?;
+            let j = st.job_mut(job)?;
             self.take_ready(j);
             let got = !self.ready.is_empty();
             if !got && !spin.keep_going() {

@@ -7,11 +7,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::progress::Clock;
+use super::reports::Reports;
 use super::worker::{Batch, Failure, FromWorker, ToWorker};
 use crate::connection::Connection;
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
-use crate::queue::ring::Ring;
 
 /// A finished item's encoded result: a slice of its chunk's result buffer (shared, so a chunk
 /// of many results costs one allocation).
@@ -237,32 +237,230 @@ pub(crate) fn split_results(results: Batch, failures: Vec<(u32, Failure)>) -> Ve
     out
 }
 
-/// Everything behind the pool's mutex.
+/// Everything behind the pool's mutex. Its rules live in its methods: what may still be
+/// submitted, the line of chunks waiting for a worker, the jobs and their results, and the two
+/// shortcuts callers take past the handler (chunks sent to lent workers, reports picked up).
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) pending: VecDeque<Chunk>,
-    pub(crate) jobs: HashMap<u64, Job>,
-    pub(crate) next_job: u64,
+    /// Chunks waiting for a worker, in the order they go out.
+    pending: VecDeque<Chunk>,
+    jobs: HashMap<u64, Job>,
+    next_job: u64,
     /// The last chunk number given out (see `Chunk::seq`).
-    pub(crate) next_seq: u64,
-    pub(crate) closed: bool,
-    pub(crate) terminated: bool,
-    /// The initializer failed: the pool does not start workers any more.
-    pub(crate) broken: Option<PoolError>,
-    pub(crate) handler_done: bool,
+    next_seq: u64,
+    closed: bool,
+    terminated: bool,
+    /// The initializer failed (or a worker could not be started): no more workers start and
+    /// every task fails with this.
+    broken: Option<PoolError>,
     /// Workers that reported ready, ever (start-up and replacements).
-    pub(crate) ready_workers: usize,
+    ready_workers: usize,
     /// The live workers' report rings, by worker id, for callers that take reports while
     /// they wait (see [`pickup`]).
-    pub(crate) rings: Vec<(u64, Ring)>,
+    rings: Vec<(u64, Reports)>,
     /// Reports callers took out of a ring and recorded, in order: the handler still counts
     /// them in that worker's bookkeeping and runs their callbacks.
-    pub(crate) picked: Vec<Picked>,
+    picked: Vec<Picked>,
     /// Idle workers the handler lends to callers: a caller with a one-chunk job sends it to
     /// one of them itself (see `Pool::submit_limited`), without waking the handler.
-    pub(crate) lent: Vec<Lent>,
+    lent: Vec<Lent>,
     /// Chunks callers sent to lent workers, in order, for the handler's bookkeeping.
-    pub(crate) direct: Vec<(u64, Chunk)>,
+    direct: Vec<(u64, Chunk)>,
+}
+
+impl State {
+    /// Whether items may be submitted now: to a new job (`None`), or more items of a lazy
+    /// iterator's job, which a closed pool still takes (`close` means no new jobs).
+    pub(crate) fn accepting(&self, job: Option<u64>) -> Result<(), PoolError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        if self.terminated {
+            return Err(PoolError::Terminated);
+        }
+        if self.closed && job.is_none() {
+            return Err(PoolError::Closed);
+        }
+        Ok(())
+    }
+
+    /// No new jobs; the handler stops once every submitted task is done.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Stop now: the handler fails what is left.
+    pub(crate) fn terminate(&mut self) {
+        self.terminated = true;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+
+    /// Why the pool cannot run tasks any more, if it cannot.
+    pub(crate) fn broken(&self) -> Option<&PoolError> {
+        self.broken.as_ref()
+    }
+
+    /// The pool cannot run tasks any more (the first reason is kept; not once terminated,
+    /// which says why already).
+    pub(crate) fn break_with(&mut self, e: PoolError) {
+        if self.broken.is_none() && !self.terminated {
+            self.broken = Some(e);
+        }
+    }
+
+    /// A worker reported ready.
+    pub(crate) fn worker_ready(&mut self) {
+        self.ready_workers += 1;
+    }
+
+    /// Workers that reported ready, ever.
+    pub(crate) fn ready_workers(&self) -> usize {
+        self.ready_workers
+    }
+
+    /// A new job whose results `reader` takes.
+    pub(crate) fn new_job(&mut self, reader: Reader) -> u64 {
+        self.next_job += 1;
+        self.jobs.insert(self.next_job, Job::new(reader));
+        self.next_job
+    }
+
+    pub(crate) fn job(&self, id: u64) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    pub(crate) fn job_mut(&mut self, id: u64) -> Option<&mut Job> {
+        self.jobs.get_mut(&id)
+    }
+
+    /// Whether job `id` has no item left to run (a job already taken counts as done).
+    pub(crate) fn job_done(&self, id: u64) -> bool {
+        self.jobs.get(&id).is_none_or(|j| j.remaining == 0)
+    }
+
+    /// Takes job `id` out of the pool, with its results.
+    pub(crate) fn take_job(&mut self, id: u64) -> Option<Job> {
+        self.jobs.remove(&id)
+    }
+
+    /// No handle waits for job `id` any more: it goes once complete.
+    pub(crate) fn abandon(&mut self, id: u64) {
+        let done = match self.jobs.get_mut(&id) {
+            Some(j) => {
+                j.abandoned = true;
+                j.remaining == 0
+            }
+            None => false,
+        };
+        if done {
+            self.jobs.remove(&id);
+        }
+    }
+
+    /// A new chunk number.
+    pub(crate) fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Chunks join the end of the line.
+    pub(crate) fn enqueue(&mut self, chunks: impl IntoIterator<Item = Chunk>) {
+        self.pending.extend(chunks);
+    }
+
+    /// A chunk goes back to the front of the line (it had not started, or its rest had not).
+    pub(crate) fn requeue(&mut self, chunk: Chunk) {
+        self.pending.push_front(chunk);
+    }
+
+    /// The chunk next in line.
+    pub(crate) fn next_in_line(&self) -> Option<&Chunk> {
+        self.pending.front()
+    }
+
+    /// Takes the chunk next in line.
+    pub(crate) fn take_next_in_line(&mut self) -> Option<Chunk> {
+        self.pending.pop_front()
+    }
+
+    pub(crate) fn line_is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The workers the handler lends out now (see [`State::lend_one`]); none while chunks
+    /// wait in line (the handler hands those out itself) or once the pool stops.
+    pub(crate) fn lend(&mut self, idle: impl Iterator<Item = Lent> + Clone) {
+        if !self.pending.is_empty() || self.closed || self.terminated || self.broken.is_some() {
+            self.lent.clear();
+            return;
+        }
+        if !idle
+            .clone()
+            .map(|l| l.worker)
+            .eq(self.lent.iter().map(|l| l.worker))
+        {
+            self.lent = idle.collect();
+        }
+    }
+
+    /// Takes every lent worker back.
+    pub(crate) fn lend_none(&mut self) {
+        self.lent.clear();
+    }
+
+    /// A caller takes a lent worker to send it a chunk itself.
+    pub(crate) fn lend_one(&mut self) -> Option<Lent> {
+        self.lent.pop()
+    }
+
+    /// A caller sent `chunk` to lent worker `worker`: the handler counts it when it next looks.
+    pub(crate) fn sent_directly(&mut self, worker: u64, chunk: Chunk) {
+        self.direct.push((worker, chunk));
+    }
+
+    /// Chunks callers sent to lent workers since the handler last looked, in order.
+    pub(crate) fn take_sent_directly(&mut self) -> Vec<(u64, Chunk)> {
+        std::mem::take(&mut self.direct)
+    }
+
+    /// Reports callers recorded since the handler last looked, in order.
+    pub(crate) fn take_picked(&mut self) -> Vec<Picked> {
+        std::mem::take(&mut self.picked)
+    }
+
+    /// Whether callers did something the handler has not counted yet.
+    pub(crate) fn callers_acted(&self) -> bool {
+        !self.picked.is_empty() || !self.direct.is_empty()
+    }
+
+    /// The report rings callers may take reports from: those of `workers` (by id).
+    pub(crate) fn show_rings(
+        &mut self,
+        workers: impl ExactSizeIterator<Item = (u64, Reports)> + Clone,
+    ) {
+        if self.rings.len() != workers.len()
+            || self
+                .rings
+                .iter()
+                .map(|r| r.0)
+                .ne(workers.clone().map(|w| w.0))
+        {
+            self.rings = workers.collect();
+        }
+    }
+
+    /// Workers that are gone: nobody may send to them or read their rings any more.
+    pub(crate) fn forget_workers(&mut self, gone: &[u64]) {
+        self.lent.retain(|l| !gone.contains(&l.worker));
+        self.rings.retain(|(id, _)| !gone.contains(id));
+    }
 }
 
 /// One report a caller took from worker `worker`'s ring and recorded.
@@ -285,7 +483,8 @@ pub(crate) struct Lent {
 }
 
 impl State {
-    /// Fails every unfinished item of every job with `err` (termination, a broken pool).
+    /// Fails every unfinished item of every job with `err` (termination, a broken pool), and
+    /// empties the line.
     pub(crate) fn fail_all(&mut self, err: &PoolError) -> Vec<(OnDone, ItemResult)> {
         self.pending.clear();
         let mut callbacks = Vec::new();
@@ -299,12 +498,6 @@ impl State {
             }
         }
         callbacks
-    }
-
-    /// A new chunk number.
-    pub(crate) fn seq(&mut self) -> u64 {
-        self.next_seq += 1;
-        self.next_seq
     }
 }
 
@@ -336,31 +529,25 @@ pub(crate) fn record_locked(
     (callbacks, wake)
 }
 
-/// Takes every report waiting in `ring` and records it (the state is locked). Returns whether
-/// waiters should be woken, and per report (in order) what recording it did.
-pub(crate) fn drain_reports(st: &mut State, ring: &Ring) -> (bool, Vec<Recorded>) {
+/// Takes every report waiting in `reports` and records it (the state is locked). Returns
+/// whether waiters should be woken, and per report (in order) what recording it did.
+pub(crate) fn drain_reports(st: &mut State, reports: &Reports) -> (bool, Vec<Recorded>) {
     let (mut wake, mut done) = (false, Vec::new());
-    while ring.len() > 0 {
-        let Ok(reports) = ring.get(usize::MAX, false, None) else {
-            break;
-        };
-        for bytes in reports {
-            if let Ok(FromWorker::Done {
-                job,
-                start,
-                results,
-                failures,
-                last,
-            }) = crate::codec::decode::<FromWorker>(&bytes)
-            {
-                let (callbacks, w) =
-                    record_locked(st, job, start, split_results(results, failures));
-                wake |= w;
-                done.push(Recorded {
-                    callbacks,
-                    ends_chunk: last,
-                });
-            }
+    for report in reports.take() {
+        if let FromWorker::Done {
+            job,
+            start,
+            results,
+            failures,
+            last,
+        } = report
+        {
+            let (callbacks, w) = record_locked(st, job, start, split_results(results, failures));
+            wake |= w;
+            done.push(Recorded {
+                callbacks,
+                ends_chunk: last,
+            });
         }
     }
     (wake, done)

@@ -12,9 +12,9 @@ use crate::connection::Connection;
 use crate::process::bootstrap::run_guarded_into;
 use crate::process::registry;
 use crate::process::wire::Outcome;
-use crate::queue::ring::Ring;
 
 use super::progress::{Clock, Progress};
+use super::reports::Reports;
 
 /// Encoded values back to back, with where each one ends: one buffer for a whole chunk
 /// instead of an allocation per item.
@@ -100,51 +100,6 @@ pub(crate) enum FromWorker {
     Wake,
 }
 
-/// Puts one report in the ring the handler reads, and rings its doorbell (a `Wake` on the
-/// connection) only if it sleeps: while the handler is awake, a report costs no system call
-/// on either side. The ring is shared memory the handler owns, so a report is safe once
-/// written even if this process dies right after. `Err` when the handler is gone.
-fn report(conn: &Connection, reports: &Ring, msg: &FromWorker) -> Result<(), ()> {
-    let bytes = crate::codec::encode(msg).map_err(drop)?;
-    match reports.put(&[bytes], true, None, false) {
-        Ok(()) => {}
-        Err(crate::error::QueueError::TooLarge { size, limit }) => {
-            // Only a chunk's results can be that large: fail its items instead.
-            let FromWorker::Done {
-                job,
-                start,
-                results,
-                last,
-                ..
-            } = msg
-            else {
-                return Err(());
-            };
-            let why = format!("results of {size} bytes exceed the {limit}-byte report buffer");
-            let failed = FromWorker::Done {
-                job: *job,
-                start: *start,
-                results: Batch {
-                    data: ByteBuf::new(),
-                    ends: vec![0; results.len()],
-                },
-                failures: (0..results.len() as u32)
-                    .map(|i| (i, Failure::Task(Outcome::Failed(why.clone()))))
-                    .collect(),
-                last: *last,
-            };
-            return report(conn, reports, &failed);
-        }
-        Err(_) => return Err(()),
-    }
-    // Pairs with the handler's store + fence before it polls: either it sees the report,
-    // or we see that it sleeps (`put` ends with a SeqCst fence).
-    if reports.flag().load(std::sync::atomic::Ordering::SeqCst) != 0 {
-        conn.send_untagged(&FromWorker::Wake).map_err(drop)?;
-    }
-    Ok(())
-}
-
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Returned(_) => "returned".into(),
@@ -182,7 +137,7 @@ fn registered(function: &str) -> Task<'static> {
 /// function's registered name (ignored by closure pools).
 pub(crate) fn serve(
     conn: &Connection,
-    reports: &Ring,
+    reports: &Reports,
     progress: &Progress,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
@@ -234,7 +189,7 @@ pub(crate) fn serve(
 /// One chunk being run: where its results go.
 struct ChunkRun<'a> {
     conn: &'a Connection,
-    reports: &'a Ring,
+    reports: &'a Reports,
     progress: &'a Progress,
     job: u64,
     start: u64,
@@ -329,7 +284,7 @@ impl ChunkRun<'_> {
             failures,
             last,
         };
-        report(self.conn, self.reports, &msg)?;
+        self.reports.send(self.conn, &msg)?;
         self.progress.reported(to as u32);
         Ok(())
     }
@@ -346,7 +301,7 @@ fn connection_intact(conn: &Connection) -> bool {
 #[multiproc_macros::func]
 pub(crate) fn multiproc_pool_worker(
     conn: Connection,
-    reports: Ring,
+    reports: Reports,
     progress: Progress,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,

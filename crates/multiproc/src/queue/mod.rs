@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::QueueError;
 use crate::sync::raw;
-use ring::Ring;
+use ring::{Blocking, Ring, Tally};
 
 /// The default buffer of a queue: virtual, so memory is used only by items actually queued
 /// (and given back as they leave).
@@ -82,8 +82,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         })
     }
 
-    fn bounded_queue(&self) -> bool {
-        self.maxsize().is_some()
+    /// How a plain `put` waits: for room in a bounded queue, never in an unbounded one.
+    fn bounded_queue(&self) -> Blocking {
+        if self.maxsize().is_some() {
+            Blocking::Wait
+        } else {
+            Blocking::Try
+        }
     }
 
     /// The item limit, `None` for an unbounded queue.
@@ -106,37 +111,42 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_one(
         &self,
         item: &T,
-        block: bool,
+        wait: Blocking,
         deadline: Option<Instant>,
-        joinable: bool,
+        tally: Tally,
     ) -> Result<(), QueueError> {
         codec::with_scratch(|buf| {
             codec::encode_into(item, buf)?;
-            self.ring.put(&[&buf[..]], block, deadline, joinable)
+            self.ring.put(&[&buf[..]], wait, deadline, tally)
         })
     }
 
     /// Takes one item through this thread's scratch buffer.
-    fn get_one(&self, block: bool, deadline: Option<Instant>) -> Result<T, QueueError> {
+    fn get_one(&self, wait: Blocking, deadline: Option<Instant>) -> Result<T, QueueError> {
         codec::with_scratch(|buf| {
-            self.ring.get_one(buf, block, deadline)?;
+            self.ring.get_one(buf, wait, deadline)?;
             Self::decode(buf)
         })
     }
 
     /// Puts an item: waits for room in a bounded queue, never waits in an unbounded one.
     pub fn put(&self, item: &T) -> Result<(), QueueError> {
-        self.put_one(item, self.bounded_queue(), None, false)
+        self.put_one(item, self.bounded_queue(), None, Tally::Items)
     }
 
     /// Puts an item, waiting at most `timeout` for room ([`QueueError::Full`] after).
     pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), QueueError> {
-        self.put_one(item, true, raw::deadline(Some(timeout)), false)
+        self.put_one(
+            item,
+            Blocking::Wait,
+            raw::deadline(Some(timeout)),
+            Tally::Items,
+        )
     }
 
     /// Puts an item only if there is room now.
     pub fn put_nowait(&self, item: &T) -> Result<(), QueueError> {
-        self.put_one(item, false, None, false)
+        self.put_one(item, Blocking::Try, None, Tally::Items)
     }
 
     /// Puts several items in one step (one lock, one wake-up): all or none.
@@ -145,29 +155,30 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             .iter()
             .map(Self::encode)
             .collect::<Result<Vec<_>, _>>()?;
-        self.ring.put(&encoded, self.bounded_queue(), None, false)
+        self.ring
+            .put(&encoded, self.bounded_queue(), None, Tally::Items)
     }
 
     /// Takes an item, waiting until there is one (or the queue is closed and empty:
     /// [`QueueError::Closed`]).
     pub fn get(&self) -> Result<T, QueueError> {
-        self.get_one(true, None)
+        self.get_one(Blocking::Wait, None)
     }
 
     /// Takes an item, waiting at most `timeout` ([`QueueError::Empty`] after).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError> {
-        self.get_one(true, raw::deadline(Some(timeout)))
+        self.get_one(Blocking::Wait, raw::deadline(Some(timeout)))
     }
 
     /// Takes an item if there is one now.
     pub fn get_nowait(&self) -> Result<T, QueueError> {
-        self.get_one(false, None)
+        self.get_one(Blocking::Try, None)
     }
 
     /// Takes up to `max` items in one step, waiting for at least one.
     pub fn get_many(&self, max: usize) -> Result<Vec<T>, QueueError> {
         self.ring
-            .get(max.max(1), true, None)?
+            .get(max.max(1), Blocking::Wait, None)?
             .iter()
             .map(|b| Self::decode(b))
             .collect()
@@ -176,7 +187,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`get_many`](Queue::get_many) waiting at most `timeout` for the first item.
     pub fn get_many_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<T>, QueueError> {
         self.ring
-            .get(max.max(1), true, raw::deadline(Some(timeout)))?
+            .get(max.max(1), Blocking::Wait, raw::deadline(Some(timeout)))?
             .iter()
             .map(|b| Self::decode(b))
             .collect()
@@ -255,13 +266,17 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// Puts an item and counts it as a task to be done.
     pub fn put(&self, item: &T) -> Result<(), QueueError> {
         self.queue
-            .put_one(item, self.queue.bounded_queue(), None, true)
+            .put_one(item, self.queue.bounded_queue(), None, Tally::Tasks)
     }
 
     /// Puts an item, waiting at most `timeout` for room.
     pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), QueueError> {
-        self.queue
-            .put_one(item, true, raw::deadline(Some(timeout)), true)
+        self.queue.put_one(
+            item,
+            Blocking::Wait,
+            raw::deadline(Some(timeout)),
+            Tally::Tasks,
+        )
     }
 
     /// Puts several items, each a task.
@@ -272,7 +287,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             .collect::<Result<Vec<_>, _>>()?;
         self.queue
             .ring
-            .put(&encoded, self.queue.bounded_queue(), None, true)
+            .put(&encoded, self.queue.bounded_queue(), None, Tally::Tasks)
     }
 
     /// Marks one item taken with `get` as done. More calls than items put is

@@ -100,6 +100,20 @@ const CONSUMERS: Side = Side {
     intent_count: GET_INTENT_COUNT,
 };
 
+/// Whether a ring operation waits (for room, for an item) or fails at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocking {
+    Wait,
+    Try,
+}
+
+/// Whether items put count as unfinished tasks (a joinable queue's `task_done`/`join`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    Items,
+    Tasks,
+}
+
 /// The ring as seen by one process. The limits never change after creation, so each handle
 /// keeps a copy instead of reading the shared header on every operation.
 #[derive(Debug, Clone)]
@@ -320,15 +334,17 @@ impl Ring {
         true
     }
 
-    /// Puts every item of `items` (all or none fit now); `joinable` counts them as tasks.
-    /// Waits for room until `deadline` when `block` (a bounded queue), else fails at once.
+    /// Puts every item of `items` (all or none fit now); [`Tally::Tasks`] counts them as
+    /// unfinished tasks. Waits for room until `deadline` with [`Blocking::Wait`] (a bounded
+    /// queue), else fails at once.
     pub(crate) fn put(
         &self,
         items: &[impl AsRef<[u8]>],
-        block: bool,
+        wait: Blocking,
         deadline: Option<Instant>,
-        joinable: bool,
+        tally: Tally,
     ) -> Result<(), QueueError> {
+        let (block, joinable) = (wait == Blocking::Wait, tally == Tally::Tasks);
         let size = self.data_size();
         let n = items.len() as u64;
         let need: u64 = items.iter().map(|i| (REC + i.as_ref().len()) as u64).sum();
@@ -445,15 +461,16 @@ impl Ring {
         true
     }
 
-    /// Takes up to `max` items (at least one), waiting until `deadline` when `block`.
+    /// Takes up to `max` items (at least one), waiting until `deadline` with
+    /// [`Blocking::Wait`].
     pub(crate) fn get(
         &self,
         max: usize,
-        block: bool,
+        wait: Blocking,
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<u8>>, QueueError> {
         // All there is now, up to `max`: a fresh look at the tail, not the cached one.
-        self.take_when_ready(block, deadline, max > 1, |head, tail| {
+        self.take_when_ready(wait, deadline, max > 1, |head, tail| {
             let mut items = Vec::new();
             let mut pos = head;
             while pos < tail && items.len() < max.max(1) {
@@ -466,15 +483,15 @@ impl Ring {
         })
     }
 
-    /// Takes one item into `out` (replacing its contents), waiting until `deadline` when
-    /// `block`.
+    /// Takes one item into `out` (replacing its contents), waiting until `deadline` with
+    /// [`Blocking::Wait`].
     pub(crate) fn get_one(
         &self,
         out: &mut Vec<u8>,
-        block: bool,
+        wait: Blocking,
         deadline: Option<Instant>,
     ) -> Result<(), QueueError> {
-        self.take_when_ready(block, deadline, false, |head, _| {
+        self.take_when_ready(wait, deadline, false, |head, _| {
             ((), 1, self.read_record(head, out))
         })
     }
@@ -493,7 +510,7 @@ impl Ring {
     /// many records it took (at least one) and the position after them.
     fn take_when_ready<R>(
         &self,
-        block: bool,
+        wait: Blocking,
         deadline: Option<Instant>,
         fresh_tail: bool,
         mut take: impl FnMut(u64, u64) -> (R, u64, u64),
@@ -522,7 +539,7 @@ impl Ring {
                     return Err(QueueError::Closed);
                 }
             }
-            if !block {
+            if wait == Blocking::Try {
                 return Err(QueueError::Empty);
             }
             if spin.keep_going() {
@@ -649,7 +666,7 @@ mod tests {
         while got < total {
             let burst = 1 + put % 97;
             for _ in 0..burst.min(total - put) {
-                match ring.put(&[item(put)], false, None, false) {
+                match ring.put(&[item(put)], Blocking::Try, None, Tally::Items) {
                     Ok(()) => put += 1,
                     Err(QueueError::Full) => break,
                     Err(e) => panic!("put {put}: {e}"),
@@ -661,7 +678,7 @@ mod tests {
                 (put - got) / 2 + 1
             };
             for _ in 0..drain.min(put - got) {
-                ring.get_one(&mut buf, false, None).unwrap();
+                ring.get_one(&mut buf, Blocking::Try, None).unwrap();
                 assert_eq!(buf, item(got), "item {got}");
                 got += 1;
             }
@@ -703,7 +720,8 @@ mod crash_tests {
     fn ring_with(items: &[&[u8]]) -> Ring {
         let ring = Ring::new(0, 1 << 20).unwrap();
         for item in items {
-            ring.put(&[*item], false, None, false).unwrap();
+            ring.put(&[*item], Blocking::Try, None, Tally::Items)
+                .unwrap();
         }
         ring
     }
@@ -717,7 +735,8 @@ mod crash_tests {
     }
 
     fn take_all(ring: &Ring) -> Vec<Vec<u8>> {
-        ring.get(usize::MAX, false, None).unwrap_or_default()
+        ring.get(usize::MAX, Blocking::Try, None)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -725,7 +744,8 @@ mod crash_tests {
         let ring = ring_with(&[b"one"]);
         write_record(&ring, b"half-written");
         ring.u32(PUT_LOCK).store(dead_pid(), Ordering::SeqCst);
-        ring.put(&[b"two"], false, None, false).unwrap();
+        ring.put(&[b"two"], Blocking::Try, None, Tally::Items)
+            .unwrap();
         assert_eq!(ring.len(), 2);
         assert_eq!(take_all(&ring), [b"one".to_vec(), b"two".to_vec()]);
     }
@@ -745,7 +765,8 @@ mod crash_tests {
         let ring = ring_with(&[b"one"]);
         let end = write_record(&ring, b"two");
         killed_mid_advance(&ring, &PRODUCERS, PUT_LOCK, end);
-        ring.put(&[b"three"], false, None, false).unwrap();
+        ring.put(&[b"three"], Blocking::Try, None, Tally::Items)
+            .unwrap();
         assert_eq!(ring.len(), 3);
         assert_eq!(take_all(&ring).len(), 3);
         assert_eq!(ring.len(), 0);
@@ -756,7 +777,7 @@ mod crash_tests {
         let ring = ring_with(&[b"one", b"two"]);
         ring.u32(GET_LOCK).store(dead_pid(), Ordering::SeqCst);
         let mut out = Vec::new();
-        ring.get_one(&mut out, false, None).unwrap();
+        ring.get_one(&mut out, Blocking::Try, None).unwrap();
         assert_eq!(out, b"one");
         assert_eq!(ring.len(), 1);
     }
@@ -791,10 +812,12 @@ mod crash_tests {
         let pid = dead_pid();
         ring.u32(PUT_LOCK).store(pid, Ordering::SeqCst);
         ring.u32(GET_LOCK).store(pid, Ordering::SeqCst);
-        ring.put(&[b"after"], false, None, false).unwrap();
+        ring.put(&[b"after"], Blocking::Try, None, Tally::Items)
+            .unwrap();
         assert_eq!(ring.len(), 1);
         assert_eq!(take_all(&ring), [b"after".to_vec()]);
-        ring.put(&[b"again"], false, None, false).unwrap();
+        ring.put(&[b"again"], Blocking::Try, None, Tally::Items)
+            .unwrap();
         assert_eq!(take_all(&ring), [b"again".to_vec()]);
     }
 }

@@ -1,0 +1,122 @@
+//! The report path from a worker to its pool: a shared-memory ring the pool owns, and a
+//! doorbell rung only while the handler sleeps.
+//!
+//! A worker puts each report (a [`FromWorker::Done`]) in its ring and goes on: while the
+//! handler is awake, a report costs no system call on either side, and it is safe the moment
+//! it is written, even if the worker dies right after (the ring is the pool's memory). Three
+//! parties take reports out: the handler, and callers waiting for a result (they record it
+//! themselves under the pool's lock, one wake-up less on a round trip; see `state::pickup`).
+//!
+//! # Why no report is ever missed
+//! The handler sleeps in `poll` on the workers' connections, not on the ring. Before it sleeps
+//! it [`arm`](Reports::arm)s every ring (stores 1 in the ring's flag word, then a `SeqCst`
+//! fence) and looks once more, under the pool's lock, at the rings and at what callers took
+//! ([`Reports::pending`]). A worker's [`send`](Reports::send) ends its `put` with a `SeqCst`
+//! fence and then reads the flag. Of the two orders, either the handler's last look sees the
+//! report, or the worker sees the flag and rings the doorbell (a `Wake` frame on its
+//! connection), which ends the poll. After the poll the handler
+//! [`disarm`](Reports::disarm)s, and reports go back to costing no system call.
+
+use std::sync::atomic::{Ordering, fence};
+
+use serde_bytes::ByteBuf;
+
+use super::worker::{Batch, Failure, FromWorker};
+use crate::connection::Connection;
+use crate::error::{PoolError, QueueError};
+use crate::process::wire::Outcome;
+use crate::queue::ring::{Blocking, Ring, Tally};
+
+/// One worker's reports: both ends share it (it travels to the worker as its memfd).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Reports {
+    ring: Ring,
+}
+
+impl Reports {
+    pub(crate) fn new() -> Result<Reports, PoolError> {
+        let ring = Ring::new(0, crate::queue::DEFAULT_QUEUE_BYTES)
+            .map_err(|e| PoolError::Io(format!("cannot make a report ring: {e}")))?;
+        Ok(Reports { ring })
+    }
+
+    /// Worker: puts one report in the ring, and rings the doorbell on `conn` if the handler
+    /// sleeps. Results too large for the ring fail their items instead. `Err` when the handler
+    /// is gone.
+    pub(crate) fn send(&self, conn: &Connection, msg: &FromWorker) -> Result<(), ()> {
+        let bytes = crate::codec::encode(msg).map_err(drop)?;
+        match self.ring.put(&[bytes], Blocking::Wait, None, Tally::Items) {
+            Ok(()) => {}
+            Err(QueueError::TooLarge { size, limit }) => {
+                let why = format!("results of {size} bytes exceed the {limit}-byte report buffer");
+                return self.send(conn, &failed_instead(msg, &why).ok_or(())?);
+            }
+            Err(_) => return Err(()),
+        }
+        // See the module docs: `put` ended with a SeqCst fence.
+        if self.ring.flag().load(Ordering::SeqCst) != 0 {
+            conn.send_untagged(&FromWorker::Wake).map_err(drop)?;
+        }
+        Ok(())
+    }
+
+    /// Handler, before it sleeps: from now on the worker rings the doorbell after a report.
+    /// Look at [`pending`](Reports::pending) afterwards (see the module docs).
+    pub(crate) fn arm(&self) {
+        self.ring.flag().store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Handler, awake again: reports need no doorbell.
+    pub(crate) fn disarm(&self) {
+        self.ring.flag().store(0, Ordering::Relaxed);
+    }
+
+    /// Whether reports wait in the ring.
+    pub(crate) fn pending(&self) -> bool {
+        self.ring.len() > 0
+    }
+
+    /// Takes every report waiting, decoded, in the order written (the pool's lock is held:
+    /// the handler and callers take turns).
+    pub(crate) fn take(&self) -> Vec<FromWorker> {
+        let mut out = Vec::new();
+        while self.ring.len() > 0 {
+            let Ok(reports) = self.ring.get(usize::MAX, Blocking::Try, None) else {
+                break;
+            };
+            out.extend(
+                reports
+                    .iter()
+                    .filter_map(|bytes| crate::codec::decode::<FromWorker>(bytes).ok()),
+            );
+        }
+        out
+    }
+}
+
+/// The report that fails every item of `msg` with `why`, when its results cannot be sent.
+fn failed_instead(msg: &FromWorker, why: &str) -> Option<FromWorker> {
+    let FromWorker::Done {
+        job,
+        start,
+        results,
+        last,
+        ..
+    } = msg
+    else {
+        return None;
+    };
+    Some(FromWorker::Done {
+        job: *job,
+        start: *start,
+        results: Batch {
+            data: ByteBuf::new(),
+            ends: vec![0; results.len()],
+        },
+        failures: (0..results.len() as u32)
+            .map(|i| (i, Failure::Task(Outcome::Failed(why.to_string()))))
+            .collect(),
+        last: *last,
+    })
+}
