@@ -465,7 +465,7 @@ impl Handler {
     /// Under the lock: counts what callers did, fails everything on termination or a broken
     /// pool, hands waiting chunks to workers, and lends idle workers out. Returns what to do
     /// next and the messages to send (worker index, message).
-    fn dispatch(&mut self) -> (Next, Vec<(usize, ToWorker)>) {
+    fn dispatch(&mut self) -> (Next, Vec<(usize, Vec<u8>)>) {
         let mut sends = Vec::new();
         let mut st = self.shared.lock();
         absorb(&mut st, &self.cfg, &mut self.workers, &mut self.callbacks);
@@ -514,13 +514,25 @@ impl Handler {
                 break;
             };
             let chunk = st.take_next_in_line().expect("next_in_line() was Some");
+            let msg = match chunk.run_message(clock_for(&self.cfg, &chunk)) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    // Cannot happen with plain bytes; fail the chunk rather than lose it.
+                    let err = PoolError::Codec(e.to_string());
+                    let results = (0..chunk.args.len()).map(|_| Err(err.clone())).collect();
+                    let (cbs, _) = record_locked(&mut st, chunk.job, chunk.start, results);
+                    self.callbacks.extend(cbs);
+                    self.shared.changed.notify_all();
+                    continue;
+                }
+            };
             let w = &mut self.workers[i];
             let deadline = if w.busy.is_empty() {
                 deadline_for(&self.cfg, &chunk)
             } else {
                 None
             };
-            sends.push((i, chunk.run_message(clock_for(&self.cfg, &chunk))));
+            sends.push((i, msg));
             w.busy.push_back(Busy { chunk, deadline });
         }
         let drained = st.line_is_empty()
@@ -541,15 +553,13 @@ impl Handler {
     }
 
     /// Sends each worker its messages in one write.
-    fn send(&self, sends: Vec<(usize, ToWorker)>) {
+    fn send(&self, sends: Vec<(usize, Vec<u8>)>) {
         if sends.is_empty() {
             return;
         }
         let mut per_worker: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.workers.len()];
         for (i, msg) in sends {
-            if let Ok(bytes) = crate::codec::encode(&msg) {
-                per_worker[i].push(bytes);
-            }
+            per_worker[i].push(msg);
         }
         for (w, msgs) in self.workers.iter().zip(&per_worker) {
             if !msgs.is_empty() {

@@ -378,7 +378,8 @@ impl Pool {
             return Some(chunk);
         };
         // Lent only while no time limit is set (see `handler::publish`): no clock to keep.
-        let sent = crate::codec::encode(&chunk.run_message(progress::Clock::Off))
+        let sent = chunk
+            .run_message(progress::Clock::Off)
             .ok()
             .is_some_and(|bytes| lent.conn.send_many(&[bytes]).is_ok());
         if !sent {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::progress::Clock;
 use super::reports::Reports;
-use super::worker::{Batch, Failure, FromWorker, ToWorker};
+use super::worker::{Batch, Failure, FromWorker, RunRef};
 use crate::connection::Connection;
 use crate::error::PoolError;
 use crate::process::wire::Outcome;
@@ -48,16 +48,17 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// The message that has a worker run this chunk.
-    pub(crate) fn run_message(&self, clock: Clock) -> ToWorker {
-        ToWorker::Run {
+    /// The encoded message that has a worker run this chunk (the arguments are copied into
+    /// it once, not cloned first).
+    pub(crate) fn run_message(&self, clock: Clock) -> Result<Vec<u8>, crate::error::CodecError> {
+        crate::codec::encode(&RunRef::Run {
             seq: self.seq,
             job: self.job,
             start: self.start,
-            function: self.function.to_string(),
-            args: self.args.clone(),
+            function: self.function,
+            args: &self.args,
             clock,
-        }
+        })
     }
 
     /// The items from `from` (an index in the chunk) on, as a chunk of their own.

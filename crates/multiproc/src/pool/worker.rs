@@ -68,6 +68,20 @@ pub(crate) enum ToWorker {
     Exit,
 }
 
+/// [`ToWorker::Run`] borrowing its chunk: it encodes to the same bytes, so a chunk is sent
+/// without being copied into a message first.
+#[derive(Debug, Serialize)]
+pub(crate) enum RunRef<'a> {
+    Run {
+        seq: u64,
+        job: u64,
+        start: u64,
+        function: &'a str,
+        args: &'a Batch,
+        clock: Clock,
+    },
+}
+
 /// Why an item has no result.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Failure {
@@ -307,4 +321,37 @@ pub(crate) fn multiproc_pool_worker(
     maxtasks: u64,
 ) {
     serve(&conn, &reports, &progress, init, maxtasks, &registered);
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_run_message_encodes_as_the_owned_one() {
+        let args = Batch {
+            data: ByteBuf::from(vec![1, 2, 3]),
+            ends: vec![1, 3],
+        };
+        let owned = ToWorker::Run {
+            seq: 7,
+            job: 3,
+            start: 40,
+            function: "f".into(),
+            args: args.clone(),
+            clock: Clock::PerItem,
+        };
+        let borrowed = RunRef::Run {
+            seq: 7,
+            job: 3,
+            start: 40,
+            function: "f",
+            args: &args,
+            clock: Clock::PerItem,
+        };
+        assert_eq!(
+            crate::codec::encode(&owned).unwrap(),
+            crate::codec::encode(&borrowed).unwrap()
+        );
+    }
 }
