@@ -725,19 +725,6 @@ fn deliver(
     }
 }
 
-/// Sleeps `d` in short slices; false as soon as the pool is stopping.
-fn nap(stop: &AtomicBool, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
-    false
-}
-
 /// A task waiting for its result, as the broker check asks about it.
 struct Waiting {
     id: u64,
@@ -763,7 +750,7 @@ enum Verdict {
 fn check_broker(inner: &Inner) {
     let mut con = None;
     let mut last_seen = Instant::now();
-    while nap(&inner.stop, inner.broker_check) {
+    while crate::nap(&inner.stop, inner.broker_check) {
         let waiting: Vec<Waiting> = lock(&inner.state)
             .slots
             .iter()

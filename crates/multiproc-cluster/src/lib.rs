@@ -58,3 +58,17 @@ pub use client::{ClusterImap, ClusterMapResult, ClusterPool, ClusterPoolBuilder,
 pub use error::ClusterError;
 pub use status::{QueueStatus, WorkerStatus, status};
 pub use worker::{WorkerOptions, run_worker, run_worker_if_requested, worker_main};
+
+/// Sleeps `d` in slices of at most 50 ms; `false` as soon as `stop` is set (a client's or a
+/// worker's background thread that must end promptly when its owner stops).
+fn nap(stop: &std::sync::atomic::AtomicBool, d: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + d;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+    }
+    false
+}

@@ -666,19 +666,6 @@ fn run_items(shared: &Shared, task: &Task) -> Result<Vec<Result<ByteBuf, TaskFai
     Ok(out)
 }
 
-/// Sleeps `d` in short slices; false as soon as the worker is stopping.
-fn nap(stop: &AtomicBool, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(100)));
-    }
-    false
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -688,7 +675,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn keep_leases(shared: &Shared) {
     let mut link = Link { shared, con: None };
     let every = (shared.opts.lease / 4).max(Duration::from_millis(10));
-    while nap(&shared.stop, every) {
+    while crate::nap(&shared.stop, every) {
         let held: Vec<Held> = lock(&shared.running).values().cloned().collect();
         if held.is_empty() {
             continue;
@@ -757,7 +744,7 @@ fn heartbeat(shared: &Shared, host: &str) {
                 .ignore()
                 .query::<()>(c)
         });
-        if !nap(&shared.stop, Duration::from_secs(1)) {
+        if !crate::nap(&shared.stop, Duration::from_secs(1)) {
             break;
         }
     }
