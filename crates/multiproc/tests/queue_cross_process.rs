@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::LeakCheck;
 use multiproc::{Fd, Func, JoinableQueue, Queue, QueueError, SimpleQueue};
@@ -73,29 +73,29 @@ fn order_is_kept_per_producer() {
 fn timeouts_and_bounds() {
     let q = Queue::<u8>::bounded(2).unwrap();
     assert_eq!(q.maxsize(), Some(2));
-    let t0 = Instant::now();
-    assert!(matches!(
-        q.get_timeout(Duration::from_millis(200)),
-        Err(QueueError::Empty)
-    ));
-    let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
-        "{waited:?}"
+    common::assert_times_out_on_time(
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+        || {
+            assert!(matches!(
+                q.get_timeout(Duration::from_millis(200)),
+                Err(QueueError::Empty)
+            ))
+        },
     );
     q.put(&1).unwrap();
     q.put(&2).unwrap();
     assert!(q.full());
     assert!(matches!(q.put_nowait(&3), Err(QueueError::Full)));
-    let t0 = Instant::now();
-    assert!(matches!(
-        q.put_timeout(&3, Duration::from_millis(200)),
-        Err(QueueError::Full)
-    ));
-    let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
-        "{waited:?}"
+    common::assert_times_out_on_time(
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+        || {
+            assert!(matches!(
+                q.put_timeout(&3, Duration::from_millis(200)),
+                Err(QueueError::Full)
+            ))
+        },
     );
     assert_eq!(q.qsize(), 2);
     assert_eq!(q.get().unwrap(), 1);

@@ -77,6 +77,32 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Asserts that `timed_out` — a call that waits `timeout` and then gives up (it asserts that
+/// it did) — never returns early and returns on time: within `slack` after `timeout` in at
+/// least one of up to five tries.
+///
+/// A busy machine may run this process late after any one wait (hundreds of milliseconds
+/// when other programs keep the CPUs busy). That only ever adds time, so the quickest try
+/// measures the wait itself; a wait that is always late (a timeout taken twice, restarted, or
+/// in the wrong unit) is late in every try.
+pub fn assert_times_out_on_time(timeout: Duration, slack: Duration, mut timed_out: impl FnMut()) {
+    let mut late = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        timed_out();
+        let waited = t0.elapsed();
+        assert!(
+            waited >= timeout,
+            "returned early: {waited:?} of {timeout:?}"
+        );
+        if waited < timeout + slack {
+            return;
+        }
+        late.push(waited);
+    }
+    panic!("a {timeout:?} wait returned {slack:?} late or more every time: {late:?}");
+}
+
 /// This test run's token: `MP_TEST_RUN` (scripts/test sets a fresh one per run), or `local`.
 pub fn run_token() -> String {
     std::env::var("MP_TEST_RUN").unwrap_or_else(|_| "local".into())

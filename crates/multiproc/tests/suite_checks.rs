@@ -1,5 +1,5 @@
-//! The leak checks themselves: they fail on a leak of this test's own and never on what other
-//! programs on the machine do meanwhile.
+//! The suite's own checks (tests/common): they fail on a leak or a late wait of the code under
+//! test and never on what other programs on the machine do meanwhile.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -73,10 +73,7 @@ fn leak_check_fails_on_a_segment_of_ours_left_behind() {
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(leaks)));
     drop(seg); // unlinks
     let message = caught.expect_err("the leak check passed with a segment left behind");
-    let message = message
-        .downcast_ref::<String>()
-        .map_or("", String::as_str)
-        .to_string();
+    let message = message.downcast_ref::<String>().map_or("", String::as_str);
     assert!(
         message.contains("/dev/shm entries left") && message.contains(&name),
         "{message}"
@@ -118,4 +115,55 @@ fn zombie_check_sees_only_children_of_this_process() {
     );
     ours.wait().unwrap();
     foreign.0.kill().unwrap();
+}
+
+/// A wait of `ms` milliseconds, as a timed-out call would take.
+fn wait_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Whether `check` panics with a message containing `words`.
+fn fails_with(words: &str, check: impl FnOnce()) -> bool {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    let Err(message) = caught else { return false };
+    message
+        .downcast_ref::<String>()
+        .is_some_and(|m| m.contains(words))
+}
+
+#[test]
+fn timeout_check_passes_a_wait_the_machine_ran_late_once() {
+    let mut tries = 0;
+    common::assert_times_out_on_time(
+        Duration::from_millis(50),
+        Duration::from_millis(100),
+        || {
+            tries += 1;
+            // The first time, the process is run 500 ms late (a busy machine).
+            wait_ms(if tries == 1 { 550 } else { 50 });
+        },
+    );
+    assert!(tries >= 2);
+}
+
+#[test]
+fn timeout_check_fails_a_wait_that_is_always_late() {
+    assert!(fails_with("late or more every time", || {
+        common::assert_times_out_on_time(
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+            || wait_ms(200),
+        )
+    }));
+}
+
+#[test]
+fn timeout_check_fails_a_wait_that_returns_early() {
+    assert!(fails_with("returned early", || {
+        common::assert_times_out_on_time(
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+            || wait_ms(10),
+        )
+    }));
 }
