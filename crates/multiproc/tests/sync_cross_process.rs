@@ -256,12 +256,16 @@ fn value_increments_from_threads_of_one_process_are_not_lost() {
 fn value_lock_held_by_another_thread_still_excludes() {
     let v = Value::new(0u64).unwrap();
     let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (tried_tx, tried_rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn({
         let v = v.clone();
         move || {
             let _g = v.get_lock().unwrap().acquire().unwrap();
             v.set(1);
             held_tx.send(()).unwrap();
+            // Held until the other thread's update has timed out, however late a busy
+            // machine runs it; then long enough for a get that ignored the lock to read 1.
+            tried_rx.recv_timeout(Duration::from_secs(10)).unwrap();
             std::thread::sleep(Duration::from_millis(200));
             v.set(2);
         }
@@ -271,6 +275,7 @@ fn value_lock_held_by_another_thread_still_excludes() {
         v.update_timeout(Duration::from_millis(50), |x| *x += 10),
         Err(SyncError::Timeout(_))
     ));
+    tried_tx.send(()).unwrap();
     let seen = returns_within(Duration::from_secs(10), {
         let v = v.clone();
         move || v.get()
