@@ -123,15 +123,7 @@ fn a_failing_plain_test_has_its_children_joined_at_exit(method: StartMethod) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-macro_rules! per_method {
-    ($($name:ident),* $(,)?) => {
-        mod spawn { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
-        mod fork { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
-        mod forkserver { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
-    };
-}
-
-per_method!(
+per_start_method!(
     a_failing_multiproc_test_ends_every_child_it_started,
     a_failing_plain_test_has_its_children_joined_at_exit,
 );

@@ -59,15 +59,8 @@ fn pool(method: StartMethod, processes: usize) -> multiproc::PoolBuilder {
     Pool::builder().processes(processes).start_method(method)
 }
 
-macro_rules! per_method {
-    ($($name:ident),* $(,)?) => {
-        mod spawn { $( #[multiproc::test] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
-        mod fork { $( #[multiproc::test] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
-        mod forkserver { $( #[multiproc::test] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
-    };
-}
-
-per_method!(
+per_start_method!(
+    multiproc::test;
     a_killed_worker_fails_only_the_item_it_was_running,
     a_timeout_fails_only_the_item_past_its_limit,
     one_sigkill_in_a_default_chunked_map_fails_at_most_one_item,

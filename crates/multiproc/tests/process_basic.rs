@@ -215,15 +215,7 @@ fn builder(method: StartMethod) -> multiproc::Builder {
     Process::builder().start_method(method)
 }
 
-macro_rules! per_method {
-    ($($name:ident),* $(,)?) => {
-        mod spawn { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
-        mod fork { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
-        mod forkserver { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
-    };
-}
-
-per_method!(
+per_start_method!(
     typed_result_and_identity,
     several_arguments,
     exit_codes,

@@ -13,15 +13,7 @@ use multiproc::{
     ProcessError, RLock, Semaphore, StartMethod, SyncError, Value,
 };
 
-macro_rules! per_method {
-    ($($name:ident),* $(,)?) => {
-        mod spawn { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
-        mod fork { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
-        mod forkserver { $( #[test] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
-    };
-}
-
-per_method!(
+per_start_method!(
     value_increments_under_get_lock_are_not_lost,
     array_increments_under_get_lock_are_not_lost,
     semaphore_permit_hand_over_between_processes,

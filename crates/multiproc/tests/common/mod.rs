@@ -221,3 +221,18 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// Makes each named function `fn name(method: StartMethod)` a test per start method, in
+/// modules `spawn`, `fork` and `forkserver` (a check that only sees the default start method
+/// can hide a bug). The attribute before the `;` marks each test (default `test`).
+#[macro_export]
+macro_rules! per_start_method {
+    ($attr:meta; $($name:ident),* $(,)?) => {
+        mod spawn { $( #[$attr] fn $name() { super::$name(multiproc::StartMethod::Spawn) } )* }
+        mod fork { $( #[$attr] fn $name() { super::$name(multiproc::StartMethod::Fork) } )* }
+        mod forkserver { $( #[$attr] fn $name() { super::$name(multiproc::StartMethod::Forkserver) } )* }
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::per_start_method!(test; $($name),*);
+    };
+}
