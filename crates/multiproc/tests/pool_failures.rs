@@ -66,6 +66,9 @@ per_start_method!(
     one_sigkill_in_a_default_chunked_map_fails_at_most_one_item,
     the_task_that_breaks_its_worker_is_the_one_that_fails,
     imap_ends_after_an_error,
+    imap_on_a_closed_or_terminated_pool_ends,
+    imap_yields_what_it_submitted_before_an_item_that_does_not_encode,
+    a_pool_closed_during_an_imap_finishes_the_imap,
 );
 
 fn a_killed_worker_fails_only_the_item_it_was_running(method: StartMethod) {
@@ -204,6 +207,82 @@ fn imap_ends_after_an_error(method: StartMethod) {
         pool.imap(&square, 0..2u64).filter_map(Result::ok).count(),
         2
     );
+}
+
+fn imap_on_a_closed_or_terminated_pool_ends(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let pool = pool(method, 2).build().unwrap();
+    pool.close();
+    // Workers gone: an imap must not wait for them.
+    std::thread::sleep(Duration::from_millis(300));
+    for ordered in [true, false] {
+        let it = if ordered {
+            pool.imap(&square, 0..3u64)
+        } else {
+            pool.imap_unordered(&square, 0..3u64)
+        };
+        let got: Vec<_> = it.take(1000).collect();
+        assert!(matches!(got[..], [Err(PoolError::Closed)]), "{got:?}");
+    }
+    pool.join().unwrap();
+    let pool = pool_builder_terminated(method);
+    let got: Vec<_> = pool.imap(&square, 0..3u64).take(1000).collect();
+    assert!(matches!(got[..], [Err(PoolError::Terminated)]), "{got:?}");
+}
+
+fn pool_builder_terminated(method: StartMethod) -> Pool {
+    let pool = pool(method, 1).build().unwrap();
+    pool.terminate();
+    pool
+}
+
+/// Encodes as itself, except 13, whose encoding fails.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Picky(u64);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("thirteen does not travel"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+#[multiproc::func]
+fn picky_square(x: Picky) -> u64 {
+    x.0 * x.0
+}
+
+fn imap_yields_what_it_submitted_before_an_item_that_does_not_encode(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let pool = pool(method, 2).build().unwrap();
+    let got: Vec<_> = pool
+        .imap(&picky_square, (0..100u64).map(Picky))
+        .take(1000)
+        .collect();
+    assert_eq!(got.len(), 14, "{got:?}");
+    for (i, r) in got[..13].iter().enumerate() {
+        assert_eq!(r.as_ref().ok(), Some(&((i * i) as u64)), "{got:?}");
+    }
+    assert!(
+        matches!(&got[13], Err(PoolError::Codec(m)) if m.contains("thirteen does not travel")),
+        "{got:?}"
+    );
+}
+
+fn a_pool_closed_during_an_imap_finishes_the_imap(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let pool = pool(method, 2).build().unwrap();
+    let mut it = pool.imap(&square, 0..500u64);
+    assert_eq!(it.next().unwrap().unwrap(), 0);
+    pool.close();
+    // The workers are idle for a moment; the pool must not stop under the iterator.
+    std::thread::sleep(Duration::from_millis(300));
+    let rest: Vec<u64> = it.map(Result::unwrap).collect();
+    assert_eq!(rest.len(), 499);
+    assert_eq!(rest[498], 499 * 499);
+    pool.join().unwrap();
 }
 
 /// Resident memory of this process, in bytes.

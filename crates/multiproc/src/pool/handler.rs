@@ -535,11 +535,9 @@ impl Handler {
             sends.push((i, msg));
             w.busy.push_back(Busy { chunk, deadline });
         }
-        let drained = st.line_is_empty()
-            && self.workers.iter().all(|w| w.busy.is_empty())
-            && sends.is_empty();
+        let workers_idle = self.workers.iter().all(|w| w.busy.is_empty()) && sends.is_empty();
         publish(&mut st, &self.cfg, &self.workers);
-        let finish = st.is_closed() && drained;
+        let finish = st.may_finish() && workers_idle;
         if finish {
             st.lend_none();
         }

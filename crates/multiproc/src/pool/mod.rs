@@ -362,9 +362,19 @@ impl Pool {
         Ok(id)
     }
 
-    /// A new job whose results `reader` takes (a lazy iterator's, before its first items).
-    pub(crate) fn new_job(&self, reader: Reader) -> u64 {
-        self.shared.lock().new_job(reader)
+    /// A new job for a lazy iterator whose results `reader` takes, before its first items.
+    /// Refused like any new job once the pool is closed, terminated or broken. The job stays
+    /// open (the pool does not finish while it is) until [`Pool::end_stream`].
+    pub(crate) fn new_stream(&self, reader: Reader) -> Result<u64, PoolError> {
+        let mut st = self.shared.lock();
+        st.accepting(None)?;
+        Ok(st.open_stream(reader))
+    }
+
+    /// A lazy iterator will submit nothing more: a closed pool may finish once it is drained.
+    pub(crate) fn end_stream(&self) {
+        self.shared.lock().close_stream();
+        self.shared.poke();
     }
 
     /// Sends a lone chunk straight to an idle worker the handler lent out, if there is one:

@@ -10,6 +10,7 @@ use super::Pool;
 use std::collections::VecDeque;
 
 use super::state::{ItemResult, Reader, Shared};
+use super::worker::Batch;
 use crate::error::PoolError;
 
 fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
@@ -287,9 +288,12 @@ impl<R> Drop for MapResult<R> {
 }
 
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: each item is that task's
-/// own result. After an error that ends the whole iteration (a function that is not
-/// registered, a chunk size of 0, an argument that does not encode, a closed pool) it yields
-/// `None`; an item's own failure (a panic, a dead worker) is yielded and the iteration goes on.
+/// own result. An item's own failure (a panic, a dead worker) is yielded and the iteration
+/// goes on. A failure that stops the submitting (a function that is not registered, a chunk
+/// size of 0, an argument that does not encode, a pool closed or terminated before the
+/// iterator's first items) is yielded once, after the results of every item submitted before
+/// it, and then the iterator ends. A pool closed while an iterator runs waits for it: the
+/// iterator submits the rest of its input, and `join` returns after it ends (or is dropped).
 pub struct Imap<'p, R, I> {
     pool: &'p Pool,
     function: Result<&'static str, PoolError>,
@@ -304,8 +308,11 @@ pub struct Imap<'p, R, I> {
     bytes: usize,
     /// Results taken from the pool under one lock, not yet yielded.
     ready: VecDeque<ItemResult>,
+    /// Nothing more will be submitted (the input ended, or submitting failed).
     exhausted: bool,
-    /// An error ended the iteration: `None` from now on.
+    /// Why submitting failed: yielded once every item submitted before it was.
+    failure: Option<PoolError>,
+    /// Everything was yielded: `None` from now on.
     ended: bool,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
@@ -349,6 +356,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
             bytes: 0,
             ready: VecDeque::new(),
             exhausted: false,
+            failure: None,
             ended: false,
             #[cfg(feature = "progress")]
             bar: None,
@@ -410,8 +418,12 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
     }
 
     /// Submits items until the read-ahead is full again, once it has half emptied: one lock
-    /// and one wake-up of the handler per batch of chunks, not per chunk.
+    /// and one wake-up of the handler per batch of chunks, not per chunk. Items are encoded
+    /// one by one: those before an item that does not encode are still submitted.
     fn top_up(&mut self) -> Result<(), PoolError> {
+        if self.exhausted {
+            return Ok(());
+        }
         let function = self.function.clone()?;
         if self.chunksize == 0 {
             return Err(PoolError::Invalid("chunksize must be at least 1".into()));
@@ -419,26 +431,39 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
         let ahead = self.read_ahead();
         // Results taken into `ready` but not yielded still count: the caller has not seen them.
         let in_flight = self.submitted - (self.taken - self.ready.len());
-        if self.exhausted || in_flight > ahead / 2 {
+        if in_flight > ahead / 2 {
             return Ok(());
         }
         let want = (ahead - in_flight).div_ceil(self.chunksize) * self.chunksize;
-        let batch = Pool::encode_all(self.input.by_ref().take(want))?;
-        if batch.len() < want {
+        let mut batch = Batch::default();
+        let mut data = Vec::new();
+        let mut failed = None;
+        for item in self.input.by_ref().take(want) {
+            if let Err(e) = crate::codec::encode_into(&item, &mut data) {
+                failed = Some(PoolError::Codec(e.to_string()));
+                break;
+            }
+            batch.ends.push(data.len() as u32);
+        }
+        batch.data = serde_bytes::ByteBuf::from(data);
+        if failed.is_some() || batch.len() < want {
             self.exhausted = true;
         }
-        if batch.is_empty() {
-            return Ok(());
+        if !batch.is_empty() {
+            let job = match self.job {
+                Some(job) => job,
+                None => *self.job.insert(self.pool.new_stream(self.reader)?),
+            };
+            let n = batch.len();
+            self.bytes += batch.data.len();
+            self.pool
+                .submit_more(function, batch, self.chunksize, Some(job))?;
+            self.submitted += n;
         }
-        let job = match self.job {
-            Some(job) => job,
-            None => *self.job.insert(self.pool.new_job(self.reader)),
-        };
-        self.submitted += batch.len();
-        self.bytes += batch.data.len();
-        self.pool
-            .submit_more(function, batch, self.chunksize, Some(job))?;
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Moves every result that can be yielded now into `ready` (the state is locked).
@@ -489,35 +514,35 @@ impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap
         if self.ended {
             return None;
         }
+        let was_open = !self.exhausted;
         if let Err(e) = self.top_up() {
-            // Nothing more will be submitted; what was is still yielded before the end.
+            // Nothing more will be submitted; what was is yielded first, then the error.
             self.exhausted = true;
-            if self.submitted == self.taken && self.ready.is_empty() {
-                self.ended = true;
-                self.finish_bar();
-            } else {
-                self.function = Err(e.clone());
-            }
-            return Some(Err(e));
+            self.failure = Some(e);
         }
-        if self.ready.is_empty() {
-            if self.submitted == self.taken {
-                self.ended = true;
-                self.finish_bar();
-                return None;
-            }
+        if was_open && self.exhausted && self.job.is_some() {
+            self.pool.end_stream();
+        }
+        if self.ready.is_empty() && self.submitted > self.taken {
             let job = self.job?;
             self.fill(job)?;
         }
-        let r = self.ready.pop_front()?;
-        self.advance();
-        Some(decode(r))
+        if let Some(r) = self.ready.pop_front() {
+            self.advance();
+            return Some(decode(r));
+        }
+        self.ended = true;
+        self.finish_bar();
+        self.failure.take().map(Err)
     }
 }
 
 impl<R, I> Drop for Imap<'_, R, I> {
     fn drop(&mut self) {
         if let Some(job) = self.job {
+            if !self.exhausted {
+                self.pool.end_stream();
+            }
             abandon(self.pool.shared(), job);
         }
     }

@@ -267,6 +267,9 @@ pub(crate) struct State {
     lent: Vec<Lent>,
     /// Chunks callers sent to lent workers, in order, for the handler's bookkeeping.
     direct: Vec<(u64, Chunk)>,
+    /// Lazy iterators that may still submit items: a closed pool does not finish before they
+    /// end (their input may still hold items).
+    open_streams: usize,
 }
 
 impl State {
@@ -339,6 +342,23 @@ impl State {
 
     pub(crate) fn job_mut(&mut self, id: u64) -> Option<&mut Job> {
         self.jobs.get_mut(&id)
+    }
+
+    /// A new job for a lazy iterator, open until [`State::close_stream`].
+    pub(crate) fn open_stream(&mut self, reader: Reader) -> u64 {
+        self.open_streams += 1;
+        self.new_job(reader)
+    }
+
+    /// A lazy iterator submits nothing more.
+    pub(crate) fn close_stream(&mut self) {
+        self.open_streams = self.open_streams.saturating_sub(1);
+    }
+
+    /// Whether a closed pool may stop: nothing waits in line and no lazy iterator may still
+    /// submit (the workers' own chunks are the handler's to count).
+    pub(crate) fn may_finish(&self) -> bool {
+        self.closed && self.pending.is_empty() && self.open_streams == 0
     }
 
     /// Whether job `id` has no item left to run (a job already taken counts as done).
