@@ -22,7 +22,7 @@ pub enum CodecError {
 #[non_exhaustive]
 pub enum ProcessError {
     /// The function named for a spawned child is not in this binary's registry.
-    #[error("{}", crate::process::registry::not_registered(name))]
+    #[error("{}", not_registered(name))]
     NotRegistered {
         /// Full path of the function as `std::any::type_name` reports it.
         name: String,
@@ -178,7 +178,7 @@ pub enum PoolError {
     #[error("codec: {0}")]
     Codec(String),
     /// The function is not registered with `#[multiproc::func]`.
-    #[error("{}", crate::process::registry::not_registered(.0))]
+    #[error("{}", not_registered(.0))]
     NotRegistered(String),
     /// A bad argument, such as a chunk size of 0.
     #[error("invalid argument: {0}")]
@@ -414,3 +414,17 @@ pub enum Error {
 
 /// `Result` with the crate's umbrella [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to tell a user whose function `name` is not registered: the attribute for a `fn`, the
+/// ways that do run a closure for a closure.
+fn not_registered(name: &str) -> String {
+    if name.contains("{{closure}}") {
+        format!(
+            "`{name}` is a closure, and a closure cannot be registered to run in another \
+             process: use `Pool::builder().build_closure(..)` for a pool, `Process::fork(..)` \
+             for one process, or make it a `fn` with `#[multiproc::func]`"
+        )
+    } else {
+        format!("function `{name}` is not registered: add `#[multiproc::func]` to its definition")
+    }
+}

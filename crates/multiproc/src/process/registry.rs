@@ -46,20 +46,6 @@ pub(crate) fn lookup(name: &str) -> Option<&'static Entry> {
     index().get(name).copied()
 }
 
-/// What to tell a user whose function `name` is not registered: the attribute for a `fn`, the
-/// ways that do run a closure for a closure.
-pub(crate) fn not_registered(name: &str) -> String {
-    if name.contains("{{closure}}") {
-        format!(
-            "`{name}` is a closure, and a closure cannot be registered to run in another \
-             process: use `Pool::builder().build_closure(..)` for a pool, `Process::fork(..)` \
-             for one process, or make it a `fn` with `#[multiproc::func]`"
-        )
-    } else {
-        format!("function `{name}` is not registered: add `#[multiproc::func]` to its definition")
-    }
-}
-
 /// Builds the index of registered functions now (a forkserver, so that its children
 /// inherit it).
 pub(crate) fn warm() {
