@@ -51,6 +51,7 @@ pub mod pool;
 mod process;
 pub mod queue;
 pub mod shared;
+mod shm;
 mod spin;
 pub use spin::{SpinPolicy, set_spin_policy};
 pub mod sync;

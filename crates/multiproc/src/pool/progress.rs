@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::block::Block;
+use crate::shm::Block;
 
 /// The chunk being run (its `Chunk::seq`); 0 before the first.
 const SEQ: usize = 0;

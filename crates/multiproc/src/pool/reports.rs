@@ -25,7 +25,7 @@ use super::worker::{Batch, Failure, FromWorker};
 use crate::connection::Connection;
 use crate::error::{PoolError, QueueError};
 use crate::process::wire::Outcome;
-use crate::queue::ring::{Blocking, Ring, Tally};
+use crate::shm::{Blocking, Ring, Tally};
 
 /// One worker's reports: both ends share it (it travels to the worker as its memfd).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -8,8 +8,6 @@
 //! the item it was moving is lost. Waits sleep on futexes; when nobody sleeps, `put` and `get`
 //! make no system call.
 
-pub(crate) mod ring;
-
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -18,8 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::QueueError;
-use crate::sync::raw;
-use ring::{Blocking, Ring, Tally};
+use crate::shm::{Blocking, Ring, Tally, lock_word};
 
 /// The default buffer of a queue: virtual, so memory is used only by items actually queued
 /// (and given back as they leave).
@@ -139,7 +136,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.put_one(
             item,
             Blocking::Wait,
-            raw::deadline(Some(timeout)),
+            lock_word::deadline(Some(timeout)),
             Tally::Items,
         )
     }
@@ -167,7 +164,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes an item, waiting at most `timeout` ([`QueueError::Empty`] after).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError> {
-        self.get_one(Blocking::Wait, raw::deadline(Some(timeout)))
+        self.get_one(Blocking::Wait, lock_word::deadline(Some(timeout)))
     }
 
     /// Takes an item if there is one now.
@@ -187,7 +184,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`get_many`](Queue::get_many) waiting at most `timeout` for the first item.
     pub fn get_many_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<T>, QueueError> {
         self.ring
-            .get(max.max(1), Blocking::Wait, raw::deadline(Some(timeout)))?
+            .get(max.max(1), Blocking::Wait, lock_word::deadline(Some(timeout)))?
             .iter()
             .map(|b| Self::decode(b))
             .collect()
@@ -274,7 +271,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         self.queue.put_one(
             item,
             Blocking::Wait,
-            raw::deadline(Some(timeout)),
+            lock_word::deadline(Some(timeout)),
             Tally::Tasks,
         )
     }
@@ -303,7 +300,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// [`join`](JoinableQueue::join) at most `timeout`; returns whether all are done.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        self.queue.ring.join(raw::deadline(Some(timeout)))
+        self.queue.ring.join(lock_word::deadline(Some(timeout)))
     }
 }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::block::Block;
 use crate::error::SyncError;
+use crate::shm::Block;
 use crate::sys::Region;
 
 /// A block of bytes shared by processes (Python's `multiprocessing.shared_memory`).

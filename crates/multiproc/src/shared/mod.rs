@@ -1,7 +1,5 @@
-//! Shared memory: [`SharedMemory`] (raw bytes), [`Value`] and [`Array`] (plain data), and
-//! the blocks under every cross-process object.
+//! Shared memory: [`SharedMemory`] (raw bytes), [`Value`] and [`Array`] (plain data).
 
-pub(crate) mod block;
 mod memory;
 pub(crate) mod tracker;
 mod value;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytemuck::Pod;
 use serde::{Deserialize, Serialize};
 
-use super::block::Block;
 use crate::error::SyncError;
+use crate::shm::Block;
 use crate::sync::{AcquireError, RLock, RLockGuard};
 
 /// Where the data starts in a block: room for alignment up to 64 bytes.

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::raw;
 use crate::error::SyncError;
-use crate::shared::block::Block;
+use crate::shm::{Block, lock_word};
 use crate::sys;
 
 const LOCK: usize = 0;
@@ -54,9 +53,9 @@ impl Barrier {
 
     fn locked<T>(&self, f: impl FnOnce() -> T) -> T {
         // A holder that died mid-update leaves the barrier as it was: take it over.
-        let _ = raw::lock(self.w(LOCK), None);
+        let _ = lock_word::lock(self.w(LOCK), None);
         let out = f();
-        raw::unlock(self.w(LOCK));
+        lock_word::unlock(self.w(LOCK));
         out
     }
 
@@ -72,7 +71,7 @@ impl Barrier {
     }
 
     fn wait_inner(&self, timeout: Option<Duration>) -> Result<u32, SyncError> {
-        let deadline = raw::deadline(timeout);
+        let deadline = lock_word::deadline(timeout);
         let arrival = self.locked(|| {
             if self.w(BROKEN).load(Ordering::Relaxed) != 0 {
                 return Err(SyncError::BrokenBarrier);
@@ -98,7 +97,7 @@ impl Barrier {
                     Ok(index)
                 };
             }
-            let left = raw::remaining(deadline);
+            let left = lock_word::remaining(deadline);
             if left == Some(Duration::ZERO) {
                 self.abort();
                 continue;

@@ -6,9 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::lock::{AcquireError, Lock, LockGuard};
-use super::raw;
 use crate::error::SyncError;
-use crate::shared::block::Block;
+use crate::shm::{Block, lock_word};
 use crate::sys;
 
 const SEQ: usize = 0;
@@ -78,12 +77,12 @@ impl Condition {
         timeout: Option<Duration>,
         mut predicate: impl FnMut() -> bool,
     ) -> Result<(LockGuard<'a>, bool), SyncError> {
-        let deadline = raw::deadline(timeout);
+        let deadline = lock_word::deadline(timeout);
         loop {
             if predicate() {
                 return Ok((guard, true));
             }
-            let left = raw::remaining(deadline);
+            let left = lock_word::remaining(deadline);
             if left == Some(Duration::ZERO) {
                 return Ok((guard, false));
             }

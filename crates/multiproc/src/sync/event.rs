@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::raw;
 use crate::error::SyncError;
-use crate::shared::block::Block;
+use crate::shm::{Block, lock_word};
 use crate::sys;
 
 /// A flag processes can wait on (Python's `multiprocessing.Event`).
@@ -59,12 +58,12 @@ impl Event {
     }
 
     fn wait_inner(&self, timeout: Option<Duration>) -> bool {
-        let deadline = raw::deadline(timeout);
+        let deadline = lock_word::deadline(timeout);
         loop {
             if self.is_set() {
                 return true;
             }
-            let left = raw::remaining(deadline);
+            let left = lock_word::remaining(deadline);
             if left == Some(Duration::ZERO) {
                 return false;
             }

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::raw::{self, Acquired};
 use crate::error::SyncError;
-use crate::shared::block::Block;
+use crate::shm::Block;
+use crate::shm::lock_word::{self, Acquired};
 use crate::sys;
 
 /// What a timed or checked acquisition can report instead of a guard.
@@ -88,7 +88,7 @@ pub struct LockGuard<'a> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        raw::unlock(self.lock.word());
+        lock_word::unlock(self.lock.word());
     }
 }
 
@@ -106,7 +106,7 @@ impl Lock {
 
     /// Waits for the lock.
     pub fn acquire(&self) -> Result<LockGuard<'_>, AcquireError<LockGuard<'_>>> {
-        finish(raw::lock(self.word(), None), None, || LockGuard {
+        finish(lock_word::lock(self.word(), None), None, || LockGuard {
             lock: self,
         })
     }
@@ -117,7 +117,7 @@ impl Lock {
         timeout: Duration,
     ) -> Result<LockGuard<'_>, AcquireError<LockGuard<'_>>> {
         finish(
-            raw::lock(self.word(), raw::deadline(Some(timeout))),
+            lock_word::lock(self.word(), lock_word::deadline(Some(timeout))),
             Some(timeout),
             || LockGuard { lock: self },
         )
@@ -125,18 +125,18 @@ impl Lock {
 
     /// Takes the lock if it is free.
     pub fn try_acquire(&self) -> Option<LockGuard<'_>> {
-        raw::try_lock(self.word()).then(|| LockGuard { lock: self })
+        lock_word::try_lock(self.word()).then(|| LockGuard { lock: self })
     }
 
     /// Whether someone holds the lock.
     pub fn is_locked(&self) -> bool {
-        raw::is_locked(self.word())
+        lock_word::is_locked(self.word())
     }
 
     /// Releases a lock held without a guard (after [`std::mem::forget`] of one, or by another
     /// process, as Python allows). Releasing an unlocked lock is [`SyncError::NotLocked`].
     pub fn release(&self) -> Result<(), SyncError> {
-        if raw::unlock(self.word()) {
+        if lock_word::unlock(self.word()) {
             Ok(())
         } else {
             Err(SyncError::NotLocked)
@@ -225,7 +225,7 @@ impl RLock {
         if self.owned_here() {
             return Ok(self.reenter());
         }
-        self.take(raw::lock(self.block.u32_at(RL_WORD), None), None)
+        self.take(lock_word::lock(self.block.u32_at(RL_WORD), None), None)
     }
 
     /// Waits for the lock at most `timeout`.
@@ -237,7 +237,10 @@ impl RLock {
             return Ok(self.reenter());
         }
         self.take(
-            raw::lock(self.block.u32_at(RL_WORD), raw::deadline(Some(timeout))),
+            lock_word::lock(
+                self.block.u32_at(RL_WORD),
+                lock_word::deadline(Some(timeout)),
+            ),
             Some(timeout),
         )
     }
@@ -255,7 +258,7 @@ impl RLock {
         count.store(left, Relaxed);
         if left == 0 {
             self.block.u32_at(RL_TID).store(0, Relaxed);
-            raw::unlock(self.block.u32_at(RL_WORD));
+            lock_word::unlock(self.block.u32_at(RL_WORD));
         }
         Ok(())
     }
@@ -275,7 +278,7 @@ impl RLock {
     /// leaves, which is none of theirs, so they wait as they should.
     pub(crate) fn run_brief<R>(&self, f: impl FnOnce() -> R) -> R {
         let word = self.block.u32_at(RL_WORD);
-        if raw::try_lock(word) {
+        if lock_word::try_lock(word) {
             let _held = BriefHold(word);
             return f();
         }
@@ -293,6 +296,6 @@ struct BriefHold<'a>(&'a std::sync::atomic::AtomicU32);
 
 impl Drop for BriefHold<'_> {
     fn drop(&mut self) {
-        raw::unlock(self.0);
+        lock_word::unlock(self.0);
     }
 }

@@ -11,7 +11,6 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
-pub(crate) mod raw;
 mod semaphore;
 
 pub use barrier::Barrier;

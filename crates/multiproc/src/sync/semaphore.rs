@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::raw;
 use crate::error::SyncError;
-use crate::shared::block::Block;
+use crate::shm::{Block, lock_word};
 use crate::sys;
 
 const VALUE: usize = 0;
@@ -116,12 +115,12 @@ impl Semaphore {
     }
 
     fn wait_for_permit(&self, timeout: Option<Duration>) -> bool {
-        let deadline = raw::deadline(timeout);
+        let deadline = lock_word::deadline(timeout);
         loop {
             if self.take_one() {
                 return true;
             }
-            let left = raw::remaining(deadline);
+            let left = lock_word::remaining(deadline);
             if left == Some(Duration::ZERO) {
                 return false;
             }

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::{Block, lock_word};
 use crate::error::QueueError;
-use crate::shared::block::Block;
-use crate::sync::raw;
 use crate::sys;
 
 // The header, by cache line.
@@ -161,7 +160,7 @@ struct Held<'a> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        raw::unlock(self.word);
+        lock_word::unlock(self.word);
     }
 }
 
@@ -227,7 +226,7 @@ impl Ring {
     /// The producers' lock (always taken before the consumers' one when both are needed).
     fn lock_put(&self) -> Held<'_> {
         let word = self.u32(PUT_LOCK);
-        if let raw::Acquired::FromDead(_) = raw::lock(word, None) {
+        if let lock_word::Acquired::FromDead(_) = lock_word::lock(word, None) {
             self.repair_put();
         }
         Held { word }
@@ -236,7 +235,7 @@ impl Ring {
     /// The consumers' lock.
     fn lock_get(&self) -> Held<'_> {
         let word = self.u32(GET_LOCK);
-        if let raw::Acquired::FromDead(_) = raw::lock(word, None) {
+        if let lock_word::Acquired::FromDead(_) = lock_word::lock(word, None) {
             self.repair_get();
         }
         Held { word }
@@ -320,7 +319,7 @@ impl Ring {
     /// producer that dies in between leaves `HEAD > TAIL`, which the repairs recognise.
     fn rewind(&self, tail: u64) -> bool {
         let word = self.u32(GET_LOCK);
-        if !raw::try_lock(word) {
+        if !lock_word::try_lock(word) {
             return false;
         }
         let _get = Held { word };
@@ -448,7 +447,7 @@ impl Ring {
         ready: impl Fn() -> bool,
         deadline: Option<Instant>,
     ) -> bool {
-        let left = raw::remaining(deadline);
+        let left = lock_word::remaining(deadline);
         if left == Some(Duration::ZERO) {
             return false;
         }
@@ -637,7 +636,7 @@ impl Ring {
             if self.u32(UNFINISHED).load(Ordering::SeqCst) == 0 {
                 return true;
             }
-            let left = raw::remaining(deadline);
+            let left = lock_word::remaining(deadline);
             if left == Some(Duration::ZERO) {
                 return false;
             }
