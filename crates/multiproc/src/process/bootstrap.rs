@@ -44,7 +44,7 @@ pub(crate) fn on_load() {
     match role.to_str() {
         Some("child") => run_spawned(sock, true),
         Some("forkserver") => forkserver::serve(sock),
-        Some("tracker") => crate::shared::tracker::serve(sock),
+        Some("tracker") => super::tracker::serve(sock),
         _ => die(&format!("unknown bootstrap role {role:?}")),
     }
 }
@@ -91,7 +91,7 @@ pub(crate) fn run_start(
     if start.tracker {
         // Sent after the arguments' descriptors (see `Builder::launch`).
         if let Some(link) = fds.pop() {
-            crate::shared::tracker::adopt(link);
+            super::tracker::adopt(link);
         }
     }
     current::become_child(

@@ -269,7 +269,7 @@ impl Builder {
         let mut start = start;
         let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         // A forked child inherits the tracker link; these get it with the start message.
-        if let Some(link) = crate::shared::tracker::link() {
+        if let Some(link) = super::tracker::link() {
             start.tracker = true;
             fds.push(link);
         }

@@ -33,6 +33,7 @@ mod panics;
 mod reaper;
 pub(crate) mod registry;
 mod scope;
+pub(crate) mod tracker;
 pub(crate) mod wire;
 
 pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SyncError;
+use crate::process::tracker;
 use crate::shm::Block;
 use crate::sys::Region;
 
@@ -44,7 +45,7 @@ impl Drop for Name {
     fn drop(&mut self) {
         if self.owner {
             let _ = Region::unlink_named(&self.name);
-            super::tracker::unregister(&self.name);
+            tracker::unregister(&self.name);
         }
     }
 }
@@ -80,7 +81,7 @@ impl SharedMemory {
         let name = shm_name(name)?;
         let region = Region::create_named(&name, size)?;
         // Unlinked by the tree's tracker should this process end without dropping it.
-        super::tracker::register(&name);
+        tracker::register(&name);
         Ok(SharedMemory {
             block: Block(Arc::new(region)),
             name: Some(Arc::new(Name { name, owner: true })),
@@ -151,7 +152,7 @@ impl SharedMemory {
             Some(n) => {
                 Region::unlink_named(&n.name)?;
                 if n.owner {
-                    super::tracker::unregister(&n.name);
+                    tracker::unregister(&n.name);
                 }
                 Ok(())
             }

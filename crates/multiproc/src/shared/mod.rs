@@ -1,7 +1,6 @@
 //! Shared memory: [`SharedMemory`] (raw bytes), [`Value`] and [`Array`] (plain data).
 
 mod memory;
-pub(crate) mod tracker;
 mod value;
 
 pub use memory::SharedMemory;

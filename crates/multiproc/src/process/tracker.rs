@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use crate::process::bootstrap;
+use super::bootstrap;
 use crate::sys;
 
 /// This process's end of the tree's tracker socket, once there is a tracker.
