@@ -81,7 +81,7 @@ pub use sync::{AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, 
 /// did not run (it normally does). Call it first in `main` when not using
 /// `#[multiproc::main]`; in a normal start it returns at once.
 pub fn init() {
-    process::bootstrap::on_load();
+    process::before_main::on_load();
 }
 
 /// Ends this process's children as Python does when the main process exits: daemonic ones

@@ -1,14 +1,13 @@
-//! The child's side of starting: intercepting a re-run binary before `main`, running the
-//! registered function, reporting how it ended.
+//! The child's side of starting: reading the start message, running the registered function,
+//! reporting how it ended.
 
 use std::any::Any;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::wire::{self, Kind, Outcome, Returned, Start};
-use super::{child, current, forkserver, panics, registry};
+use super::{child, current, panics, registry};
 use crate::codec::{ResultBuf, SMALL_RESULT};
 use crate::error::CodecError;
 use crate::sys;
@@ -17,44 +16,11 @@ use crate::sys;
 /// descriptor [`sys::CHILD_BOOTSTRAP_FD`].
 pub(crate) const ENV: &str = "MULTIPROC_BOOTSTRAP";
 
-static INTERCEPTED: AtomicBool = AtomicBool::new(false);
-
 /// Exit code of a child whose bootstrap itself failed (`EX_SOFTWARE`).
 const BOOTSTRAP_FAILED: i32 = 70;
 
-/// Runs before `main` (and before a test harness parses its arguments) in every binary that
-/// links multiproc. In a normal start it only looks at one environment variable.
-pub(crate) fn on_load() {
-    let Some(role) = std::env::var_os(ENV) else {
-        // Registered here, before any thread: a later registration could race a fork.
-        child::finish_at_exit();
-        return;
-    };
-    if INTERCEPTED.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    // Remove the marker first: whatever this process starts later is not a multiproc child.
-    sys::remove_env(ENV);
-    let sock = match sys::take_inherited_fd(sys::CHILD_BOOTSTRAP_FD) {
-        Ok(sock) => sock,
-        Err(e) => die(&format!(
-            "started as a child but has no bootstrap socket ({e})"
-        )),
-    };
-    match role.to_str() {
-        Some("child") => run_spawned(sock, true),
-        Some("forkserver") => forkserver::serve(sock),
-        Some("tracker") => super::tracker::serve(sock),
-        _ => die(&format!("unknown bootstrap role {role:?}")),
-    }
-}
-
-/// Whether this process was started as a multiproc child whose bootstrap has not run.
-pub(crate) fn pending() -> bool {
-    !INTERCEPTED.load(Ordering::SeqCst) && std::env::var_os(ENV).is_some()
-}
-
-fn die(msg: &str) -> ! {
+/// Ends a child whose bootstrap failed, saying why.
+pub(super) fn die(msg: &str) -> ! {
     let _ = writeln!(std::io::stderr(), "multiproc: {msg}");
     sys::exit_now(BOOTSTRAP_FAILED)
 }

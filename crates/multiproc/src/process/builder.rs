@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::child::{self, ChildShared, Process};
 use super::registry::Func;
 use super::wire::{self, Kind, Outcome, Start};
-use super::{bootstrap, current, forkserver, panics, reaper, registry, scope};
+use super::{before_main, bootstrap, current, forkserver, panics, reaper, registry, scope};
 use crate::error::ProcessError;
 use crate::sys;
 
@@ -325,7 +325,7 @@ impl Builder {
 }
 
 fn check_bootstrapped() -> Result<(), ProcessError> {
-    if bootstrap::pending() {
+    if before_main::pending() {
         Err(ProcessError::NotBootstrapped)
     } else {
         Ok(())

@@ -357,7 +357,7 @@ pub(crate) fn lock_children() -> MutexGuard<'static, Vec<Arc<ChildShared>>> {
 }
 
 pub(crate) fn register(child: Arc<ChildShared>) {
-    // Normally done before `main` already (see `bootstrap::on_load`).
+    // Normally done before `main` already (see `before_main::on_load`).
     finish_at_exit();
     lock_children().push(child);
 }

@@ -24,6 +24,7 @@
 //! any file descriptors in the arguments attached (`SCM_RIGHTS`). The result or the panic
 //! message comes back on the same socket; the exit status comes from `waitpid`.
 
+pub(crate) mod before_main;
 pub(crate) mod bootstrap;
 mod builder;
 pub(crate) mod child;

@@ -7,8 +7,7 @@
 //!   [`try_send`], [`recv_exact`], [`read_some`], [`set_nonblocking`], [`poll_readable`];
 //! - processes: [`spawn_self`], [`fork_then`], [`pidfd_open`], [`try_wait`], [`send_signal`],
 //!   [`exit_now`], [`at_exit`], [`getpid`], [`getppid`], [`remove_env`], [`signal_name`];
-//! - machine facts: [`affinity_cpu_count`];
-//! - the life-before-main hook that lets a re-run binary become a child before `main`.
+//! - machine facts: [`affinity_cpu_count`].
 //!
 //! Errors are `io::Error`; the modules above map them to their own error enums.
 #![allow(unsafe_code)]

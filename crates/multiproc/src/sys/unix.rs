@@ -614,10 +614,3 @@ pub(crate) fn affinity_cpu_count() -> Option<usize> {
         .count();
     (n > 0).then_some(n)
 }
-
-/// Life before main: a binary re-run by multiproc becomes the child here, before `main` or a
-/// test harness sees its arguments.
-#[ctor::ctor(unsafe)]
-fn multiproc_life_before_main() {
-    crate::process::bootstrap::on_load();
-}
