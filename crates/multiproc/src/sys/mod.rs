@@ -1,28 +1,64 @@
 //! The operating-system layer: the only place for OS calls and `unsafe`.
 //!
-//! # Required items
-//! Every backend provides the same names (as mio and ipc-channel do), so another OS is one
-//! more module:
-//! - sockets: [`socketpair`], [`send_with_fds`], [`recv_with_fds`], [`send_all`],
-//!   [`try_send`], [`recv_exact`], [`read_some`], [`set_nonblocking`], [`poll_readable`];
-//! - processes: [`spawn_self`], [`fork_then`], [`pidfd_open`], [`try_wait`], [`send_signal`],
-//!   [`exit_now`], [`at_exit`], [`getpid`], [`getppid`], [`remove_env`], [`signal_name`];
-//! - machine facts: [`affinity_cpu_count`].
-//!
+//! The rest of the crate uses the names listed here, re-exported one by one from a module
+//! per concern, and never a binding crate: this list is the whole of what multiproc asks of
+//! an operating system. This implementation is Linux's (pidfds, memfds, futexes, `/proc`);
+//! another OS provides the same names from modules of its own, as mio and ipc-channel do.
 //! Errors are `io::Error`; the modules above map them to their own error enums.
+//!
+//! # The contract
+//! - sockets ([`socket`]): [`socketpair`], [`socketpair_nonblocking`], [`packet_pair`],
+//!   [`send_packet`], [`recv_packet`], [`send_all`], [`try_send`], [`recv_exact`],
+//!   [`read_some`], [`recv_plain`], [`set_nonblocking`], [`poll`], [`poll_readable`];
+//! - descriptors that travel with a message ([`fd_passing`]): [`send_with_fds`],
+//!   [`recv_with_fds`], [`recv_with_fds_now`], [`MAX_FDS_PER_MESSAGE`];
+//! - listening and connecting sockets ([`net`]): [`SockTarget`], [`listen`], [`connect`],
+//!   [`accept`], [`local_tcp_address`], [`shutdown`], [`send_parts`];
+//! - processes ([`process`]): [`spawn_self`], [`fork_then`], [`CHILD_BOOTSTRAP_FD`],
+//!   [`take_inherited_fd`], [`close_inline`], [`pidfd_open`], [`try_wait`], [`ExitStatus`],
+//!   [`process_alive`], [`getpid`], [`gettid`], [`getppid`], [`exit_now`], [`at_exit`],
+//!   [`remove_env`], [`affinity_cpu_count`];
+//! - signals ([`signal`]): [`send_signal`], [`pidfd_send_signal`], [`signal_name`],
+//!   [`SIGTERM`], [`SIGKILL`], [`SIGINT`], [`ignore_stop_signals`];
+//! - shared memory ([`shm`]): [`Region`], [`memfd_with`];
+//! - futexes ([`futex`]): [`futex_wait`], [`futex_wake`];
+//! - the shared clock ([`time`]): [`monotonic_ns`].
 #![allow(unsafe_code)]
 
+use std::io;
+
+use nix::errno::Errno;
+
+mod fd_passing;
+mod futex;
 mod net;
+mod process;
 mod shm;
-mod unix;
+mod signal;
+mod socket;
+mod time;
 
-pub(crate) use net::*;
-pub(crate) use shm::*;
-pub(crate) use unix::*;
+pub(crate) use fd_passing::{MAX_FDS_PER_MESSAGE, recv_with_fds, recv_with_fds_now, send_with_fds};
+pub(crate) use futex::{futex_wait, futex_wake};
+pub(crate) use net::{
+    SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown,
+};
+pub(crate) use process::{
+    CHILD_BOOTSTRAP_FD, ExitStatus, affinity_cpu_count, at_exit, close_inline, exit_now, fork_then,
+    getpid, getppid, gettid, pidfd_open, process_alive, remove_env, spawn_self, take_inherited_fd,
+    try_wait,
+};
+pub(crate) use shm::{Region, memfd_with};
+pub(crate) use signal::{
+    SIGINT, SIGKILL, SIGTERM, ignore_stop_signals, pidfd_send_signal, send_signal, signal_name,
+};
+pub(crate) use socket::{
+    packet_pair, poll, poll_readable, read_some, recv_exact, recv_packet, recv_plain, send_all,
+    send_packet, set_nonblocking, socketpair, socketpair_nonblocking, try_send,
+};
+pub(crate) use time::monotonic_ns;
 
-/// Nanoseconds on the system's monotonic clock: the same clock in every process of the machine,
-/// so a time one process writes to shared memory means the same to another.
-pub(crate) fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+/// The `io::Error` of a binding crate's error number.
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
 }

@@ -11,7 +11,7 @@ use nix::sys::socket::{
     SockaddrLike, SockaddrStorage, UnixAddr,
 };
 
-use super::unix::errno;
+use super::errno;
 
 /// Where a socket lives, as the OS sees it.
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +136,7 @@ pub(crate) fn send_parts(
         match socket::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => {
-                super::unix::poll(&[(fd, true)], None)?;
+                super::socket::poll(&[(fd, true)], None)?;
             }
             Err(e) => return Err(errno(e)),
             Ok(n) => {

@@ -1,15 +1,15 @@
-//! Shared memory regions and futexes: the ground of the cross-process primitives.
+//! Shared memory: mapped memory files (memfds and named `/dev/shm` objects), and memory files
+//! that hand bytes to another process.
 
 use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::time::Duration;
 
 use nix::sys::mman::{MapFlags, ProtFlags};
 
-use super::unix::errno;
+use super::errno;
 
 /// A shared mapping of a memory file (a memfd, or a named `/dev/shm` object). Every process
 /// that maps the same file sees the same bytes; the file lives while any descriptor or
@@ -203,32 +203,13 @@ impl Drop for Region {
     }
 }
 
-/// Sleeps while `word` holds `expected`, at most `timeout` (`None`: until woken). Spurious
-/// returns are possible; callers re-check their condition.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    use rustix::thread::futex;
-    let ts = timeout.map(|t| futex::Timespec {
-        tv_sec: t.as_secs() as i64,
-        tv_nsec: i64::from(t.subsec_nanos()),
-    });
-    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
-}
-
-/// Wakes up to `n` sleepers on `word` (in any process); `u32::MAX` wakes all.
-pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
-    // The kernel reads the count as a signed int: a negative one wakes a single sleeper.
-    let n = n.min(i32::MAX as u32);
-    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n);
-}
-
-/// Whether process `pid` still runs (a zombie has ended). A reused pid reads as alive.
-pub(crate) fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next()),
-            Some("Z" | "X")
-        ),
-        Err(_) => false,
-    }
+/// An anonymous in-memory file (close-on-exec) holding `data`, to hand to another process.
+pub(crate) fn memfd_with(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(errno)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, data)?;
+    // The offset belongs to the open file description the receiver shares: rewind it.
+    std::io::Seek::rewind(&mut file)?;
+    Ok(OwnedFd::from(file))
 }

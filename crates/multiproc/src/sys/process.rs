@@ -1,0 +1,262 @@
+//! Processes: starting this executable again, forking, waiting for and signalling children
+//! by pidfd, ids, exit, the environment, and what the machine lets this process run on.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::sys::signal::SigSet;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::errno;
+use super::signal::STOP_SIGNALS;
+
+/// The fd number at which a spawned child finds its bootstrap socket.
+pub(crate) const CHILD_BOOTSTRAP_FD: RawFd = 3;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum ExitStatus {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Python's `exitcode`: the code, or the negative signal number.
+    pub(crate) fn exitcode(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => -s,
+        }
+    }
+}
+
+/// Reaps `pid` if it has ended; `Ok(None)` while it runs.
+pub(crate) fn try_wait(pid: u32) -> io::Result<Option<ExitStatus>> {
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(ExitStatus::Code(code))),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(ExitStatus::Signal(sig as i32))),
+            Ok(_) => return Ok(None),
+        }
+    }
+}
+
+/// A descriptor that becomes readable when `pid` ends (Linux pidfd).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(io::Error::from)
+}
+
+/// Takes ownership of a descriptor this process inherited at a known number, and marks it
+/// close-on-exec. Fails if nothing is open there.
+pub(crate) fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // SAFETY: F_GETFD only inspects the descriptor table; an invalid number gives EBADF.
+    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(probe, FcntlArg::F_GETFD).map_err(errno)?;
+    fcntl(probe, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(errno)?;
+    // SAFETY: the descriptor is open (checked above) and was placed at this number for us by
+    // the parent's spawn; this is the single place that claims it, once, before `main`.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// This process's id (cached: lock fast paths use it; refreshed in children we fork).
+pub(crate) fn getpid() -> u32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    match PID.load(Relaxed) {
+        0 => {
+            let pid = nix::unistd::getpid().as_raw() as u32;
+            PID.store(pid, Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
+/// This thread's id (cached per thread).
+pub(crate) fn gettid() -> u32 {
+    thread_local!(static TID: u32 = rustix::thread::gettid().as_raw_nonzero().get() as u32);
+    TID.with(|t| *t)
+}
+
+/// The parent's id (1 or a subreaper once the parent is gone).
+pub(crate) fn getppid() -> u32 {
+    nix::unistd::getppid().as_raw() as u32
+}
+
+/// Ends the process at once: no atexit handlers, no destructors (the caller flushes stdio).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes no pointers and never returns; skipping atexit handlers and
+    // destructors is the point (a forked child must not run the parent's).
+    unsafe { libc::_exit(code) }
+}
+
+/// Has `exit` (a return from `main`, `std::process::exit`) call `handler` before the process
+/// ends. `exit_now` skips it.
+pub(crate) fn at_exit(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `handler` is a plain function with no arguments that lives as long as the
+    // program; the C library keeps only its address.
+    match unsafe { libc::atexit(handler) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit: no room for another handler")),
+    }
+}
+
+/// Removes an environment variable of this process.
+///
+/// Only called while this process is single-threaded: from the life-before-main hook, or in
+/// a child just after `fork`.
+pub(crate) fn remove_env(key: &str) {
+    // SAFETY: callers run before `main` (no other thread exists yet) or in a freshly forked
+    // child, whose only thread is the caller; nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Starts this same executable again (`/proc/self/exe`) with `argv[0]` only, the current
+/// environment plus `marker`, and `bootstrap` as descriptor [`CHILD_BOOTSTRAP_FD`].
+/// Uses `posix_spawn` (a `vfork`-style clone): no `fork` of a large parent.
+pub(crate) fn spawn_self(bootstrap: BorrowedFd<'_>, marker: (&str, &str)) -> io::Result<u32> {
+    use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, posix_spawn};
+    // dup2(fd, fd) would keep close-on-exec set, so make sure the source is not fd 3.
+    let moved;
+    let source = if bootstrap.as_raw_fd() == CHILD_BOOTSTRAP_FD {
+        moved = bootstrap.try_clone_to_owned()?;
+        moved.as_fd()
+    } else {
+        bootstrap
+    };
+    let mut actions = PosixSpawnFileActions::init().map_err(errno)?;
+    actions
+        .add_dup2(source.as_raw_fd(), CHILD_BOOTSTRAP_FD)
+        .map_err(errno)?;
+    let mut attr = PosixSpawnAttr::init().map_err(errno)?;
+    // A child starts with no blocked signal and the default action of the stop signals,
+    // whatever the spawning thread had (a server blocking SIGTERM to wait for it in one
+    // thread must not make its children immune to `terminate`).
+    let mut stops = SigSet::empty();
+    for sig in STOP_SIGNALS {
+        stops.add(sig);
+    }
+    attr.set_sigmask(&SigSet::empty()).map_err(errno)?;
+    attr.set_sigdefault(&stops).map_err(errno)?;
+    attr.set_flags(
+        nix::spawn::PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+            | nix::spawn::PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )
+    .map_err(errno)?;
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("multiproc-child"));
+    let args = [cstring(argv0.as_bytes())?];
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k.as_bytes().starts_with(b"MULTIPROC_BOOT") {
+            continue;
+        }
+        env.push(cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+    }
+    env.push(cstring(format!("{}={}", marker.0, marker.1).as_bytes())?);
+    let pid =
+        posix_spawn(OsStr::new("/proc/self/exe"), &actions, &attr, &args, &env).map_err(errno)?;
+    Ok(pid.as_raw() as u32)
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NUL byte in argument or environment",
+        )
+    })
+}
+
+/// Forks. In the child, closes `close` (descriptors the child must not keep), runs `child`
+/// and ends with its return value as exit code (never returning to the caller); in the
+/// parent, returns the child's pid.
+///
+/// In a program with other threads, the child has only the calling thread: locks that other
+/// threads held stay locked forever. That hazard is why `fork` is an opt-in start method.
+pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<u32> {
+    // Asked here, where the pages involved are mapped: each page of code or data a forked
+    // child touches first costs it a page fault on the path the parent waits for.
+    let masked = SigSet::thread_get_mask().map_or(true, |set| set.iter().next().is_some());
+    // SAFETY: in the child, control never returns to the caller: only `child` runs and the
+    // process ends with `_exit`, also if `child` unwinds (`ExitOnUnwind`), so no destructor
+    // of the parent's state runs twice. The documented multithreading hazard is accepted by
+    // the caller.
+    match unsafe { nix::unistd::fork() }.map_err(errno)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
+        nix::unistd::ForkResult::Child => {
+            let guard = ExitOnUnwind;
+            if PID.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+                PID.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            // As for spawned children: nothing blocked (see `spawn_self`).
+            if masked {
+                let _ = SigSet::empty().thread_set_mask();
+            }
+            for &fd in close {
+                // SAFETY: the objects owning these descriptors live in the parent's half of
+                // the fork; this child never returns to them (it ends in `_exit` below), so
+                // closing its copies cannot cause a double close or a use after close.
+                unsafe { rustix::io::close(fd) };
+            }
+            let code = child();
+            std::mem::forget(guard);
+            exit_now(code)
+        }
+    }
+}
+
+/// Ends a forked child that unwinds (a panic outside the code that reports panics): the
+/// unwinding must not reach the frames above the fork, the parent's code path, which the
+/// child has a copy of.
+///
+/// Cheaper than `catch_unwind` at the child's top: that moves the whole child closure (a
+/// `memcpy`, one more page fault before the child does anything).
+struct ExitOnUnwind;
+
+impl Drop for ExitOnUnwind {
+    fn drop(&mut self) {
+        exit_now(1)
+    }
+}
+
+/// Closes `fd` with the system call made inline (no C library page touched: see
+/// [`send_all`](super::send_all)).
+pub(crate) fn close_inline(fd: OwnedFd) {
+    // SAFETY: `fd` is ours (owned) and is not used after this call.
+    unsafe { rustix::io::close(fd.into_raw_fd()) }
+}
+
+/// CPUs this process may run on (its affinity mask).
+pub(crate) fn affinity_cpu_count() -> Option<usize> {
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let n = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .count();
+    (n > 0).then_some(n)
+}
+
+/// Whether process `pid` still runs (a zombie has ended). A reused pid reads as alive.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}
