@@ -1,5 +1,7 @@
 //! Futexes: sleeping on a shared `u32` until it changes, and waking the sleepers, in any
 //! process that maps it.
+//!
+//! Through rustix: nix has no futex calls.
 
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;

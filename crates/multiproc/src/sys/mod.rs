@@ -23,6 +23,14 @@
 //! - shared memory ([`shm`]): [`Region`], [`memfd_with`];
 //! - futexes ([`futex`]): [`futex_wait`], [`futex_wake`];
 //! - the shared clock ([`time`]): [`monotonic_ns`].
+//!
+//! # One binding crate
+//! nix, wherever it serves. rustix only where it does not: futexes ([`futex`]) and pidfds
+//! ([`pidfd_open`], [`pidfd_send_signal`]), which nix lacks, and the system calls a forked
+//! child makes on its way to report ([`send_all`], [`close_inline`], the closes in
+//! [`fork_then`]), made inline so that the child touches no C library page (each first touch
+//! costs it a page fault). `_exit` and `atexit`, which nix does not wrap, go through its
+//! re-export of libc.
 #![allow(unsafe_code)]
 
 use std::io;

@@ -50,6 +50,8 @@ pub(crate) fn try_wait(pid: u32) -> io::Result<Option<ExitStatus>> {
 }
 
 /// A descriptor that becomes readable when `pid` ends (Linux pidfd).
+///
+/// Through rustix: nix has no pidfd calls.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid = rustix::process::Pid::from_raw(pid as i32)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0"))?;
@@ -86,7 +88,7 @@ pub(crate) fn getpid() -> u32 {
 
 /// This thread's id (cached per thread).
 pub(crate) fn gettid() -> u32 {
-    thread_local!(static TID: u32 = rustix::thread::gettid().as_raw_nonzero().get() as u32);
+    thread_local!(static TID: u32 = nix::unistd::gettid().as_raw() as u32);
     TID.with(|t| *t)
 }
 
@@ -96,10 +98,13 @@ pub(crate) fn getppid() -> u32 {
 }
 
 /// Ends the process at once: no atexit handlers, no destructors (the caller flushes stdio).
+///
+/// nix wraps neither `_exit` nor `atexit`: both are called through the C library that nix
+/// re-exports (`nix::libc`), so libc is no dependency of its own.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` takes no pointers and never returns; skipping atexit handlers and
     // destructors is the point (a forked child must not run the parent's).
-    unsafe { libc::_exit(code) }
+    unsafe { nix::libc::_exit(code) }
 }
 
 /// Has `exit` (a return from `main`, `std::process::exit`) call `handler` before the process
@@ -107,7 +112,7 @@ pub(crate) fn exit_now(code: i32) -> ! {
 pub(crate) fn at_exit(handler: extern "C" fn()) -> io::Result<()> {
     // SAFETY: `handler` is a plain function with no arguments that lives as long as the
     // program; the C library keeps only its address.
-    match unsafe { libc::atexit(handler) } {
+    match unsafe { nix::libc::atexit(handler) } {
         0 => Ok(()),
         _ => Err(io::Error::other("atexit: no room for another handler")),
     }
@@ -206,6 +211,7 @@ pub(crate) fn fork_then(close: &[RawFd], child: impl FnOnce() -> i32) -> io::Res
             if masked {
                 let _ = SigSet::empty().thread_set_mask();
             }
+            // Inline system calls (rustix), as in `close_inline`.
             for &fd in close {
                 // SAFETY: the objects owning these descriptors live in the parent's half of
                 // the fork; this child never returns to them (it ends in `_exit` below), so
@@ -233,8 +239,8 @@ impl Drop for ExitOnUnwind {
     }
 }
 
-/// Closes `fd` with the system call made inline (no C library page touched: see
-/// [`send_all`](super::send_all)).
+/// Closes `fd` with the system call made inline, through rustix (no C library page touched:
+/// see [`send_all`](super::send_all)).
 pub(crate) fn close_inline(fd: OwnedFd) {
     // SAFETY: `fd` is ours (owned) and is not used after this call.
     unsafe { rustix::io::close(fd.into_raw_fd()) }

@@ -27,6 +27,8 @@ pub(crate) fn send_signal(pid: u32, sig: i32) -> io::Result<()> {
 }
 
 /// Sends signal `sig` to the process behind `pidfd`: race-free even if the pid was reused.
+///
+/// Through rustix: nix has no pidfd calls.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     let sig = rustix::process::Signal::from_named_raw(sig)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unknown signal"))?;

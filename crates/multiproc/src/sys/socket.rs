@@ -151,8 +151,9 @@ pub(super) fn wait_fd(fd: BorrowedFd<'_>, writable: bool) -> io::Result<()> {
 
 /// Writes all of `data`, never raising `SIGPIPE` (a closed peer is `BrokenPipe`).
 ///
-/// The system call is made inline (rustix), not through the C library: a forked child
-/// reports with it, and each C library page it touches first is a page fault there.
+/// The system call is made inline (rustix), not through the C library as nix would make it:
+/// a forked child reports with it, and each C library page it touches first is a page fault
+/// there.
 #[inline]
 pub(crate) fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     use rustix::io::Errno as E;
@@ -171,9 +172,9 @@ pub(crate) fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
 /// non-blocking socket is full.
 pub(crate) fn try_send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     loop {
-        match rustix::net::send(fd, data, rustix::net::SendFlags::NOSIGNAL) {
-            Err(rustix::io::Errno::INTR) => {}
-            other => return other.map_err(io::Error::from),
+        match nix::sys::socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(errno),
         }
     }
 }
