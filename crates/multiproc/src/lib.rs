@@ -81,7 +81,7 @@ pub use sync::{AcquireError, Barrier, BoundedSemaphore, Condition, Event, Lock, 
 /// did not run (it normally does). Call it first in `main` when not using
 /// `#[multiproc::main]`; in a normal start it returns at once.
 pub fn init() {
-    process::before_main::on_load();
+    process::on_load();
 }
 
 /// Ends this process's children as Python does when the main process exits: daemonic ones
@@ -89,7 +89,7 @@ pub fn init() {
 /// [`#[multiproc::main]`](main), which runs it when `main`'s body ends); call it to do it
 /// earlier.
 pub fn shutdown() {
-    process::child::finish_children(None, process::child::Finish::TerminateDaemons);
+    process::finish_children(None, process::Finish::TerminateDaemons);
 }
 
 /// What the macros expand to; not a stable API.

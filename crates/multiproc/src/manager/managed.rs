@@ -116,9 +116,7 @@ impl<T: Managed> Object for UserObject<T> {
         let mut value = lock(&self.value);
         match catch_unwind(AssertUnwindSafe(|| value.__dispatch(method, args))) {
             Ok(r) => r.map_err(|f| f.0),
-            Err(payload) => Err(Fault::Panicked(crate::process::bootstrap::panic_message(
-                &*payload,
-            ))),
+            Err(payload) => Err(Fault::Panicked(crate::process::panic_message(&*payload))),
         }
     }
 }

@@ -430,11 +430,8 @@ fn handle(
                 owner: (session, thread),
                 cancelled,
             };
-            catch_unwind(AssertUnwindSafe(|| obj.call(&cx, method, args))).unwrap_or_else(|p| {
-                Err(Fault::Panicked(crate::process::bootstrap::panic_message(
-                    &*p,
-                )))
-            })
+            catch_unwind(AssertUnwindSafe(|| obj.call(&cx, method, args)))
+                .unwrap_or_else(|p| Err(Fault::Panicked(crate::process::panic_message(&*p))))
         }
         Request::Create { kind, init } => {
             let obj: Arc<dyn Object> = create_builtin(kind, init)

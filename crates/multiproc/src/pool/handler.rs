@@ -25,8 +25,7 @@ use super::state::{
 use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
 use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
-use crate::process::wire::Outcome;
-use crate::process::{Process, StartMethod};
+use crate::process::{Outcome, Process, StartMethod};
 
 /// Runs a closure pool's tasks in a forked worker.
 pub(crate) type ClosureRunner =

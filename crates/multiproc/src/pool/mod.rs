@@ -166,7 +166,7 @@ impl PoolBuilder {
         self.closure = Some(std::sync::Arc::new(
             move |bytes: &[u8], out: &mut Vec<u8>| {
                 let mut out = crate::codec::ResultBuf::Append(out);
-                crate::process::bootstrap::run_guarded_into(&mut out, |out| {
+                crate::process::run_guarded_into(&mut out, |out| {
                     out.encode(&f(crate::codec::decode(bytes)?))
                 })
             },

@@ -24,7 +24,7 @@ use serde_bytes::ByteBuf;
 use super::worker::{Batch, Failure, FromWorker};
 use crate::connection::Connection;
 use crate::error::{PoolError, QueueError};
-use crate::process::wire::Outcome;
+use crate::process::Outcome;
 use crate::shm::{Blocking, Ring, Tally};
 
 /// One worker's reports: both ends share it (it travels to the worker as its memfd).

@@ -11,7 +11,7 @@ use super::reports::Reports;
 use super::worker::{Batch, Failure, FromWorker, RunRef};
 use crate::connection::Connection;
 use crate::error::PoolError;
-use crate::process::wire::Outcome;
+use crate::process::Outcome;
 
 /// A finished item's encoded result: a slice of its chunk's result buffer (shared, so a chunk
 /// of many results costs one allocation).

@@ -9,9 +9,7 @@ use serde_bytes::ByteBuf;
 
 use crate::codec::ResultBuf;
 use crate::connection::Connection;
-use crate::process::bootstrap::run_guarded_into;
-use crate::process::registry;
-use crate::process::wire::Outcome;
+use crate::process::{Outcome, registry, run_guarded_into};
 
 use super::progress::{Clock, Progress};
 use super::reports::Reports;

@@ -5,8 +5,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::bootstrap::{self, ENV, die};
-use super::{child, forkserver, tracker};
+use super::bootstrap::die;
+use super::wire::ENV;
+use super::{child, forkserver, spawn, tracker};
 use crate::sys;
 
 static INTERCEPTED: AtomicBool = AtomicBool::new(false);
@@ -37,7 +38,7 @@ pub(crate) fn on_load() {
         )),
     };
     match role.to_str() {
-        Some("child") => bootstrap::run_spawned(sock, true),
+        Some("child") => spawn::run_spawned(sock, true),
         Some("forkserver") => forkserver::serve(sock),
         Some("tracker") => tracker::serve(sock),
         _ => die(&format!("unknown bootstrap role {role:?}")),

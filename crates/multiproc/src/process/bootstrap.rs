@@ -1,20 +1,16 @@
 //! The child's side of starting: reading the start message, running the registered function,
 //! reporting how it ended.
 
-use std::any::Any;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use super::wire::{self, Kind, Outcome, Returned, Start};
-use super::{child, current, panics, registry};
+use super::panics::{self, panic_message};
+use super::wire::{self, Outcome, Returned, Start};
+use super::{child, current, registry};
 use crate::codec::{ResultBuf, SMALL_RESULT};
 use crate::error::CodecError;
 use crate::sys;
-
-/// Set in the environment of a re-run binary: `child` or `forkserver`. The bootstrap socket is
-/// descriptor [`sys::CHILD_BOOTSTRAP_FD`].
-pub(crate) const ENV: &str = "MULTIPROC_BOOTSTRAP";
 
 /// Exit code of a child whose bootstrap itself failed (`EX_SOFTWARE`).
 const BOOTSTRAP_FAILED: i32 = 70;
@@ -23,20 +19,6 @@ const BOOTSTRAP_FAILED: i32 = 70;
 pub(super) fn die(msg: &str) -> ! {
     let _ = writeln!(std::io::stderr(), "multiproc: {msg}");
     sys::exit_now(BOOTSTRAP_FAILED)
-}
-
-/// Reads the start message from `sock`, then runs it (see [`run_start`]).
-pub(crate) fn run_spawned(sock: OwnedFd, direct: bool) -> ! {
-    let (kind, payload, fds) = match wire::read_frame(sock.as_fd(), u64::MAX) {
-        Ok(frame) => frame,
-        Err(e) => die(&format!(
-            "cannot read the start message from the parent: {e}"
-        )),
-    };
-    if kind != Kind::Start {
-        die(&format!("expected a start message, got {kind:?}"));
-    }
-    run_start(sock.as_fd(), &payload, fds, direct)
 }
 
 /// Becomes the child that the encoded start message describes, runs its function with
@@ -124,16 +106,6 @@ pub(crate) fn run_and_finish(
             ResultBuf::Spilled(bytes) => finish(sock, Ok(Returned::Bytes(bytes))),
             ResultBuf::Append(bytes) => finish(sock, Ok(Returned::Bytes(bytes))),
         },
-    }
-}
-
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
     }
 }
 

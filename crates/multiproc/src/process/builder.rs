@@ -1,18 +1,18 @@
-//! Starting processes: the builder, the start methods, and the default method.
+//! Starting processes: the builder, the default start method, and the dispatch to the start
+//! methods (`fork`, `spawn`, `forkserver`, one module each).
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::child::{self, ChildShared, Process};
+use super::child::{self, Process};
 use super::registry::Func;
-use super::wire::{self, Kind, Outcome, Start};
-use super::{before_main, bootstrap, current, forkserver, panics, reaper, registry, scope};
+use super::wire::Start;
+use super::{before_main, current, fork, forkserver, registry, spawn, tracker};
 use crate::error::ProcessError;
 use crate::sys;
 
@@ -186,44 +186,7 @@ impl Builder {
         check_bootstrapped()?;
         child::reap_finished();
         let start = self.describe(String::new(), Vec::new());
-        Self::fork_with(start, |_, sock| {
-            bootstrap::run_and_finish(sock, |out| out.encode(&f()))
-        })
-    }
-
-    /// Forks a child that becomes `start`'s process and runs `body`, which reports on the
-    /// socket it is given and exits. The child has the start message in memory already:
-    /// nothing goes through the socket but the outcome.
-    fn fork_with<R>(
-        start: Start,
-        body: impl FnOnce(&Start, BorrowedFd<'_>) -> std::convert::Infallible,
-    ) -> Result<Process<R>, ProcessError> {
-        // The child inherits the hook that names it when it panics.
-        panics::install();
-        let (ours, theirs) =
-            child::report_pair().map_err(ProcessError::io("creating a socket pair"))?;
-        let report = theirs.as_fd();
-        // The child's copies are made here: allocating in the child would write to pages
-        // it shares with us (a copy-on-write fault each) on the path the parent waits for.
-        let (name, identity, parent_name) = (
-            start.name.clone(),
-            start.identity.clone(),
-            start.parent_name.clone(),
-        );
-        let pid = fork_child(ours.as_raw_fd(), || {
-            current::become_child(
-                &mut current::lock_me(),
-                name,
-                identity,
-                start.daemon,
-                start.parent_pid,
-                parent_name,
-                true,
-            );
-            match body(&start, report) {}
-        })
-        .map_err(ProcessError::io("fork"))?;
-        Self::register(pid, start, None, ours, Some(theirs))
+        fork::start_closure(start, f)
     }
 
     fn describe(&self, function: String, args: Vec<u8>) -> Start {
@@ -241,6 +204,8 @@ impl Builder {
         }
     }
 
+    /// Starts the registered function `function` with its encoded arguments `args` and their
+    /// descriptors `fds` by the builder's start method.
     fn launch<R>(
         self,
         function: &str,
@@ -252,75 +217,24 @@ impl Builder {
         let start = self.describe(function.to_string(), args);
         let method = self.method.unwrap_or_else(get_start_method);
         if method == StartMethod::Fork {
-            let entry = registry::lookup(&start.function);
-            return Self::fork_with(start, move |start, sock| match entry {
-                Some(e) => bootstrap::run_and_finish(sock, |out| (e.invoke)(&start.args, fds, out)),
-                None => bootstrap::finish(
-                    sock,
-                    Err(Outcome::Failed(format!(
-                        "function `{}` is not registered",
-                        start.function
-                    ))),
-                ),
-            });
+            return fork::start_registered(start, fds);
         }
-        let io = ProcessError::io;
-        let (ours, theirs) = sys::socketpair().map_err(io("creating a socket pair"))?;
+        // Spawn and forkserver: the start message goes through a socket pair.
+        let (ours, theirs) =
+            sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
         let mut start = start;
         let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         // A forked child inherits the tracker link; these get it with the start message.
-        if let Some(link) = super::tracker::link() {
+        if let Some(link) = tracker::link() {
             start.tracker = true;
             fds.push(link);
         }
         let payload = crate::codec::encode(&start)?;
         if method == StartMethod::Forkserver {
-            // The start message travels with the request: the child has it in memory.
-            let (pid, pidfd) = forkserver::request(theirs.as_fd(), &payload, &fds)?;
-            return Self::register(pid, start, Some(pidfd), ours, None);
+            forkserver::launch(ours, theirs, start, &payload, &fds)
+        } else {
+            spawn::launch(ours, theirs, start, &payload, &fds)
         }
-        let pid = sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "child"))
-            .map_err(io("spawning a child"))?;
-        drop(theirs);
-        let sent = wire::write_frame(ours.as_fd(), Kind::Start, &payload, &fds);
-        let process = Self::register(pid, start, None, ours, None)?;
-        match sent {
-            Ok(()) => Ok(process),
-            // A child that died before reading is reported by its exit status at join.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Ok(process)
-            }
-            Err(e) => {
-                let _ = process.kill();
-                let _ = process.join_timeout(std::time::Duration::from_secs(5));
-                Err(ProcessError::Io {
-                    op: "sending the start message",
-                    source: e,
-                })
-            }
-        }
-    }
-
-    /// Takes the start message by value: moving its name (not cloning it) keeps the parent
-    /// from allocating while a fork child shares its pages (each write there is a
-    /// copy-on-write fault).
-    fn register<R>(
-        pid: u32,
-        start: Start,
-        pidfd: Option<OwnedFd>,
-        sock: OwnedFd,
-        theirs: Option<OwnedFd>,
-    ) -> Result<Process<R>, ProcessError> {
-        let shared = ChildShared::new(pid, start.name, start.daemon, pidfd, sock, theirs)
-            .map_err(ProcessError::io("watching the child"))?;
-        let shared = Arc::new(shared);
-        child::register(shared.clone());
-        Ok(Process::new(shared))
     }
 }
 
@@ -330,51 +244,4 @@ fn check_bootstrapped() -> Result<(), ProcessError> {
     } else {
         Ok(())
     }
-}
-
-/// Forks with every global lock of the crate held, so that the child finds them in a known
-/// state: it empties the parent's tables (those children are not its own) and unlocks.
-/// Standard output and error are held too (flushed first): a child that prints or exits
-/// through `std::process::exit` would otherwise hang if another thread was printing.
-fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let mut stderr = std::io::stderr().lock();
-    let _ = stdout.flush();
-    let _ = stderr.flush();
-    let mut locks = Some((
-        forkserver::lock_client(),
-        child::lock_children(),
-        current::lock_me(),
-        child::lock_spare_pair(),
-        reaper::lock_reaper(),
-        scope::lock_scopes(),
-    ));
-    // Room for the new child's entry now, so that registering it after the fork does not
-    // reallocate while the child shares our pages.
-    if let Some((_, children, _, _, _, _)) = locks.as_mut() {
-        children.reserve(1);
-    }
-    let pid = sys::fork_then(&[close], || {
-        if let Some((mut client, mut children, me, mut spare, mut reaper, scopes)) = locks.take() {
-            // Written only when there is something to forget: each write to a static is a
-            // copy-on-write fault in the child.
-            forkserver::forget_in_child(&mut client);
-            reaper::forget_in_child(&mut reaper);
-            if !children.is_empty() {
-                children.clear();
-            }
-            // Another thread's spare report channel: the parent's, not ours.
-            if let Some((a, b)) = spare.take() {
-                sys::close_inline(a);
-                sys::close_inline(b);
-            }
-            // The running tests' scopes are left as they are: no test ends in this child.
-            drop((client, children, me, spare, reaper, scopes));
-        }
-        drop((stdout, stderr));
-        body()
-    });
-    drop(locks);
-    pid
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::wire::{self, Kind, Outcome};
+use super::wire::{self, Kind, Outcome, Start};
 use crate::error::{CodecError, ProcessError};
 use crate::sys::{self, ExitStatus};
 
@@ -354,6 +354,24 @@ fn put_back_pair(ours: OwnedFd, theirs: OwnedFd) {
 #[inline]
 pub(crate) fn lock_children() -> MutexGuard<'static, Vec<Arc<ChildShared>>> {
     CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Watches a child just started as `start` describes, in the table of children, and gives
+/// its handle. Takes the start message by value: moving its name (not cloning it) keeps the
+/// parent from allocating while a fork child shares its pages (each write there is a
+/// copy-on-write fault).
+pub(super) fn register_started<R>(
+    pid: u32,
+    start: Start,
+    pidfd: Option<OwnedFd>,
+    sock: OwnedFd,
+    theirs: Option<OwnedFd>,
+) -> Result<Process<R>, ProcessError> {
+    let shared = ChildShared::new(pid, start.name, start.daemon, pidfd, sock, theirs)
+        .map_err(ProcessError::io("watching the child"))?;
+    let shared = Arc::new(shared);
+    register(shared.clone());
+    Ok(Process::new(shared))
 }
 
 pub(crate) fn register(child: Arc<ChildShared>) {

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::wire::{self, Kind};
+use super::child::{self, Process};
+use super::wire::{self, Kind, Start};
 use super::{bootstrap, panics, registry};
 use crate::error::ProcessError;
 use crate::sys::{self, ExitStatus};
@@ -35,7 +36,7 @@ pub(crate) fn forget_in_child(guard: &mut Option<Client>) {
 
 fn start_server() -> std::io::Result<Client> {
     let (ours, theirs) = sys::socketpair()?;
-    let pid = sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "forkserver"))?;
+    let pid = sys::spawn_self(theirs.as_fd(), (wire::ENV, "forkserver"))?;
     Ok(Client {
         sock: ours,
         pid,
@@ -60,11 +61,26 @@ fn client(guard: &mut Option<Client>) -> Result<&Client, ProcessError> {
     Ok(guard.as_ref().expect("set above"))
 }
 
+/// The parent's side of the forkserver start method: asks the forkserver for a child that
+/// runs the encoded start message `payload` (with `fds`) and reports on `theirs`, and
+/// watches it on `ours`. The start message travels with the request: the child has it in
+/// memory.
+pub(super) fn launch<R>(
+    ours: OwnedFd,
+    theirs: OwnedFd,
+    start: Start,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<Process<R>, ProcessError> {
+    let (pid, pidfd) = request(theirs.as_fd(), payload, fds)?;
+    child::register_started(pid, start, Some(pidfd), ours, None)
+}
+
 /// Asks the forkserver for a child that runs the encoded start message `start` (with `fds`,
 /// its arguments' descriptors) and reports on `child_sock`; returns its pid and a
 /// pidfd for it (opened by the forkserver before it could reap the child, so it cannot
 /// miss a child that ends at once). A forkserver that died is replaced once.
-pub(crate) fn request(
+fn request(
     child_sock: BorrowedFd<'_>,
     start: &[u8],
     fds: &[BorrowedFd<'_>],

@@ -23,24 +23,36 @@
 //! of a registered function and its arguments from a socket inherited as descriptor 3, with
 //! any file descriptors in the arguments attached (`SCM_RIGHTS`). The result or the panic
 //! message comes back on the same socket; the exit status comes from `waitpid`.
+//!
+//! Each start method has its launch code in a module of its own: [`fork`], [`spawn`],
+//! [`forkserver`]; [`builder`] picks one. The child's side is [`bootstrap`] (and
+//! [`before_main`], where a re-run binary becomes the child); [`child`] is the parent's side.
 
-pub(crate) mod before_main;
-pub(crate) mod bootstrap;
+mod before_main;
+mod bootstrap;
 mod builder;
-pub(crate) mod child;
+mod child;
 mod current;
+mod fork;
 mod forkserver;
 mod panics;
 mod reaper;
 pub(crate) mod registry;
 mod scope;
+mod spawn;
 pub(crate) mod tracker;
-pub(crate) mod wire;
+mod wire;
 
 pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};
 pub use child::{ActiveChild, Process, active_children};
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+// What the rest of the crate uses of the start machinery.
+pub(crate) use before_main::on_load;
+pub(crate) use bootstrap::run_guarded_into;
+pub(crate) use child::{Finish, finish_children};
+pub(crate) use panics::panic_message;
 pub(crate) use scope::TestScope;
+pub(crate) use wire::Outcome;
 
 impl Process<()> {
     /// A builder for a process: name, daemon flag, start method.

@@ -2,6 +2,7 @@
 //! the message, then a backtrace of the user's frames only when `RUST_BACKTRACE` asks
 //! for one. The parent gets the message through `join` as well.
 
+use std::any::Any;
 use std::io::Write;
 use std::panic::PanicHookInfo;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +28,20 @@ pub(crate) fn install() {
     }));
 }
 
+/// The message of a panic, from its payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
 /// Prints what a panic in this child is, in one write.
 fn report(name: &str, info: &PanicHookInfo<'_>) {
-    let message = super::bootstrap::panic_message(info.payload());
+    let message = panic_message(info.payload());
     let place = info
         .location()
         .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use super::bootstrap;
+use super::wire;
 use crate::sys;
 
 /// This process's end of the tree's tracker socket, once there is a tracker.
@@ -51,7 +51,7 @@ fn ensure() -> Option<BorrowedFd<'static>> {
         return Some(fd);
     }
     let (ours, theirs) = sys::packet_pair().ok()?;
-    sys::spawn_self(theirs.as_fd(), (bootstrap::ENV, "tracker")).ok()?;
+    sys::spawn_self(theirs.as_fd(), (wire::ENV, "tracker")).ok()?;
     drop(theirs);
     let _ = LINK.set(ours);
     link()

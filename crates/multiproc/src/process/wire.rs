@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::SMALL_RESULT;
 use crate::sys;
 
+/// Set in the environment of a re-run binary: `child`, `forkserver` or `tracker`. The
+/// bootstrap socket is descriptor [`sys::CHILD_BOOTSTRAP_FD`].
+pub(crate) const ENV: &str = "MULTIPROC_BOOTSTRAP";
+
 const MAGIC: u8 = 0xB7;
 const HEADER: usize = 16;
 

@@ -1,0 +1,126 @@
+//! The fork start method: the child is a fork of this process, so it already holds the
+//! function (or closure) to run and its arguments; only its outcome goes through the socket.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::child::{self, Process};
+use super::wire::{Outcome, Start};
+use super::{bootstrap, current, forkserver, panics, reaper, registry, scope};
+use crate::error::ProcessError;
+use crate::sys;
+
+/// Runs closure `f` in a forked child that becomes `start`'s process (see
+/// [`Builder::fork`](super::Builder::fork)).
+pub(super) fn start_closure<R, C>(start: Start, f: C) -> Result<Process<R>, ProcessError>
+where
+    C: FnOnce() -> R,
+    R: Serialize + DeserializeOwned,
+{
+    fork_with(start, |_, sock| {
+        bootstrap::run_and_finish(sock, |out| out.encode(&f()))
+    })
+}
+
+/// Runs the registered function that `start` names, with the descriptors `fds` of its
+/// arguments, in a forked child.
+pub(super) fn start_registered<R>(
+    start: Start,
+    fds: Vec<OwnedFd>,
+) -> Result<Process<R>, ProcessError> {
+    let entry = registry::lookup(&start.function);
+    fork_with(start, move |start, sock| match entry {
+        Some(e) => bootstrap::run_and_finish(sock, |out| (e.invoke)(&start.args, fds, out)),
+        None => bootstrap::finish(
+            sock,
+            Err(Outcome::Failed(format!(
+                "function `{}` is not registered",
+                start.function
+            ))),
+        ),
+    })
+}
+
+/// Forks a child that becomes `start`'s process and runs `body`, which reports on the
+/// socket it is given and exits. The child has the start message in memory already:
+/// nothing goes through the socket but the outcome.
+fn fork_with<R>(
+    start: Start,
+    body: impl FnOnce(&Start, BorrowedFd<'_>) -> std::convert::Infallible,
+) -> Result<Process<R>, ProcessError> {
+    // The child inherits the hook that names it when it panics.
+    panics::install();
+    let (ours, theirs) =
+        child::report_pair().map_err(ProcessError::io("creating a socket pair"))?;
+    let report = theirs.as_fd();
+    // The child's copies are made here: allocating in the child would write to pages
+    // it shares with us (a copy-on-write fault each) on the path the parent waits for.
+    let (name, identity, parent_name) = (
+        start.name.clone(),
+        start.identity.clone(),
+        start.parent_name.clone(),
+    );
+    let pid = fork_child(ours.as_raw_fd(), || {
+        current::become_child(
+            &mut current::lock_me(),
+            name,
+            identity,
+            start.daemon,
+            start.parent_pid,
+            parent_name,
+            true,
+        );
+        match body(&start, report) {}
+    })
+    .map_err(ProcessError::io("fork"))?;
+    child::register_started(pid, start, None, ours, Some(theirs))
+}
+
+/// Forks with every global lock of the crate held, so that the child finds them in a known
+/// state: it empties the parent's tables (those children are not its own) and unlocks.
+/// Standard output and error are held too (flushed first): a child that prints or exits
+/// through `std::process::exit` would otherwise hang if another thread was printing.
+fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let _ = stdout.flush();
+    let _ = stderr.flush();
+    let mut locks = Some((
+        forkserver::lock_client(),
+        child::lock_children(),
+        current::lock_me(),
+        child::lock_spare_pair(),
+        reaper::lock_reaper(),
+        scope::lock_scopes(),
+    ));
+    // Room for the new child's entry now, so that registering it after the fork does not
+    // reallocate while the child shares our pages.
+    if let Some((_, children, _, _, _, _)) = locks.as_mut() {
+        children.reserve(1);
+    }
+    let pid = sys::fork_then(&[close], || {
+        if let Some((mut client, mut children, me, mut spare, mut reaper, scopes)) = locks.take() {
+            // Written only when there is something to forget: each write to a static is a
+            // copy-on-write fault in the child.
+            forkserver::forget_in_child(&mut client);
+            reaper::forget_in_child(&mut reaper);
+            if !children.is_empty() {
+                children.clear();
+            }
+            // Another thread's spare report channel: the parent's, not ours.
+            if let Some((a, b)) = spare.take() {
+                sys::close_inline(a);
+                sys::close_inline(b);
+            }
+            // The running tests' scopes are left as they are: no test ends in this child.
+            drop((client, children, me, spare, reaper, scopes));
+        }
+        drop((stdout, stderr));
+        body()
+    });
+    drop(locks);
+    pid
+}
