@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::child::{self, Process};
+use super::handle::Process;
 use super::registry::Func;
 use super::wire::Start;
-use super::{before_main, current, fork, forkserver, registry, spawn, tracker};
+use super::{before_main, child, current, fork, forkserver, registry, spawn, tracker};
 use crate::error::ProcessError;
 use crate::sys;
 

@@ -6,9 +6,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::child::{self, Process};
+use super::handle::{self, Process};
 use super::wire::{Outcome, Start};
-use super::{bootstrap, current, forkserver, panics, reaper, registry, scope};
+use super::{bootstrap, child, current, forkserver, panics, reaper, registry, scope};
 use crate::error::ProcessError;
 use crate::sys;
 
@@ -75,7 +75,7 @@ fn fork_with<R>(
         match body(&start, report) {}
     })
     .map_err(ProcessError::io("fork"))?;
-    child::register_started(pid, start, None, ours, Some(theirs))
+    handle::register_started(pid, start, None, ours, Some(theirs))
 }
 
 /// Forks with every global lock of the crate held, so that the child finds them in a known

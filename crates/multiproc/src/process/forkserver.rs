@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::child::{self, Process};
+use super::handle::{self, Process};
 use super::wire::{self, Kind, Start};
 use super::{bootstrap, panics, registry};
 use crate::error::ProcessError;
@@ -73,7 +73,7 @@ pub(super) fn launch<R>(
     fds: &[BorrowedFd<'_>],
 ) -> Result<Process<R>, ProcessError> {
     let (pid, pidfd) = request(theirs.as_fd(), payload, fds)?;
-    child::register_started(pid, start, Some(pidfd), ours, None)
+    handle::register_started(pid, start, Some(pidfd), ours, None)
 }
 
 /// Asks the forkserver for a child that runs the encoded start message `start` (with `fds`,

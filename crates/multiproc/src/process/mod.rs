@@ -26,7 +26,8 @@
 //!
 //! Each start method has its launch code in a module of its own: [`fork`], [`spawn`],
 //! [`forkserver`]; [`builder`] picks one. The child's side is [`bootstrap`] (and
-//! [`before_main`], where a re-run binary becomes the child); [`child`] is the parent's side.
+//! [`before_main`], where a re-run binary becomes the child); [`child`] is the parent's side, [`handle`]
+//! the handles a program holds.
 
 mod before_main;
 mod bootstrap;
@@ -35,6 +36,7 @@ mod child;
 mod current;
 mod fork;
 mod forkserver;
+mod handle;
 mod panics;
 mod reaper;
 pub(crate) mod registry;
@@ -44,8 +46,8 @@ pub(crate) mod tracker;
 mod wire;
 
 pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};
-pub use child::{ActiveChild, Process, active_children};
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
+pub use handle::{ActiveChild, Process, active_children};
 // What the rest of the crate uses of the start machinery.
 pub(crate) use before_main::on_load;
 pub(crate) use bootstrap::run_guarded_into;

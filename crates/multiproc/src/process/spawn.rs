@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::bootstrap::{self, run_start};
-use super::child::{self, Process};
+use super::handle::{self, Process};
 use super::wire::{self, Kind, Start};
 use crate::error::ProcessError;
 use crate::sys;
@@ -22,7 +22,7 @@ pub(super) fn launch<R>(
         .map_err(ProcessError::io("spawning a child"))?;
     drop(theirs);
     let sent = wire::write_frame(ours.as_fd(), Kind::Start, payload, fds);
-    let process = child::register_started(pid, start, None, ours, None)?;
+    let process = handle::register_started(pid, start, None, ours, None)?;
     match sent {
         Ok(()) => Ok(process),
         // A child that died before reading is reported by its exit status at join.

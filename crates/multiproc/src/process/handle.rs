@@ -1,0 +1,181 @@
+//! The handles a program holds on its children: [`Process`] for one it started,
+//! [`ActiveChild`] for one that [`active_children`] lists.
+
+use std::marker::PhantomData;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::child::{self, ChildShared};
+use super::wire::Start;
+use super::{reaper, scope};
+use crate::error::ProcessError;
+use crate::sys::{self, ExitStatus};
+
+/// Watches a child just started as `start` describes, in the table of children, and gives
+/// its handle. Takes the start message by value: moving its name (not cloning it) keeps the
+/// parent from allocating while a fork child shares its pages (each write there is a
+/// copy-on-write fault).
+pub(super) fn register_started<R>(
+    pid: u32,
+    start: Start,
+    pidfd: Option<OwnedFd>,
+    sock: OwnedFd,
+    theirs: Option<OwnedFd>,
+) -> Result<Process<R>, ProcessError> {
+    let scope = scope::of_new_child();
+    let shared = ChildShared::new(pid, start.name, start.daemon, scope, pidfd, sock, theirs)
+        .map_err(ProcessError::io("watching the child"))?;
+    let shared = Arc::new(shared);
+    child::register(shared.clone());
+    Ok(Process::new(shared))
+}
+
+/// A started process. Dropping the handle neither kills nor waits: the child goes on, and
+/// a background thread reaps it as soon as it ends (it never becomes a zombie).
+///
+/// `R` is what the child's function returns; [`join`](Process::join) gives it back.
+pub struct Process<R> {
+    shared: Arc<ChildShared>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("pid", &self.shared.pid)
+            .field("name", &self.shared.name)
+            .field("daemon", &self.shared.daemon)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}
+
+impl<R> Process<R> {
+    pub(crate) fn new(shared: Arc<ChildShared>) -> Self {
+        Process {
+            shared,
+            _result: PhantomData,
+        }
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// The name given at start, or `Process-N`.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether the process is daemonic (dies with its parent).
+    pub fn daemon(&self) -> bool {
+        self.shared.daemon
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.exitcode().is_none()
+    }
+
+    /// `None` while running; the exit code once ended; the negative signal number if a signal
+    /// killed it; `1` if its function panicked.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.shared.exit_status().map(ExitStatus::exitcode)
+    }
+
+    /// Waits at most `timeout` for the process to end; returns whether it has.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
+        Ok(self.shared.wait(Some(timeout))?.is_some())
+    }
+
+    /// Sends `SIGTERM`. A process that already ended is left alone.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGTERM)
+    }
+
+    /// Sends `SIGKILL`.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGKILL)
+    }
+
+    /// Sends `SIGINT`.
+    pub fn interrupt(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGINT)
+    }
+
+    /// A descriptor that becomes readable when the process ends (a pidfd), for `poll`,
+    /// `epoll` or `multiproc::connection::wait`. Valid as long as this handle lives.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.shared.pidfd()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the process to end and returns what its function returned.
+    ///
+    /// Errors tell how it ended otherwise: [`ProcessError::Panicked`] with the panic message,
+    /// [`ProcessError::Exited`], [`ProcessError::Killed`], or a codec error.
+    pub fn join(self) -> Result<R, ProcessError> {
+        self.shared.wait(None)?;
+        self.shared.take_result()
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if self.shared.detach() {
+            reaper::adopt(self.shared.clone());
+        }
+    }
+}
+
+/// A running child of this process, as [`active_children`] lists it.
+#[derive(Debug, Clone)]
+pub struct ActiveChild {
+    shared: Arc<ChildShared>,
+}
+
+impl ActiveChild {
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    /// Whether it is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.shared.daemon
+    }
+    /// `None` while running, else as [`Process::exitcode`].
+    pub fn exitcode(&self) -> Option<i32> {
+        self.shared.exit_status().map(ExitStatus::exitcode)
+    }
+    /// Sends `SIGTERM`.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGTERM)
+    }
+    /// Sends `SIGKILL`.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.shared.signal(sys::SIGKILL)
+    }
+    /// Waits at most `timeout` for it to end; returns whether it has.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
+        Ok(self.shared.wait(Some(timeout))?.is_some())
+    }
+}
+
+/// The children of this process that are still running. Finished ones are reaped as a side
+/// effect, as in Python.
+pub fn active_children() -> Vec<ActiveChild> {
+    child::reap_finished();
+    child::lock_children()
+        .iter()
+        .map(|c| ActiveChild { shared: c.clone() })
+        .collect()
+}
