@@ -83,7 +83,7 @@ fn mode() -> SpinPolicy {
 
 fn cpus() -> usize {
     static CPUS: OnceLock<usize> = OnceLock::new();
-    *CPUS.get_or_init(crate::cpu_count)
+    *CPUS.get_or_init(crate::cpu::cpu_count)
 }
 
 /// When the runnable count was last read, and whether it exceeded the CPUs.

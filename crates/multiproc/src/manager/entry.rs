@@ -11,7 +11,7 @@ use crate::connection::{Address, Connection, Listener};
 /// connections (socketpair ends, trusted without a handshake) in client session `session`.
 #[multiproc_macros::func]
 pub(crate) fn multiproc_manager_server(
-    listener: crate::Fd,
+    listener: crate::codec::Fd,
     address: String,
     authkey: serde_bytes::ByteBuf,
     owner: Vec<Connection>,

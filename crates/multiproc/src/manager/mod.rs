@@ -137,7 +137,9 @@ impl ManagerBuilder {
         let fd = listener.into_fd().map_err(|e| {
             ManagerError::Start(format!("cannot hand over the listening socket: {e}"))
         })?;
-        let mut b = crate::Process::builder().daemon(true).name("Manager");
+        let mut b = crate::process::Process::builder()
+            .daemon(true)
+            .name("Manager");
         if let Some(m) = self.method {
             b = b.start_method(m);
         }
@@ -150,7 +152,7 @@ impl ManagerBuilder {
             .start(
                 &entry::multiproc_manager_server,
                 (
-                    crate::Fd::from(fd),
+                    crate::codec::Fd::from(fd),
                     address.to_string(),
                     serde_bytes::ByteBuf::from(authkey.clone()),
                     vec![anchor_server, first_server],

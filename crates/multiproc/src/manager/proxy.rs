@@ -152,7 +152,7 @@ impl<'de> Deserialize<'de> for Proxy {
         let address = w
             .address
             .parse()
-            .map_err(|e: crate::ConnectionError| fail(e.into()))?;
+            .map_err(|e: crate::error::ConnectionError| fail(e.into()))?;
         let session = Session::connect(&address, &w.authkey).map_err(fail)?;
         session
             .request(&Request::Incref { id: w.id }, None, |_| Ok(()))

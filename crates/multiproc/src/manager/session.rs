@@ -15,9 +15,9 @@ use serde_bytes::Bytes;
 
 use super::objects::lock;
 use super::wire::{Fault, Hello, Request};
-use crate::Process;
 use crate::connection::{Address, Client, Connection};
 use crate::error::{ConnectionError, ManagerError};
+use crate::process::Process;
 use crate::sys;
 
 /// Extra time a timed call waits for its reply beyond its own timeout before the

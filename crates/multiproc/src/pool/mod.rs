@@ -183,7 +183,7 @@ impl PoolBuilder {
         if let Some(e) = self.init_error {
             return Err(e);
         }
-        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        let processes = self.processes.unwrap_or_else(crate::cpu::cpu_count);
         if processes == 0 {
             return Err(PoolError::Invalid(
                 "a pool needs at least one process".into(),

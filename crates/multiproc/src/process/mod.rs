@@ -70,7 +70,7 @@ impl Process<()> {
     /// assert_eq!(p.join()?, 6);
     /// # Ok::<(), multiproc::Error>(())
     /// ```
-    pub fn fork<R, C>(f: C) -> Result<Process<R>, crate::ProcessError>
+    pub fn fork<R, C>(f: C) -> Result<Process<R>, crate::error::ProcessError>
     where
         C: FnOnce() -> R,
         R: serde::Serialize + serde::de::DeserializeOwned,
@@ -82,6 +82,6 @@ impl Process<()> {
 /// Starts the forkserver now, from wherever this is called (it is always a clean re-run of
 /// this executable, so calling this early only moves its start-up cost out of the first
 /// child's start). Returns the forkserver's pid.
-pub fn start_forkserver() -> Result<u32, crate::ProcessError> {
+pub fn start_forkserver() -> Result<u32, crate::error::ProcessError> {
     forkserver::ensure_started()
 }
