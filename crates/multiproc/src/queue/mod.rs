@@ -184,7 +184,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// [`get_many`](Queue::get_many) waiting at most `timeout` for the first item.
     pub fn get_many_timeout(&self, max: usize, timeout: Duration) -> Result<Vec<T>, QueueError> {
         self.ring
-            .get(max.max(1), Blocking::Wait, lock_word::deadline(Some(timeout)))?
+            .get(
+                max.max(1),
+                Blocking::Wait,
+                lock_word::deadline(Some(timeout)),
+            )?
             .iter()
             .map(|b| Self::decode(b))
             .collect()
