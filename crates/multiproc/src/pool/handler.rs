@@ -1,7 +1,7 @@
 //! The pool's handler thread: it owns the workers, hands them chunks, collects results, and
 //! turns every failure into a result instead of a hang.
 //!
-//! Workers write their reports into a shared-memory ring each (see `worker::report`) and wake
+//! Workers write their reports into a shared-memory ring each (see `reports`) and wake
 //! the handler only when it sleeps. Two shortcuts bypass the handler on a round trip, both under
 //! the state lock so that the handler counts them before anything else: a caller with a single
 //! chunk sends it to an idle worker the handler lent out (`State::lent`, `State::direct`), and a
@@ -22,7 +22,8 @@ use super::state::{
     Chunk, ItemResult, Lent, OnDone, Shared, State, drain_reports, payloads, record_locked,
     run_callbacks,
 };
-use super::worker::{FromWorker, ToWorker, multiproc_pool_worker};
+use super::wire::{FromWorker, ToWorker};
+use super::worker::multiproc_pool_worker;
 use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
 use crate::process::{Outcome, Process, StartMethod};

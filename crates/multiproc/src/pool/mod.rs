@@ -39,6 +39,7 @@ mod progress;
 mod reports;
 mod result;
 mod state;
+mod wire;
 mod worker;
 
 use std::collections::VecDeque;
@@ -59,7 +60,7 @@ use crate::process::StartMethod;
 use crate::process::registry::{self, Func};
 use handler::Config;
 use state::{Chunk, Inner, Reader, Shared, State};
-use worker::Batch;
+use wire::Batch;
 
 /// An item a pool can pass as argument `T`: `T` itself, a reference to it, `&str` for a
 /// `String` and `&[T]` for a `Vec<T>` (they encode alike), so that borrowed collections need

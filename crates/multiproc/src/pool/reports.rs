@@ -21,7 +21,7 @@ use std::sync::atomic::{Ordering, fence};
 
 use serde_bytes::ByteBuf;
 
-use super::worker::{Batch, Failure, FromWorker};
+use super::wire::{Batch, Failure, FromWorker};
 use crate::connection::Connection;
 use crate::error::{PoolError, QueueError};
 use crate::process::Outcome;

@@ -10,7 +10,7 @@ use super::Pool;
 use std::collections::VecDeque;
 
 use super::state::{ItemResult, Reader, Shared};
-use super::worker::Batch;
+use super::wire::Batch;
 use crate::error::PoolError;
 
 fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::progress::Clock;
 use super::reports::Reports;
-use super::worker::{Batch, Failure, FromWorker, RunRef};
+use super::wire::{Batch, Failure, FromWorker, RunRef};
 use crate::connection::Connection;
 use crate::error::PoolError;
 use crate::process::Outcome;
