@@ -600,3 +600,70 @@ fn bad_addresses_are_typed_errors() {
     ));
     assert!(Client::connect("/nonexistent/dir/x.sock", None).is_err());
 }
+
+fn tcp_of(address: &Address) -> std::net::SocketAddr {
+    match address {
+        Address::Tcp(a) => *a,
+        other => panic!("not TCP: {other}"),
+    }
+}
+
+/// What receiving a frame that was announced as 200 MiB, of which 1 KiB came, costs in
+/// resident memory: 8 connections at once, each received on its own thread, with a time
+/// limit (`deadline`) or without. Runs in a child process so that nothing else in the
+/// process allocates meanwhile.
+#[multiproc::func]
+fn rss_growth_of_announced_frames(deadline: bool) -> u64 {
+    const CONNECTIONS: usize = 8;
+    let listener = Listener::bind("127.0.0.1:0", None).unwrap();
+    let addr = tcp_of(listener.address());
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        senders.push(std::net::TcpStream::connect(addr).unwrap());
+        let conn = listener.accept().unwrap();
+        receivers.push(std::thread::spawn(move || {
+            if deadline {
+                conn.recv_bytes_timeout(T)
+            } else {
+                conn.recv_bytes()
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the receivers wait for their headers
+    let before = common::rss_bytes(std::process::id());
+    for s in &mut senders {
+        s.write_all(&(200i32 << 20).to_be_bytes()).unwrap();
+        s.write_all(&[7u8; 1024]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the receivers take the 1 KiB in
+    let growth = common::rss_bytes(std::process::id()).saturating_sub(before);
+    drop(senders);
+    for r in receivers {
+        assert!(matches!(
+            r.join().unwrap(),
+            Err(ConnectionError::BadFrame(_))
+        ));
+    }
+    growth
+}
+
+#[multiproc::test]
+fn memory_for_a_frame_grows_with_the_bytes_that_arrive() {
+    let _leaks = LeakCheck::new();
+    for method in multiproc::StartMethod::ALL {
+        for deadline in [false, true] {
+            let growth = multiproc::Process::builder()
+                .start_method(method)
+                .start(&rss_growth_of_announced_frames, deadline)
+                .unwrap()
+                .join()
+                .unwrap();
+            eprintln!("{method:?}, deadline {deadline}: {} KiB", growth >> 10);
+            assert!(
+                growth < 2 << 20,
+                "{method:?}, deadline {deadline}: 8 frames of 1 KiB took {growth} bytes"
+            );
+        }
+    }
+}

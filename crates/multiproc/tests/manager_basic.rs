@@ -680,3 +680,49 @@ fn a_call_carried_out_before_a_shutdown_gets_its_answer() {
     assert!(matches!(waiting.join().unwrap(), Err(ManagerError::Closed)));
     assert!(server.wait_timeout(T));
 }
+
+/// The first request on a manager connection, encoded as the client library encodes it.
+#[derive(Serialize)]
+enum WireRequest {
+    Hello { session: u128 },
+}
+
+#[multiproc::test]
+fn frames_announced_but_not_sent_cost_the_server_only_what_arrives() {
+    let _leaks = LeakCheck::new();
+    let mgr = Manager::start().unwrap();
+    let key = mgr.authkey().to_vec();
+    // Half of the connections are yet to say hello (the server waits for that with a time
+    // limit), half are in a session, between requests.
+    let conns: Vec<multiproc::Connection> = (0..8u128)
+        .map(|i| {
+            let c = multiproc::Client::connect(mgr.address(), Some(&key)).unwrap();
+            if i % 2 == 1 {
+                let hello = WireRequest::Hello {
+                    session: 0x5e55_1000 + i,
+                };
+                c.send_bytes(&postcard::to_stdvec(&hello).unwrap()).unwrap();
+                c.recv_bytes_timeout(T).unwrap();
+            }
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // every connection thread waits
+    let before = common::rss_bytes(mgr.pid());
+    for c in &conns {
+        let fd = std::os::fd::AsFd::as_fd(c);
+        nix::unistd::write(fd, &(200i32 << 20).to_be_bytes()).unwrap();
+        nix::unistd::write(fd, &[7u8; 1024]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the server takes the 1 KiB in
+    let growth = common::rss_bytes(mgr.pid()).saturating_sub(before);
+    drop(conns);
+    eprintln!("the server grew by {} KiB", growth >> 10);
+    assert!(
+        growth < 2 << 20,
+        "8 frames announced as 200 MiB, 1 KiB each sent, took {growth} bytes"
+    );
+    let d = mgr.dict::<u8, u8>().unwrap();
+    d.set(&1, &1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1), "the server is fine");
+}

@@ -15,10 +15,16 @@ use crate::sys;
 /// [`Client`](super::Client) accepts unless configured otherwise.
 pub const DEFAULT_MAX_MESSAGE: u64 = 256 * 1024 * 1024;
 
-/// Messages up to this size are read straight into their final buffer; larger ones grow it
-/// as bytes arrive, so a peer that announces a huge message but sends little cannot make us
-/// allocate much.
+/// A message's buffer is reserved up to this size at once (address space only: memory is
+/// touched as bytes land in it), and grows by doubling beyond, so messages up to this size
+/// are read straight into their final buffer.
 const GROW_STEP: usize = 1 << 20;
+
+/// A receive that zeroes its buffer before reading into it (one with a time limit, the
+/// manager's) zeroes this much beyond what has arrived at first, then as much as has arrived
+/// (at most [`GROW_STEP`]): a peer that announces a huge message and sends little costs
+/// little memory, whatever it announced.
+const FIRST_STEP: usize = 64 * 1024;
 
 /// One end of a connection: a pipe from [`pipe`](super::pipe), or a socket from a
 /// [`Listener`](super::Listener) or [`Client`](super::Client).
@@ -372,18 +378,14 @@ impl Connection {
             got.resize(if have < 4 { 4 } else { 12 }, 0);
             self.fill(&mut got[have..], &mut fds, deadline, false)?;
         };
-        let mut payload = got.split_off(hlen);
-        if payload.len() > size {
+        if got.len() - hlen > size {
             return Err(ConnectionError::BadFrame(
                 "a second message arrived before this one was answered".into(),
             ));
         }
-        while payload.len() < size {
-            let start = payload.len();
-            let step = (size - start).min(GROW_STEP.max(start));
-            payload.resize(start + step, 0);
-            self.fill(&mut payload[start..], &mut fds, deadline, false)?;
-        }
+        let mut payload = Vec::with_capacity(size.min(GROW_STEP));
+        payload.extend_from_slice(&got[hlen..]);
+        self.fill_payload(&mut payload, size, &mut fds, deadline)?;
         Ok(payload)
     }
 
@@ -513,14 +515,29 @@ impl Connection {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            while payload.len() < size {
-                let start = payload.len();
-                let step = (size - start).min(GROW_STEP.max(start));
-                payload.resize(start + step, 0);
-                self.fill(&mut payload[start..], &mut fds, deadline, false)?;
-            }
+            self.fill_payload(&mut payload, size, &mut fds, deadline)?;
         }
         Ok((payload, fds))
+    }
+
+    /// Receives the rest of a `size`-byte payload into `payload`, zeroing the buffer only a
+    /// step ahead of what has arrived (see [`FIRST_STEP`]): memory grows with the bytes that
+    /// come, not with the size announced. The capacity grows by doubling, so long messages
+    /// are not copied over and over.
+    fn fill_payload(
+        &self,
+        payload: &mut Vec<u8>,
+        size: usize,
+        fds: &mut Vec<OwnedFd>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ConnectionError> {
+        while payload.len() < size {
+            let start = payload.len();
+            let step = (size - start).min(start.clamp(FIRST_STEP, GROW_STEP));
+            payload.resize(start + step, 0);
+            self.fill(&mut payload[start..], fds, deadline, false)?;
+        }
+        Ok(())
     }
 }
 
