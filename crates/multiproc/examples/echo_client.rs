@@ -5,8 +5,8 @@
 //!
 //! Same authkey rule as the server (`MULTIPROC_AUTHKEY`). Sends each line of standard input
 //! (without its newline; an empty line is a 0-byte message) and prints each reply as a line.
-//! Exits 0 at the end of input, non-zero with a message when the connection or the
-//! authentication fails.
+//! Exits 0 at the end of input; with a message, 3 when the handshake fails (a wrong key, a
+//! server that never answers), 1 when the connection does.
 
 use std::io::{BufRead, Write};
 use std::os::unix::ffi::OsStringExt;
@@ -22,7 +22,11 @@ fn main() -> ExitCode {
     let authkey = std::env::var_os("MULTIPROC_AUTHKEY").map(OsStringExt::into_vec);
     let conn = match Client::connect(address.as_str(), authkey.as_deref()) {
         Ok(c) => c,
-        Err(e @ ConnectionError::Authentication(_)) => {
+        Err(
+            e @ (ConnectionError::AuthenticationFailed(_)
+            | ConnectionError::HandshakeTimeout { .. }
+            | ConnectionError::Authentication(_)),
+        ) => {
             eprintln!("echo_client: {e}");
             return ExitCode::from(3);
         }

@@ -115,10 +115,29 @@ pub enum ConnectionError {
     /// The peer sent bytes that are not a message: a truncated or impossible frame.
     #[error("bad frame from the peer: {0}")]
     BadFrame(String),
-    /// The handshake failed: wrong key, a peer with a key against one without, a protocol
-    /// error, or no handshake within the time limit.
-    #[error("authentication failed: {0}")]
+    /// The handshake broke down: the peer sent something that is not part of the handshake
+    /// (a peer without an authkey talking to one with), closed the connection in the middle,
+    /// asked for a digest this build lacks, or was dropped unfinished to make room for
+    /// other clients. A wrong key is [`AuthenticationFailed`](Self::AuthenticationFailed), a
+    /// silent peer [`HandshakeTimeout`](Self::HandshakeTimeout).
+    #[error("handshake failed: {0}")]
     Authentication(String),
+    /// The peer does not know the key: its answer to our challenge was wrong, or it
+    /// rejected our answer to its challenge.
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
+    /// The peer did not send its part of the handshake in time: a silent or stuck peer, or
+    /// a peer without an authkey facing one with (it waits for a challenge that never comes,
+    /// or never answers one).
+    #[error(
+        "handshake timed out: no {waiting_for} from the peer within {timeout:?} (a silent peer, or only one side uses an authkey?)"
+    )]
+    HandshakeTimeout {
+        /// The handshake message that did not come.
+        waiting_for: &'static str,
+        /// The handshake's time limit.
+        timeout: Duration,
+    },
     /// A wait ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),

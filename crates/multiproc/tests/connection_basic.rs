@@ -448,7 +448,10 @@ fn wrong_key_fails_on_both_ends_and_the_server_goes_on() {
     let addr = listener.address().clone();
     let server = serve_echo(listener, 2);
     let err = Client::connect(&addr, Some(b"wrong")).unwrap_err();
-    assert!(matches!(err, ConnectionError::Authentication(_)), "{err}");
+    assert!(
+        matches!(err, ConnectionError::AuthenticationFailed(_)),
+        "{err}"
+    );
     let ok = Client::connect(&addr, Some(b"right")).unwrap();
     ok.send_bytes(b"still serving").unwrap();
     assert_eq!(ok.recv_bytes().unwrap(), b"still serving");
@@ -473,7 +476,16 @@ fn key_against_no_key_fails_within_the_handshake_timeout() {
         .handshake_timeout(Duration::from_millis(300))
         .open(&addr)
         .unwrap_err();
-    assert!(matches!(err, ConnectionError::Authentication(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ConnectionError::HandshakeTimeout {
+                waiting_for: "challenge",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(3));
     hold.join().unwrap();
 
@@ -490,7 +502,10 @@ fn key_against_no_key_fails_within_the_handshake_timeout() {
     });
     let silent = Client::connect(&addr, None).unwrap();
     let (result, took) = server.join().unwrap();
-    assert!(matches!(result, Err(ConnectionError::Authentication(_))));
+    assert!(
+        matches!(result, Err(ConnectionError::HandshakeTimeout { .. })),
+        "{result:?}"
+    );
     assert!(took < Duration::from_secs(3));
     drop(silent);
 }
@@ -539,7 +554,7 @@ fn hostile_frames_get_typed_errors() {
 }
 
 #[test]
-fn garbage_during_the_handshake_is_an_authentication_error() {
+fn garbage_during_the_handshake_is_a_typed_handshake_error() {
     let listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
     let addr = match listener.address() {
         Address::Tcp(a) => *a,
@@ -561,12 +576,19 @@ fn garbage_during_the_handshake_is_an_authentication_error() {
         assert_eq!(&challenge[4..15], b"#CHALLENGE#");
         s.write_all(bytes).unwrap();
     }
-    for r in server.join().unwrap() {
-        assert!(
-            matches!(r, Err(ConnectionError::Authentication(_))),
-            "{r:?}"
-        );
-    }
+    // A wrong answer is a failed authentication; a frame cut short, a broken handshake.
+    let mut kinds: Vec<&str> = server
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            Err(ConnectionError::AuthenticationFailed(_)) => "wrong answer",
+            Err(ConnectionError::Authentication(_)) => "broken",
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["broken", "broken", "wrong answer"]);
 }
 
 #[test]
@@ -666,4 +688,41 @@ fn memory_for_a_frame_grows_with_the_bytes_that_arrive() {
             );
         }
     }
+}
+
+#[test]
+fn accept_raw_lets_a_server_run_handshakes_on_threads_of_its_own() {
+    let listener = Listener::bind("127.0.0.1:0", None).unwrap();
+    let addr = listener.address().clone();
+    let _silent = std::net::TcpStream::connect(tcp_of(&addr)).unwrap();
+    let good = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let c = Client::default()
+                .authkey("k")
+                .handshake_timeout(T)
+                .open(&addr)?;
+            c.send_bytes(b"hi")?;
+            Ok::<_, ConnectionError>(c)
+        }
+    });
+    let handshakes: Vec<_> = (0..2)
+        .map(|_| {
+            let conn = listener.accept_raw().unwrap();
+            std::thread::spawn(move || {
+                conn.authenticate_server(b"k", Duration::from_secs(2))
+                    .and_then(|()| conn.recv_bytes_timeout(T))
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let _good = good.join().unwrap().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let mut results: Vec<_> = handshakes.into_iter().map(|h| h.join().unwrap()).collect();
+    results.sort_by_key(|r| r.is_err());
+    assert_eq!(results[0].as_ref().unwrap(), b"hi");
+    assert!(matches!(
+        results[1],
+        Err(ConnectionError::HandshakeTimeout { .. })
+    ));
 }

@@ -143,7 +143,10 @@ fn python_client_with_wrong_key_is_refused_on_both_ends() {
     let script = PY_CLIENT.replace("exec(MODERN)", "pass");
     let child = run_py(py, &script, &[&host, &port, "wrong", "native"]);
     let err = listener.accept().unwrap_err();
-    assert!(matches!(err, ConnectionError::Authentication(_)), "{err}");
+    assert!(
+        matches!(err, ConnectionError::AuthenticationFailed(_)),
+        "{err}"
+    );
     let (ok, _, stderr) = finish(child);
     assert!(!ok);
     assert!(
@@ -223,7 +226,10 @@ fn our_client_with_wrong_key_gets_an_authentication_error() {
     let Some(py) = python() else { return };
     let (child, addr, mut out) = start_py_listener(py, "right", "native");
     let err = Client::connect(addr.as_str(), Some(b"wrong")).unwrap_err();
-    assert!(matches!(err, ConnectionError::Authentication(_)), "{err}");
+    assert!(
+        matches!(err, ConnectionError::AuthenticationFailed(_)),
+        "{err}"
+    );
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(line.starts_with("refused"), "{line}");

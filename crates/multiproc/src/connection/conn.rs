@@ -320,15 +320,6 @@ impl Connection {
         }
     }
 
-    /// One message of at most `limit` bytes, before `deadline` (for handshakes).
-    pub(crate) fn recv_frame_until(
-        &self,
-        deadline: Instant,
-        limit: u64,
-    ) -> Result<Vec<u8>, ConnectionError> {
-        Ok(self.recv_frame(Some(deadline), limit)?.0)
-    }
-
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
 

@@ -2,10 +2,9 @@
 //! authentication handshake.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::address::{Address, ToAddress};
-use super::auth;
 use super::conn::{Connection, DEFAULT_MAX_MESSAGE};
 use crate::error::ConnectionError;
 use crate::sys;
@@ -140,21 +139,21 @@ impl Listener {
     /// Waits for the next client and authenticates it. A failed handshake is an error for
     /// that client only: call `accept` again to go on serving.
     pub fn accept(&self) -> Result<Connection, ConnectionError> {
-        let conn = self.accept_unauthenticated()?;
+        let conn = self.accept_raw()?;
         authenticate(&self.settings, &conn)?;
         Ok(conn)
     }
 
-    /// Accepts the next client without authenticating it: a server that serves each client
-    /// on its own thread runs the handshake there ([`Listener::handshake`]), so a slow
-    /// client cannot hold up the others.
-    pub(crate) fn accept_unauthenticated(&self) -> Result<Connection, ConnectionError> {
+    /// The next client as it connects, without a handshake: for a server that runs
+    /// handshakes on threads of its own with [`Connection::authenticate_server`], so that a
+    /// slow client cannot hold up the others.
+    pub fn accept_raw(&self) -> Result<Connection, ConnectionError> {
         let fd = sys::accept(self.fd.as_fd())?;
         Ok(Connection::new(fd, true, true, self.settings.max_message))
     }
 
     /// The server side of the handshake, to run on connections from
-    /// [`accept_unauthenticated`](Listener::accept_unauthenticated) (on any thread).
+    /// [`accept_raw`](Listener::accept_raw) (on any thread).
     pub(crate) fn handshake(&self) -> Handshake {
         Handshake(self.settings.clone())
     }
@@ -223,9 +222,7 @@ impl Handshake {
 /// The server side of the handshake on an accepted connection, when there is an authkey.
 fn authenticate(settings: &Settings, conn: &Connection) -> Result<(), ConnectionError> {
     if let Some(key) = &settings.authkey {
-        let deadline = Instant::now() + settings.handshake_timeout;
-        auth::deliver_challenge(conn, key, deadline)?;
-        auth::answer_challenge(conn, key, deadline)?;
+        conn.authenticate_server(key, settings.handshake_timeout)?;
     }
     Ok(())
 }
@@ -267,15 +264,16 @@ impl Client {
         self
     }
 
-    /// Connects and authenticates.
+    /// Connects and authenticates: a server that rejects the key is
+    /// [`ConnectionError::AuthenticationFailed`], one that sends no challenge within the
+    /// handshake time limit (a server without an authkey, a stuck one)
+    /// [`ConnectionError::HandshakeTimeout`].
     pub fn open(&self, address: impl ToAddress) -> Result<Connection, ConnectionError> {
         let address = address.to_address()?;
         let fd = sys::connect(address.target())?;
         let conn = Connection::new(fd, true, true, self.settings.max_message);
         if let Some(key) = &self.settings.authkey {
-            let deadline = Instant::now() + self.settings.handshake_timeout;
-            auth::answer_challenge(&conn, key, deadline)?;
-            auth::deliver_challenge(&conn, key, deadline)?;
+            conn.authenticate_client(key, self.settings.handshake_timeout)?;
         }
         Ok(conn)
     }

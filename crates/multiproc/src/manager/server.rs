@@ -243,7 +243,7 @@ fn accept_loop(core: &Arc<Core>, listener: Listener) {
         if !ready[0] {
             continue;
         }
-        let conn = match listener.accept_unauthenticated() {
+        let conn = match listener.accept_raw() {
             Ok(c) => c,
             // Out of descriptors and the like: back off instead of spinning.
             Err(_) => {
