@@ -690,6 +690,138 @@ fn memory_for_a_frame_grows_with_the_bytes_that_arrive() {
     }
 }
 
+/// Serves `listener` on a thread of its own, each authenticated client on another thread
+/// that echoes its messages; failed handshakes come out of the channel.
+fn serve_concurrently(listener: Listener) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(conn) => {
+                    std::thread::spawn(move || {
+                        while let Ok(m) = conn.recv_bytes() {
+                            if conn.send_bytes(&m).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    if tx.send(e.to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn fifty_silent_clients_do_not_hold_up_a_good_one() {
+    let listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+    let addr = listener.address().clone();
+    let _failures = serve_concurrently(listener);
+    let silent: Vec<_> = (0..50)
+        .map(|_| std::net::TcpStream::connect(tcp_of(&addr)).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    let conn = Client::default()
+        .authkey("k")
+        .handshake_timeout(T)
+        .open(&addr)
+        .unwrap();
+    conn.send_bytes(b"served").unwrap();
+    assert_eq!(conn.recv_bytes_timeout(T).unwrap(), b"served");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    drop(silent);
+}
+
+#[test]
+fn accept_hands_back_connections_in_the_order_their_handshakes_complete() {
+    let listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+    let addr = listener.address().clone();
+    // The first client connects but answers its challenge only later.
+    let first = std::net::TcpStream::connect(tcp_of(&addr)).unwrap();
+    let second = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let c = Client::default()
+                .authkey("k")
+                .handshake_timeout(T)
+                .open(&addr)?;
+            c.send_bytes(b"second")?;
+            Ok::<_, ConnectionError>(c)
+        }
+    });
+    let conn = listener.accept_timeout(T).unwrap();
+    assert_eq!(conn.recv_bytes_timeout(T).unwrap(), b"second");
+    let _second = second.join().unwrap().unwrap();
+    let first = std::thread::spawn(move || {
+        let c = Connection::from_socket(OwnedFd::from(first));
+        c.authenticate_client(b"k", T)?;
+        c.send_bytes(b"first")?;
+        Ok::<_, ConnectionError>(c)
+    });
+    let conn = listener.accept_timeout(T).unwrap();
+    assert_eq!(conn.recv_bytes_timeout(T).unwrap(), b"first");
+    let _first = first.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_handshake_time_out_and_a_wrong_key_say_so_on_both_ends() {
+    let short = Duration::from_millis(300);
+    let listener = L::builder()
+        .authkey("right")
+        .handshake_timeout(short)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = listener.address().clone();
+    // Server side: a client that never answers, one with the wrong key.
+    let silent = std::net::TcpStream::connect(tcp_of(&addr)).unwrap();
+    let timed_out = listener.accept_timeout(T).unwrap_err();
+    assert!(
+        matches!(
+            timed_out,
+            ConnectionError::HandshakeTimeout {
+                waiting_for: "answer to the challenge",
+                timeout
+            } if timeout == short
+        ),
+        "{timed_out:?}"
+    );
+    drop(silent);
+    let wrong = Client::default().authkey("wrong").handshake_timeout(T);
+    let client_err = wrong.open(&addr).unwrap_err();
+    let server_err = listener.accept_timeout(T).unwrap_err();
+    for e in [&client_err, &server_err] {
+        assert!(
+            matches!(e, ConnectionError::AuthenticationFailed(_)),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("wrong authkey"), "{e}");
+    }
+    assert!(timed_out.to_string().starts_with("handshake timed out"));
+    assert!(client_err.to_string().starts_with("authentication failed"));
+    // Client side: a server that never sends its challenge.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = Client::default()
+        .authkey("right")
+        .handshake_timeout(short)
+        .open(mute.local_addr().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectionError::HandshakeTimeout {
+                waiting_for: "challenge",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn accept_raw_lets_a_server_run_handshakes_on_threads_of_its_own() {
     let listener = Listener::bind("127.0.0.1:0", None).unwrap();
@@ -725,4 +857,61 @@ fn accept_raw_lets_a_server_run_handshakes_on_threads_of_its_own() {
         results[1],
         Err(ConnectionError::HandshakeTimeout { .. })
     ));
+}
+
+#[test]
+fn accept_timeout_and_wait_see_authenticated_connections() {
+    for key in [None, Some(&b"k"[..])] {
+        let listener = Listener::bind("127.0.0.1:0", key).unwrap();
+        let t0 = Instant::now();
+        assert!(matches!(
+            listener.accept_timeout(Duration::from_millis(100)),
+            Err(ConnectionError::Timeout(_))
+        ));
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        assert!(
+            wait(&[listener.as_fd()], Some(Duration::from_millis(50)))
+                .unwrap()
+                .is_empty()
+        );
+        let client = Client::connect(listener.address(), key).unwrap();
+        assert_eq!(wait(&[listener.as_fd()], Some(T)).unwrap(), vec![0]);
+        let conn = listener.accept_timeout(Duration::ZERO).unwrap();
+        client.send_bytes(b"x").unwrap();
+        assert_eq!(conn.recv_bytes_timeout(T).unwrap(), b"x");
+        assert!(
+            wait(&[listener.as_fd()], Some(Duration::from_millis(50)))
+                .unwrap()
+                .is_empty(),
+            "nothing left to accept"
+        );
+    }
+}
+
+#[test]
+fn at_the_bound_of_pending_handshakes_the_oldest_gives_way() {
+    let listener = L::builder()
+        .authkey("k")
+        .max_pending_handshakes(4)
+        .handshake_timeout(T)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = listener.address().clone();
+    let failures = serve_concurrently(listener);
+    let silent: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(tcp_of(&addr)).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    let conn = Client::default()
+        .authkey("k")
+        .handshake_timeout(T)
+        .open(&addr)
+        .unwrap();
+    conn.send_bytes(b"served").unwrap();
+    assert_eq!(conn.recv_bytes_timeout(T).unwrap(), b"served");
+    // The silent ones ahead of it gave way a second after they came, four at a time.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let dropped = failures.recv_timeout(T).unwrap();
+    assert!(dropped.contains("to make room"), "{dropped}");
+    drop(silent);
 }

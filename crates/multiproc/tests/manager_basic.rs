@@ -726,3 +726,23 @@ fn frames_announced_but_not_sent_cost_the_server_only_what_arrives() {
     d.set(&1, &1).unwrap();
     assert_eq!(d.get(&1).unwrap(), Some(1), "the server is fine");
 }
+
+#[multiproc::test]
+fn silent_connections_do_not_hold_up_a_served_manager() {
+    let _leaks = LeakCheck::new();
+    let key = b"busy server".to_vec();
+    let server = Manager::serve("127.0.0.1:0", &key).unwrap();
+    let address = server.address().to_string();
+    let silent: Vec<_> = (0..50)
+        .map(|_| std::net::TcpStream::connect(address.as_str()).unwrap())
+        .collect();
+    let t = Instant::now();
+    let mgr = Manager::connect(address.as_str(), &key).unwrap();
+    let d = mgr.dict::<u8, u8>().unwrap();
+    d.set(&1, &2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(2));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(silent);
+    mgr.shutdown().unwrap();
+    assert!(server.wait_timeout(T));
+}

@@ -310,6 +310,11 @@ impl Exchange {
         Ok(())
     }
 
+    /// When the handshake must be over.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// The error of a handshake whose time is up.
     pub(crate) fn timed_out(&self) -> ConnectionError {
         ConnectionError::HandshakeTimeout {

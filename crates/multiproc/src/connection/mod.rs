@@ -3,9 +3,10 @@
 //! Wire-compatible with CPython's `multiprocessing.connection`: the same framing and the same
 //! HMAC handshake (modern `{sha256}` and legacy MD5 peers), so a Rust process and a Python
 //! process can talk unchanged. Unlike CPython, a handshake has a time limit (a peer with a key
-//! against one without fails instead of hanging), network connections bound the message size
-//! (256 MiB by default: a peer announcing 2 GiB gets an error, not an allocation), and the
-//! listener backlog defaults to 128. Nothing received is ever executed: typed messages go
+//! against one without fails instead of hanging) and a listener runs the handshakes of all its
+//! clients at once ([`Listener::accept`]), network connections bound the message size (256 MiB
+//! by default: a peer announcing 2 GiB gets an error, not an allocation, and memory grows with
+//! the bytes that arrive), and the listener backlog defaults to 128. Nothing received is ever executed: typed messages go
 //! through the crate's serde codec, and a typed message is checked against the type the
 //! receiver asks for (see [`Connection::send`]).
 
@@ -21,8 +22,10 @@ use std::time::Duration;
 pub use address::{Address, ToAddress};
 pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
 pub(crate) use frames::FrameReader;
-pub(crate) use listener::Handshake;
-pub use listener::{Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, Listener, ListenerBuilder};
+pub use listener::{
+    Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES, Listener,
+    ListenerBuilder,
+};
 
 use crate::error::ConnectionError;
 use crate::sys;

@@ -1,7 +1,8 @@
 //! The manager server: accepts clients, owns the objects, counts references per session.
 //!
-//! One thread accepts; each connection gets its own thread, which authenticates the client
-//! (so a slow handshake holds up nobody else) and then answers its requests one by one.
+//! The listener runs the clients' handshakes (all at once, so a slow one holds up nobody
+//! else); one thread takes the authenticated connections, and each gets its own thread, which
+//! answers its requests one by one.
 //! References are counted per client session (a process); when a session's last
 //! connection closes — the process exited or was killed — its references are dropped and
 //! the locks it held released, so nothing leaks until shutdown as in CPython.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::objects::{Ctx, Object, create_builtin, lock};
 use super::wire::{Fault, Hello, ManagerStats, Request, ret};
-use crate::connection::{Address, Connection, Handshake, Listener, pipe};
+use crate::connection::{Address, Connection, Listener, pipe};
 use crate::error::{ConnectionError, ManagerError};
 use crate::sys;
 
@@ -75,7 +76,6 @@ impl Registry {
 /// What the server threads share.
 struct Core {
     address: Address,
-    handshake: Handshake,
     reg: Mutex<Registry>,
     stopping: AtomicBool,
     /// Written to wake the accept loop.
@@ -139,7 +139,6 @@ impl Server {
         let (wake_rx, wake) = pipe(false)?;
         let core = Arc::new(Core {
             address: listener.address().clone(),
-            handshake: listener.handshake(),
             reg: Mutex::new(Registry::default()),
             stopping: AtomicBool::new(false),
             wake,
@@ -233,8 +232,9 @@ fn stats(reg: &Registry) -> ManagerStats {
     }
 }
 
-/// Accepts until the server stops; the listener closes when it returns (later clients are
-/// refused at once instead of waiting for a handshake that never comes).
+/// Takes authenticated connections until the server stops; the listener closes when it
+/// returns (later clients are refused at once instead of waiting for a handshake that never
+/// comes).
 fn accept_loop(core: &Arc<Core>, listener: Listener) {
     while let Ok(ready) = sys::poll_readable(&[listener.as_fd(), core.wake_rx.as_fd()], None) {
         if ready[1] || core.stopping.load(Ordering::SeqCst) {
@@ -243,21 +243,19 @@ fn accept_loop(core: &Arc<Core>, listener: Listener) {
         if !ready[0] {
             continue;
         }
-        let conn = match listener.accept_raw() {
-            Ok(c) => c,
+        match listener.accept_timeout(Duration::ZERO) {
+            Ok(conn) => spawn_connection(core, conn, None),
             // Out of descriptors and the like: back off instead of spinning.
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        spawn_connection(core, conn, None);
+            Err(ConnectionError::Io(_)) => thread::sleep(Duration::from_millis(10)),
+            // A client that failed its handshake (its own affair), or a spurious wake-up.
+            Err(_) => {}
+        }
     }
     drop(listener);
     finish(core);
 }
 
-/// Serves `conn` on a thread of its own: a client to authenticate, or (with `session`) a
+/// Serves `conn` on a thread of its own: an authenticated client, or (with `session`) a
 /// trusted connection already in that session.
 fn spawn_connection(core: &Arc<Core>, conn: Connection, session: Option<u128>) {
     let Ok(dup) = conn.as_fd().try_clone_to_owned() else {
@@ -337,11 +335,8 @@ fn finish(core: &Core) {
     core.stopped_cv.notify_all();
 }
 
-/// Serves one client connection until it closes.
+/// Serves one authenticated client connection until it closes.
 fn serve_connection(core: &Core, conn: &Connection) {
-    if core.handshake.authenticate(conn).is_err() {
-        return;
-    }
     // The first message joins a session.
     let session = match conn.recv_bytes_timeout(Duration::from_secs(10)) {
         Ok(bytes) => match postcard::from_bytes::<Request<'_>>(&bytes) {
