@@ -108,6 +108,19 @@ impl<T: Pod> Value<T> {
     /// The lock, if the value has one (Python's `get_lock()`). Hold it to make several
     /// operations one atomic step; `get`, `set` and `update` still work while this thread
     /// holds it. Other threads and processes wait for it.
+    ///
+    /// ```
+    /// fn bump(v: &multiproc::Value<u64>) -> multiproc::Result<()> {
+    ///     // Python: `with v.get_lock(): v.value += 1`
+    ///     let _held = v.get_lock().expect("a value made with a lock").acquire()?;
+    ///     v.set(v.get() + 1);
+    ///     Ok(())
+    /// }
+    /// let v = multiproc::Value::new(41u64)?;
+    /// bump(&v)?;
+    /// assert_eq!(v.get(), 42);
+    /// # Ok::<(), multiproc::Error>(())
+    /// ```
     pub fn get_lock(&self) -> Option<&RLock> {
         self.lock.as_ref()
     }

@@ -35,6 +35,29 @@ impl<G> AcquireError<G> {
     }
 }
 
+impl<G> std::fmt::Display for AcquireError<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcquireError::OwnerDied { pid, .. } => write!(
+                f,
+                "the previous holder (pid {pid}) died holding the lock; the caller holds it now"
+            ),
+            AcquireError::Timeout(t) => write!(f, "the lock was not acquired within {t:?}"),
+        }
+    }
+}
+
+impl<G: std::fmt::Debug> std::error::Error for AcquireError<G> {}
+
+/// `?` on an acquisition in a function returning [`multiproc::Result`](crate::Result): a
+/// takeover from a dead holder is an error there too (the guard is dropped, releasing the
+/// lock); handle [`AcquireError::OwnerDied`] yourself to keep it.
+impl<G> From<AcquireError<G>> for crate::error::Error {
+    fn from(e: AcquireError<G>) -> crate::error::Error {
+        crate::error::Error::Sync(SyncError::from(e))
+    }
+}
+
 impl<G> From<AcquireError<G>> for SyncError {
     fn from(e: AcquireError<G>) -> SyncError {
         match e {
