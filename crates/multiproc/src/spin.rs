@@ -7,9 +7,12 @@
 //! more runnable tasks than CPUs, the spinner takes the CPU the process it waits for needs, and
 //! every wait gets longer. So spinning is allowed only while it pays:
 //! - never on a single CPU (the event cannot come while this task holds the CPU);
-//! - not while the machine is crowded: more runnable tasks than this process may use CPUs
-//!   (sampled from `/proc/loadavg` at most every [`SAMPLE_EVERY`], by whichever waiter finds the
-//!   sample stale);
+//! - on a crowded machine (more runnable tasks than this process may use CPUs, sampled from
+//!   `/proc/loadavg` at most every [`SAMPLE_EVERY`] by whichever waiter finds the sample
+//!   stale), only while spins have been paying: a running score of hits counts, and below
+//!   [`CROWDED_SCORE`] one wait in [`PROBE_EVERY`] still spins, so the score can recover. A
+//!   consumer whose producer runs flat out on the other CPU keeps spinning (it hits); a
+//!   request/reply client among more clients than CPUs stops (it misses);
 //! - not for a while after spins keep missing: [`MISSES_TO_BACK_OFF`] misses in a row stop
 //!   spinning in this process for a back-off that doubles (up to [`MAX_BACKOFF`]) while misses
 //!   continue, and a hit resets it.
@@ -31,6 +34,10 @@ use crate::sys::monotonic_ns;
 const SAMPLE_EVERY: u64 = 5_000_000;
 /// Misses in a row that stop spinning for a while.
 const MISSES_TO_BACK_OFF: u32 = 8;
+/// The hit score (out of 1024) a crowded machine asks of spinning, and how often a wait
+/// spins anyway to measure it again.
+const CROWDED_SCORE: u32 = 600;
+const PROBE_EVERY: u32 = 32;
 /// The first back-off, and the longest.
 const MIN_BACKOFF: u64 = 2_000_000;
 const MAX_BACKOFF: u64 = 256_000_000;
@@ -93,6 +100,10 @@ static CROWDED: AtomicBool = AtomicBool::new(false);
 static MISSES: AtomicU32 = AtomicU32::new(0);
 static BACKOFF: AtomicU64 = AtomicU64::new(MIN_BACKOFF);
 static QUIET_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// How often spins paid lately, out of 1024 (a moving average: each outcome moves it 1/8 of
+/// the way), and a count of waits for the probes.
+static SCORE: AtomicU32 = AtomicU32::new(512);
+static WAITS: AtomicU32 = AtomicU32::new(0);
 
 /// The number of runnable tasks on the machine now (the fourth field of `/proc/loadavg`,
 /// `running/total`).
@@ -133,12 +144,27 @@ fn may_spin() -> bool {
                 return false;
             }
             let now = monotonic_ns();
-            now >= QUIET_UNTIL.load(Ordering::Relaxed) && !crowded(now)
+            if now < QUIET_UNTIL.load(Ordering::Relaxed) {
+                return false;
+            }
+            !crowded(now)
+                || SCORE.load(Ordering::Relaxed) >= CROWDED_SCORE
+                || WAITS
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(PROBE_EVERY)
         }
     }
 }
 
+/// Moves the score 1/8 of the way towards 1024 (a hit) or 0 (a miss).
+fn score(hit: bool) {
+    let s = SCORE.load(Ordering::Relaxed);
+    let next = if hit { s + (1024 - s) / 8 } else { s - s / 8 };
+    SCORE.store(next, Ordering::Relaxed);
+}
+
 fn record_hit() {
+    score(true);
     if MISSES.load(Ordering::Relaxed) != 0 {
         MISSES.store(0, Ordering::Relaxed);
     }
@@ -151,6 +177,7 @@ fn record_miss() {
     if mode() != SpinPolicy::Adaptive {
         return;
     }
+    score(false);
     if MISSES.fetch_add(1, Ordering::Relaxed) + 1 >= MISSES_TO_BACK_OFF {
         MISSES.store(0, Ordering::Relaxed);
         let backoff = BACKOFF.load(Ordering::Relaxed);
@@ -190,6 +217,10 @@ impl Spinner {
         }
         for _ in 0..16 {
             std::hint::spin_loop();
+        }
+        // Now and then let a task that shares this CPU run: it may be the one we wait for.
+        if self.looks.is_multiple_of(4) {
+            std::thread::yield_now();
         }
         true
     }

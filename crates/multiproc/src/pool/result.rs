@@ -331,7 +331,7 @@ impl<R, I> std::fmt::Debug for Imap<'_, R, I> {
 /// Bytes of encoded arguments an iterator keeps in flight at most (beyond its first chunks).
 const READ_AHEAD_BYTES: usize = 8 << 20;
 /// Items in flight per worker at least, so that tiny tasks fill the workers' pipelines.
-const READ_AHEAD_PER_WORKER: usize = 32;
+const READ_AHEAD_PER_WORKER: usize = 128;
 
 impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I> {
     pub(crate) fn new(
