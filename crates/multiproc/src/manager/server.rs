@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::objects::{Ctx, Object, create_builtin, lock};
 use super::wire::{Fault, Hello, ManagerStats, Request, ret};
+use crate::codec;
 use crate::connection::{Address, Connection, Listener, pipe};
 use crate::error::{ConnectionError, ManagerError};
 use crate::sys;
@@ -339,7 +340,7 @@ fn finish(core: &Core) {
 fn serve_connection(core: &Core, conn: &Connection) {
     // The first message joins a session.
     let session = match conn.recv_bytes_timeout(Duration::from_secs(10)) {
-        Ok(bytes) => match postcard::from_bytes::<Request<'_>>(&bytes) {
+        Ok(bytes) => match codec::decode_borrowed::<Request<'_>>(&bytes) {
             Ok(Request::Hello { session }) => session,
             _ => return,
         },
@@ -368,12 +369,10 @@ fn serve_session(core: &Core, conn: &Connection, session: u128) {
 
 fn reply(conn: &Connection, result: Result<Vec<u8>, Fault>) -> Result<(), ConnectionError> {
     let encoded = match &result {
-        Ok(bytes) => postcard::to_stdvec(&Ok::<&serde_bytes::Bytes, Fault>(
-            serde_bytes::Bytes::new(bytes),
-        )),
-        Err(f) => postcard::to_stdvec(&Err::<(), _>(f)),
+        Ok(bytes) => codec::encode(&Ok::<_, Fault>(serde_bytes::Bytes::new(bytes)))?,
+        Err(f) => codec::encode(&Err::<(), _>(f))?,
     };
-    conn.send_bytes(&encoded.map_err(|e| ConnectionError::BadFrame(e.to_string()))?)
+    conn.send_bytes(&encoded)
 }
 
 fn requests(core: &Core, conn: &Connection, session: u128) {
@@ -388,7 +387,7 @@ fn requests(core: &Core, conn: &Connection, session: u128) {
         let Ok(bytes) = conn.recv_sole(SPIN, None) else {
             return;
         };
-        let result = match postcard::from_bytes::<Request<'_>>(&bytes) {
+        let result = match codec::decode_borrowed::<Request<'_>>(&bytes) {
             Ok(Request::Shutdown) => {
                 let _ = reply(conn, ret(&()));
                 core.stop();
@@ -574,8 +573,8 @@ mod tests {
             thread: 3,
             args: &[1, 2, 3],
         };
-        let bytes = postcard::to_stdvec(&req).unwrap();
-        match postcard::from_bytes::<Request<'_>>(&bytes).unwrap() {
+        let bytes = codec::encode(&req).unwrap();
+        match codec::decode_borrowed::<Request<'_>>(&bytes).unwrap() {
             Request::Call {
                 id, method, args, ..
             } => assert_eq!((id, method, args), (7, "get", &[1u8, 2, 3][..])),
@@ -655,7 +654,7 @@ mod tests {
             Err(Fault::Invalid(_))
         ));
         // A session that never said hello cannot hold references.
-        let id: u64 = postcard::from_bytes(
+        let id: u64 = codec::decode(
             &call(
                 &s,
                 1,

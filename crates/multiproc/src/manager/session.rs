@@ -15,6 +15,7 @@ use serde_bytes::Bytes;
 
 use super::objects::lock;
 use super::wire::{Fault, Hello, Request};
+use crate::codec;
 use crate::connection::{Address, Client, Connection};
 use crate::error::{ConnectionError, ManagerError};
 use crate::process::Process;
@@ -160,13 +161,10 @@ impl Session {
         id: u128,
     ) -> Result<(Connection, Hello), ManagerError> {
         let conn = Client::default().authkey(authkey).open(address)?;
-        let hello = postcard::to_stdvec(&Request::Hello { session: id })
-            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        let hello = codec::encode(&Request::Hello { session: id })?;
         conn.send_bytes(&hello).map_err(transport)?;
         let reply = conn.recv_bytes_timeout(REPLY_GRACE).map_err(transport)?;
-        let hello = decode_reply(&reply, None, |b| {
-            postcard::from_bytes::<Hello>(b).map_err(|e| ManagerError::BadArguments(e.to_string()))
-        })?;
+        let hello: Hello = decode_reply(&reply, None, |b| Ok(codec::decode(b)?))?;
         Ok((conn, hello))
     }
 
@@ -185,7 +183,7 @@ impl Session {
         if self.closed.load(Ordering::Relaxed) {
             return Err(ManagerError::Closed);
         }
-        let bytes = postcard::to_stdvec(req).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        let bytes = codec::encode(req)?;
         if bytes.len() as u64 > self.max_message {
             return Err(ManagerError::MessageTooLarge {
                 size: bytes.len() as u64,
@@ -230,7 +228,7 @@ impl Session {
         timeout: Option<Duration>,
         decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
     ) -> Result<R, ManagerError> {
-        let args = crate::codec::encode(args)?;
+        let args = codec::encode(args)?;
         self.request(
             &Request::Call {
                 id,
@@ -284,7 +282,7 @@ pub(crate) fn decode_reply<R>(
     timeout: Option<Duration>,
     decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
 ) -> Result<R, ManagerError> {
-    match postcard::from_bytes::<Result<&Bytes, Fault>>(reply) {
+    match codec::decode_borrowed::<Result<&Bytes, Fault>>(reply) {
         Ok(Ok(payload)) => decode(payload),
         Ok(Err(fault)) => Err(fault.into_error(timeout)),
         Err(e) => Err(ManagerError::Connection(ConnectionError::BadFrame(

@@ -1,4 +1,4 @@
-//! The manager protocol: requests and replies, postcard-encoded inside connection frames.
+//! The manager protocol: requests and replies, encoded by [`codec`] inside connection frames.
 //!
 //! Every connection starts with [`Request::Hello`]; then each request gets exactly one
 //! reply, `Result<bytes, Fault>`. A request names an object by id and a method by name from
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::error::ManagerError;
 
 /// Who holds a lock: a client session and a thread in it.
@@ -123,17 +124,10 @@ impl Fault {
 
 /// Decodes the arguments of a call; bytes left over mean the caller sent other types.
 pub(crate) fn args<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Fault> {
-    match postcard::take_from_bytes(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(Fault::BadArguments(format!(
-            "{} bytes left over: the arguments are not of the method's types",
-            rest.len()
-        ))),
-        Err(e) => Err(Fault::BadArguments(e.to_string())),
-    }
+    codec::decode_borrowed(bytes).map_err(|e| Fault::BadArguments(e.to_string()))
 }
 
 /// Encodes the result of a call.
 pub(crate) fn ret<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Fault> {
-    postcard::to_stdvec(value).map_err(|e| Fault::Invalid(format!("cannot encode the result: {e}")))
+    codec::encode(value).map_err(|e| Fault::Invalid(format!("cannot encode the result: {e}")))
 }
