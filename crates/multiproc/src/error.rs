@@ -279,9 +279,11 @@ pub enum SyncError {
 
 /// Errors of managers and their proxies (see [`manager`](crate::manager)).
 ///
-/// Errors an object raised on the server (an empty queue, a broken barrier, an index out of
-/// range) come back as their own variant; transport problems as [`Connection`](Self::Connection)
-/// or [`Closed`](Self::Closed). None of them leaves the server in a bad state.
+/// Errors an object raised on the server come back as their own variant: a queue's as
+/// [`Queue`](Self::Queue) (empty, full), a lock's, semaphore's or barrier's as
+/// [`Sync`](Self::Sync) (timed out, not the owner, broken), the same errors as the local
+/// objects'; transport problems as [`Connection`](Self::Connection) or
+/// [`Closed`](Self::Closed). None of them leaves the server in a bad state.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManagerError {
@@ -334,15 +336,16 @@ pub enum ManagerError {
     /// A method of a user type panicked on the server; the object stays usable.
     #[error("the method panicked on the manager: {0}")]
     Panicked(String),
-    /// A blocking call ran out of time.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// A non-blocking `get` found the queue empty.
-    #[error("the queue is empty")]
-    Empty,
-    /// A non-blocking `put` found the bounded queue full.
-    #[error("the queue is full")]
-    Full,
+    /// A queue's error: [`QueueError::Empty`] when a `get` found no item (at once, or within
+    /// its time limit), [`QueueError::Full`] when a `put` found no room,
+    /// [`QueueError::TooManyTaskDone`].
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A synchronization object's error: [`SyncError::Timeout`] when a blocking call ran out
+    /// of time, [`SyncError::NotLocked`] and [`SyncError::NotOwner`] for a release of a lock
+    /// this thread does not hold, [`SyncError::OverReleased`], [`SyncError::BrokenBarrier`].
+    #[error(transparent)]
+    Sync(#[from] SyncError),
     /// A dict or namespace has no such key.
     #[error("no such key")]
     KeyNotFound,
@@ -370,18 +373,6 @@ pub enum ManagerError {
         /// The kind of the published object.
         found: String,
     },
-    /// Releasing a lock this thread does not hold (or one that is not locked).
-    #[error("{0}")]
-    NotOwner(String),
-    /// A bounded semaphore released more often than acquired.
-    #[error("semaphore released too many times")]
-    OverReleased,
-    /// The barrier is broken (a waiter timed out, or `abort` was called).
-    #[error("the barrier is broken")]
-    BrokenBarrier,
-    /// `task_done` called more times than items were put.
-    #[error("task_done() called too many times")]
-    TooManyTaskDone,
     /// A message larger than the server accepts.
     #[error("request of {size} bytes exceeds the manager's limit of {limit} bytes")]
     MessageTooLarge {
@@ -390,7 +381,8 @@ pub enum ManagerError {
         /// The limit.
         limit: u64,
     },
-    /// An argument out of its domain (a barrier of 0 parties, ...).
+    /// An argument out of its domain (a barrier of 0 parties, ...), or a call the object
+    /// refuses in its state (a condition's `wait` or `notify` without its lock).
     #[error("invalid argument: {0}")]
     Invalid(String),
     /// Values could not go through the codec on this side.

@@ -10,7 +10,7 @@ use common::{LeakCheck, alive, eventually};
 use multiproc::manager::{
     DictProxy, JoinableQueueProxy, LockProxy, Manager, Proxy, ProxyType, QueueProxy, ValueProxy,
 };
-use multiproc::{Func, ManagerError, Process};
+use multiproc::{Func, ManagerError, Process, QueueError, SyncError};
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(20);
@@ -207,32 +207,41 @@ fn queues_block_time_out_and_join() {
     q.put(&"a".into()).unwrap();
     q.put(&"b".into()).unwrap();
     assert!(q.full().unwrap());
-    assert!(matches!(q.put_nowait(&"c".into()), Err(ManagerError::Full)));
+    assert!(matches!(
+        q.put_nowait(&"c".into()),
+        Err(ManagerError::Queue(QueueError::Full))
+    ));
     let t = Instant::now();
     assert!(matches!(
         q.put_timeout(&"c".into(), Duration::from_millis(200)),
-        Err(ManagerError::Full)
+        Err(ManagerError::Queue(QueueError::Full))
     ));
     assert!(t.elapsed() >= Duration::from_millis(200));
     assert_eq!(q.get().unwrap(), "a");
     assert_eq!(q.qsize().unwrap(), 1);
     assert_eq!(q.get_nowait().unwrap(), "b");
-    assert!(matches!(q.get_nowait(), Err(ManagerError::Empty)));
+    assert!(matches!(
+        q.get_nowait(),
+        Err(ManagerError::Queue(QueueError::Empty))
+    ));
     assert!(matches!(
         q.get_timeout(Duration::from_millis(100)),
-        Err(ManagerError::Empty)
+        Err(ManagerError::Queue(QueueError::Empty))
     ));
 
     let jq = mgr.joinable_queue::<u32>().unwrap();
     jq.put(&1).unwrap();
     assert!(matches!(
         jq.join_timeout(Duration::from_millis(100)),
-        Err(ManagerError::Timeout(_))
+        Err(ManagerError::Sync(SyncError::Timeout(_)))
     ));
     assert_eq!(jq.get().unwrap(), 1);
     jq.task_done().unwrap();
     jq.join_timeout(T).unwrap();
-    assert!(matches!(jq.task_done(), Err(ManagerError::TooManyTaskDone)));
+    assert!(matches!(
+        jq.task_done(),
+        Err(ManagerError::Queue(QueueError::TooManyTaskDone))
+    ));
     // A joinable queue can be looked up as a plain queue, not the other way round.
     mgr.publish("jq", &jq).unwrap();
     let as_queue: QueueProxy<u32> = mgr.lookup("jq").unwrap();
@@ -292,7 +301,10 @@ fn locks_of_a_killed_process_are_released() {
     assert!(holder.join().is_err());
     lock.acquire_timeout(T).unwrap();
     lock.release().unwrap();
-    assert!(matches!(lock.release(), Err(ManagerError::NotOwner(_))));
+    assert!(matches!(
+        lock.release(),
+        Err(ManagerError::Sync(SyncError::NotLocked))
+    ));
 }
 
 #[multiproc::test]
@@ -306,7 +318,10 @@ fn rlock_condition_semaphore_event_barrier() {
     let r2 = r.clone();
     std::thread::spawn(move || {
         assert!(!r2.try_acquire().unwrap());
-        assert!(matches!(r2.release(), Err(ManagerError::NotOwner(_))));
+        assert!(matches!(
+            r2.release(),
+            Err(ManagerError::Sync(SyncError::NotOwner))
+        ));
     })
     .join()
     .unwrap();
@@ -320,10 +335,13 @@ fn rlock_condition_semaphore_event_barrier() {
     assert!(!s.try_acquire().unwrap());
     assert!(matches!(
         s.acquire_timeout(Duration::from_millis(50)),
-        Err(ManagerError::Timeout(_))
+        Err(ManagerError::Sync(SyncError::Timeout(_)))
     ));
     s.release(2).unwrap();
-    assert!(matches!(s.release(1), Err(ManagerError::OverReleased)));
+    assert!(matches!(
+        s.release(1),
+        Err(ManagerError::Sync(SyncError::OverReleased { bound: 2 }))
+    ));
     assert_eq!(s.value().unwrap(), 2);
 
     let e = mgr.event().unwrap();
@@ -338,7 +356,7 @@ fn rlock_condition_semaphore_event_barrier() {
     setter.join().unwrap();
 
     let c = mgr.condition().unwrap();
-    assert!(matches!(c.notify(1), Err(ManagerError::NotOwner(_))));
+    assert!(matches!(c.notify(1), Err(ManagerError::Invalid(_))));
     c.acquire().unwrap();
     assert!(!c.wait_timeout(Duration::from_millis(50)).unwrap());
     let flag = mgr.value(&false).unwrap();
@@ -368,7 +386,7 @@ fn rlock_condition_semaphore_event_barrier() {
     assert_eq!(all, [0, 1, 2]);
     assert!(matches!(
         b.wait_timeout(Duration::from_millis(50)),
-        Err(ManagerError::BrokenBarrier)
+        Err(ManagerError::Sync(SyncError::BrokenBarrier))
     ));
     assert!(b.broken().unwrap());
     b.reset().unwrap();

@@ -390,7 +390,7 @@ impl Object for Queue {
                 let done = wait_for(&self.state, &self.changed, cx, timeout, |q| {
                     (q.unfinished == 0).then_some(())
                 })?;
-                done.ok_or(Fault::Timeout)?;
+                done.ok_or_else(|| Fault::Timeout(timeout.unwrap_or_default()))?;
                 ret(&())
             }
             _ => Err(unknown(self.kind(), method)),
@@ -487,10 +487,8 @@ impl Holder {
     /// Releases one level; true when the lock became free.
     fn release(&mut self, who: Owner, reentrant: bool) -> Result<bool, Fault> {
         match self.owner {
-            None => Err(Fault::NotOwner("release of an unlocked lock".into())),
-            Some(o) if reentrant && o != who => Err(Fault::NotOwner(
-                "cannot release a lock held by another thread".into(),
-            )),
+            None => Err(Fault::NotLocked),
+            Some(o) if reentrant && o != who => Err(Fault::NotOwner),
             Some(_) => {
                 self.count -= 1;
                 if self.count == 0 {
@@ -596,11 +594,9 @@ impl Object for Semaphore {
             "release" => {
                 let (n,): (u64,) = args(a)?;
                 let mut v = lock(&self.value);
-                let new = v.checked_add(n).ok_or(Fault::OverReleased)?;
-                if self.bound.is_some_and(|b| new > b) {
-                    return Err(Fault::OverReleased);
-                }
-                *v = new;
+                let bound = self.bound.unwrap_or(u64::MAX);
+                let new = v.checked_add(n).filter(|new| *new <= bound);
+                *v = new.ok_or(Fault::OverReleased { bound })?;
                 drop(v);
                 self.changed.notify_all();
                 ret(&())
@@ -660,7 +656,7 @@ impl Condition {
     fn owned(&self, cx: &Ctx<'_>, what: &str) -> Result<MutexGuard<'_, CondState>, Fault> {
         let st = lock(&self.state);
         if st.holder.owner != Some(cx.owner) {
-            return Err(Fault::NotOwner(format!(
+            return Err(Fault::Invalid(format!(
                 "cannot {what} an un-acquired condition"
             )));
         }

@@ -164,7 +164,7 @@ impl Session {
         let hello = codec::encode(&Request::Hello { session: id })?;
         conn.send_bytes(&hello).map_err(transport)?;
         let reply = conn.recv_bytes_timeout(REPLY_GRACE).map_err(transport)?;
-        let hello: Hello = decode_reply(&reply, None, |b| Ok(codec::decode(b)?))?;
+        let hello: Hello = decode_reply(&reply, |b| Ok(codec::decode(b)?))?;
         Ok((conn, hello))
     }
 
@@ -173,7 +173,7 @@ impl Session {
     }
 
     /// Sends `req` and decodes the reply's payload with `decode`. `timeout` is the call's
-    /// own limit (a blocking method's), reported in a timeout error.
+    /// own limit (a blocking method's): the reply may take that long, and a little more.
     pub(crate) fn request<R>(
         &self,
         req: &Request<'_>,
@@ -197,7 +197,7 @@ impl Session {
                 self.closed.store(true, Ordering::Relaxed);
             }
         })?;
-        decode_reply(&reply, timeout, decode)
+        decode_reply(&reply, decode)
     }
 
     /// Sends one encoded request on a pooled connection and returns the encoded reply.
@@ -279,12 +279,11 @@ pub(crate) fn new_id() -> Result<u128, ManagerError> {
 /// Decodes a reply: `Ok(payload)` through `decode`, a fault into its error.
 pub(crate) fn decode_reply<R>(
     reply: &[u8],
-    timeout: Option<Duration>,
     decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
 ) -> Result<R, ManagerError> {
     match codec::decode_borrowed::<Result<&Bytes, Fault>>(reply) {
         Ok(Ok(payload)) => decode(payload),
-        Ok(Err(fault)) => Err(fault.into_error(timeout)),
+        Ok(Err(fault)) => Err(fault.into()),
         Err(e) => Err(ManagerError::Connection(ConnectionError::BadFrame(
             format!("malformed reply from the manager: {e}"),
         ))),

@@ -10,7 +10,7 @@ use serde_bytes::Bytes;
 
 use super::proxy::{Proxy, ProxyType};
 use crate::codec;
-use crate::error::ManagerError;
+use crate::error::{ManagerError, SyncError};
 
 /// Decodes a reply payload that is a plain value (a length, a flag).
 fn plain<R: DeserializeOwned>(payload: &[u8]) -> Result<R, ManagerError> {
@@ -310,7 +310,9 @@ typed_proxy! {
     /// [`Queue`](crate::Queue), reachable from other machines.
     ///
     /// Blocking calls wait on the server; their `_timeout` variants give up with
-    /// [`ManagerError::Empty`]/[`ManagerError::Full`] (as Python's `queue.Empty`/`Full`).
+    /// [`QueueError::Empty`](crate::QueueError::Empty) or
+    /// [`QueueError::Full`](crate::QueueError::Full) (as Python's `queue.Empty`/`Full`), in
+    /// [`ManagerError::Queue`].
     QueueProxy [T] "queue"
 }
 
@@ -330,7 +332,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.put_with(value, None)
     }
 
-    /// Puts `value`, waiting at most `timeout` for room ([`ManagerError::Full`] after).
+    /// Puts `value`, waiting at most `timeout` for room
+    /// ([`QueueError::Full`](crate::QueueError::Full) after).
     pub fn put_timeout(&self, value: &T, timeout: Duration) -> Result<(), ManagerError> {
         self.put_with(value, Some(timeout))
     }
@@ -345,7 +348,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         self.get_with(None)
     }
 
-    /// Takes the next item, waiting at most `timeout` ([`ManagerError::Empty`] after).
+    /// Takes the next item, waiting at most `timeout`
+    /// ([`QueueError::Empty`](crate::QueueError::Empty) after).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, ManagerError> {
         self.get_with(Some(timeout))
     }
@@ -433,7 +437,8 @@ impl<T> std::ops::Deref for JoinableQueueProxy<T> {
 
 impl<T> JoinableQueueProxy<T> {
     /// Marks one item taken with `get` as processed.
-    /// [`ManagerError::TooManyTaskDone`] when called more often than items were put.
+    /// [`QueueError::TooManyTaskDone`](crate::QueueError::TooManyTaskDone) when called more
+    /// often than items were put.
     pub fn task_done(&self) -> Result<(), ManagerError> {
         self.queue.proxy.call_with("task_done", &(), None, plain)
     }
@@ -445,7 +450,7 @@ impl<T> JoinableQueueProxy<T> {
             .call_with("join", &(None::<Duration>,), None, plain)
     }
 
-    /// Waits at most `timeout` ([`ManagerError::Timeout`] after).
+    /// Waits at most `timeout` ([`SyncError::Timeout`] after).
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
         self.queue
             .proxy
@@ -530,11 +535,11 @@ macro_rules! acquire_methods {
             self.acquire_with(Some(Duration::ZERO))
         }
 
-        #[doc = concat!("Acquires ", $what, ", waiting at most `timeout` ([`ManagerError::Timeout`] after).")]
+        #[doc = concat!("Acquires ", $what, ", waiting at most `timeout` ([`SyncError::Timeout`] after).")]
         pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
             match self.acquire_with(Some(timeout))? {
                 true => Ok(()),
-                false => Err(ManagerError::Timeout(timeout)),
+                false => Err(SyncError::Timeout(timeout).into()),
             }
         }
     };
@@ -641,7 +646,7 @@ typed_proxy! {
 impl SemaphoreProxy {
     acquire_methods!("one unit");
 
-    /// Gives back `n` units ([`ManagerError::OverReleased`] past a bounded semaphore's
+    /// Gives back `n` units ([`SyncError::OverReleased`] past a bounded semaphore's
     /// initial value).
     pub fn release(&self, n: u64) -> Result<(), ManagerError> {
         self.proxy.call_with("release", &(n,), None, plain)
@@ -692,7 +697,7 @@ typed_proxy! {
 
 impl BarrierProxy {
     /// Waits until every party arrived; this party's arrival index (0 for the first).
-    /// [`ManagerError::BrokenBarrier`] when the barrier broke.
+    /// [`SyncError::BrokenBarrier`] when the barrier broke.
     pub fn wait(&self) -> Result<usize, ManagerError> {
         self.proxy
             .call_with("wait", &(None::<Duration>,), None, plain::<u64>)
@@ -700,14 +705,14 @@ impl BarrierProxy {
     }
 
     /// As [`wait`](Self::wait), at most `timeout`; running out breaks the barrier for
-    /// everyone ([`ManagerError::BrokenBarrier`]), as in Python.
+    /// everyone ([`SyncError::BrokenBarrier`]), as in Python.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ManagerError> {
         self.proxy
             .call_with("wait", &(Some(timeout),), Some(timeout), plain::<u64>)
             .map(|i| i as usize)
     }
 
-    /// Breaks the barrier: waiters and later callers get [`ManagerError::BrokenBarrier`].
+    /// Breaks the barrier: waiters and later callers get [`SyncError::BrokenBarrier`].
     pub fn abort(&self) -> Result<(), ManagerError> {
         self.proxy.call_with("abort", &(), None, plain)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::error::ManagerError;
+use crate::error::{ManagerError, QueueError, SyncError};
 
 /// Who holds a lock: a client session and a thread in it.
 pub(crate) type Owner = (u128, u64);
@@ -76,46 +76,60 @@ pub struct ManagerStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Fault {
     UnknownObject(u64),
-    UnknownMethod { kind: String, method: String },
+    UnknownMethod {
+        kind: String,
+        method: String,
+    },
     UnknownKind(String),
     BadArguments(String),
     Panicked(String),
-    Timeout,
+    /// A blocking call ran out of the time it was given.
+    Timeout(Duration),
     Empty,
     Full,
+    TooManyTaskDone,
     KeyNotFound,
-    IndexOutOfRange { index: u64, len: u64 },
+    IndexOutOfRange {
+        index: u64,
+        len: u64,
+    },
     NameTaken(String),
     NameNotFound(String),
-    NotOwner(String),
-    OverReleased,
+    NotLocked,
+    NotOwner,
+    OverReleased {
+        bound: u64,
+    },
     BrokenBarrier,
-    TooManyTaskDone,
     Invalid(String),
     NoSession,
     ShuttingDown,
 }
 
-impl Fault {
-    /// The client-side error; `timeout` is what the call waited for, when it had a limit.
-    pub(crate) fn into_error(self, timeout: Option<Duration>) -> ManagerError {
-        match self {
+impl From<Fault> for ManagerError {
+    /// The client-side error: a queue's and a synchronization object's as the local ones'.
+    fn from(fault: Fault) -> ManagerError {
+        match fault {
             Fault::UnknownObject(id) => ManagerError::UnknownObject(id),
             Fault::UnknownMethod { kind, method } => ManagerError::UnknownMethod { kind, method },
             Fault::UnknownKind(k) => ManagerError::UnknownKind(k),
             Fault::BadArguments(m) => ManagerError::BadArguments(m),
             Fault::Panicked(m) => ManagerError::Panicked(m),
-            Fault::Timeout => ManagerError::Timeout(timeout.unwrap_or_default()),
-            Fault::Empty => ManagerError::Empty,
-            Fault::Full => ManagerError::Full,
+            Fault::Timeout(t) => SyncError::Timeout(t).into(),
+            Fault::Empty => QueueError::Empty.into(),
+            Fault::Full => QueueError::Full.into(),
+            Fault::TooManyTaskDone => QueueError::TooManyTaskDone.into(),
             Fault::KeyNotFound => ManagerError::KeyNotFound,
             Fault::IndexOutOfRange { index, len } => ManagerError::IndexOutOfRange { index, len },
             Fault::NameTaken(n) => ManagerError::NameTaken(n),
             Fault::NameNotFound(n) => ManagerError::NameNotFound(n),
-            Fault::NotOwner(m) => ManagerError::NotOwner(m),
-            Fault::OverReleased => ManagerError::OverReleased,
-            Fault::BrokenBarrier => ManagerError::BrokenBarrier,
-            Fault::TooManyTaskDone => ManagerError::TooManyTaskDone,
+            Fault::NotLocked => SyncError::NotLocked.into(),
+            Fault::NotOwner => SyncError::NotOwner.into(),
+            Fault::OverReleased { bound } => SyncError::OverReleased {
+                bound: u32::try_from(bound).unwrap_or(u32::MAX),
+            }
+            .into(),
+            Fault::BrokenBarrier => SyncError::BrokenBarrier.into(),
             Fault::Invalid(m) => ManagerError::Invalid(m),
             Fault::NoSession | Fault::ShuttingDown => ManagerError::Closed,
         }
