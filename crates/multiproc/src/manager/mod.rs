@@ -69,11 +69,12 @@ pub use typed::{
 };
 pub use wire::ManagerStats;
 
+use crate::codec;
 use crate::connection::{Address, Listener, ToAddress};
 use crate::error::ManagerError;
 use crate::process::StartMethod;
 use session::Session;
-use wire::Request;
+use wire::{Call, New, Request};
 
 /// A handle to a manager: one started by this process ([`Manager::start`]) or one reached
 /// over the network ([`Manager::connect`]). Creates objects and returns their proxies.
@@ -234,7 +235,7 @@ impl Manager {
     /// What the server holds now.
     pub fn stats(&self) -> Result<ManagerStats, ManagerError> {
         self.session
-            .request(&Request::Stats, None, |b| Ok(crate::codec::decode(b)?))
+            .request(&Request::Stats, None, |b| Ok(codec::decode(b)?))
     }
 
     /// Stops the server (any authorized client may): every proxy of every process then gets
@@ -243,16 +244,12 @@ impl Manager {
         self.session.shutdown()
     }
 
-    fn create_kind<P: ProxyType, I: Serialize + ?Sized>(
-        &self,
-        kind: &str,
-        init: &I,
-    ) -> Result<P, ManagerError> {
-        let init = crate::codec::encode(init)?;
+    /// Creates an object of `kind` from its encoded `init`; its proxy.
+    fn create_kind<P: ProxyType>(&self, kind: &str, init: &[u8]) -> Result<P, ManagerError> {
         let id = self
             .session
-            .request(&Request::Create { kind, init: &init }, None, |b| {
-                Ok(crate::codec::decode::<u64>(b)?)
+            .request(&Request::Create { kind, init }, None, |b| {
+                Ok(codec::decode::<u64>(b)?)
             })?;
         Ok(P::from_proxy(Proxy::adopt(
             self.session.clone(),
@@ -261,28 +258,30 @@ impl Manager {
         )))
     }
 
+    /// Creates a built-in object.
+    fn create_builtin<P: ProxyType>(&self, new: New) -> Result<P, ManagerError> {
+        self.create_kind(new.name(), &new.encode_args()?)
+    }
+
     /// A new, empty dict.
     pub fn dict<K, V>(&self) -> Result<DictProxy<K, V>, ManagerError> {
-        self.create_kind("dict", &())
+        self.create_builtin(New::Dict)
     }
 
     /// A new, empty list.
     pub fn list<T>(&self) -> Result<ListProxy<T>, ManagerError> {
-        self.create_kind("list", &())
+        self.create_builtin(New::List)
     }
 
     /// A new fixed-length array holding `items`.
     pub fn array<T: Serialize>(&self, items: &[T]) -> Result<ArrayProxy<T>, ManagerError> {
-        let encoded = items
-            .iter()
-            .map(|v| crate::codec::encode(v).map(serde_bytes::ByteBuf::from))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.create_kind("array", &encoded)
+        let items = items.iter().map(typed::encode).collect::<Result<_, _>>()?;
+        self.create_builtin(New::Array { items })
     }
 
     /// A new unbounded queue.
     pub fn queue<T>(&self) -> Result<QueueProxy<T>, ManagerError> {
-        self.create_kind("queue", &0u64)
+        self.create_builtin(New::Queue { maxsize: 0 })
     }
 
     /// A new queue holding at most `maxsize` items (`put` waits for room).
@@ -292,65 +291,70 @@ impl Manager {
                 "a bounded queue needs maxsize > 0".into(),
             ));
         }
-        self.create_kind("queue", &(maxsize as u64))
+        self.create_builtin(New::Queue {
+            maxsize: maxsize as u64,
+        })
     }
 
     /// A new unbounded joinable queue.
     pub fn joinable_queue<T>(&self) -> Result<JoinableQueueProxy<T>, ManagerError> {
-        self.create_kind("joinable_queue", &0u64)
+        self.create_builtin(New::JoinableQueue { maxsize: 0 })
     }
 
     /// A new, empty namespace.
     pub fn namespace(&self) -> Result<NamespaceProxy, ManagerError> {
-        self.create_kind("namespace", &())
+        self.create_builtin(New::Namespace)
     }
 
     /// A new value holding `initial`.
     pub fn value<T: Serialize>(&self, initial: &T) -> Result<ValueProxy<T>, ManagerError> {
-        let v = crate::codec::encode(initial)?;
-        self.create_kind("value", serde_bytes::Bytes::new(&v))
+        self.create_builtin(New::Value {
+            value: typed::encode(initial)?,
+        })
     }
 
     /// A new lock (any thread of any process may release it).
     pub fn lock(&self) -> Result<LockProxy, ManagerError> {
-        self.create_kind("lock", &())
+        self.create_builtin(New::Lock)
     }
 
     /// A new reentrant lock (its owner thread may acquire it again; only it releases).
     pub fn rlock(&self) -> Result<LockProxy, ManagerError> {
-        self.create_kind("rlock", &())
+        self.create_builtin(New::RLock)
     }
 
     /// A new semaphore with `value` units.
     pub fn semaphore(&self, value: u64) -> Result<SemaphoreProxy, ManagerError> {
-        self.create_kind("semaphore", &value)
+        self.create_builtin(New::Semaphore { value })
     }
 
     /// A new semaphore that refuses releases past its initial `value`.
     pub fn bounded_semaphore(&self, value: u64) -> Result<SemaphoreProxy, ManagerError> {
-        self.create_kind("bounded_semaphore", &value)
+        self.create_builtin(New::BoundedSemaphore { value })
     }
 
     /// A new event, cleared.
     pub fn event(&self) -> Result<EventProxy, ManagerError> {
-        self.create_kind("event", &())
+        self.create_builtin(New::Event)
     }
 
     /// A new condition with its own reentrant lock.
     pub fn condition(&self) -> Result<ConditionProxy, ManagerError> {
-        self.create_kind("condition", &())
+        self.create_builtin(New::Condition)
     }
 
     /// A new barrier for `parties` parties.
     pub fn barrier(&self, parties: usize) -> Result<BarrierProxy, ManagerError> {
-        self.create_kind("barrier", &(parties as u64))
+        self.create_builtin(New::Barrier {
+            parties: parties as u64,
+        })
     }
 
     /// Moves `value` into the manager and returns its proxy; `T`'s methods become the
     /// proxy's ([`#[multiproc::managed]`](crate::managed)). The server's binary must contain
     /// `T` (a started manager runs this binary).
     pub fn create<T: Managed>(&self, value: T) -> Result<T::Proxy, ManagerError> {
-        self.create_kind(&managed::kind_of::<T>(), &value)
+        self.create_kind(&managed::kind_of::<T>(), &codec::encode(&value)?)
     }
 
     /// Publishes `proxy`'s object as `name`, for [`lookup`](Manager::lookup) from other
@@ -366,9 +370,8 @@ impl Manager {
     /// ([`ManagerError::NameNotFound`], [`ManagerError::WrongKind`]).
     pub fn lookup<P: ProxyType>(&self, name: &str) -> Result<P, ManagerError> {
         let (id, kind): (u64, String) =
-            self.session.request(&Request::Lookup { name }, None, |b| {
-                Ok(crate::codec::decode(b)?)
-            })?;
+            self.session
+                .request(&Request::Lookup { name }, None, |b| Ok(codec::decode(b)?))?;
         let proxy = Proxy::adopt(self.session.clone(), id, kind);
         let expected = P::kind();
         if !proxy::kind_fits(&expected, proxy.kind()) {

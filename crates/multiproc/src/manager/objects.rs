@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::{ByteBuf, Bytes};
 
-use super::wire::{Fault, Owner, args, ret};
+use super::wire::{
+    BarrierCall, ConditionCall, DictCall, EventCall, Fault, JoinableCall, ListCall, LockCall,
+    NamespaceCall, New, Owner, QueueCall, SemaphoreCall, SeqCall, ValueCall, ret,
+};
 
 /// How often a blocked call checks whether its caller is still there.
 const CANCEL_CHECK: Duration = Duration::from_millis(100);
@@ -38,36 +41,31 @@ pub(crate) trait Object: Send + Sync {
 /// Creates a built-in object of `kind` from its encoded initial arguments; `None` for a
 /// kind that is not built in.
 pub(crate) fn create_builtin(kind: &str, init: &[u8]) -> Option<Result<Box<dyn Object>, Fault>> {
-    let obj: Result<Box<dyn Object>, Fault> = match kind {
-        "dict" => Ok(Box::new(Dict::default())),
-        "list" => Ok(Box::new(List::new(Vec::new(), false))),
-        "array" => args::<Vec<ByteBuf>>(init).map(|v| {
-            Box::new(List::new(
-                v.into_iter().map(ByteBuf::into_vec).collect(),
+    Some(New::decode(kind, init).transpose()?.and_then(|new| {
+        let obj: Box<dyn Object> = match new {
+            New::Dict => Box::new(Dict::default()),
+            New::List => Box::new(List::new(Vec::new(), false)),
+            New::Array { items } => Box::new(List::new(
+                items.into_iter().map(ByteBuf::into_vec).collect(),
                 true,
-            )) as _
-        }),
-        "queue" | "joinable_queue" => {
-            args::<u64>(init).map(|max| Box::new(Queue::new(max, kind == "joinable_queue")) as _)
-        }
-        "namespace" => Ok(Box::new(Namespace::default())),
-        "value" => args::<ByteBuf>(init).map(|v| Box::new(Value(Mutex::new(v.into_vec()))) as _),
-        "lock" | "rlock" => Ok(Box::new(Lock::new(kind == "rlock"))),
-        "semaphore" | "bounded_semaphore" => {
-            args::<u64>(init).map(|n| Box::new(Semaphore::new(n, kind == "bounded_semaphore")) as _)
-        }
-        "event" => Ok(Box::new(Event::default())),
-        "condition" => Ok(Box::new(Condition::default())),
-        "barrier" => args::<u64>(init).and_then(|n| {
-            if n == 0 {
-                Err(Fault::Invalid("a barrier needs at least one party".into()))
-            } else {
-                Ok(Box::new(Barrier::new(n)) as _)
+            )),
+            New::Queue { maxsize } => Box::new(Queue::new(maxsize, false)),
+            New::JoinableQueue { maxsize } => Box::new(Queue::new(maxsize, true)),
+            New::Namespace => Box::new(Namespace::default()),
+            New::Value { value } => Box::new(Value(Mutex::new(value.into_vec()))),
+            New::Lock => Box::new(Lock::new(false)),
+            New::RLock => Box::new(Lock::new(true)),
+            New::Semaphore { value } => Box::new(Semaphore::new(value, false)),
+            New::BoundedSemaphore { value } => Box::new(Semaphore::new(value, true)),
+            New::Event => Box::new(Event::default()),
+            New::Condition => Box::new(Condition::default()),
+            New::Barrier { parties: 0 } => {
+                return Err(Fault::Invalid("a barrier needs at least one party".into()));
             }
-        }),
-        _ => return None,
-    };
-    Some(obj)
+            New::Barrier { parties } => Box::new(Barrier::new(parties)),
+        };
+        Ok(obj)
+    }))
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,19 +150,21 @@ struct DictState {
 }
 
 impl DictState {
-    fn insert(&mut self, k: &[u8], v: &[u8]) -> Option<Vec<u8>> {
-        if let Some(slot) = self.map.get_mut(k) {
-            return Some(std::mem::replace(&mut slot.1, v.to_vec()));
+    fn insert(&mut self, k: ByteBuf, v: ByteBuf) -> Option<ByteBuf> {
+        if let Some(slot) = self.map.get_mut(k.as_slice()) {
+            return Some(std::mem::replace(&mut slot.1, v.into_vec()).into());
         }
         self.next += 1;
-        self.map.insert(k.to_vec(), (self.next, v.to_vec()));
+        self.map.insert(k.into_vec(), (self.next, v.into_vec()));
         None
     }
 
-    fn ordered(&self) -> Vec<(&Vec<u8>, &Vec<u8>)> {
+    /// The entries in insertion order.
+    fn ordered(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
         let mut all: Vec<_> = self.map.iter().map(|(k, (n, v))| (*n, k, v)).collect();
         all.sort_unstable_by_key(|e| e.0);
-        all.into_iter().map(|(_, k, v)| (k, v)).collect()
+        all.into_iter()
+            .map(|(_, k, v)| (Bytes::new(k), Bytes::new(v)))
     }
 }
 
@@ -174,64 +174,36 @@ impl Object for Dict {
     }
 
     fn call(&self, _: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
+        let call = DictCall::decode(method, a)?.ok_or_else(|| unknown(self.kind(), method))?;
         let mut d = lock(&self.0);
-        match method {
-            "get" => {
-                let (k,): (&Bytes,) = args(a)?;
-                ret(&d.map.get(k.as_ref()).map(|e| Bytes::new(&e.1)))
-            }
-            "set" => {
-                let (k, v): (&Bytes, &Bytes) = args(a)?;
-                d.insert(k, v);
+        match call {
+            DictCall::Get { key } => ret(&d.map.get(key.as_slice()).map(|e| Bytes::new(&e.1))),
+            DictCall::Set { key, value } => {
+                d.insert(key, value);
                 ret(&())
             }
-            "insert" => {
-                let (k, v): (&Bytes, &Bytes) = args(a)?;
-                ret(&d.insert(k, v).map(ByteBuf::from))
-            }
-            "setdefault" => {
-                let (k, v): (&Bytes, &Bytes) = args(a)?;
-                if !d.map.contains_key(k.as_ref()) {
-                    d.insert(k, v);
+            DictCall::Insert { key, value } => ret(&d.insert(key, value)),
+            DictCall::SetDefault { key, default } => {
+                if !d.map.contains_key(key.as_slice()) {
+                    d.insert(key.clone(), default);
                 }
-                ret(Bytes::new(&d.map[k.as_ref()].1))
+                ret(Bytes::new(&d.map[key.as_slice()].1))
             }
-            "remove" => {
-                let (k,): (&Bytes,) = args(a)?;
-                ret(&d.map.remove(k.as_ref()).map(|e| ByteBuf::from(e.1)))
+            DictCall::Remove { key } => {
+                ret(&d.map.remove(key.as_slice()).map(|e| ByteBuf::from(e.1)))
             }
-            "contains" => {
-                let (k,): (&Bytes,) = args(a)?;
-                ret(&d.map.contains_key(k.as_ref()))
-            }
-            "len" => ret(&(d.map.len() as u64)),
-            "clear" => {
-                d.map.clear();
-                ret(&())
-            }
-            "update" => {
-                let items: Vec<(&Bytes, &Bytes)> = args(a)?;
-                for (k, v) in items {
+            DictCall::Contains { key } => ret(&d.map.contains_key(key.as_slice())),
+            DictCall::Len => ret(&(d.map.len() as u64)),
+            DictCall::Clear => ret(&d.map.clear()),
+            DictCall::Update { entries } => {
+                for (k, v) in entries {
                     d.insert(k, v);
                 }
                 ret(&())
             }
-            "keys" => ret(&d
-                .ordered()
-                .iter()
-                .map(|e| Bytes::new(e.0))
-                .collect::<Vec<_>>()),
-            "values" => ret(&d
-                .ordered()
-                .iter()
-                .map(|e| Bytes::new(e.1))
-                .collect::<Vec<_>>()),
-            "items" => ret(&d
-                .ordered()
-                .iter()
-                .map(|e| (Bytes::new(e.0), Bytes::new(e.1)))
-                .collect::<Vec<_>>()),
-            _ => Err(unknown("dict", method)),
+            DictCall::Keys => ret(&d.ordered().map(|e| e.0).collect::<Vec<_>>()),
+            DictCall::Values => ret(&d.ordered().map(|e| e.1).collect::<Vec<_>>()),
+            DictCall::Items => ret(&d.ordered().collect::<Vec<_>>()),
         }
     }
 }
@@ -249,6 +221,45 @@ impl List {
             fixed,
         }
     }
+
+    /// The methods of lists and arrays.
+    fn seq_call(&self, call: SeqCall) -> Result<Vec<u8>, Fault> {
+        let mut l = lock(&self.items);
+        match call {
+            SeqCall::Len => ret(&(l.len() as u64)),
+            SeqCall::Get { index: i } => ret(Bytes::new(&l[index(i, l.len())?])),
+            SeqCall::Set { index: i, value } => {
+                let i = index(i, l.len())?;
+                l[i] = value.into_vec();
+                ret(&())
+            }
+            SeqCall::ToVec => ret(&l.iter().map(|v| Bytes::new(v)).collect::<Vec<_>>()),
+            SeqCall::Contains { value } => ret(&l.contains(&value)),
+        }
+    }
+
+    /// The methods only lists have.
+    fn list_call(&self, call: ListCall) -> Result<Vec<u8>, Fault> {
+        let mut l = lock(&self.items);
+        match call {
+            ListCall::Push { value } => ret(&l.push(value.into_vec())),
+            ListCall::Pop => ret(&l.pop().map(ByteBuf::from)),
+            ListCall::Insert { index: i, value } => {
+                let i = if i == l.len() as u64 {
+                    l.len()
+                } else {
+                    index(i, l.len())?
+                };
+                ret(&l.insert(i, value.into_vec()))
+            }
+            ListCall::Remove { index: i } => {
+                let i = index(i, l.len())?;
+                ret(&ByteBuf::from(l.remove(i)))
+            }
+            ListCall::Extend { items } => ret(&l.extend(items.into_iter().map(ByteBuf::into_vec))),
+            ListCall::Clear => ret(&l.clear()),
+        }
+    }
 }
 
 impl Object for List {
@@ -257,57 +268,14 @@ impl Object for List {
     }
 
     fn call(&self, _: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        let mut l = lock(&self.items);
-        match method {
-            "len" => ret(&(l.len() as u64)),
-            "get" => {
-                let (i,): (u64,) = args(a)?;
-                ret(Bytes::new(&l[index(i, l.len())?]))
-            }
-            "set" => {
-                let (i, v): (u64, &Bytes) = args(a)?;
-                let i = index(i, l.len())?;
-                l[i] = v.to_vec();
-                ret(&())
-            }
-            "to_vec" => ret(&l.iter().map(|v| Bytes::new(v)).collect::<Vec<_>>()),
-            "contains" => {
-                let (v,): (&Bytes,) = args(a)?;
-                ret(&l.iter().any(|x| x.as_slice() == v.as_ref()))
-            }
-            _ if self.fixed => Err(unknown("array", method)),
-            "push" => {
-                let (v,): (&Bytes,) = args(a)?;
-                l.push(v.to_vec());
-                ret(&())
-            }
-            "pop" => ret(&l.pop().map(ByteBuf::from)),
-            "insert" => {
-                let (i, v): (u64, &Bytes) = args(a)?;
-                let i = if i == l.len() as u64 {
-                    l.len()
-                } else {
-                    index(i, l.len())?
-                };
-                l.insert(i, v.to_vec());
-                ret(&())
-            }
-            "remove" => {
-                let (i,): (u64,) = args(a)?;
-                let i = index(i, l.len())?;
-                ret(&ByteBuf::from(l.remove(i)))
-            }
-            "extend" => {
-                let items: Vec<&Bytes> = args(a)?;
-                l.extend(items.into_iter().map(|v| v.to_vec()));
-                ret(&())
-            }
-            "clear" => {
-                l.clear();
-                ret(&())
-            }
-            _ => Err(unknown("list", method)),
+        if let Some(call) = SeqCall::decode(method, a)? {
+            return self.seq_call(call);
         }
+        let call = match self.fixed {
+            false => ListCall::decode(method, a)?,
+            true => None,
+        };
+        self.list_call(call.ok_or_else(|| unknown(self.kind(), method))?)
     }
 }
 
@@ -336,6 +304,61 @@ impl Queue {
             joinable,
         }
     }
+
+    /// The methods every queue has.
+    fn queue_call(&self, cx: &Ctx<'_>, call: QueueCall) -> Result<Vec<u8>, Fault> {
+        match call {
+            QueueCall::Put { item, timeout } => {
+                let max = self.max;
+                let (mut q, room) = block(&self.state, &self.changed, cx, timeout, |q| {
+                    (max == 0 || (q.items.len() as u64) < max).then_some(())
+                })?;
+                room.ok_or(Fault::Full)?;
+                q.items.push_back(item.into_vec());
+                q.unfinished += 1;
+                drop(q);
+                self.changed.notify_all();
+                ret(&())
+            }
+            QueueCall::Get { timeout } => {
+                let (q, item) = block(&self.state, &self.changed, cx, timeout, |q| {
+                    q.items.pop_front()
+                })?;
+                drop(q);
+                let item = item.ok_or(Fault::Empty)?;
+                self.changed.notify_all();
+                ret(Bytes::new(&item))
+            }
+            QueueCall::QSize => ret(&(lock(&self.state).items.len() as u64)),
+            QueueCall::Empty => ret(&lock(&self.state).items.is_empty()),
+            QueueCall::Full => {
+                ret(&(self.max > 0 && lock(&self.state).items.len() as u64 >= self.max))
+            }
+        }
+    }
+
+    /// The methods only joinable queues have.
+    fn joinable_call(&self, cx: &Ctx<'_>, call: JoinableCall) -> Result<Vec<u8>, Fault> {
+        match call {
+            JoinableCall::TaskDone => {
+                let mut q = lock(&self.state);
+                if q.unfinished == 0 {
+                    return Err(Fault::TooManyTaskDone);
+                }
+                q.unfinished -= 1;
+                drop(q);
+                self.changed.notify_all();
+                ret(&())
+            }
+            JoinableCall::Join { timeout } => {
+                let done = wait_for(&self.state, &self.changed, cx, timeout, |q| {
+                    (q.unfinished == 0).then_some(())
+                })?;
+                done.ok_or_else(|| Fault::Timeout(timeout.unwrap_or_default()))?;
+                ret(&())
+            }
+        }
+    }
 }
 
 impl Object for Queue {
@@ -348,53 +371,14 @@ impl Object for Queue {
     }
 
     fn call(&self, cx: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        match method {
-            "put" => {
-                let (item, timeout): (&Bytes, Option<Duration>) = args(a)?;
-                let max = self.max;
-                let (mut q, room) = block(&self.state, &self.changed, cx, timeout, |q| {
-                    (max == 0 || (q.items.len() as u64) < max).then_some(())
-                })?;
-                room.ok_or(Fault::Full)?;
-                q.items.push_back(item.to_vec());
-                q.unfinished += 1;
-                drop(q);
-                self.changed.notify_all();
-                ret(&())
-            }
-            "get" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
-                let (q, item) = block(&self.state, &self.changed, cx, timeout, |q| {
-                    q.items.pop_front()
-                })?;
-                drop(q);
-                let item = item.ok_or(Fault::Empty)?;
-                self.changed.notify_all();
-                ret(Bytes::new(&item))
-            }
-            "qsize" => ret(&(lock(&self.state).items.len() as u64)),
-            "empty" => ret(&lock(&self.state).items.is_empty()),
-            "full" => ret(&(self.max > 0 && lock(&self.state).items.len() as u64 >= self.max)),
-            "task_done" if self.joinable => {
-                let mut q = lock(&self.state);
-                if q.unfinished == 0 {
-                    return Err(Fault::TooManyTaskDone);
-                }
-                q.unfinished -= 1;
-                drop(q);
-                self.changed.notify_all();
-                ret(&())
-            }
-            "join" if self.joinable => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
-                let done = wait_for(&self.state, &self.changed, cx, timeout, |q| {
-                    (q.unfinished == 0).then_some(())
-                })?;
-                done.ok_or_else(|| Fault::Timeout(timeout.unwrap_or_default()))?;
-                ret(&())
-            }
-            _ => Err(unknown(self.kind(), method)),
+        if let Some(call) = QueueCall::decode(method, a)? {
+            return self.queue_call(cx, call);
         }
+        let call = match self.joinable {
+            true => JoinableCall::decode(method, a)?,
+            false => None,
+        };
+        self.joinable_call(cx, call.ok_or_else(|| unknown(self.kind(), method))?)
     }
 }
 
@@ -408,28 +392,21 @@ impl Object for Namespace {
     }
 
     fn call(&self, _: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
+        let call = NamespaceCall::decode(method, a)?;
+        let call = call.ok_or_else(|| unknown(self.kind(), method))?;
         let mut ns = lock(&self.0);
-        match method {
-            "get" => {
-                let (name,): (&str,) = args(a)?;
-                ret(Bytes::new(ns.get(name).ok_or(Fault::KeyNotFound)?))
-            }
-            "set" => {
-                let (name, v): (&str, &Bytes) = args(a)?;
-                ns.insert(name.to_string(), v.to_vec());
+        match call {
+            NamespaceCall::Get { name } => ret(Bytes::new(ns.get(name).ok_or(Fault::KeyNotFound)?)),
+            NamespaceCall::Set { name, value } => {
+                ns.insert(name.to_string(), value.into_vec());
                 ret(&())
             }
-            "remove" => {
-                let (name,): (&str,) = args(a)?;
+            NamespaceCall::Remove { name } => {
                 ns.remove(name).ok_or(Fault::KeyNotFound)?;
                 ret(&())
             }
-            "contains" => {
-                let (name,): (&str,) = args(a)?;
-                ret(&ns.contains_key(name))
-            }
-            "names" => ret(&ns.keys().collect::<Vec<_>>()),
-            _ => Err(unknown("namespace", method)),
+            NamespaceCall::Contains { name } => ret(&ns.contains_key(name)),
+            NamespaceCall::Names => ret(&ns.keys().collect::<Vec<_>>()),
         }
     }
 }
@@ -443,19 +420,17 @@ impl Object for Value {
     }
 
     fn call(&self, _: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
+        let call = ValueCall::decode(method, a)?.ok_or_else(|| unknown(self.kind(), method))?;
         let mut v = lock(&self.0);
-        match method {
-            "get" => ret(Bytes::new(&v)),
-            "set" => {
-                let (new,): (&Bytes,) = args(a)?;
-                *v = new.to_vec();
+        match call {
+            ValueCall::Get => ret(Bytes::new(&v)),
+            ValueCall::Set { value } => {
+                *v = value.into_vec();
                 ret(&())
             }
-            "swap" => {
-                let (new,): (&Bytes,) = args(a)?;
-                ret(Bytes::new(&std::mem::replace(&mut *v, new.to_vec())))
+            ValueCall::Swap { value } => {
+                ret(Bytes::new(&std::mem::replace(&mut *v, value.into_vec())))
             }
-            _ => Err(unknown("value", method)),
         }
     }
 }
@@ -533,23 +508,22 @@ impl Object for Lock {
     }
 
     fn call(&self, cx: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        match method {
-            "acquire" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
+        let call = LockCall::decode(method, a)?;
+        match call.ok_or_else(|| unknown(self.kind(), method))? {
+            LockCall::Acquire { timeout } => {
                 let r = self.reentrant;
                 let got = wait_for(&self.holder, &self.freed, cx, timeout, |h| {
                     h.try_take(cx.owner, r)
                 })?;
                 ret(&got.is_some())
             }
-            "release" => {
+            LockCall::Release => {
                 if lock(&self.holder).release(cx.owner, self.reentrant)? {
                     self.freed.notify_one();
                 }
                 ret(&())
             }
-            "locked" => ret(&lock(&self.holder).owner.is_some()),
-            _ => Err(unknown(self.kind(), method)),
+            LockCall::Locked => ret(&lock(&self.holder).owner.is_some()),
         }
     }
 
@@ -583,16 +557,15 @@ impl Object for Semaphore {
     }
 
     fn call(&self, cx: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        match method {
-            "acquire" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
+        let call = SemaphoreCall::decode(method, a)?;
+        match call.ok_or_else(|| unknown(self.kind(), method))? {
+            SemaphoreCall::Acquire { timeout } => {
                 let got = wait_for(&self.value, &self.changed, cx, timeout, |v| {
                     (*v > 0).then(|| *v -= 1)
                 })?;
                 ret(&got.is_some())
             }
-            "release" => {
-                let (n,): (u64,) = args(a)?;
+            SemaphoreCall::Release { n } => {
                 let mut v = lock(&self.value);
                 let bound = self.bound.unwrap_or(u64::MAX);
                 let new = v.checked_add(n).filter(|new| *new <= bound);
@@ -601,8 +574,7 @@ impl Object for Semaphore {
                 self.changed.notify_all();
                 ret(&())
             }
-            "value" => ret(&*lock(&self.value)),
-            _ => Err(unknown("semaphore", method)),
+            SemaphoreCall::Value => ret(&*lock(&self.value)),
         }
     }
 }
@@ -620,19 +592,18 @@ impl Object for Event {
     }
 
     fn call(&self, cx: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        match method {
-            "set" | "clear" => {
-                *lock(&self.set) = method == "set";
+        let call = EventCall::decode(method, a)?;
+        match call.ok_or_else(|| unknown(self.kind(), method))? {
+            call @ (EventCall::Set | EventCall::Clear) => {
+                *lock(&self.set) = matches!(call, EventCall::Set);
                 self.changed.notify_all();
                 ret(&())
             }
-            "is_set" => ret(&*lock(&self.set)),
-            "wait" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
+            EventCall::IsSet => ret(&*lock(&self.set)),
+            EventCall::Wait { timeout } => {
                 let set = wait_for(&self.set, &self.changed, cx, timeout, |s| s.then_some(()))?;
                 ret(&set.is_some())
             }
-            _ => Err(unknown("event", method)),
         }
     }
 }
@@ -704,26 +675,22 @@ impl Object for Condition {
     }
 
     fn call(&self, cx: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        match method {
-            "acquire" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
+        let call = ConditionCall::decode(method, a)?;
+        match call.ok_or_else(|| unknown(self.kind(), method))? {
+            ConditionCall::Acquire { timeout } => {
                 let got = wait_for(&self.state, &self.changed, cx, timeout, |s| {
                     s.holder.try_take(cx.owner, true)
                 })?;
                 ret(&got.is_some())
             }
-            "release" => {
+            ConditionCall::Release => {
                 if lock(&self.state).holder.release(cx.owner, true)? {
                     self.changed.notify_all();
                 }
                 ret(&())
             }
-            "wait" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
-                ret(&self.wait(cx, timeout)?)
-            }
-            "notify" => {
-                let (n,): (u64,) = args(a)?;
+            ConditionCall::Wait { timeout } => ret(&self.wait(cx, timeout)?),
+            ConditionCall::Notify { n } => {
                 let mut st = self.owned(cx, "notify")?;
                 for _ in 0..n {
                     match st.waiting.pop_front() {
@@ -737,7 +704,6 @@ impl Object for Condition {
                 self.changed.notify_all();
                 ret(&())
             }
-            _ => Err(unknown("condition", method)),
         }
     }
 
@@ -825,16 +791,11 @@ impl Object for Barrier {
     }
 
     fn call(&self, cx: &Ctx<'_>, method: &str, a: &[u8]) -> Result<Vec<u8>, Fault> {
-        match method {
-            "wait" => {
-                let (timeout,): (Option<Duration>,) = args(a)?;
-                ret(&self.wait(cx, timeout)?)
-            }
-            "abort" => {
-                self.abort();
-                ret(&())
-            }
-            "reset" => {
+        let call = BarrierCall::decode(method, a)?;
+        match call.ok_or_else(|| unknown(self.kind(), method))? {
+            BarrierCall::Wait { timeout } => ret(&self.wait(cx, timeout)?),
+            BarrierCall::Abort => ret(&self.abort()),
+            BarrierCall::Reset => {
                 let mut st = lock(&self.state);
                 if st.count > 0 {
                     let g = st.generation;
@@ -847,10 +808,9 @@ impl Object for Barrier {
                 self.changed.notify_all();
                 ret(&())
             }
-            "parties" => ret(&self.parties),
-            "n_waiting" => ret(&lock(&self.state).count),
-            "broken" => ret(&lock(&self.state).broken),
-            _ => Err(unknown("barrier", method)),
+            BarrierCall::Parties => ret(&self.parties),
+            BarrierCall::NWaiting => ret(&lock(&self.state).count),
+            BarrierCall::Broken => ret(&lock(&self.state).broken),
         }
     }
 }

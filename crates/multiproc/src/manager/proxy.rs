@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::session::Session;
-use super::wire::Request;
+use super::wire::{Call, Request};
 use crate::codec;
 use crate::error::ManagerError;
 
@@ -108,19 +108,33 @@ impl Proxy {
         method: &str,
         args: &A,
     ) -> Result<R, ManagerError> {
-        self.call_with(method, args, None, |b| Ok(codec::decode(b)?))
+        let session = self.session()?;
+        let args = codec::encode(args)?;
+        session.call(self.inner.id, method, &args, None, |b| {
+            Ok(codec::decode(b)?)
+        })
     }
 
-    /// Calls `method`, decoding the result with `decode`; `timeout` is the method's own.
-    pub(crate) fn call_with<A: Serialize + ?Sized, R>(
+    /// Makes a built-in method's `call`, decoding the result with `decode`.
+    pub(crate) fn send<R>(
         &self,
-        method: &str,
-        args: &A,
+        call: impl Call,
+        decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
+    ) -> Result<R, ManagerError> {
+        self.send_timed(call, None, decode)
+    }
+
+    /// [`send`](Self::send) for a blocking method given `timeout` on the server: its reply
+    /// may take that long, and a little more.
+    pub(crate) fn send_timed<R>(
+        &self,
+        call: impl Call,
         timeout: Option<Duration>,
         decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
     ) -> Result<R, ManagerError> {
-        self.session()?
-            .call(self.inner.id, method, args, timeout, decode)
+        let session = self.session()?;
+        let args = call.encode_args()?;
+        session.call(self.inner.id, call.name(), &args, timeout, decode)
     }
 }
 

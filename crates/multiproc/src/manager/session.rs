@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_bytes::Bytes;
 
 use super::objects::lock;
@@ -219,22 +218,21 @@ impl Session {
         Ok(reply)
     }
 
-    /// Calls `method` of object `id` with `args`.
-    pub(crate) fn call<A: Serialize + ?Sized, R>(
+    /// Calls `method` of object `id` with its encoded `args`.
+    pub(crate) fn call<R>(
         &self,
         id: u64,
         method: &str,
-        args: &A,
+        args: &[u8],
         timeout: Option<Duration>,
         decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
     ) -> Result<R, ManagerError> {
-        let args = codec::encode(args)?;
         self.request(
             &Request::Call {
                 id,
                 method,
                 thread: thread_id(),
-                args: &args,
+                args,
             },
             timeout,
             decode,

@@ -6,15 +6,29 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_bytes::Bytes;
+use serde_bytes::{ByteBuf, Bytes};
 
 use super::proxy::{Proxy, ProxyType};
+use super::wire::{
+    BarrierCall, ConditionCall, DictCall, EventCall, JoinableCall, ListCall, LockCall,
+    NamespaceCall, QueueCall, SemaphoreCall, SeqCall, ValueCall,
+};
 use crate::codec;
 use crate::error::{ManagerError, SyncError};
+
+/// Encodes an item (a key, a value) for the server, which keeps it as bytes.
+pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<ByteBuf, ManagerError> {
+    Ok(codec::encode(value)?.into())
+}
 
 /// Decodes a reply payload that is a plain value (a length, a flag).
 fn plain<R: DeserializeOwned>(payload: &[u8]) -> Result<R, ManagerError> {
     Ok(codec::decode(payload)?)
+}
+
+/// Decodes a reply payload that is a count.
+fn count(payload: &[u8]) -> Result<usize, ManagerError> {
+    plain::<u64>(payload).map(|n| n as usize)
 }
 
 /// Decodes a reply payload that is one encoded item.
@@ -35,34 +49,14 @@ fn items<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, ManagerError> {
     all.into_iter().map(|b| Ok(codec::decode(b)?)).collect()
 }
 
-/// The `wait` of events and conditions: whether the awaited thing happened in time.
-fn wait_on(proxy: &Proxy, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-    proxy.call_with("wait", &(timeout,), timeout, plain)
-}
-
-fn enc<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ManagerError> {
-    Ok(codec::encode(value)?)
-}
-
-/// Defines a typed proxy: the struct and its `Clone`, `Debug`, `ProxyType` and serde impls.
+/// Defines a typed proxy: the struct and its `ProxyType`, `Clone`, `Debug` and serde impls
+/// (`@impls`: the last four alone, for a struct with a `ProxyType` written by hand).
 macro_rules! typed_proxy {
     ($(#[$m:meta])* $name:ident [$($g:ident),*] $kind:literal) => {
         $(#[$m])*
         pub struct $name<$($g),*> {
             proxy: Proxy,
             _types: PhantomData<fn() -> ($($g,)*)>,
-        }
-
-        impl<$($g),*> Clone for $name<$($g),*> {
-            fn clone(&self) -> Self {
-                Self::from_proxy(self.proxy.clone())
-            }
-        }
-
-        impl<$($g),*> fmt::Debug for $name<$($g),*> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($name)).field(&self.proxy).finish()
-            }
         }
 
         impl<$($g),*> ProxyType for $name<$($g),*> {
@@ -77,9 +71,24 @@ macro_rules! typed_proxy {
             }
         }
 
+        typed_proxy!(@impls $name [$($g),*]);
+    };
+    (@impls $name:ident [$($g:ident),*]) => {
+        impl<$($g),*> Clone for $name<$($g),*> {
+            fn clone(&self) -> Self {
+                Self::from_proxy(self.proxy().clone())
+            }
+        }
+
+        impl<$($g),*> fmt::Debug for $name<$($g),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(self.proxy()).finish()
+            }
+        }
+
         impl<$($g),*> Serialize for $name<$($g),*> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                self.proxy.serialize(s)
+                self.proxy().serialize(s)
             }
         }
 
@@ -109,51 +118,43 @@ typed_proxy! {
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
     /// The value of `key`, if any.
     pub fn get(&self, key: &K) -> Result<Option<V>, ManagerError> {
-        let k = enc(key)?;
-        self.proxy
-            .call_with("get", &(Bytes::new(&k),), None, opt_item)
+        let key = encode(key)?;
+        self.proxy.send(DictCall::Get { key }, opt_item)
     }
 
     /// Sets `key` to `value` (without fetching the old value: one round trip, no copy back).
     pub fn set(&self, key: &K, value: &V) -> Result<(), ManagerError> {
-        let (k, v) = (enc(key)?, enc(value)?);
-        self.proxy
-            .call_with("set", &(Bytes::new(&k), Bytes::new(&v)), None, plain)
+        let (key, value) = (encode(key)?, encode(value)?);
+        self.proxy.send(DictCall::Set { key, value }, plain)
     }
 
     /// Sets `key` to `value` and returns the value it replaced.
     pub fn insert(&self, key: &K, value: &V) -> Result<Option<V>, ManagerError> {
-        let (k, v) = (enc(key)?, enc(value)?);
-        self.proxy
-            .call_with("insert", &(Bytes::new(&k), Bytes::new(&v)), None, opt_item)
+        let (key, value) = (encode(key)?, encode(value)?);
+        self.proxy.send(DictCall::Insert { key, value }, opt_item)
     }
 
     /// The value of `key`, inserting `default` first when absent (Python's `setdefault`).
     pub fn setdefault(&self, key: &K, default: &V) -> Result<V, ManagerError> {
-        let (k, v) = (enc(key)?, enc(default)?);
-        self.proxy
-            .call_with("setdefault", &(Bytes::new(&k), Bytes::new(&v)), None, item)
+        let (key, default) = (encode(key)?, encode(default)?);
+        self.proxy.send(DictCall::SetDefault { key, default }, item)
     }
 
     /// Removes `key` and returns its value.
     pub fn remove(&self, key: &K) -> Result<Option<V>, ManagerError> {
-        let k = enc(key)?;
-        self.proxy
-            .call_with("remove", &(Bytes::new(&k),), None, opt_item)
+        let key = encode(key)?;
+        self.proxy.send(DictCall::Remove { key }, opt_item)
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> Result<bool, ManagerError> {
-        let k = enc(key)?;
-        self.proxy
-            .call_with("contains", &(Bytes::new(&k),), None, plain)
+        let key = encode(key)?;
+        self.proxy.send(DictCall::Contains { key }, plain)
     }
 
     /// The number of entries.
     pub fn len(&self) -> Result<usize, ManagerError> {
-        self.proxy
-            .call_with("len", &(), None, plain::<u64>)
-            .map(|n| n as usize)
+        self.proxy.send(DictCall::Len, count)
     }
 
     /// Whether the dict is empty.
@@ -163,7 +164,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// Removes every entry.
     pub fn clear(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("clear", &(), None, plain)
+        self.proxy.send(DictCall::Clear, plain)
     }
 
     /// Sets many entries in one round trip.
@@ -175,30 +176,26 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         K: 'a,
         V: 'a,
     {
-        let encoded = entries
+        let entries = entries
             .into_iter()
-            .map(|(k, v)| Ok((enc(k)?, enc(v)?)))
-            .collect::<Result<Vec<_>, ManagerError>>()?;
-        let borrowed: Vec<_> = encoded
-            .iter()
-            .map(|(k, v)| (Bytes::new(k), Bytes::new(v)))
-            .collect();
-        self.proxy.call_with("update", &borrowed, None, plain)
+            .map(|(k, v)| Ok((encode(k)?, encode(v)?)))
+            .collect::<Result<_, ManagerError>>()?;
+        self.proxy.send(DictCall::Update { entries }, plain)
     }
 
     /// The keys, in insertion order.
     pub fn keys(&self) -> Result<Vec<K>, ManagerError> {
-        self.proxy.call_with("keys", &(), None, items)
+        self.proxy.send(DictCall::Keys, items)
     }
 
     /// The values, in insertion order.
     pub fn values(&self) -> Result<Vec<V>, ManagerError> {
-        self.proxy.call_with("values", &(), None, items)
+        self.proxy.send(DictCall::Values, items)
     }
 
     /// The entries, in insertion order.
     pub fn items(&self) -> Result<Vec<(K, V)>, ManagerError> {
-        self.proxy.call_with("items", &(), None, |p| {
+        self.proxy.send(DictCall::Items, |p| {
             let all: Vec<(&Bytes, &Bytes)> = codec::decode_borrowed(p)?;
             all.into_iter()
                 .map(|(k, v)| Ok((codec::decode(k)?, codec::decode(v)?)))
@@ -224,9 +221,7 @@ macro_rules! sequence_methods {
         impl<T: Serialize + DeserializeOwned> $name<T> {
             /// The number of items.
             pub fn len(&self) -> Result<usize, ManagerError> {
-                self.proxy
-                    .call_with("len", &(), None, plain::<u64>)
-                    .map(|n| n as usize)
+                self.proxy.send(SeqCall::Len, count)
             }
 
             /// Whether there are no items.
@@ -236,26 +231,25 @@ macro_rules! sequence_methods {
 
             /// Item `index` ([`ManagerError::IndexOutOfRange`] past the end).
             pub fn get(&self, index: usize) -> Result<T, ManagerError> {
-                self.proxy.call_with("get", &(index as u64,), None, item)
+                let index = index as u64;
+                self.proxy.send(SeqCall::Get { index }, item)
             }
 
             /// Replaces item `index`.
             pub fn set(&self, index: usize, value: &T) -> Result<(), ManagerError> {
-                let v = enc(value)?;
-                self.proxy
-                    .call_with("set", &(index as u64, Bytes::new(&v)), None, plain)
+                let (index, value) = (index as u64, encode(value)?);
+                self.proxy.send(SeqCall::Set { index, value }, plain)
             }
 
             /// All items.
             pub fn to_vec(&self) -> Result<Vec<T>, ManagerError> {
-                self.proxy.call_with("to_vec", &(), None, items)
+                self.proxy.send(SeqCall::ToVec, items)
             }
 
             /// Whether an item equal to `value` (by encoding) is present.
             pub fn contains(&self, value: &T) -> Result<bool, ManagerError> {
-                let v = enc(value)?;
-                self.proxy
-                    .call_with("contains", &(Bytes::new(&v),), None, plain)
+                let value = encode(value)?;
+                self.proxy.send(SeqCall::Contains { value }, plain)
             }
         }
     };
@@ -267,26 +261,25 @@ sequence_methods!(ArrayProxy);
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Appends `value` (Python's `append`).
     pub fn push(&self, value: &T) -> Result<(), ManagerError> {
-        let v = enc(value)?;
-        self.proxy
-            .call_with("push", &(Bytes::new(&v),), None, plain)
+        let value = encode(value)?;
+        self.proxy.send(ListCall::Push { value }, plain)
     }
 
     /// Removes and returns the last item.
     pub fn pop(&self) -> Result<Option<T>, ManagerError> {
-        self.proxy.call_with("pop", &(), None, opt_item)
+        self.proxy.send(ListCall::Pop, opt_item)
     }
 
     /// Inserts `value` before `index` (`index == len` appends).
     pub fn insert(&self, index: usize, value: &T) -> Result<(), ManagerError> {
-        let v = enc(value)?;
-        self.proxy
-            .call_with("insert", &(index as u64, Bytes::new(&v)), None, plain)
+        let (index, value) = (index as u64, encode(value)?);
+        self.proxy.send(ListCall::Insert { index, value }, plain)
     }
 
     /// Removes and returns item `index`.
     pub fn remove(&self, index: usize) -> Result<T, ManagerError> {
-        self.proxy.call_with("remove", &(index as u64,), None, item)
+        let index = index as u64;
+        self.proxy.send(ListCall::Remove { index }, item)
     }
 
     /// Appends many items in one round trip.
@@ -294,14 +287,13 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     where
         T: 'a,
     {
-        let encoded = values.into_iter().map(enc).collect::<Result<Vec<_>, _>>()?;
-        let borrowed: Vec<_> = encoded.iter().map(|v| Bytes::new(v)).collect();
-        self.proxy.call_with("extend", &borrowed, None, plain)
+        let items = values.into_iter().map(encode).collect::<Result<_, _>>()?;
+        self.proxy.send(ListCall::Extend { items }, plain)
     }
 
     /// Removes every item.
     pub fn clear(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("clear", &(), None, plain)
+        self.proxy.send(ListCall::Clear, plain)
     }
 }
 
@@ -318,13 +310,14 @@ typed_proxy! {
 
 impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     fn put_with(&self, value: &T, timeout: Option<Duration>) -> Result<(), ManagerError> {
-        let v = enc(value)?;
+        let item = encode(value)?;
         self.proxy
-            .call_with("put", &(Bytes::new(&v), timeout), timeout, plain)
+            .send_timed(QueueCall::Put { item, timeout }, timeout, plain)
     }
 
     fn get_with(&self, timeout: Option<Duration>) -> Result<T, ManagerError> {
-        self.proxy.call_with("get", &(timeout,), timeout, item)
+        self.proxy
+            .send_timed(QueueCall::Get { timeout }, timeout, item)
     }
 
     /// Puts `value`, waiting for room in a bounded queue.
@@ -361,19 +354,17 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 
     /// The number of items queued.
     pub fn qsize(&self) -> Result<usize, ManagerError> {
-        self.proxy
-            .call_with("qsize", &(), None, plain::<u64>)
-            .map(|n| n as usize)
+        self.proxy.send(QueueCall::QSize, count)
     }
 
     /// Whether the queue is empty.
     pub fn empty(&self) -> Result<bool, ManagerError> {
-        self.proxy.call_with("empty", &(), None, plain)
+        self.proxy.send(QueueCall::Empty, plain)
     }
 
     /// Whether a bounded queue is full.
     pub fn full(&self) -> Result<bool, ManagerError> {
-        self.proxy.call_with("full", &(), None, plain)
+        self.proxy.send(QueueCall::Full, plain)
     }
 }
 
@@ -383,22 +374,6 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 /// [`join`](JoinableQueueProxy::join) until every item put was done.
 pub struct JoinableQueueProxy<T> {
     queue: QueueProxy<T>,
-}
-
-impl<T> Clone for JoinableQueueProxy<T> {
-    fn clone(&self) -> Self {
-        JoinableQueueProxy {
-            queue: self.queue.clone(),
-        }
-    }
-}
-
-impl<T> fmt::Debug for JoinableQueueProxy<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("JoinableQueueProxy")
-            .field(&self.queue.proxy)
-            .finish()
-    }
 }
 
 impl<T> ProxyType for JoinableQueueProxy<T> {
@@ -415,17 +390,7 @@ impl<T> ProxyType for JoinableQueueProxy<T> {
     }
 }
 
-impl<T> Serialize for JoinableQueueProxy<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.queue.serialize(s)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for JoinableQueueProxy<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Proxy::deserialize(d).map(Self::from_proxy)
-    }
-}
+typed_proxy!(@impls JoinableQueueProxy [T]);
 
 impl<T> std::ops::Deref for JoinableQueueProxy<T> {
     type Target = QueueProxy<T>;
@@ -436,25 +401,27 @@ impl<T> std::ops::Deref for JoinableQueueProxy<T> {
 }
 
 impl<T> JoinableQueueProxy<T> {
+    fn join_with(&self, timeout: Option<Duration>) -> Result<(), ManagerError> {
+        self.queue
+            .proxy
+            .send_timed(JoinableCall::Join { timeout }, timeout, plain)
+    }
+
     /// Marks one item taken with `get` as processed.
     /// [`QueueError::TooManyTaskDone`](crate::QueueError::TooManyTaskDone) when called more
     /// often than items were put.
     pub fn task_done(&self) -> Result<(), ManagerError> {
-        self.queue.proxy.call_with("task_done", &(), None, plain)
+        self.queue.proxy.send(JoinableCall::TaskDone, plain)
     }
 
     /// Waits until every item put has been marked done.
     pub fn join(&self) -> Result<(), ManagerError> {
-        self.queue
-            .proxy
-            .call_with("join", &(None::<Duration>,), None, plain)
+        self.join_with(None)
     }
 
     /// Waits at most `timeout` ([`SyncError::Timeout`] after).
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
-        self.queue
-            .proxy
-            .call_with("join", &(Some(timeout),), Some(timeout), plain)
+        self.join_with(Some(timeout))
     }
 }
 
@@ -467,29 +434,28 @@ typed_proxy! {
 impl NamespaceProxy {
     /// Sets attribute `name`.
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), ManagerError> {
-        let v = enc(value)?;
-        self.proxy
-            .call_with("set", &(name, Bytes::new(&v)), None, plain)
+        let value = encode(value)?;
+        self.proxy.send(NamespaceCall::Set { name, value }, plain)
     }
 
     /// Attribute `name` ([`ManagerError::KeyNotFound`] when unset).
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<T, ManagerError> {
-        self.proxy.call_with("get", &(name,), None, item)
+        self.proxy.send(NamespaceCall::Get { name }, item)
     }
 
     /// Removes attribute `name` ([`ManagerError::KeyNotFound`] when unset).
     pub fn remove(&self, name: &str) -> Result<(), ManagerError> {
-        self.proxy.call_with("remove", &(name,), None, plain)
+        self.proxy.send(NamespaceCall::Remove { name }, plain)
     }
 
     /// Whether attribute `name` is set.
     pub fn contains(&self, name: &str) -> Result<bool, ManagerError> {
-        self.proxy.call_with("contains", &(name,), None, plain)
+        self.proxy.send(NamespaceCall::Contains { name }, plain)
     }
 
     /// The attribute names, sorted.
     pub fn names(&self) -> Result<Vec<String>, ManagerError> {
-        self.proxy.call_with("names", &(), None, plain)
+        self.proxy.send(NamespaceCall::Names, plain)
     }
 }
 
@@ -502,27 +468,28 @@ typed_proxy! {
 impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     /// The value.
     pub fn get(&self) -> Result<T, ManagerError> {
-        self.proxy.call_with("get", &(), None, item)
+        self.proxy.send(ValueCall::Get, item)
     }
 
     /// Replaces the value.
     pub fn set(&self, value: &T) -> Result<(), ManagerError> {
-        let v = enc(value)?;
-        self.proxy.call_with("set", &(Bytes::new(&v),), None, plain)
+        let value = encode(value)?;
+        self.proxy.send(ValueCall::Set { value }, plain)
     }
 
     /// Replaces the value and returns the old one, atomically.
     pub fn swap(&self, value: &T) -> Result<T, ManagerError> {
-        let v = enc(value)?;
-        self.proxy.call_with("swap", &(Bytes::new(&v),), None, item)
+        let value = encode(value)?;
+        self.proxy.send(ValueCall::Swap { value }, item)
     }
 }
 
-/// Acquire, in its blocking, non-blocking and timed forms.
+/// Acquire, in its blocking, non-blocking and timed forms, through `$call::Acquire`.
 macro_rules! acquire_methods {
-    ($what:literal) => {
+    ($what:literal, $call:ident) => {
         fn acquire_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-            self.proxy.call_with("acquire", &(timeout,), timeout, plain)
+            self.proxy
+                .send_timed($call::Acquire { timeout }, timeout, plain)
         }
 
         #[doc = concat!("Acquires ", $what, ", waiting as long as it takes.")]
@@ -545,21 +512,28 @@ macro_rules! acquire_methods {
     };
 }
 
-/// Acquire/release of the lock-like proxies.
+/// Acquire/release of the lock-like proxies, through `$call::Acquire` and `$call::Release`.
 macro_rules! lock_methods {
-    ($name:ident) => {
+    ($name:ident, $call:ident) => {
         impl $name {
-            acquire_methods!("the lock");
+            acquire_methods!("the lock", $call);
+
+            fn release_of(proxy: &Proxy) -> Result<(), ManagerError> {
+                proxy.send($call::Release, plain)
+            }
 
             /// Releases.
             pub fn release(&self) -> Result<(), ManagerError> {
-                self.proxy.call_with("release", &(), None, plain)
+                Self::release_of(&self.proxy)
             }
 
             /// Acquires and returns a guard that releases when dropped.
             pub fn lock(&self) -> Result<ProxyGuard<'_>, ManagerError> {
                 self.acquire()?;
-                Ok(ProxyGuard(&self.proxy))
+                Ok(ProxyGuard {
+                    proxy: &self.proxy,
+                    release: Self::release_of,
+                })
             }
         }
     };
@@ -570,11 +544,14 @@ macro_rules! lock_methods {
 /// ends.
 #[derive(Debug)]
 #[must_use = "the lock is released when the guard is dropped"]
-pub struct ProxyGuard<'a>(&'a Proxy);
+pub struct ProxyGuard<'a> {
+    proxy: &'a Proxy,
+    release: fn(&Proxy) -> Result<(), ManagerError>,
+}
 
 impl Drop for ProxyGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.0.call_with("release", &(), None, plain::<()>);
+        let _ = (self.release)(self.proxy);
     }
 }
 
@@ -597,12 +574,12 @@ typed_proxy! {
     LockProxy [] "lock"
 }
 
-lock_methods!(LockProxy);
+lock_methods!(LockProxy, LockCall);
 
 impl LockProxy {
     /// Whether someone holds the lock.
     pub fn locked(&self) -> Result<bool, ManagerError> {
-        self.proxy.call_with("locked", &(), None, plain)
+        self.proxy.send(LockCall::Locked, plain)
     }
 }
 
@@ -612,28 +589,35 @@ typed_proxy! {
     ConditionProxy [] "condition"
 }
 
-lock_methods!(ConditionProxy);
+lock_methods!(ConditionProxy, ConditionCall);
 
 impl ConditionProxy {
+    fn wait_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+        self.proxy
+            .send_timed(ConditionCall::Wait { timeout }, timeout, plain)
+    }
+
     /// Releases the lock, waits for a notification, re-acquires; the lock must be held.
     pub fn wait(&self) -> Result<(), ManagerError> {
-        wait_on(&self.proxy, None).map(drop)
+        self.wait_with(None).map(drop)
     }
 
     /// As [`wait`](Self::wait), at most `timeout`; false when it timed out (the lock is
     /// held again either way).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        wait_on(&self.proxy, Some(timeout))
+        self.wait_with(Some(timeout))
     }
 
     /// Wakes up to `n` waiters; the lock must be held.
     pub fn notify(&self, n: usize) -> Result<(), ManagerError> {
-        self.proxy.call_with("notify", &(n as u64,), None, plain)
+        let n = n as u64;
+        self.proxy.send(ConditionCall::Notify { n }, plain)
     }
 
     /// Wakes every waiter; the lock must be held.
     pub fn notify_all(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("notify", &(u64::MAX,), None, plain)
+        let n = u64::MAX;
+        self.proxy.send(ConditionCall::Notify { n }, plain)
     }
 }
 
@@ -644,17 +628,17 @@ typed_proxy! {
 }
 
 impl SemaphoreProxy {
-    acquire_methods!("one unit");
+    acquire_methods!("one unit", SemaphoreCall);
 
     /// Gives back `n` units ([`SyncError::OverReleased`] past a bounded semaphore's
     /// initial value).
     pub fn release(&self, n: u64) -> Result<(), ManagerError> {
-        self.proxy.call_with("release", &(n,), None, plain)
+        self.proxy.send(SemaphoreCall::Release { n }, plain)
     }
 
     /// The current value.
     pub fn value(&self) -> Result<u64, ManagerError> {
-        self.proxy.call_with("value", &(), None, plain)
+        self.proxy.send(SemaphoreCall::Value, plain)
     }
 }
 
@@ -664,29 +648,34 @@ typed_proxy! {
 }
 
 impl EventProxy {
+    fn wait_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+        self.proxy
+            .send_timed(EventCall::Wait { timeout }, timeout, plain)
+    }
+
     /// Sets the flag, waking every waiter.
     pub fn set(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("set", &(), None, plain)
+        self.proxy.send(EventCall::Set, plain)
     }
 
     /// Clears the flag.
     pub fn clear(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("clear", &(), None, plain)
+        self.proxy.send(EventCall::Clear, plain)
     }
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> Result<bool, ManagerError> {
-        self.proxy.call_with("is_set", &(), None, plain)
+        self.proxy.send(EventCall::IsSet, plain)
     }
 
     /// Waits until the flag is set.
     pub fn wait(&self) -> Result<(), ManagerError> {
-        wait_on(&self.proxy, None).map(drop)
+        self.wait_with(None).map(drop)
     }
 
     /// Waits at most `timeout`; whether the flag is set.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
-        wait_on(&self.proxy, Some(timeout))
+        self.wait_with(Some(timeout))
     }
 }
 
@@ -696,48 +685,45 @@ typed_proxy! {
 }
 
 impl BarrierProxy {
+    fn wait_with(&self, timeout: Option<Duration>) -> Result<usize, ManagerError> {
+        self.proxy
+            .send_timed(BarrierCall::Wait { timeout }, timeout, count)
+    }
+
     /// Waits until every party arrived; this party's arrival index (0 for the first).
     /// [`SyncError::BrokenBarrier`] when the barrier broke.
     pub fn wait(&self) -> Result<usize, ManagerError> {
-        self.proxy
-            .call_with("wait", &(None::<Duration>,), None, plain::<u64>)
-            .map(|i| i as usize)
+        self.wait_with(None)
     }
 
     /// As [`wait`](Self::wait), at most `timeout`; running out breaks the barrier for
     /// everyone ([`SyncError::BrokenBarrier`]), as in Python.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ManagerError> {
-        self.proxy
-            .call_with("wait", &(Some(timeout),), Some(timeout), plain::<u64>)
-            .map(|i| i as usize)
+        self.wait_with(Some(timeout))
     }
 
     /// Breaks the barrier: waiters and later callers get [`SyncError::BrokenBarrier`].
     pub fn abort(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("abort", &(), None, plain)
+        self.proxy.send(BarrierCall::Abort, plain)
     }
 
     /// Returns the barrier to its initial state; current waiters see it broken.
     pub fn reset(&self) -> Result<(), ManagerError> {
-        self.proxy.call_with("reset", &(), None, plain)
+        self.proxy.send(BarrierCall::Reset, plain)
     }
 
     /// The number of parties.
     pub fn parties(&self) -> Result<usize, ManagerError> {
-        self.proxy
-            .call_with("parties", &(), None, plain::<u64>)
-            .map(|n| n as usize)
+        self.proxy.send(BarrierCall::Parties, count)
     }
 
     /// How many parties are waiting now.
     pub fn n_waiting(&self) -> Result<usize, ManagerError> {
-        self.proxy
-            .call_with("n_waiting", &(), None, plain::<u64>)
-            .map(|n| n as usize)
+        self.proxy.send(BarrierCall::NWaiting, count)
     }
 
     /// Whether the barrier is broken.
     pub fn broken(&self) -> Result<bool, ManagerError> {
-        self.proxy.call_with("broken", &(), None, plain)
+        self.proxy.send(BarrierCall::Broken, plain)
     }
 }
