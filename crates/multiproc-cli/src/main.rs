@@ -1,7 +1,7 @@
 //! `multiproc`: the command-line companion of the library.
 //!
 //! ```text
-//! multiproc bench [--quick | --full | --tiny] [--no-python] [--json FILE] [--chart FILE] [--group NAME]...
+//! multiproc bench [--quick | --full | --tiny] [--no-python] [--json FILE] [--chart FILE] [--group NAME]... [--busy N]
 //! multiproc manager serve --address ADDR [--authkey-env VAR | --authkey-file PATH]
 //! multiproc cluster status --redis URL [--queue NAME]
 //! multiproc --help | --version, and --help after any command

@@ -3,7 +3,9 @@
 //! become a note.
 #![cfg(target_os = "linux")]
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[path = "../../multiproc/tests/common/mod.rs"]
 mod common;
@@ -96,12 +98,161 @@ fn without_python3_the_cpython_columns_are_a_note() {
     assert!(stdout.contains("multiproc spawn"), "{stdout}");
 }
 
+/// The process ids on the bench's `busy:` line.
+fn burner_pids(stdout: &str) -> Vec<u32> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("busy: "))
+        .unwrap_or_else(|| panic!("no busy line in:\n{stdout}"));
+    let pids = line
+        .split_once("(pids ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no pids in {line:?}"));
+    pids.split(' ').map(|p| p.parse().unwrap()).collect()
+}
+
+/// Runs the bench with `args`, its output read as it comes; killed if it takes over `limit`.
+fn bench_within(args: &[&str], limit: Duration) -> String {
+    let mut child = common::Reaped(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let ended = common::eventually(limit, || matches!(child.0.try_wait(), Ok(Some(_))));
+    assert!(ended, "bench {args:?} still running after {limit:?}");
+    let status = child.0.wait().unwrap();
+    let stdout = reader.join().unwrap().unwrap();
+    assert!(status.success(), "{status:?}\n{stdout}");
+    stdout
+}
+
+#[test]
+fn busy_runs_burners_beside_the_measurements_and_stops_them() {
+    let json = temp("busy.json");
+    let stdout = bench_within(
+        &[
+            "bench",
+            "--tiny",
+            "--no-python",
+            "--group",
+            "pipe",
+            "--busy",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(
+        stdout.lines().next().unwrap().ends_with("busy 1"),
+        "{stdout}"
+    );
+    let pids = burner_pids(&stdout);
+    assert_eq!(pids.len(), 1, "{stdout}");
+    let gone = common::eventually(Duration::from_secs(10), || {
+        pids.iter().all(|&p| !common::alive(p))
+    });
+    assert!(gone, "burners {pids:?} outlived the bench");
+    // Every pipe figure in each placement, and the run says how busy the machine was.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["busy"], 1);
+    let figures = report["figures"].as_array().unwrap();
+    let mut placements: Vec<&str> = figures
+        .iter()
+        .map(|f| f["placement"].as_str().unwrap())
+        .collect();
+    placements.dedup();
+    let two_cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .count()
+                >= 2
+        })
+        .unwrap();
+    if two_cpus {
+        assert_eq!(
+            placements,
+            ["unpinned", "same-cpu", "cross-cpu"],
+            "{stdout}"
+        );
+    } else {
+        assert_eq!(placements, ["unpinned", "same-cpu"], "{stdout}");
+        assert!(
+            stdout.contains("the across-CPUs rows are skipped"),
+            "{stdout}"
+        );
+    }
+    for p in ["unpinned", "same-cpu"] {
+        let rt = figures
+            .iter()
+            .find(|f| f["placement"] == p && f["name"] == "round trip, 8 bytes: multiproc")
+            .unwrap_or_else(|| panic!("no {p} round trip in {stdout}"));
+        let refs: Vec<&str> = rt["versus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["what"].as_str().unwrap())
+            .collect();
+        assert_eq!(refs, ["raw spinning", "raw blocking"], "{rt}");
+    }
+    std::fs::remove_file(json).unwrap();
+}
+
+#[test]
+fn burners_die_with_a_bench_that_is_killed() {
+    let mut bench = common::Reaped(
+        Command::new(BIN)
+            .args([
+                "bench",
+                "--tiny",
+                "--no-python",
+                "--group",
+                "queue",
+                "--busy",
+                "2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Lines come as they are printed: the busy line is the second.
+    let mut out = BufReader::new(bench.0.stdout.take().unwrap());
+    let mut head = String::new();
+    for _ in 0..2 {
+        out.read_line(&mut head).unwrap();
+    }
+    let pids = burner_pids(&head);
+    assert_eq!(pids.len(), 2, "{head}");
+    assert!(pids.iter().all(|&p| common::alive(p)), "{head}");
+    bench.0.kill().unwrap();
+    bench.0.wait().unwrap();
+    let gone = common::eventually(Duration::from_secs(10), || {
+        pids.iter().all(|&p| !common::alive(p))
+    });
+    assert!(gone, "burners {pids:?} outlived a killed bench");
+}
+
 #[test]
 fn bad_options_are_refused() {
     for args in [
         &["bench", "--group", "nope"][..],
         &["bench", "--json"],
         &["bench", "--fast"],
+        &["bench", "--busy", "-1"],
+        &["bench", "--busy", "many"],
+        &["bench", "--busy", "100000"],
+        &["bench", "--busy"],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -111,6 +111,7 @@ fn bench_help_lists_its_options_groups_and_defaults() {
             "--json <FILE>",
             "--chart <FILE>",
             "--group <NAME>",
+            "--busy <N>",
         ] {
             help_of(&page, option);
         }

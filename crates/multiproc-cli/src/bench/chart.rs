@@ -10,6 +10,7 @@ use std::path::Path;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
+use super::place::Placement;
 use super::report::{Figure, Report};
 
 const WIDTH: u32 = 1100;
@@ -64,7 +65,10 @@ fn panels(report: &Report) -> Panels {
             if !v.ratio.is_finite() {
                 continue;
             }
-            let label = format!("{}: {}", f.group, f.name);
+            let label = match f.placement {
+                Placement::Unpinned => format!("{}: {}", f.group, f.name),
+                p => format!("{}: {} ({})", f.group, f.name, p.short()),
+            };
             if v.what.starts_with("CPython") {
                 cpython.push((label, v.advantage(f.unit)));
             } else if v.what != "ideal" {

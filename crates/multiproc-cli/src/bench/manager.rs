@@ -1,19 +1,24 @@
 //! The `manager` group: dict operations through a proxy next to a raw socket round trip
-//! between two processes (the floor for any request/reply), manager start-up next to a
-//! process spawn, and both next to CPython's `Manager()`.
+//! between two processes (the floor for any request/reply, blocking and spinning) in each CPU
+//! placement, manager start-up next to a process spawn, and both next to CPython's
+//! `Manager()`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc::manager::{DictProxy, EventProxy, LockProxy, Manager, ValueProxy};
-use multiproc::{Func, Process};
+use multiproc::{Connection, Func, Process, pipe};
 
 use super::pep::empty_func;
+use super::place::{Cpu, Ends, Placement};
+use super::raw::{self, Wait};
 use super::report::{Report, Unit};
-use super::stats::{Samples, repeat};
+use super::stats::{Samples, per_call, repeat};
 
-/// Child side of the contended counter: `n` increments under the proxy lock.
+/// Child side of the contended counter: pins itself to `cpu`, then `n` increments under the
+/// proxy lock.
 #[multiproc::func]
-pub(crate) fn locked_increments(lock: LockProxy, total: ValueProxy<u64>, n: u32) {
+pub(crate) fn locked_increments(cpu: Cpu, lock: LockProxy, total: ValueProxy<u64>, n: u32) {
+    cpu.pin().expect("pin");
     for _ in 0..n {
         let _held = lock.lock().expect("lock");
         total.set(&(total.get().expect("get") + 1)).expect("set");
@@ -79,122 +84,66 @@ fn spin_policy(p: u8) -> multiproc::SpinPolicy {
     }
 }
 
-/// Child side of the busy-polling raw round trip: polls (without sleeping) before each
-/// read, as the manager's connection threads do.
+/// Child side: pins itself to `cpu`, serves a manager (its threads take the CPU), sends the
+/// address through `ready`, and serves until a client shuts it down.
 #[multiproc::func]
-pub(crate) fn raw_spin_echo(fd: multiproc::Fd, n: u32) {
-    use std::io::{Read, Write};
-    let mut sock = std::fs::File::from(fd.into_owned());
-    let mut buf = [0u8; 8];
-    for _ in 0..n {
-        busy_poll(&sock);
-        sock.read_exact(&mut buf).expect("read");
-        sock.write_all(&buf).expect("write");
-    }
-}
-
-/// Polls `sock` until readable, without sleeping.
-fn busy_poll(sock: &std::fs::File) {
-    use std::os::fd::AsFd;
-    let mut fds = [nix::poll::PollFd::new(
-        sock.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    while nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap_or(1) == 0 {
-        std::hint::spin_loop();
-    }
-}
-
-/// Seconds per round trip of 8 bytes over a raw socketpair whose both ends busy-poll.
-fn raw_spin_round_trips(reps: usize, n: u32) -> multiproc::Result<Samples> {
-    use std::io::{Read, Write};
-    repeat(reps, || {
-        let (a, b) = multiproc::pipe(true)?;
-        let mut ours = std::fs::File::from(std::os::fd::OwnedFd::from(a));
-        let theirs = multiproc::Fd::from(std::os::fd::OwnedFd::from(b));
-        let p = raw_spin_echo.spawn((theirs, n + 200))?;
-        let mut buf = [7u8; 8];
-        let mut once = |ours: &mut std::fs::File| -> std::io::Result<()> {
-            ours.write_all(&buf)?;
-            busy_poll(ours);
-            ours.read_exact(&mut buf)
-        };
-        for _ in 0..200 {
-            once(&mut ours)?;
-        }
-        let t = Instant::now();
-        for _ in 0..n {
-            once(&mut ours)?;
-        }
-        let secs = t.elapsed().as_secs_f64() / f64::from(n);
-        p.join()?;
-        Ok(secs)
-    })
-}
-
-/// Seconds per operation over `n` operations, for each of `reps` runs.
-fn per_op(reps: usize, n: u32, mut op: impl FnMut(u32)) -> Samples {
-    for i in 0..n.min(200) {
-        op(i);
-    }
-    Samples(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                for i in 0..n {
-                    op(i);
-                }
-                t.elapsed().as_secs_f64() / f64::from(n)
-            })
-            .collect(),
+pub(crate) fn pinned_server(cpu: Cpu, ready: Connection) -> Result<(), String> {
+    cpu.pin().map_err(|e| e.to_string())?;
+    let server = Manager::serve(
+        format!("@multiproc-bench-placed-{}", std::process::id()).as_str(),
+        AUTHKEY,
     )
+    .map_err(|e| e.to_string())?;
+    ready
+        .send(&server.address().to_string())
+        .map_err(|e| e.to_string())?;
+    // Bounded: a bench that died before its shutdown leaves no server behind for long.
+    server.wait_timeout(Duration::from_secs(600));
+    server.shutdown();
+    Ok(())
 }
 
-/// Runs the group: proxy round trips next to raw socket round trips and CPython.
-pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
-    let (reps, n, starts, incs) = r.size.pick(
-        (2, 200, 2, 200),
-        (3, 2_000, 5, 2_000),
-        (7, 20_000, 20, 10_000),
-    );
-    r.group(&format!(
-        "manager: proxy operations and start-up, median of {reps}"
-    ));
-    let mgr = Manager::start()?;
+/// The figures of one placement.
+struct Placed {
+    set: Samples,
+    get: Samples,
+    raw_block: Samples,
+    raw_spin: Samples,
+    inc: Samples,
+}
+
+/// Proxy operations against a server on `ends.there` from this process (on `ends.here`), in
+/// turns with raw round trips in the same placement; the proxy-lock counter from 2 processes
+/// on `ends.here`.
+fn placed(
+    ends: &Ends,
+    reps: usize,
+    (n, incs): (u32, u32),
+    budget: Duration,
+) -> multiproc::Result<Placed> {
+    let (ready, theirs) = pipe(true)?;
+    let server = pinned_server.spawn((ends.there, theirs))?;
+    let address: String = ready.recv()?;
+    let mgr = Manager::connect(address.as_str(), AUTHKEY)?;
     let d = mgr.dict::<String, u64>()?;
     let key = "k".to_string();
-    let mut failed = None;
-    let set = per_op(reps, n, |i| {
-        if let Err(e) = d.set(&key, &u64::from(i)) {
-            failed = Some(e);
-        }
-    });
-    let get = per_op(reps, n, |_| {
-        if let Err(e) = d.get(&key) {
-            failed = Some(e);
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e.into());
+    let set = |i| d.set(&key, &u64::from(i));
+    let get = |_| d.get(&key).map(drop);
+    per_call(200, budget / 10, set)?;
+    per_call(200, budget / 10, get)?;
+    let [mut sets, mut gets, mut raw_block, mut raw_spin]: [Vec<f64>; 4] = Default::default();
+    for _ in 0..reps {
+        sets.push(per_call(n, budget, set)?);
+        gets.push(per_call(n, budget, get)?);
+        raw_block.push(raw::round_trip(ends, Wait::Block, n, budget)?);
+        raw_spin.push(raw::round_trip(ends, Wait::Spin, n, budget)?);
     }
-    let raw = super::pipe::round_trips(reps, n, true)?;
-    let raw_spin = raw_spin_round_trips(reps, n)?;
-    let start = Samples::measure(starts, 1, || {
-        let m = Manager::start().and_then(|m| m.shutdown());
-        assert!(m.is_ok(), "manager start: {m:?}");
-    });
-    let spawn = Samples::measure(starts, 1, || {
-        let r = Process::builder()
-            .start(&empty_func, ())
-            .and_then(|p| p.join());
-        assert!(r.is_ok(), "spawn: {r:?}");
-    });
     let inc = repeat(reps.min(3), || {
         let lock = mgr.lock()?;
         let total = mgr.value(&0u64)?;
         let t = Instant::now();
         let kids = (0..2)
-            .map(|_| locked_increments.spawn((lock.clone(), total.clone(), incs)))
+            .map(|_| locked_increments.spawn((ends.here, lock.clone(), total.clone(), incs)))
             .collect::<Result<Vec<_>, _>>()?;
         for k in kids {
             k.join()?;
@@ -205,6 +154,37 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     })?;
     drop(d);
     mgr.shutdown()?;
+    server
+        .join()?
+        .map_err(|e| multiproc::Error::from(multiproc::ManagerError::Invalid(e)))?;
+    Ok(Placed {
+        set: Samples(sets),
+        get: Samples(gets),
+        raw_block: Samples(raw_block),
+        raw_spin: Samples(raw_spin),
+        inc,
+    })
+}
+
+/// The figures with no placement to choose: start-up, and many clients under each waiting
+/// policy.
+struct Unplaced {
+    start: Samples,
+    spawn: Samples,
+    many: Vec<(u32, [Samples; 3])>,
+}
+
+fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplaced> {
+    let start = Samples::measure(starts, 1, || {
+        let m = Manager::start().and_then(|m| m.shutdown());
+        assert!(m.is_ok(), "manager start: {m:?}");
+    });
+    let spawn = Samples::measure(starts, 1, || {
+        let r = Process::builder()
+            .start(&empty_func, ())
+            .and_then(|p| p.join());
+        assert!(r.is_ok(), "spawn: {r:?}");
+    });
     // Many clients on few CPUs: the adaptive waiting policy next to plain blocking and to
     // spinning whatever the load, every row in a process tree of its own, in turns.
     let total_ops = r.size.pick(2_000u32, 8_000, 40_000);
@@ -223,80 +203,100 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         }
         many.push((clients, by_policy.map(Samples)));
     }
+    Ok(Unplaced { start, spawn, many })
+}
+
+/// Runs the group: in each placement, proxy round trips next to raw socket round trips (and
+/// CPython, unpinned); start-up and many clients unpinned.
+pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
+    let (reps, n, starts, incs) = r.size.pick(
+        (2, 200, 2, 200),
+        (3, 2_000, 5, 2_000),
+        (7, 20_000, 20, 10_000),
+    );
+    let budget = r.size.budget();
+    r.group(&format!(
+        "manager: proxy operations and start-up, median of {reps}"
+    ));
     let py_set = r.cpython("mp_manager.py", "py.mgr.dict.set.fork", 1e-6);
     let py_get = r.cpython("mp_manager.py", "py.mgr.dict.get.fork", 1e-6);
     let py_start = r.cpython("mp_manager.py", "py.mgr.startup.fork", 1e-6);
     let py_inc = r.cpython("mp_manager.py", "py.mgr.value.inc2p", 1.0);
-    let (spin, block) = (raw_spin.median(), raw.median());
-    for (name, s, py) in [
-        ("dict set through a proxy", &set, py_set),
-        ("dict get through a proxy", &get, py_get),
-    ] {
+    for ends in r.placements() {
+        let pinned = ends.enter()?;
+        let f = placed(&ends, reps, (n, incs), budget)?;
+        drop(pinned);
+        let rest = match ends.placement {
+            Placement::Unpinned => Some(unplaced(r, reps, starts)?),
+            _ => None,
+        };
+        r.section(&ends);
+        let (spin, block) = (f.raw_spin.median(), f.raw_block.median());
+        for (name, s, py) in [
+            ("dict set through a proxy", &f.set, py_set),
+            ("dict get through a proxy", &f.get, py_get),
+        ] {
+            r.row(
+                "manager",
+                name,
+                Unit::Secs,
+                s,
+                &[
+                    ("raw spinning RT", Some(spin)),
+                    ("raw blocking RT", Some(block)),
+                    ("CPython", ends.unpinned(py)),
+                ],
+            );
+        }
+        for (name, s) in [
+            ("raw socketpair RT, spinning", &f.raw_spin),
+            ("raw socketpair RT, blocking", &f.raw_block),
+        ] {
+            r.row("manager", name, Unit::Secs, s, &[]);
+        }
         r.row(
             "manager",
-            name,
-            Unit::Secs,
-            s,
-            &[
-                ("raw busy-poll RT", Some(spin)),
-                ("raw blocking RT", Some(block)),
-                ("CPython", py),
-            ],
-        );
-    }
-    r.row(
-        "manager",
-        "raw socketpair RT, busy-poll",
-        Unit::Secs,
-        &raw_spin,
-        &[],
-    );
-    r.row(
-        "manager",
-        "raw socketpair RT, blocking",
-        Unit::Secs,
-        &raw,
-        &[],
-    );
-    let sp = spawn.median();
-    r.row(
-        "manager",
-        "Manager::start + shutdown",
-        Unit::Secs,
-        &start,
-        &[("spawn+join", Some(sp)), ("CPython, fork", py_start)],
-    );
-    r.row(
-        "manager",
-        "process spawn + join (empty)",
-        Unit::Secs,
-        &spawn,
-        &[],
-    );
-    for (clients, [adaptive, never, always]) in &many {
-        let py = r.cpython(
-            "mp_manager.py",
-            &format!("py.mgr.dict.clients{clients}"),
-            1.0,
-        );
-        r.row(
-            "manager",
-            &format!("dict ops, {clients} client processes"),
+            "counter += 1 under a proxy lock, 2 procs",
             Unit::Rate,
-            adaptive,
+            &f.inc,
+            &[("CPython", ends.unpinned(py_inc))],
+        );
+        let Some(u) = rest else { continue };
+        r.row(
+            "manager",
+            "Manager::start + shutdown",
+            Unit::Secs,
+            &u.start,
             &[
-                ("blocking only", Some(never.median())),
-                ("always spinning", Some(always.median())),
-                ("CPython", py),
+                ("spawn+join", Some(u.spawn.median())),
+                ("CPython, fork", py_start),
             ],
         );
+        r.row(
+            "manager",
+            "process spawn + join (empty)",
+            Unit::Secs,
+            &u.spawn,
+            &[],
+        );
+        for (clients, [adaptive, never, always]) in &u.many {
+            let py = r.cpython(
+                "mp_manager.py",
+                &format!("py.mgr.dict.clients{clients}"),
+                1.0,
+            );
+            r.row(
+                "manager",
+                &format!("dict ops, {clients} client processes"),
+                Unit::Rate,
+                adaptive,
+                &[
+                    ("blocking only", Some(never.median())),
+                    ("always spinning", Some(always.median())),
+                    ("CPython", py),
+                ],
+            );
+        }
     }
-    r.row(
-        "manager",
-        "counter += 1 under a proxy lock, 2 procs",
-        Unit::Rate,
-        &inc,
-        &[("CPython", py_inc)],
-    );
     Ok(())
 }

@@ -2,14 +2,17 @@
 //! groups, each measured side by side with the raw OS primitive and CPython
 //! `multiprocessing` in the same run.
 
+mod busy;
 mod chart;
 mod cluster;
 mod manager;
 mod pep;
 mod pipe;
+mod place;
 mod pool;
 mod python;
 mod queue;
+mod raw;
 mod report;
 mod scaling;
 mod spawn;
@@ -33,6 +36,8 @@ pub(crate) struct Options {
     pub(crate) json: Option<PathBuf>,
     /// Where to write the charts (SVG).
     pub(crate) chart: Option<PathBuf>,
+    /// CPU-burning processes to run beside the measurements.
+    pub(crate) busy: usize,
 }
 
 /// Every group, in the order they run, with what it measures.
@@ -58,10 +63,19 @@ pub(crate) const GROUPS: [(&str, &str); 12] = [
         "PEP 371 table: HTTP GETs of a local server, serial / threads / processes",
     ),
     ("spawn", "spawn + join per start method vs the OS"),
-    ("pipe", "Connection vs a raw socketpair"),
-    ("queue", "Queue vs a raw pipe, locks vs a raw futex"),
-    ("pool", "Pool throughput and latency"),
-    ("manager", "manager proxy operations and start-up"),
+    (
+        "pipe",
+        "Connection vs a raw socketpair (blocking, spinning), per CPU placement",
+    ),
+    (
+        "queue",
+        "Queue vs a raw pipe, locks vs a raw futex, per CPU placement",
+    ),
+    ("pool", "Pool throughput and latency, per CPU placement"),
+    (
+        "manager",
+        "manager proxy operations (per CPU placement) and start-up",
+    ),
     ("scaling", "Pool vs rayon on every core"),
     (
         "cluster",
@@ -78,7 +92,9 @@ pub(crate) const GROUPS: [(&str, &str); 12] = [
     about = "Every benchmark group side by side with the OS and CPython",
     long_about = "Every benchmark group side by side with the raw OS primitive and CPython \
                   multiprocessing in the same run, as tables (and JSON and SVG charts when \
-                  asked).\n\nWith no option: every group in quick mode (well under a minute \
+                  asked). The pipe, queue, pool and manager groups measure with both ends \
+                  unpinned, pinned to one CPU and pinned to two CPUs, each next to the raw \
+                  primitive in the same placement.\n\nWith no option: every group in quick mode (well under a minute \
                   on 2 cores), CPython peers included when python3 is on the PATH."
 )]
 pub(crate) struct Args {
@@ -109,6 +125,10 @@ pub(crate) struct Args {
         )
     )]
     groups: Vec<String>,
+    /// Run N CPU-burning processes beside the measurements (started and stopped by the bench)
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    busy: u16,
 }
 
 impl From<Args> for Options {
@@ -125,6 +145,7 @@ impl From<Args> for Options {
             python: !a.no_python,
             json: a.json,
             chart: a.chart,
+            busy: usize::from(a.busy),
         }
     }
 }
@@ -137,16 +158,19 @@ impl Options {
 
 /// Runs the selected groups, prints their tables, writes the JSON and the chart.
 pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
-    let mut r = Report::new(opts.size, opts.python);
+    // Before any pinning: the forkserver's CPUs are those of every child it starts.
+    multiproc::start_forkserver()?;
+    let mut r = Report::new(opts.size, opts.python, opts.busy);
     let m = &r.machine;
     println!(
-        "multiproc bench ({:?}) on {} CPUs ({}), kernel {}, default start method {}, CPython: {}",
+        "multiproc bench ({:?}) on {} CPUs ({}), kernel {}, default start method {}, CPython: {}, busy {}",
         opts.size,
         m.cpus,
         m.cpu_model,
         m.kernel,
         m.start_method,
-        m.python.as_deref().unwrap_or("none")
+        m.python.as_deref().unwrap_or("none"),
+        opts.busy
     );
     let selected: Vec<&str> = GROUPS
         .iter()
@@ -158,11 +182,21 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let burners = busy::Burners::start(opts.busy)?;
+    if opts.busy > 0 {
+        let pids: Vec<String> = burners.pids().map(|p| p.to_string()).collect();
+        println!(
+            "busy: {} CPU-burning processes beside the measurements (pids {})",
+            opts.busy,
+            pids.join(" ")
+        );
+    }
     for group in selected {
         bar.set_message(group);
         bar.suspend(|| run_group(group, &mut r))?;
         bar.inc(1);
     }
+    drop(burners);
     bar.finish_and_clear();
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&r).map_err(std::io::Error::other)?;

@@ -1,56 +1,43 @@
 //! The `pipe` group: a `Connection` between two processes next to a raw `socketpair` driven
-//! with plain `read`/`write` in the same run: small-message round trip (raw bytes, and a typed
-//! `u64` through the codec) and 1 MiB-message bandwidth.
+//! with plain `read`/`write`, in each CPU placement: small-message round trip (next to the
+//! raw round trip blocking and spinning) and 1 MiB-message bandwidth.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc::{Connection, Fd, Func, pipe};
 
+use super::place::{Cpu, Ends};
+use super::raw::{self, Wait};
 use super::report::{Report, Unit};
-use super::stats::Samples;
+use super::stats::{Samples, per_call};
 
 const SMALL: usize = 8;
 const MIB: usize = 1 << 20;
 
-/// Child side: echoes `n` messages, raw bytes or (`typed`) `u64`s.
+/// Child side: pins itself to `cpu`, then echoes messages until the other end closes.
 #[multiproc::func]
-pub(crate) fn conn_echo(conn: Connection, n: u32, typed: bool) {
-    for _ in 0..n {
-        if typed {
-            let v: u64 = conn.recv().expect("recv");
-            conn.send(&v).expect("send");
-        } else {
-            let m = conn.recv_bytes().expect("recv");
-            conn.send_bytes(&m).expect("send");
-        }
+pub(crate) fn conn_echo(cpu: Cpu, conn: Connection) {
+    cpu.pin().expect("pin");
+    while let Ok(m) = conn.recv_bytes() {
+        conn.send_bytes(&m).expect("send");
     }
 }
 
-/// Child side: echoes `n` 8-byte messages with plain read/write on a socket.
+/// Child side: pins itself to `cpu`, then sends `n` messages of `size` bytes.
 #[multiproc::func]
-pub(crate) fn raw_echo(fd: Fd, n: u32) {
-    let mut sock = std::fs::File::from(fd.into_owned());
-    let mut buf = [0u8; SMALL];
-    for _ in 0..n {
-        sock.read_exact(&mut buf).expect("read");
-        sock.write_all(&buf).expect("write");
-    }
-}
-
-/// Child side: sends `n` messages of `size` bytes.
-#[multiproc::func]
-pub(crate) fn conn_source(conn: Connection, n: u32, size: usize) {
+pub(crate) fn conn_source(cpu: Cpu, conn: Connection, n: u32, size: usize) {
+    cpu.pin().expect("pin");
     let block = vec![0x5au8; size];
     for _ in 0..n {
         conn.send_bytes(&block).expect("send");
     }
 }
 
-/// Child side: writes `n` blocks of `size` bytes with plain writes.
+/// Child side: pins itself to `cpu`, then writes `n` blocks of `size` bytes with plain writes.
 #[multiproc::func]
-pub(crate) fn raw_source(fd: Fd, n: u32, size: usize) {
+pub(crate) fn raw_source(cpu: Cpu, fd: Fd, n: u32, size: usize) {
+    cpu.pin().expect("pin");
     let mut sock = std::fs::File::from(fd.into_owned());
     let block = vec![0x5au8; size];
     for _ in 0..n {
@@ -58,154 +45,149 @@ pub(crate) fn raw_source(fd: Fd, n: u32, size: usize) {
     }
 }
 
-fn socketpair() -> multiproc::Result<(std::fs::File, Fd)> {
-    // A duplex pipe's ends are socketpair ends; take their descriptors to drive them raw.
-    let (a, b) = pipe(true)?;
-    Ok((
-        std::fs::File::from(OwnedFd::from(a)),
-        Fd::from(OwnedFd::from(b)),
-    ))
-}
-
-/// Per-round-trip seconds over `n` round trips, for each of `reps` runs.
-pub(crate) fn round_trips(reps: usize, n: u32, raw: bool) -> multiproc::Result<Samples> {
-    let mut samples = Vec::new();
-    for _ in 0..reps {
-        if raw {
-            let (mut ours, theirs) = socketpair()?;
-            let p = raw_echo.spawn((theirs, n + 10))?;
-            let mut buf = [7u8; SMALL];
-            for _ in 0..10 {
-                ours.write_all(&buf)?;
-                ours.read_exact(&mut buf)?;
-            }
-            let t = Instant::now();
-            for _ in 0..n {
-                ours.write_all(&buf)?;
-                ours.read_exact(&mut buf)?;
-            }
-            samples.push(t.elapsed().as_secs_f64() / f64::from(n));
-            p.join()?;
-        } else {
-            samples.push(conn_round_trips(n, false)?);
-        }
-    }
-    Ok(Samples(samples))
-}
-
-/// Seconds per round trip over `n` round trips through a `Connection` to a child that echoes:
-/// 8 raw bytes, or (`typed`) a `u64` through `send`/`recv`.
-fn conn_round_trips(n: u32, typed: bool) -> multiproc::Result<f64> {
+/// Seconds per `Connection` round trip of 8 bytes with an echo on `ends.there`: `n` round
+/// trips, fewer if `budget` runs out first.
+fn round_trip(ends: &Ends, n: u32, budget: Duration, msg: Message) -> multiproc::Result<f64> {
     let (ours, theirs) = pipe(true)?;
-    let p = conn_echo.spawn((theirs, n + 10, typed))?;
-    let exchange = || -> multiproc::Result<()> {
-        if typed {
-            ours.send(&7u64)?;
-            std::hint::black_box(ours.recv::<u64>()?);
-        } else {
-            ours.send_bytes(&[7u8; SMALL])?;
-            std::hint::black_box(ours.recv_bytes()?);
+    let echo = conn_echo.spawn((ends.there, theirs))?;
+    let buf = [7u8; SMALL];
+    let once = |_| -> multiproc::Result<()> {
+        match msg {
+            Message::Bytes => {
+                ours.send_bytes(&buf)?;
+                ours.recv_bytes()?;
+            }
+            // The echo sends the frame back as it came: tag and encoding, decoded here.
+            Message::TypedU64 => {
+                ours.send(&7u64)?;
+                std::hint::black_box(ours.recv::<u64>()?);
+            }
         }
         Ok(())
     };
-    for _ in 0..10 {
-        exchange()?;
-    }
-    let t = Instant::now();
-    for _ in 0..n {
-        exchange()?;
-    }
-    let secs = t.elapsed().as_secs_f64() / f64::from(n);
-    p.join()?;
+    per_call(100, budget / 10, once)?;
+    let secs = per_call(n, budget, once)?;
+    drop(ours);
+    echo.join()?;
     Ok(secs)
 }
 
-/// Bytes per second receiving `n` blocks of 1 MiB, for each of `reps` runs.
-fn bandwidth(reps: usize, n: u32, raw: bool) -> multiproc::Result<Samples> {
-    let mut samples = Vec::new();
-    for _ in 0..reps {
-        let t;
-        if raw {
-            let (mut ours, theirs) = socketpair()?;
-            let p = raw_source.spawn((theirs, n, MIB))?;
-            let mut buf = vec![0u8; MIB];
-            t = Instant::now();
-            for _ in 0..n {
-                ours.read_exact(&mut buf)?;
-            }
-            samples.push((f64::from(n) * MIB as f64) / t.elapsed().as_secs_f64());
-            p.join()?;
-        } else {
-            let (ours, theirs) = pipe(true)?;
-            let p = conn_source.spawn((theirs, n, MIB))?;
-            t = Instant::now();
-            for _ in 0..n {
-                let m = ours.recv_bytes()?;
-                std::hint::black_box(&m);
-            }
-            samples.push((f64::from(n) * MIB as f64) / t.elapsed().as_secs_f64());
-            p.join()?;
-        }
-    }
-    Ok(Samples(samples))
+/// What a round trip carries: 8 raw bytes, or a `u64` through the codec and its type tag.
+#[derive(Debug, Clone, Copy)]
+enum Message {
+    Bytes,
+    TypedU64,
 }
 
-/// Runs the group: round trip and bandwidth next to a raw socketpair and CPython.
+/// Bytes per second receiving `n` blocks of 1 MiB from a process on `ends.there`, through a
+/// `Connection` or (`raw`) a socketpair read with plain reads.
+fn bandwidth(ends: &Ends, n: u32, raw: bool) -> multiproc::Result<f64> {
+    let t;
+    if raw {
+        let (mut ours, theirs) = raw::socketpair()?;
+        let p = raw_source.spawn((ends.there, theirs, n, MIB))?;
+        let mut buf = vec![0u8; MIB];
+        t = Instant::now();
+        for _ in 0..n {
+            ours.read_exact(&mut buf)?;
+        }
+        let rate = (f64::from(n) * MIB as f64) / t.elapsed().as_secs_f64();
+        p.join()?;
+        Ok(rate)
+    } else {
+        let (ours, theirs) = pipe(true)?;
+        let p = conn_source.spawn((ends.there, theirs, n, MIB))?;
+        t = Instant::now();
+        for _ in 0..n {
+            let m = ours.recv_bytes()?;
+            std::hint::black_box(&m);
+        }
+        let rate = (f64::from(n) * MIB as f64) / t.elapsed().as_secs_f64();
+        p.join()?;
+        Ok(rate)
+    }
+}
+
+/// Runs the group: in each placement, round trip and bandwidth next to a raw socketpair in
+/// the same placement (and CPython, unpinned).
 pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     let (reps, n_rt, n_bw) = r
         .size
-        .pick((2, 200, 20), (3, 2_000, 200), (7, 20_000, 2_000));
+        .pick((2, 200, 10), (3, 2_000, 100), (7, 20_000, 1_000));
+    let budget = r.size.budget();
     r.group(&format!(
         "pipe: Connection between two processes vs a raw socketpair, median of {reps}"
     ));
-    let ours_rt = round_trips(reps, n_rt, false)?;
-    let raw_rt = round_trips(reps, n_rt, true)?;
-    let typed_rt = Samples(
-        (0..reps)
-            .map(|_| conn_round_trips(n_rt, true))
-            .collect::<multiproc::Result<_>>()?,
-    );
-    let ours_bw = bandwidth(reps, n_bw, false)?;
-    let raw_bw = bandwidth(reps, n_bw, true)?;
     let py_rt = r.cpython("mp_pipe.py", "py.pipe.rtt.bytes.duplex", 1e-6);
     let py_obj_rt = r.cpython("mp_pipe.py", "py.pipe.rtt.obj.duplex", 1e-6);
     let py_bw = r.cpython("mp_pipe.py", "py.pipe.bw1m.duplex", 1e6);
-    let raw = raw_rt.median();
-    r.row(
-        "pipe",
-        "round trip, 8 bytes: multiproc",
-        Unit::Secs,
-        &ours_rt,
-        &[("raw socketpair", Some(raw)), ("CPython", py_rt)],
-    );
-    r.row(
-        "pipe",
-        "round trip, typed u64: multiproc",
-        Unit::Secs,
-        &typed_rt,
-        &[("raw socketpair", Some(raw)), ("CPython", py_obj_rt)],
-    );
-    r.row(
-        "pipe",
-        "round trip, 8 bytes: raw socketpair",
-        Unit::Secs,
-        &raw_rt,
-        &[],
-    );
-    let raw = raw_bw.median();
-    r.row(
-        "pipe",
-        "1 MiB messages: multiproc",
-        Unit::Bandwidth,
-        &ours_bw,
-        &[("raw socketpair", Some(raw)), ("CPython", py_bw)],
-    );
-    r.row(
-        "pipe",
-        "1 MiB blocks: raw socketpair",
-        Unit::Bandwidth,
-        &raw_bw,
-        &[],
-    );
+    for ends in r.placements() {
+        let pinned = ends.enter()?;
+        // In turns: ours and its references see the same moments of the machine.
+        let [
+            mut ours,
+            mut typed,
+            mut block,
+            mut spin,
+            mut ours_bw,
+            mut raw_bw,
+        ]: [Vec<f64>; 6] = Default::default();
+        for _ in 0..reps {
+            ours.push(round_trip(&ends, n_rt, budget, Message::Bytes)?);
+            typed.push(round_trip(&ends, n_rt, budget, Message::TypedU64)?);
+            block.push(raw::round_trip(&ends, Wait::Block, n_rt, budget)?);
+            spin.push(raw::round_trip(&ends, Wait::Spin, n_rt, budget)?);
+            ours_bw.push(bandwidth(&ends, n_bw, false)?);
+            raw_bw.push(bandwidth(&ends, n_bw, true)?);
+        }
+        drop(pinned);
+        let [ours, typed, block, spin, ours_bw, raw_bw] =
+            [ours, typed, block, spin, ours_bw, raw_bw].map(Samples);
+        r.section(&ends);
+        r.row(
+            "pipe",
+            "round trip, 8 bytes: multiproc",
+            Unit::Secs,
+            &ours,
+            &[
+                ("raw spinning", Some(spin.median())),
+                ("raw blocking", Some(block.median())),
+                ("CPython", ends.unpinned(py_rt)),
+            ],
+        );
+        r.row(
+            "pipe",
+            "round trip, typed u64: multiproc",
+            Unit::Secs,
+            &typed,
+            &[
+                ("raw blocking", Some(block.median())),
+                ("CPython", ends.unpinned(py_obj_rt)),
+            ],
+        );
+        for (name, s) in [
+            ("round trip, 8 bytes: raw socketpair, spinning", &spin),
+            ("round trip, 8 bytes: raw socketpair, blocking", &block),
+        ] {
+            r.row("pipe", name, Unit::Secs, s, &[]);
+        }
+        r.row(
+            "pipe",
+            "1 MiB messages: multiproc",
+            Unit::Bandwidth,
+            &ours_bw,
+            &[
+                ("raw socketpair", Some(raw_bw.median())),
+                ("CPython", ends.unpinned(py_bw)),
+            ],
+        );
+        r.row(
+            "pipe",
+            "1 MiB blocks: raw socketpair",
+            Unit::Bandwidth,
+            &raw_bw,
+            &[],
+        );
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use super::place::{self, Ends, Placement};
 use super::python::{self, Figures};
 use super::stats::{Samples, human};
 
@@ -28,6 +29,12 @@ impl Size {
             Size::Quick => quick,
             Size::Full => full,
         }
+    }
+
+    /// The most a single latency measurement may take (it stops early, with its figure, when
+    /// waiting goes badly in some placement).
+    pub(crate) fn budget(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.pick(50, 500, 3_000))
     }
 }
 
@@ -100,6 +107,8 @@ pub(crate) struct Figure {
     pub median: f64,
     pub max: f64,
     pub n: usize,
+    /// Where the processes of the measurement ran.
+    pub placement: Placement,
     pub versus: Vec<Versus>,
 }
 
@@ -156,24 +165,60 @@ impl Machine {
 pub(crate) struct Report {
     pub size: Size,
     pub machine: Machine,
+    /// CPU-burning processes running beside the measurements (`--busy`).
+    pub busy: usize,
     pub figures: Vec<Figure>,
     pub notes: Vec<String>,
     #[serde(skip)]
     pub python: bool,
     #[serde(skip)]
     peers: HashMap<String, Result<Figures, String>>,
+    /// The CPUs the run may use (the pinned placements take theirs from these).
+    #[serde(skip)]
+    cpus: Vec<usize>,
+    /// The placement of the rows being recorded.
+    #[serde(skip)]
+    placement: Placement,
 }
 
 impl Report {
-    pub(crate) fn new(size: Size, python: bool) -> Report {
+    pub(crate) fn new(size: Size, python: bool, busy: usize) -> Report {
         Report {
             size,
             machine: Machine::probe(),
+            busy,
             figures: Vec::new(),
             notes: Vec::new(),
             python,
             peers: HashMap::new(),
+            cpus: place::allowed_cpus(),
+            placement: Placement::Unpinned,
         }
+    }
+
+    /// Prints `note` and keeps it in the report, once per run.
+    pub(crate) fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            println!("note: {note}");
+            self.notes.push(note);
+        }
+    }
+
+    /// The placements to measure on this machine: unpinned, same CPU, across CPUs (with a
+    /// note when there is a single CPU to run on).
+    pub(crate) fn placements(&mut self) -> Vec<Ends> {
+        let (ends, note) = place::placements(&self.cpus);
+        if let Some(note) = note {
+            self.note(note.to_string());
+        }
+        ends
+    }
+
+    /// Prints the heading of `ends`'s rows; the rows recorded from now on are in its
+    /// placement.
+    pub(crate) fn section(&mut self, ends: &Ends) {
+        println!("-- {} --", ends.title());
+        self.placement = ends.placement;
     }
 
     /// The figures of CPython peer `script` (run once per bench run), or why there are none.
@@ -190,17 +235,16 @@ impl Report {
         match self.peer(script) {
             Ok(f) => f.get(name).map(|(v, _)| v * scale),
             Err(note) => {
-                if !self.notes.contains(&note) {
-                    println!("note: {note}");
-                    self.notes.push(note);
-                }
+                self.note(note);
                 None
             }
         }
     }
 
-    /// Prints a group's heading.
-    pub(crate) fn group(&self, title: &str) {
+    /// Prints a group's heading; its rows are unpinned until a [`section`](Self::section)
+    /// says otherwise.
+    pub(crate) fn group(&mut self, title: &str) {
+        self.placement = Placement::Unpinned;
         println!("\n== {title} ==");
         println!(
             "{:<44} {:>12} {:>24}   compared",
@@ -238,6 +282,7 @@ impl Report {
             median: samples.median(),
             max: samples.max(),
             n: samples.0.len(),
+            placement: self.placement,
             versus: Vec::new(),
         });
         self.figures.last_mut().expect("just pushed")
@@ -295,6 +340,10 @@ pub(crate) fn describe(v: &Versus, unit: Unit) -> String {
                 unit.show(v.reference)
             )
         }
+    } else if v.ratio < 0.1 {
+        // Far below parity (a spinning reference on the CPU its peer needs): enough digits
+        // to tell.
+        format!("{:.3}x {}", v.ratio, v.what)
     } else {
         format!("{:.2}x {}", v.ratio, v.what)
     }
@@ -333,6 +382,12 @@ mod test {
         assert_eq!(slower.advantage(Unit::Secs), 0.5);
         assert_eq!(slower.advantage(Unit::Rate), 2.0);
         assert_eq!(describe(&slower, Unit::Secs), "2.00x raw fork");
+        let far = Versus {
+            what: "raw spinning".into(),
+            reference: 1e-3,
+            ratio: 0.004,
+        };
+        assert_eq!(describe(&far, Unit::Secs), "0.004x raw spinning");
         let py = Versus {
             what: "CPython".into(),
             reference: 40e-6,
@@ -355,10 +410,25 @@ mod test {
 
     #[test]
     fn figures_serialize_with_their_comparisons() {
-        let mut r = Report::new(Size::Tiny, false);
+        let mut r = Report::new(Size::Tiny, false, 1);
         r.add("g", "x", Unit::Secs, &Samples(vec![1.0, 3.0, 2.0]))
             .versus("raw", 1.0);
+        r.section(&Ends {
+            placement: Placement::CrossCpu,
+            here: place::Cpu(Some(0)),
+            there: place::Cpu(Some(1)),
+        });
+        r.add("g", "y", Unit::Secs, &Samples(vec![1.0]));
+        r.group("h");
+        r.add("h", "z", Unit::Secs, &Samples(vec![1.0]));
         let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let placements: Vec<&str> = json["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["placement"].as_str().unwrap())
+            .collect();
+        assert_eq!(placements, ["unpinned", "cross-cpu", "unpinned"]);
         let f = &json["figures"][0];
         assert_eq!(f["group"], "g");
         assert_eq!(f["unit"], "s");
@@ -369,6 +439,7 @@ mod test {
         );
         assert_eq!(f["versus"][0]["ratio"], 2.0);
         assert_eq!(json["size"], "tiny");
+        assert_eq!(json["busy"], 1);
         assert!(json["machine"]["cpus"].as_u64().unwrap() >= 1);
     }
 

@@ -1,6 +1,6 @@
 //! Samples and their spread.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Measurements of one figure, in seconds.
 #[derive(Debug, Clone)]
@@ -71,6 +71,26 @@ impl Samples {
     }
 }
 
+/// Seconds per call of `f` (given the call's index) over `n` calls, fewer if `budget` runs out
+/// first: a placement where waiting goes badly (a spin on the CPU the other end needs) costs
+/// the run a bounded time instead of minutes, and still gives its figure.
+pub(crate) fn per_call<E>(
+    n: u32,
+    budget: Duration,
+    mut f: impl FnMut(u32) -> Result<(), E>,
+) -> Result<f64, E> {
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n.max(1) {
+        f(done)?;
+        done += 1;
+        if t.elapsed() > budget {
+            break;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() / f64::from(done))
+}
+
 /// Runs a measurement that reports its own figure `reps` times.
 pub(crate) fn repeat(
     reps: usize,
@@ -106,6 +126,26 @@ mod test {
         assert_eq!(s.median(), 2.5);
         assert_eq!(Samples(vec![5.0, 1.0, 3.0]).median(), 3.0);
         assert!(Samples(vec![]).median().is_nan());
+    }
+
+    #[test]
+    fn per_call_stops_at_its_budget() {
+        let mut calls = 0;
+        let secs = per_call(1_000_000, Duration::from_millis(20), |_| {
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(1));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!((10..100).contains(&calls), "{calls} calls");
+        assert!(secs >= 1e-3, "{secs}");
+        let mut seen = Vec::new();
+        per_call(3, Duration::from_secs(60), |i| {
+            seen.push(i);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(seen, [0, 1, 2]);
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! The raw round trip our request/reply figures (pipe, pool, manager) are compared with: 8
+//! bytes over a `socketpair` driven with plain reads and writes, in the same placement, once
+//! blocking and once spinning.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use multiproc::{Fd, Func, pipe};
+use serde::{Deserialize, Serialize};
+
+use super::place::{Cpu, Ends};
+use super::stats::per_call;
+
+const SMALL: usize = 8;
+
+/// How both ends of a raw round trip wait for the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Wait {
+    /// A blocking `read`: the process sleeps and the kernel wakes it.
+    Block,
+    /// A non-blocking `recv` in a loop: no sleep and no wake-up, a CPU burnt meanwhile.
+    Spin,
+}
+
+/// Child side: pins itself to `cpu`, then echoes 8-byte messages until the other end closes.
+#[multiproc::func]
+pub(crate) fn raw_echo(cpu: Cpu, fd: Fd, wait: Wait) {
+    cpu.pin().expect("pin");
+    let mut sock = std::fs::File::from(fd.into_owned());
+    let mut buf = [0u8; SMALL];
+    while receive(&mut sock, &mut buf, wait).expect("read") {
+        sock.write_all(&buf).expect("write");
+    }
+}
+
+/// Fills `buf` from `sock`, waiting as `wait` says; false at the end of the stream.
+fn receive(sock: &mut std::fs::File, buf: &mut [u8], wait: Wait) -> std::io::Result<bool> {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut got = 0;
+    while got < buf.len() {
+        let n = match wait {
+            Wait::Block => sock.read(&mut buf[got..]),
+            Wait::Spin => match recv(sock.as_raw_fd(), &mut buf[got..], MsgFlags::MSG_DONTWAIT) {
+                Err(nix::errno::Errno::EAGAIN) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                r => r.map_err(std::io::Error::from),
+            },
+        };
+        match n {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The two ends of a socketpair: ours as a file to drive raw, the other to hand to a child.
+pub(crate) fn socketpair() -> multiproc::Result<(std::fs::File, Fd)> {
+    // A duplex pipe's ends are socketpair ends; take their descriptors to drive them raw.
+    let (a, b) = pipe(true)?;
+    Ok((
+        std::fs::File::from(OwnedFd::from(a)),
+        Fd::from(OwnedFd::from(b)),
+    ))
+}
+
+/// Seconds per round trip of 8 bytes between this process and an echo on `ends.there`, both
+/// waiting as `wait` says: `n` round trips, fewer if `budget` runs out first.
+pub(crate) fn round_trip(
+    ends: &Ends,
+    wait: Wait,
+    n: u32,
+    budget: Duration,
+) -> multiproc::Result<f64> {
+    let (mut ours, theirs) = socketpair()?;
+    let echo = raw_echo.spawn((ends.there, theirs, wait))?;
+    let mut buf = [7u8; SMALL];
+    let mut once = |_| -> std::io::Result<()> {
+        ours.write_all(&buf)?;
+        match receive(&mut ours, &mut buf, wait)? {
+            true => Ok(()),
+            false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    };
+    // Warm: both ends running and their caches filled before the clock starts.
+    per_call(100, budget / 10, &mut once)?;
+    let secs = per_call(n, budget, &mut once)?;
+    drop(ours);
+    echo.join()?;
+    Ok(secs)
+}
