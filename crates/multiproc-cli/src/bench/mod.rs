@@ -94,11 +94,11 @@ pub(crate) const GROUPS: [(&str, &str); 12] = [
                   multiprocessing in the same run, as tables (and JSON and SVG charts when \
                   asked). The pipe, queue, pool and manager groups measure with both ends \
                   unpinned, pinned to one CPU and pinned to two CPUs, each next to the raw \
-                  primitive in the same placement.\n\nWith no option: every group in quick mode (well under a minute \
+                  primitive in the same placement.\n\nWith no option: every group in quick mode (about a minute \
                   on 2 cores), CPython peers included when python3 is on the PATH."
 )]
 pub(crate) struct Args {
-    /// Quick sizes: every group in well under a minute on 2 cores (the default)
+    /// Quick sizes: every group in about a minute on 2 cores (the default)
     #[arg(long, overrides_with_all = ["full", "tiny"])]
     quick: bool,
     /// Full sizes: the figures to quote (several minutes)
@@ -185,8 +185,9 @@ pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     let burners = busy::Burners::start(opts.busy)?;
     if opts.busy > 0 {
         let pids: Vec<String> = burners.pids().map(|p| p.to_string()).collect();
+        let s = if opts.busy == 1 { "" } else { "es" };
         println!(
-            "busy: {} CPU-burning processes beside the measurements (pids {})",
+            "busy: {} CPU-burning process{s} beside the measurements (pids {})",
             opts.busy,
             pids.join(" ")
         );

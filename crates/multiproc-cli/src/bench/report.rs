@@ -15,7 +15,7 @@ use super::stats::{Samples, human};
 pub(crate) enum Size {
     /// The smallest sizes that still exercise every path (the tests).
     Tiny,
-    /// Well under a minute for everything on 2 cores (the default).
+    /// About a minute for everything on 2 cores (the default).
     Quick,
     /// Numbers to quote.
     Full,
