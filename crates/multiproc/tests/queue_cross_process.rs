@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use common::LeakCheck;
-use multiproc::{Fd, Func, JoinableQueue, Queue, QueueError, SimpleQueue};
+use multiproc::{Fd, JoinableQueue, Queue, QueueError, SimpleQueue, StartMethod};
 
 #[multiproc::func]
 fn produce(q: Queue<(u32, u32)>, id: u32, n: u32) {
@@ -20,11 +20,10 @@ fn produce(q: Queue<(u32, u32)>, id: u32, n: u32) {
 
 /// A producer that keeps a bounded queue full and a consumer that keeps emptying it wait on
 /// each other for every item: a lost wake-up on either side shows as a stall.
-#[multiproc::test]
-fn bounded_queue_hands_over_every_item_without_stalling() {
+fn bounded_queue_hands_over_every_item_without_stalling(method: StartMethod) {
     let _leaks = LeakCheck::new();
     let q = Queue::<(u32, u32)>::bounded(1).unwrap();
-    let p = produce.spawn((q.clone(), 7, 20_000)).unwrap();
+    let p = start(method, &produce, (q.clone(), 7, 20_000)).unwrap();
     for i in 0..20_000 {
         let got = q
             .get_timeout(Duration::from_secs(10))
@@ -35,7 +34,7 @@ fn bounded_queue_hands_over_every_item_without_stalling() {
     // And with the sides swapped: the parent waits for room.
     let q = Queue::<u64>::bounded(2).unwrap();
     let seen = Queue::<u64>::new().unwrap();
-    let c = consume_forever.spawn((q.clone(), seen.clone())).unwrap();
+    let c = start(method, &consume_forever, (q.clone(), seen.clone())).unwrap();
     for i in 0..20_000u64 {
         q.put_timeout(&i, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("item {i}: {e}"));
@@ -49,12 +48,11 @@ fn bounded_queue_hands_over_every_item_without_stalling() {
     c.join().unwrap();
 }
 
-#[multiproc::test]
-fn order_is_kept_per_producer() {
+fn order_is_kept_per_producer(method: StartMethod) {
     let _leaks = LeakCheck::new();
     let q = Queue::<(u32, u32)>::new().unwrap();
     let procs: Vec<_> = (0..3)
-        .map(|id| produce.spawn((q.clone(), id, 2000)).unwrap())
+        .map(|id| start(method, &produce, (q.clone(), id, 2000)).unwrap())
         .collect();
     let mut last: HashMap<u32, u32> = HashMap::new();
     for _ in 0..6000 {
@@ -160,11 +158,10 @@ fn put_big_and_exit(q: Queue<Vec<u8>>) {
     q.put(&vec![0xab; 1 << 20]).unwrap();
 }
 
-#[multiproc::test]
-fn producer_exits_after_a_big_put_and_is_joined_before_the_get() {
+fn producer_exits_after_a_big_put_and_is_joined_before_the_get(method: StartMethod) {
     let _leaks = LeakCheck::new();
     let q = Queue::<Vec<u8>>::new().unwrap();
-    let p = put_big_and_exit.spawn(q.clone()).unwrap();
+    let p = start(method, &put_big_and_exit, q.clone()).unwrap();
     // CPython deadlocks here: the child's feeder thread waits for a reader.
     assert!(p.join_timeout(Duration::from_secs(20)).unwrap());
     p.join().unwrap();
@@ -181,13 +178,12 @@ fn worker(tasks: JoinableQueue<u32>, results: Queue<u32>) {
     }
 }
 
-#[multiproc::test]
-fn joinable_queue_join_waits_for_every_task() {
+fn joinable_queue_join_waits_for_every_task(method: StartMethod) {
     let _leaks = LeakCheck::new();
     let tasks = JoinableQueue::<u32>::new().unwrap();
     let results = Queue::<u32>::new().unwrap();
     let procs: Vec<_> = (0..3)
-        .map(|_| worker.spawn((tasks.clone(), results.clone())).unwrap())
+        .map(|_| start(method, &worker, (tasks.clone(), results.clone())).unwrap())
         .collect();
     tasks.put_many(&(0..300).collect::<Vec<_>>()).unwrap();
     assert!(
@@ -227,14 +223,13 @@ fn produce_forever(q: Queue<u64>, start: u64) {
     }
 }
 
-#[multiproc::test]
-fn killed_consumers_and_producers_do_not_wedge_the_queue() {
+fn killed_consumers_and_producers_do_not_wedge_the_queue(method: StartMethod) {
     let _leaks = LeakCheck::new();
     let q = Queue::<u64>::new().unwrap();
     let seen = Queue::<u64>::new().unwrap();
     // Consumers killed while they work, again and again.
     for round in 0..5u64 {
-        let c = consume_forever.spawn((q.clone(), seen.clone())).unwrap();
+        let c = start(method, &consume_forever, (q.clone(), seen.clone())).unwrap();
         let base = round * 1_000_000;
         for i in 0..20_000 {
             q.put(&(base + i)).unwrap();
@@ -245,9 +240,12 @@ fn killed_consumers_and_producers_do_not_wedge_the_queue() {
     }
     // Producers killed while they work.
     for round in 0..3u64 {
-        let p = produce_forever
-            .spawn((q.clone(), 100_000_000 * (round + 1)))
-            .unwrap();
+        let p = start(
+            method,
+            &produce_forever,
+            (q.clone(), 100_000_000 * (round + 1)),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(20));
         p.kill().unwrap();
         assert!(p.join_timeout(Duration::from_secs(10)).unwrap());
@@ -279,3 +277,23 @@ fn queues_and_locks_travel_through_connections() {
     drop(held);
     assert!(!lock.is_locked());
 }
+
+/// Starts `f(args)` with start method `method`.
+fn start<F: multiproc::Func<M>, M>(
+    method: StartMethod,
+    f: &F,
+    args: F::Args,
+) -> Result<multiproc::Process<F::Output>, multiproc::ProcessError> {
+    multiproc::Process::builder()
+        .start_method(method)
+        .start(f, args)
+}
+
+per_start_method!(
+    multiproc::test;
+    bounded_queue_hands_over_every_item_without_stalling,
+    order_is_kept_per_producer,
+    producer_exits_after_a_big_put_and_is_joined_before_the_get,
+    joinable_queue_join_waits_for_every_task,
+    killed_consumers_and_producers_do_not_wedge_the_queue,
+);
