@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use multiproc::Func;
+use multiproc::{Func, TimedOut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -156,9 +156,10 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ClusterError::Redis(
-            "the connection to Redis was lost".into(),
-        ))
+        Err(
+            redis::RedisError::from((redis::ErrorKind::Io, "the connection to Redis was lost"))
+                .into(),
+        )
     }
 
     /// Signs `tasks` into their `XADD`s. The slots of the tasks must exist before the
@@ -167,8 +168,7 @@ impl Inner {
         let mut pipe = redis::pipe();
         let mut sent = Vec::new();
         for task in tasks {
-            let (payload, tag) =
-                envelope::seal(&self.authkey, Kind::Task, task).map_err(ClusterError::Codec)?;
+            let (payload, tag) = envelope::seal(&self.authkey, Kind::Task, task)?;
             pipe.cmd("XADD")
                 .arg(&self.keys.tasks)
                 .arg("*")
@@ -478,7 +478,7 @@ impl ClusterPool {
     ) -> Result<Vec<Vec<u8>>, ClusterError> {
         items
             .into_iter()
-            .map(|a| postcard::to_stdvec(&a).map_err(|e| ClusterError::Codec(e.to_string())))
+            .map(|a| Ok(multiproc::codec::encode(&a)?))
             .collect()
     }
 
@@ -831,7 +831,10 @@ fn inspect(
                 };
                 n(&t[0]) * 1000 + n(&t[1]) / 1000
             }
-            _ => return Err(ClusterError::Redis("TIME gave no time".into())),
+            _ => {
+                let e = (redis::ErrorKind::UnexpectedReturnType, "TIME gave no time");
+                return Err(redis::RedisError::from(e).into());
+            }
         };
         for (w, pair) in batch.iter().zip(answers.chunks(2)) {
             let present = matches!(pair.first(), Some(redis::Value::Array(a)) if !a.is_empty());
@@ -939,7 +942,7 @@ fn taken() -> ClusterError {
 }
 
 fn decode<R: DeserializeOwned>(item: Result<Vec<u8>, ClusterError>) -> Result<R, ClusterError> {
-    postcard::from_bytes(&item?).map_err(|e| ClusterError::Codec(e.to_string()))
+    Ok(multiproc::codec::decode(&item?)?)
 }
 
 /// The tasks of one submission, and how to collect their items.
@@ -963,7 +966,7 @@ impl Pending {
         let mut all = Vec::new();
         for &t in &self.tasks {
             match take(&self.inner, t, deadline) {
-                None => return Err(ClusterError::WaitTimeout(timeout)),
+                None => return Err(TimedOut(timeout).into()),
                 Some(Ok(items)) => all.extend(items),
                 Some(Err(e)) => all.push(Err(e)),
             }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
+use multiproc::CodecError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -87,8 +88,8 @@ pub(crate) fn seal<T: Serialize>(
     key: &[u8],
     kind: Kind,
     value: &T,
-) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let payload = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
+) -> Result<(Vec<u8>, Vec<u8>), CodecError> {
+    let payload = multiproc::codec::encode(value)?;
     let tag = mac(key, kind, &payload).finalize().into_bytes().to_vec();
     Ok((payload, tag))
 }
@@ -107,7 +108,7 @@ pub(crate) fn open<T: DeserializeOwned>(
     mac(key, kind, payload)
         .verify_slice(tag)
         .map_err(|_| "bad signature: tampered, or signed with another authkey".to_string())?;
-    postcard::from_bytes(payload).map_err(|e| format!("signed but undecodable: {e}"))
+    multiproc::codec::decode(payload).map_err(|e| format!("signed but undecodable: {e}"))
 }
 
 fn mac(key: &[u8], kind: Kind, payload: &[u8]) -> HmacSha256 {

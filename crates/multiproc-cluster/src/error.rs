@@ -1,23 +1,26 @@
 //! The errors of the cluster pool.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use multiproc::{CodecError, NotRegistered, TimedOut};
 use serde::{Deserialize, Serialize};
 
 /// What can go wrong submitting tasks to the cluster, or running them there.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
-    /// Talking to Redis failed (unreachable, refused, AUTH/ACL denied, ...).
+    /// Talking to Redis failed (unreachable, refused, AUTH/ACL denied, ...): Redis's own
+    /// error (shared, so that one failure can be every waiting task's).
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(#[source] Arc<redis::RedisError>),
     /// Arguments or results could not go through the codec.
-    #[error("codec: {0}")]
-    Codec(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// The function is not registered with `#[multiproc::func]` (in the client, or in the
     /// worker's binary).
-    #[error("function `{0}` is not registered")]
-    NotRegistered(String),
+    #[error(transparent)]
+    NotRegistered(#[from] NotRegistered),
     /// The task panicked on a worker.
     #[error("the task panicked: {0}")]
     Panicked(String),
@@ -37,8 +40,8 @@ pub enum ClusterError {
     #[error("the task failed: {0}")]
     Failed(String),
     /// Waiting for a result ran out of time (the task goes on).
-    #[error("no result within {0:?}")]
-    WaitTimeout(Duration),
+    #[error("no result: {0}")]
+    WaitTimeout(#[from] TimedOut),
     /// No worker started the task before its expiry
     /// ([`task_expiry`](crate::ClusterPoolBuilder::task_expiry)); it will not run.
     #[error("no worker started the task within its expiry of {0:?}")]
@@ -58,7 +61,7 @@ pub enum ClusterError {
 
 impl From<redis::RedisError> for ClusterError {
     fn from(e: redis::RedisError) -> Self {
-        ClusterError::Redis(e.to_string())
+        ClusterError::Redis(Arc::new(e))
     }
 }
 
@@ -75,7 +78,7 @@ pub(crate) enum TaskFailure {
 impl From<TaskFailure> for ClusterError {
     fn from(f: TaskFailure) -> Self {
         match f {
-            TaskFailure::NotRegistered(n) => ClusterError::NotRegistered(n),
+            TaskFailure::NotRegistered(n) => ClusterError::NotRegistered(NotRegistered(n)),
             TaskFailure::Panicked(m) => ClusterError::Panicked(m),
             TaskFailure::Timeout(ms) => ClusterError::Timeout(Duration::from_millis(ms)),
             TaskFailure::DeadLetter { tries, last } => ClusterError::DeadLetter { tries, last },

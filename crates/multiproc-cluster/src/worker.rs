@@ -645,7 +645,7 @@ fn run_items(shared: &Shared, task: &Task) -> Result<Vec<Result<ByteBuf, TaskFai
             return Ok(task
                 .items
                 .iter()
-                .map(|_| Err(TaskFailure::NotRegistered(name.clone())))
+                .map(|_| Err(TaskFailure::NotRegistered(name.name().to_string())))
                 .collect());
         }
         Err(e) => return Err(e.to_string()),
@@ -659,7 +659,7 @@ fn run_items(shared: &Shared, task: &Task) -> Result<Vec<Result<ByteBuf, TaskFai
             }
             Err(PoolError::Panicked(m)) => Err(TaskFailure::Panicked(m)),
             Err(PoolError::Timeout(t)) => Err(TaskFailure::Timeout(t.as_millis() as u64)),
-            Err(PoolError::NotRegistered(n)) => Err(TaskFailure::NotRegistered(n)),
+            Err(PoolError::NotRegistered(n)) => Err(TaskFailure::NotRegistered(n.0)),
             Err(e) => Err(TaskFailure::Failed(e.to_string())),
         });
     }

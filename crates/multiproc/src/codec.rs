@@ -1,5 +1,23 @@
 //! The serde codec behind every typed channel: one place to swap formats.
 //!
+//! Public for the layers that carry values as bytes themselves (a broker, a file, a
+//! process of another kind): [`encode`] and [`decode`] give the bytes a [`Connection`],
+//! a [`Queue`] or a pool task carries, so that what such a layer stores can go to
+//! [`Pool::map_encoded`] and come back from it. Everything else uses the typed APIs.
+//!
+//! ```
+//! let bytes = multiproc::codec::encode(&(7u64, "seven"))?;
+//! let back: (u64, String) = multiproc::codec::decode(&bytes)?;
+//! assert_eq!(back, (7, "seven".to_string()));
+//! // All of the bytes must be the value: a prefix of something else is an error.
+//! assert!(multiproc::codec::decode::<u64>(&bytes).is_err());
+//! # Ok::<(), multiproc::CodecError>(())
+//! ```
+//!
+//! [`Connection`]: crate::Connection
+//! [`Queue`]: crate::Queue
+//! [`Pool::map_encoded`]: crate::Pool::map_encoded
+//!
 //! Values are encoded with `postcard` (compact, varint-based), through a layer that keeps the
 //! words of the errors a value's own serde code raises (see [`format`]). Decoding takes the
 //! whole input: bytes left over after the value are an error, not ignored. File descriptors
@@ -74,8 +92,10 @@ fn explain(e: Failure, which: &str) -> String {
     }
 }
 
-/// Encodes a value that must not carry file descriptors.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+/// Encodes a value that carries no file descriptors ([`Fd`]): the bytes every typed channel
+/// carries. [`CodecError::Encode`] names the type and says why (its `Serialize` refused, or
+/// the format cannot hold it).
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     // Most values are small: encode on the stack and allocate once, at the exact size,
     // instead of growing a vector from empty.
     let mut small = [0u8; 256];
@@ -191,8 +211,10 @@ impl postcard::ser_flavors::Flavor for SmallFlavor<'_, '_> {
     }
 }
 
-/// Decodes a value that carries no file descriptors: all of `bytes` (see [`decode_borrowed`]).
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+/// Decodes a value that carries no file descriptors from all of `bytes`: bytes left over
+/// after the value are an error, as are bytes of another type ([`CodecError::Decode`]
+/// names the type).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_borrowed(bytes)
 }
 

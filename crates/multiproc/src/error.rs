@@ -1,10 +1,42 @@
 //! Error types: one `thiserror` enum per area, converging on [`Error`].
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// A wait ran out of time: the one timeout of every area (a lock's `acquire`, a join, a
+/// `recv`, a wait for a pool result). Each area's error carries it as its `Timeout` variant
+/// (`WaitTimeout` for pools, whose `Timeout` is a task's own time limit), and converts from
+/// it with `?`.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{SyncError, TimedOut};
+/// let e = SyncError::from(TimedOut(Duration::from_millis(5)));
+/// assert!(matches!(e, SyncError::Timeout(TimedOut(d)) if d == Duration::from_millis(5)));
+/// assert_eq!(e.to_string(), "timed out after 5ms");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out after {0:?}")]
+pub struct TimedOut(pub Duration);
+
+/// A function named to run in another process is not registered with
+/// `#[multiproc::func]` in this binary (or is a closure, which cannot be): the error of every
+/// area that runs functions by name (processes, pools, the cluster pool). The message says
+/// what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", not_registered(&self.0))]
+pub struct NotRegistered(pub String);
+
+impl NotRegistered {
+    /// The function's full path, as `std::any::type_name` reports it.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Errors of the serde codec used by every typed channel.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {
     /// A value could not be serialized (for example a map with non-string keys in a
@@ -22,11 +54,8 @@ pub enum CodecError {
 #[non_exhaustive]
 pub enum ProcessError {
     /// The function named for a spawned child is not in this binary's registry.
-    #[error("{}", not_registered(name))]
-    NotRegistered {
-        /// Full path of the function as `std::any::type_name` reports it.
-        name: String,
-    },
+    #[error(transparent)]
+    NotRegistered(#[from] NotRegistered),
     /// The child panicked; the message is the panic payload.
     #[error("process {pid} panicked: {message}")]
     Panicked {
@@ -52,8 +81,8 @@ pub enum ProcessError {
         signal: i32,
     },
     /// A wait ran out of time.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Timeout(#[from] TimedOut),
     /// The child could not start its function (a bootstrap problem in the child).
     #[error("process {pid} failed to start: {message}")]
     Bootstrap {
@@ -139,8 +168,8 @@ pub enum ConnectionError {
         timeout: Duration,
     },
     /// A wait ran out of time.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Timeout(#[from] TimedOut),
     /// This end was opened write-only or read-only.
     #[error("this end of the connection is not {0}")]
     WrongDirection(&'static str),
@@ -182,29 +211,54 @@ pub enum PoolError {
     #[error("task ran longer than {0:?}; its worker was killed")]
     Timeout(Duration),
     /// A wait for a result ran out of time (the task goes on).
-    #[error("no result within {0:?}")]
-    WaitTimeout(Duration),
+    #[error("no result: {0}")]
+    WaitTimeout(#[from] TimedOut),
     /// The pool was terminated before the task finished.
     #[error("the pool was terminated")]
     Terminated,
     /// The pool is closed: no new tasks.
     #[error("the pool is closed")]
     Closed,
-    /// The worker initializer failed; the pool does not restart workers in a loop.
+    /// The worker initializer failed, as the worker reported it (its panic or error message;
+    /// the error itself lived in the worker's process); the pool does not restart workers in
+    /// a loop.
     #[error("worker initializer failed: {0}")]
     Initializer(String),
-    /// Arguments or a result could not go through the codec.
-    #[error("codec: {0}")]
-    Codec(String),
+    /// Arguments or a result could not go through the codec (on this side, or in the
+    /// worker, which reports its codec's words).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// The function is not registered with `#[multiproc::func]`.
-    #[error("{}", not_registered(.0))]
-    NotRegistered(String),
+    #[error(transparent)]
+    NotRegistered(#[from] NotRegistered),
     /// A bad argument, such as a chunk size of 0.
     #[error("invalid argument: {0}")]
     Invalid(String),
-    /// Starting or talking to a worker failed.
-    #[error("{0}")]
-    Io(String),
+    /// The worker could not run the task at all, as it reported it.
+    #[error("the task failed on its worker: {0}")]
+    Failed(String),
+    /// Starting or talking to a worker failed: what was being done, and why (the OS error,
+    /// or the [`ProcessError`] of a worker that did not start; shared, so that the error of
+    /// one chunk can be each of its items').
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl PoolError {
+    pub(crate) fn io<E: std::error::Error + Send + Sync + 'static>(
+        op: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |e| PoolError::Io {
+            op,
+            source: Arc::new(e),
+        }
+    }
 }
 
 /// Errors of queues.
@@ -245,8 +299,8 @@ pub enum QueueError {
 #[non_exhaustive]
 pub enum SyncError {
     /// A wait ran out of time.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    #[error(transparent)]
+    Timeout(#[from] TimedOut),
     /// The process holding the lock died holding it. The lock was taken over by the caller;
     /// the data it protected may be half-updated.
     #[error("the owner of the lock (process {pid}) died holding it")]
@@ -272,6 +326,47 @@ pub enum SyncError {
     /// A value outside what the primitive accepts (for example a barrier of 0 parties).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// An operating system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Errors of [`SharedMemory`](crate::SharedMemory).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SharedMemoryError {
+    /// A name that is not a shared memory name (empty, with a `/` inside, or too long).
+    #[error("bad shared memory name `{0}`: one word without `/`, at most 250 bytes")]
+    BadName(String),
+    /// Shared memory of 0 bytes.
+    #[error("shared memory of size 0")]
+    ZeroSize,
+    /// `create` of a name that exists.
+    #[error("shared memory `{0}` exists already")]
+    Exists(String),
+    /// `open` of a name that does not exist (never made, or unlinked).
+    #[error("no shared memory is named `{0}`")]
+    NotFound(String),
+    /// `open_sized` found another size.
+    #[error("shared memory `{name}` is {size} bytes, not {expected}")]
+    WrongSize {
+        /// The name.
+        name: String,
+        /// Its size.
+        size: usize,
+        /// The size asked for.
+        expected: usize,
+    },
+    /// A read or write outside the block.
+    #[error("range {offset}+{len} outside {size} bytes")]
+    OutOfRange {
+        /// Where it starts.
+        offset: usize,
+        /// How many bytes.
+        len: usize,
+        /// The block's size.
+        size: usize,
+    },
     /// An operating system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -412,6 +507,9 @@ pub enum Error {
     /// See [`QueueError`].
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// See [`SharedMemoryError`].
+    #[error(transparent)]
+    SharedMemory(#[from] SharedMemoryError),
     /// See [`PoolError`].
     #[error(transparent)]
     Pool(#[from] PoolError),

@@ -42,7 +42,7 @@
 // Lets the crate use its own attribute macros (which name `::multiproc`).
 extern crate self as multiproc;
 
-mod codec;
+pub mod codec;
 pub mod connection;
 mod cpu;
 mod error;
@@ -61,8 +61,8 @@ pub use codec::Fd;
 pub use connection::{Address, Client, Connection, Listener, pipe, wait};
 pub use cpu::cpu_count;
 pub use error::{
-    CodecError, ConnectionError, Error, ManagerError, PoolError, ProcessError, QueueError, Result,
-    SyncError,
+    CodecError, ConnectionError, Error, ManagerError, NotRegistered, PoolError, ProcessError,
+    QueueError, Result, SharedMemoryError, SyncError, TimedOut,
 };
 pub use manager::Manager;
 pub use multiproc_macros::{func, main, managed, test};

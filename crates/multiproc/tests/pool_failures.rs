@@ -266,7 +266,7 @@ fn imap_yields_what_it_submitted_before_an_item_that_does_not_encode(method: Sta
         assert_eq!(r.as_ref().ok(), Some(&((i * i) as u64)), "{got:?}");
     }
     assert!(
-        matches!(&got[13], Err(PoolError::Codec(m)) if m.contains("thirteen does not travel")),
+        matches!(&got[13], Err(PoolError::Codec(m)) if m.to_string().contains("thirteen does not travel")),
         "{got:?}"
     );
 }

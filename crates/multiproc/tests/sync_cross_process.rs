@@ -659,7 +659,7 @@ fn barrier_with_many_parties_abort_and_reset() {
 
 #[multiproc::test]
 fn shared_memory_named_and_anonymous() {
-    use multiproc::SharedMemory;
+    use multiproc::{SharedMemory, SharedMemoryError};
     let leaks = LeakCheck::new();
     let name = common::shm_name("named");
     let owner = SharedMemory::create(&name, 4096).unwrap();
@@ -672,24 +672,36 @@ fn shared_memory_named_and_anonymous() {
     assert_eq!(&buf, b"named");
     assert!(matches!(
         SharedMemory::open_sized(&name, 10),
-        Err(SyncError::Invalid(_))
+        Err(SharedMemoryError::WrongSize {
+            size: 4096,
+            expected: 10,
+            ..
+        })
     ));
     assert!(matches!(
         SharedMemory::create(&name, 10),
-        Err(SyncError::Io(_))
+        Err(SharedMemoryError::Exists(n)) if n.ends_with(&name)
     ));
     assert!(matches!(
         other.write(4095, b"xx"),
-        Err(SyncError::Invalid(_))
+        Err(SharedMemoryError::OutOfRange {
+            offset: 4095,
+            len: 2,
+            size: 4096
+        })
     ));
     drop(other);
     drop(owner); // unlinks
     assert!(
-        matches!(SharedMemory::open(&name), Err(SyncError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound)
+        matches!(SharedMemory::open(&name), Err(SharedMemoryError::NotFound(n)) if n.ends_with(&name))
     );
     assert!(matches!(
         SharedMemory::open("bad/name"),
-        Err(SyncError::Invalid(_))
+        Err(SharedMemoryError::BadName(_))
+    ));
+    assert!(matches!(
+        SharedMemory::new(0),
+        Err(SharedMemoryError::ZeroSize)
     ));
     let anon = SharedMemory::new(64).unwrap();
     let p = Process::fork({

@@ -348,7 +348,9 @@ impl Connection {
                     }
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     if sys::poll_readable(&[self.fd.as_fd()], left)? != [true] {
-                        return Err(ConnectionError::Timeout(left.unwrap_or_default()));
+                        return Err(ConnectionError::Timeout(crate::TimedOut(
+                            left.unwrap_or_default(),
+                        )));
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -390,7 +392,7 @@ impl Connection {
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if sys::poll_readable(&[self.fd.as_fd()], Some(left))? != [true] {
-                    return Err(ConnectionError::Timeout(left));
+                    return Err(ConnectionError::Timeout(crate::TimedOut(left)));
                 }
             }
             match sys::recv_with_fds(self.fd.as_fd(), buf) {

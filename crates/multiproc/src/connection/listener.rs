@@ -351,7 +351,7 @@ fn wait_readable(
         Some((at, timeout)) => {
             let left = at.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ConnectionError::Timeout(timeout));
+                return Err(ConnectionError::Timeout(crate::TimedOut(timeout)));
             }
             Some(left)
         }

@@ -506,7 +506,7 @@ macro_rules! acquire_methods {
         pub fn acquire_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
             match self.acquire_with(Some(timeout))? {
                 true => Ok(()),
-                false => Err(SyncError::Timeout(timeout).into()),
+                false => Err(SyncError::Timeout(crate::TimedOut(timeout)).into()),
             }
         }
     };

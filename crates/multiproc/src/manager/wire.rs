@@ -119,7 +119,7 @@ impl From<Fault> for ManagerError {
             Fault::UnknownKind(k) => ManagerError::UnknownKind(k),
             Fault::BadArguments(m) => ManagerError::BadArguments(m),
             Fault::Panicked(m) => ManagerError::Panicked(m),
-            Fault::Timeout(t) => SyncError::Timeout(t).into(),
+            Fault::Timeout(t) => SyncError::Timeout(crate::TimedOut(t)).into(),
             Fault::Empty => QueueError::Empty.into(),
             Fault::Full => QueueError::Full.into(),
             Fault::TooManyTaskDone => QueueError::TooManyTaskDone.into(),

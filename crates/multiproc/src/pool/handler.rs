@@ -174,10 +174,9 @@ fn publish(st: &mut State, cfg: &Config, workers: &[Worker]) {
 }
 
 pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
-    let (ours, theirs) = pipe(true).map_err(|e| PoolError::Io(e.to_string()))?;
+    let (ours, theirs) = pipe(true).map_err(PoolError::io("cannot make a worker's connection"))?;
     let reports = Reports::new()?;
-    let progress =
-        Progress::new().map_err(|e| PoolError::Io(format!("cannot make a progress area: {e}")))?;
+    let progress = Progress::new().map_err(PoolError::io("cannot make a progress area"))?;
     if let Some(run) = cfg.closure.clone() {
         let maxtasks = cfg.maxtasks;
         let (ring, kept) = (reports.clone(), progress.clone());
@@ -190,7 +189,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
                     Box::new(move |a, out| run(a, out))
                 })
             })
-            .map_err(|e| PoolError::Io(format!("cannot fork a worker: {e}")))?;
+            .map_err(PoolError::io("cannot fork a worker"))?;
         return Ok(Worker::new(process, ours, reports, progress));
     }
     let mut b = Process::builder().daemon(true).name("PoolWorker");
@@ -208,7 +207,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
                 cfg.maxtasks,
             ),
         )
-        .map_err(|e| PoolError::Io(format!("cannot start a worker: {e}")))?;
+        .map_err(PoolError::io("cannot start a worker"))?;
     Ok(Worker::new(process, ours, reports, progress))
 }
 
@@ -518,7 +517,7 @@ impl Handler {
                 Ok(msg) => msg,
                 Err(e) => {
                     // Cannot happen with plain bytes; fail the chunk rather than lose it.
-                    let err = PoolError::Codec(e.to_string());
+                    let err = PoolError::Codec(e);
                     let results = (0..chunk.args.len()).map(|_| Err(err.clone())).collect();
                     let (cbs, _) = record_locked(&mut st, chunk.job, chunk.start, results);
                     self.callbacks.extend(cbs);

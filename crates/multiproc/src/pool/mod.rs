@@ -55,7 +55,7 @@ use serde::de::DeserializeOwned;
 pub use result::Encoded;
 pub use result::{AsyncResult, Imap, MapResult};
 
-use crate::error::PoolError;
+use crate::error::{NotRegistered, PoolError};
 use crate::process::StartMethod;
 use crate::process::registry::{self, Func};
 use handler::Config;
@@ -119,11 +119,11 @@ impl PoolBuilder {
     pub fn initializer<F: Func<M>, M>(mut self, f: &F, args: F::Args) -> Self {
         let name = f.registered_name();
         if registry::lookup(name).is_none() {
-            self.init_error = Some(PoolError::NotRegistered(name.into()));
+            self.init_error = Some(NotRegistered(name.into()).into());
         }
         match crate::codec::encode(&args) {
             Ok(bytes) => self.init = Some((name.to_string(), bytes)),
-            Err(e) => self.init_error = Some(PoolError::Codec(e.to_string())),
+            Err(e) => self.init_error = Some(e.into()),
         }
         self
     }
@@ -198,13 +198,14 @@ impl PoolBuilder {
             method: self.method,
             closure: self.closure,
         };
-        let (wake_r, wake_w) = UnixStream::pair().map_err(|e| PoolError::Io(e.to_string()))?;
+        let (wake_r, wake_w) =
+            UnixStream::pair().map_err(PoolError::io("cannot make the pool's doorbell"))?;
         wake_r
             .set_nonblocking(true)
-            .map_err(|e| PoolError::Io(e.to_string()))?;
+            .map_err(PoolError::io("cannot make the pool's doorbell"))?;
         wake_w
             .set_nonblocking(true)
-            .map_err(|e| PoolError::Io(e.to_string()))?;
+            .map_err(PoolError::io("cannot make the pool's doorbell"))?;
         let shared: Shared = Arc::new(Inner {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -219,7 +220,7 @@ impl PoolBuilder {
         let handle = std::thread::Builder::new()
             .name("multiproc-pool".into())
             .spawn(move || handler::run(thread_shared, cfg, wake_r, workers))
-            .map_err(|e| PoolError::Io(e.to_string()))?;
+            .map_err(PoolError::io("cannot start the pool's thread"))?;
         let pool = Pool {
             shared,
             handler: Mutex::new(Some(handle)),
@@ -406,8 +407,7 @@ impl Pool {
         let mut batch = Batch::default();
         let mut data = Vec::new();
         for a in items {
-            crate::codec::encode_into(&a, &mut data)
-                .map_err(|e| PoolError::Codec(e.to_string()))?;
+            crate::codec::encode_into(&a, &mut data)?;
             batch.ends.push(data.len() as u32);
         }
         batch.data = serde_bytes::ByteBuf::from(data);
@@ -418,15 +418,34 @@ impl Pool {
         let name = f.registered_name();
         registry::lookup(name)
             .map(|_| name)
-            .ok_or_else(|| PoolError::NotRegistered(name.into()))
+            .ok_or_else(|| NotRegistered(name.into()).into())
     }
 
     /// Runs the function registered as `function` over already encoded arguments,
     /// `chunksize` items per task; an item running past `timeout` has its worker killed and
     /// fails with [`PoolError::Timeout`]. The results stay encoded
     /// ([`MapResult::get_each_encoded`]). For layers that carry tasks as bytes, such as the
-    /// cluster pool.
-    #[doc(hidden)]
+    /// cluster pool: the arguments and results are the bytes of [`codec`](crate::codec), and
+    /// `function` is a name [`Func::registered_name`] gave.
+    ///
+    /// ```
+    /// #[multiproc::func]
+    /// fn double(x: u64) -> u64 { x * 2 }
+    ///
+    /// # #[multiproc::main] fn main() -> multiproc::Result<()> {
+    /// use multiproc::{Func, Pool, codec};
+    /// let pool = Pool::new(2)?;
+    /// // Bytes as they came from elsewhere (a broker, a file): each item the encoded arguments.
+    /// let items: Vec<Vec<u8>> = (1..=3u64).map(|x| codec::encode(&x)).collect::<Result<_, _>>()?;
+    /// let results = pool.map_encoded(double.registered_name(), &items, 2, None)?;
+    /// let doubled: Vec<u64> = results
+    ///     .get_each_encoded()
+    ///     .into_iter()
+    ///     .map(|r| Ok(codec::decode(&r?)?))
+    ///     .collect::<multiproc::Result<_>>()?;
+    /// assert_eq!(doubled, [2, 4, 6]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_encoded(
         &self,
         function: &str,
@@ -434,8 +453,7 @@ impl Pool {
         chunksize: usize,
         timeout: Option<Duration>,
     ) -> Result<MapResult<Encoded>, PoolError> {
-        let entry =
-            registry::lookup(function).ok_or_else(|| PoolError::NotRegistered(function.into()))?;
+        let entry = registry::lookup(function).ok_or_else(|| NotRegistered(function.into()))?;
         let mut batch = Batch::default();
         let mut data = Vec::new();
         for item in items {

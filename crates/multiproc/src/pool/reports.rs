@@ -36,7 +36,7 @@ pub(crate) struct Reports {
 impl Reports {
     pub(crate) fn new() -> Result<Reports, PoolError> {
         let ring = Ring::new(0, crate::queue::DEFAULT_QUEUE_BYTES)
-            .map_err(|e| PoolError::Io(format!("cannot make a report ring: {e}")))?;
+            .map_err(PoolError::io("cannot make a report ring"))?;
         Ok(Reports { ring })
     }
 

@@ -14,7 +14,7 @@ use super::wire::Batch;
 use crate::error::PoolError;
 
 fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
-    crate::codec::decode(r?.bytes()).map_err(|e| PoolError::Codec(e.to_string()))
+    Ok(crate::codec::decode(r?.bytes())?)
 }
 
 /// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
@@ -102,7 +102,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits at most `timeout` ([`PoolError::WaitTimeout`] after; the task goes on).
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, PoolError> {
         if !wait_done(&self.shared, self.job, Some(Instant::now() + timeout)) {
-            return Err(PoolError::WaitTimeout(timeout));
+            return Err(PoolError::WaitTimeout(crate::TimedOut(timeout)));
         }
         self.take_one()
     }
@@ -205,14 +205,14 @@ impl<R> std::fmt::Debug for MapResult<R> {
     }
 }
 
-/// Results kept encoded ([`Pool::map_encoded`](super::Pool::map_encoded)).
-#[doc(hidden)]
+/// The result type of [`Pool::map_encoded`](super::Pool::map_encoded): results kept as the
+/// bytes the worker sent ([`MapResult::get_each_encoded`]).
 #[derive(Debug, serde::Deserialize)]
 pub struct Encoded;
 
 impl MapResult<Encoded> {
-    /// Every item's encoded result, in order.
-    #[doc(hidden)]
+    /// Waits for every item; each item's encoded result (decode it with
+    /// [`codec::decode`](crate::codec::decode)) or its error, in order.
     pub fn get_each_encoded(self) -> Vec<Result<Vec<u8>, PoolError>> {
         wait_done(&self.shared, self.job, None);
         take(&self.shared, self.job)
@@ -243,7 +243,7 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// [`get`](MapResult::get) waiting at most `timeout`.
     pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, PoolError> {
         if !wait_done(&self.shared, self.job, Some(Instant::now() + timeout)) {
-            return Err(PoolError::WaitTimeout(timeout));
+            return Err(PoolError::WaitTimeout(crate::TimedOut(timeout)));
         }
         take(&self.shared, self.job)
             .into_iter()
@@ -267,7 +267,7 @@ impl<R: DeserializeOwned> MapResult<R> {
         timeout: Duration,
     ) -> Result<Vec<Result<R, PoolError>>, PoolError> {
         if !wait_done(&self.shared, self.job, Some(Instant::now() + timeout)) {
-            return Err(PoolError::WaitTimeout(timeout));
+            return Err(PoolError::WaitTimeout(crate::TimedOut(timeout)));
         }
         Ok(take(&self.shared, self.job)
             .into_iter()
@@ -440,7 +440,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
         let mut failed = None;
         for item in self.input.by_ref().take(want) {
             if let Err(e) = crate::codec::encode_into(&item, &mut data) {
-                failed = Some(PoolError::Codec(e.to_string()));
+                failed = Some(PoolError::Codec(e));
                 break;
             }
             batch.ends.push(data.len() as u32);

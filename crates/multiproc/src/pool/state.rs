@@ -10,7 +10,7 @@ use super::progress::Clock;
 use super::reports::Reports;
 use super::wire::{Batch, Failure, FromWorker, RunRef};
 use crate::connection::Connection;
-use crate::error::PoolError;
+use crate::error::{CodecError, PoolError};
 use crate::process::Outcome;
 
 /// A finished item's encoded result: a slice of its chunk's result buffer (shared, so a chunk
@@ -203,11 +203,14 @@ impl Job {
 pub(crate) fn failure(failure: Failure) -> PoolError {
     match failure {
         Failure::Task(Outcome::Returned(_)) => {
-            PoolError::Io("a failure report without a failure".into())
+            PoolError::Failed("a failure report without a failure".into())
         }
         Failure::Task(Outcome::Panicked(m)) => PoolError::Panicked(m),
-        Failure::Task(Outcome::Codec { message, .. }) => PoolError::Codec(message),
-        Failure::Task(Outcome::Failed(m)) => PoolError::Io(m),
+        Failure::Task(Outcome::Codec { encode, message }) => PoolError::Codec(match encode {
+            true => CodecError::Encode(message),
+            false => CodecError::Decode(message),
+        }),
+        Failure::Task(Outcome::Failed(m)) => PoolError::Failed(m),
         Failure::BrokeWorker(m) => PoolError::WorkerBroken(m),
     }
 }

@@ -165,9 +165,7 @@ impl Builder {
     ) -> Result<Process<F::Output>, ProcessError> {
         let function = f.registered_name();
         if registry::lookup(function).is_none() {
-            return Err(ProcessError::NotRegistered {
-                name: function.to_string(),
-            });
+            return Err(crate::NotRegistered(function.to_string()).into());
         }
         let (args, fds) = crate::codec::encode_with_fds(&args)?;
         self.launch(function, args, fds)

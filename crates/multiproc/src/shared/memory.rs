@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::SyncError;
+use crate::error::SharedMemoryError;
 use crate::process::tracker;
 use crate::shm::Block;
 use crate::sys::Region;
@@ -25,7 +25,7 @@ use crate::sys::Region;
 /// let mut buf = [0u8; 5];
 /// shm.read(0, &mut buf)?;
 /// assert_eq!(&buf, b"hello");
-/// # Ok::<(), multiproc::SyncError>(())
+/// # Ok::<(), multiproc::SharedMemoryError>(())
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SharedMemory {
@@ -50,21 +50,28 @@ impl Drop for Name {
     }
 }
 
-fn shm_name(name: &str) -> Result<String, SyncError> {
+fn shm_name(name: &str) -> Result<String, SharedMemoryError> {
     let bare = name.trim_start_matches('/');
     if bare.is_empty() || bare.contains('/') || bare.len() > 250 {
-        return Err(SyncError::Invalid(format!(
-            "bad shared memory name `{name}`"
-        )));
+        return Err(SharedMemoryError::BadName(name.to_string()));
     }
     Ok(format!("/{bare}"))
 }
 
+/// The error of a call on the name `name`: a missing or existing name said as such.
+fn named(name: &str) -> impl FnOnce(std::io::Error) -> SharedMemoryError + '_ {
+    move |e| match e.kind() {
+        std::io::ErrorKind::NotFound => SharedMemoryError::NotFound(name.to_string()),
+        std::io::ErrorKind::AlreadyExists => SharedMemoryError::Exists(name.to_string()),
+        _ => SharedMemoryError::Io(e),
+    }
+}
+
 impl SharedMemory {
     /// Anonymous shared memory of `size` bytes, zero-filled.
-    pub fn new(size: usize) -> Result<SharedMemory, SyncError> {
+    pub fn new(size: usize) -> Result<SharedMemory, SharedMemoryError> {
         if size == 0 {
-            return Err(SyncError::Invalid("shared memory of size 0".into()));
+            return Err(SharedMemoryError::ZeroSize);
         }
         Ok(SharedMemory {
             block: Block(Arc::new(Region::create("multiproc-shm", size)?)),
@@ -74,12 +81,12 @@ impl SharedMemory {
 
     /// Named shared memory of `size` bytes; fails if the name exists. This handle owns the
     /// name: dropping it (and its clones) unlinks it.
-    pub fn create(name: &str, size: usize) -> Result<SharedMemory, SyncError> {
+    pub fn create(name: &str, size: usize) -> Result<SharedMemory, SharedMemoryError> {
         if size == 0 {
-            return Err(SyncError::Invalid("shared memory of size 0".into()));
+            return Err(SharedMemoryError::ZeroSize);
         }
         let name = shm_name(name)?;
-        let region = Region::create_named(&name, size)?;
+        let region = Region::create_named(&name, size).map_err(named(&name))?;
         // Unlinked by the tree's tracker should this process end without dropping it.
         tracker::register(&name);
         Ok(SharedMemory {
@@ -88,11 +95,11 @@ impl SharedMemory {
         })
     }
 
-    /// Attaches to named shared memory. A missing name is [`SyncError::Io`] with
-    /// `NotFound`.
-    pub fn open(name: &str) -> Result<SharedMemory, SyncError> {
+    /// Attaches to named shared memory. A missing name is
+    /// [`SharedMemoryError::NotFound`].
+    pub fn open(name: &str) -> Result<SharedMemory, SharedMemoryError> {
         let name = shm_name(name)?;
-        let region = Region::open_named(&name)?;
+        let region = Region::open_named(&name).map_err(named(&name))?;
         Ok(SharedMemory {
             block: Block(Arc::new(region)),
             name: Some(Arc::new(Name { name, owner: false })),
@@ -100,14 +107,15 @@ impl SharedMemory {
     }
 
     /// Attaches to named shared memory that must be exactly `size` bytes
-    /// ([`SyncError::Invalid`] otherwise).
-    pub fn open_sized(name: &str, size: usize) -> Result<SharedMemory, SyncError> {
+    /// ([`SharedMemoryError::WrongSize`] otherwise).
+    pub fn open_sized(name: &str, size: usize) -> Result<SharedMemory, SharedMemoryError> {
         let shm = SharedMemory::open(name)?;
         if shm.size() != size {
-            return Err(SyncError::Invalid(format!(
-                "shared memory `{name}` is {} bytes, not {size}",
-                shm.size()
-            )));
+            return Err(SharedMemoryError::WrongSize {
+                name: name.to_string(),
+                size: shm.size(),
+                expected: size,
+            });
         }
         Ok(shm)
     }
@@ -122,32 +130,33 @@ impl SharedMemory {
         self.name.as_ref().map(|n| n.name.as_str())
     }
 
-    fn check(&self, offset: usize, len: usize) -> Result<(), SyncError> {
+    fn check(&self, offset: usize, len: usize) -> Result<(), SharedMemoryError> {
         if offset.checked_add(len).is_none_or(|end| end > self.size()) {
-            return Err(SyncError::Invalid(format!(
-                "range {offset}+{len} outside {} bytes",
-                self.size()
-            )));
+            return Err(SharedMemoryError::OutOfRange {
+                offset,
+                len,
+                size: self.size(),
+            });
         }
         Ok(())
     }
 
     /// Copies bytes out, from `offset`.
-    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), SyncError> {
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), SharedMemoryError> {
         self.check(offset, buf.len())?;
         self.block.read(offset, buf);
         Ok(())
     }
 
     /// Copies bytes in, at `offset`.
-    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), SyncError> {
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), SharedMemoryError> {
         self.check(offset, data.len())?;
         self.block.write(offset, data);
         Ok(())
     }
 
     /// Removes the name now (mappings stay valid; new `open`s fail).
-    pub fn unlink(&self) -> Result<(), SyncError> {
+    pub fn unlink(&self) -> Result<(), SharedMemoryError> {
         match &self.name {
             Some(n) => {
                 Region::unlink_named(&n.name)?;

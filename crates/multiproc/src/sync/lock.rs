@@ -21,7 +21,7 @@ pub enum AcquireError<G> {
         guard: G,
     },
     /// Not acquired within the time limit.
-    Timeout(Duration),
+    Timeout(crate::TimedOut),
 }
 
 impl<G> AcquireError<G> {
@@ -42,7 +42,7 @@ impl<G> std::fmt::Display for AcquireError<G> {
                 f,
                 "the previous holder (pid {pid}) died holding the lock; the caller holds it now"
             ),
-            AcquireError::Timeout(t) => write!(f, "the lock was not acquired within {t:?}"),
+            AcquireError::Timeout(t) => write!(f, "the lock was not acquired within {:?}", t.0),
         }
     }
 }
@@ -78,7 +78,9 @@ fn finish<G>(
             pid,
             guard: guard(),
         }),
-        Acquired::TimedOut => Err(AcquireError::Timeout(timeout.unwrap_or_default())),
+        Acquired::TimedOut => Err(AcquireError::Timeout(crate::TimedOut(
+            timeout.unwrap_or_default(),
+        ))),
     }
 }
 

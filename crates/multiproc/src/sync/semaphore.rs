@@ -110,7 +110,7 @@ impl Semaphore {
         if self.wait_for_permit(Some(timeout)) {
             Ok(SemaphoreGuard { sem: self })
         } else {
-            Err(SyncError::Timeout(timeout))
+            Err(SyncError::Timeout(crate::TimedOut(timeout)))
         }
     }
 
