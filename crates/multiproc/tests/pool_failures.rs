@@ -69,7 +69,39 @@ per_start_method!(
     imap_on_a_closed_or_terminated_pool_ends,
     imap_yields_what_it_submitted_before_an_item_that_does_not_encode,
     a_pool_closed_during_an_imap_finishes_the_imap,
+    imap_yields_a_result_without_waiting_for_a_batch,
 );
+
+/// Sleeps 10 ms on item 0, 3 s on the others.
+#[multiproc::func]
+fn quick_first(x: u64) -> u64 {
+    let ms = if x == 0 { 10 } else { 3_000 };
+    std::thread::sleep(Duration::from_millis(ms));
+    x
+}
+
+/// The iterator is woken for batches of small results, but a result that is ready is
+/// never held back for the rest of its batch: item 0 comes long before the slow items end.
+fn imap_yields_a_result_without_waiting_for_a_batch(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    for ordered in [true, false] {
+        // A pool each: the items of a dropped iterator still run.
+        let pool = pool(method, 2).build().unwrap();
+        let t0 = Instant::now();
+        let first = if ordered {
+            pool.imap(&quick_first, 0..16u64).next()
+        } else {
+            pool.imap_unordered(&quick_first, 0..16u64).next()
+        };
+        assert_eq!(first.unwrap().unwrap(), 0);
+        let waited = t0.elapsed();
+        assert!(
+            waited < Duration::from_millis(1500),
+            "first result after {waited:?}"
+        );
+        pool.terminate();
+    }
+}
 
 fn a_killed_worker_fails_only_the_item_it_was_running(method: StartMethod) {
     let _leaks = LeakCheck::new();

@@ -597,10 +597,19 @@ impl Handler {
         // Under the lock: a caller may take a report out of a ring (`pickup`) between a look
         // at the rings and a look at what callers did; either way it is seen here, and a
         // report written from now on rings the doorbell.
-        let must_look = {
-            let st = self.shared.lock();
-            st.callers_acted() || self.workers.iter().any(|w| w.reports.pending())
+        let (must_look, flushed, flush_due) = {
+            let mut st = self.shared.lock();
+            let (flushed, due) = st.flush_deferred(Instant::now());
+            let look = st.callers_acted() || self.workers.iter().any(|w| w.reports.pending());
+            (look, flushed, due)
         };
+        if flushed {
+            self.shared.changed.notify_all();
+        }
+        if let Some(due) = flush_due {
+            let left = due.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
         if must_look {
             timeout = Some(Duration::ZERO);
         }

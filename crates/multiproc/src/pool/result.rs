@@ -486,7 +486,11 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
             self.take_ready(j);
             let got = !self.ready.is_empty();
             if !got && !spin.keep_going() {
-                j.iterator_waits = true;
+                // Woken for a batch: a quarter of what is in flight, so the workers still
+                // have most of it queued when this wakes (at most 64; results that wait
+                // are delivered within FLUSH_AFTER anyway).
+                let in_flight = self.submitted - self.taken;
+                j.wait_for((in_flight / 4).clamp(1, 64));
             }
             if wake {
                 shared.changed.notify_all();

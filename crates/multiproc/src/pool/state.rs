@@ -109,9 +109,22 @@ pub(crate) struct Job {
     /// No handle waits for the results: drop the job once complete.
     pub(crate) abandoned: bool,
     pub(crate) reader: Reader,
-    /// A lazy iterator sleeps until the next result comes.
-    pub(crate) iterator_waits: bool,
+    /// For [`Reader::InOrder`]: how many slots from the front are done (the results the
+    /// iterator can take now).
+    head_done: usize,
+    /// A lazy iterator sleeps until `wake_after` results can be taken (or the job is
+    /// complete, or [`FLUSH_AFTER`] passed since the first one could): one wake-up per batch
+    /// of small results instead of one per result.
+    iterator_waits: bool,
+    wake_after: usize,
+    /// A result can be taken but the iterator was not woken for it yet (see
+    /// [`State::flush_deferred`]).
+    deferred: bool,
 }
+
+/// How long a lazy iterator that waits for a batch of results (see `Job::wait_for`) may
+/// leave one result untaken: the latency a batch may add to a result.
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
 impl Job {
     pub(crate) fn new(reader: Reader) -> Job {
@@ -145,10 +158,32 @@ impl Job {
         if matches!(slot, Slot::Pending) {
             *slot = Slot::Done(result);
             self.remaining -= 1;
-            if self.reader == Reader::AsCompleted {
-                self.completed.push_back(index);
+            match self.reader {
+                Reader::AsCompleted => self.completed.push_back(index),
+                Reader::InOrder if index - self.base == self.head_done => {
+                    while matches!(self.slots.get(self.head_done), Some(Slot::Done(_))) {
+                        self.head_done += 1;
+                    }
+                }
+                _ => {}
             }
         }
+    }
+
+    /// How many results the job's lazy iterator can take now.
+    pub(crate) fn yieldable(&self) -> usize {
+        match self.reader {
+            Reader::AsCompleted => self.completed.len(),
+            Reader::InOrder => self.head_done,
+            Reader::AtTheEnd => 0,
+        }
+    }
+
+    /// The lazy iterator goes to sleep until `n` results can be taken, the job completes, or
+    /// a result waited [`FLUSH_AFTER`].
+    pub(crate) fn wait_for(&mut self, n: usize) {
+        self.iterator_waits = true;
+        self.wake_after = n.max(1);
     }
 
     /// The first item's result, if it is done (a single-item job's).
@@ -173,6 +208,9 @@ impl Job {
         let Slot::Done(r) = std::mem::replace(slot, Slot::Taken) else {
             return None;
         };
+        if self.reader == Reader::InOrder {
+            self.head_done -= 1;
+        }
         while matches!(self.slots.front(), Some(Slot::Taken)) {
             self.slots.pop_front();
             self.base += 1;
@@ -273,6 +311,9 @@ pub(crate) struct State {
     /// Lazy iterators that may still submit items: a closed pool does not finish before they
     /// end (their input may still hold items).
     open_streams: usize,
+    /// Jobs whose sleeping iterator has a result it was not woken for, and since when (see
+    /// [`State::flush_deferred`]).
+    deferred: Vec<(u64, Instant)>,
 }
 
 impl State {
@@ -460,6 +501,29 @@ impl State {
     }
 
     /// Whether callers did something the handler has not counted yet.
+    /// Wakes the iterators that left a result untaken for [`FLUSH_AFTER`] (their batch did
+    /// not fill): returns whether any must be woken (notify `changed`), and when the next one
+    /// is due.
+    pub(crate) fn flush_deferred(&mut self, now: Instant) -> (bool, Option<Instant>) {
+        let (mut wake, mut next) = (false, None::<Instant>);
+        let jobs = &mut self.jobs;
+        self.deferred.retain(|&(id, since)| {
+            let Some(j) = jobs.get_mut(&id).filter(|j| j.deferred && j.iterator_waits) else {
+                return false;
+            };
+            let due = since + FLUSH_AFTER;
+            if due <= now {
+                j.iterator_waits = false;
+                j.deferred = false;
+                wake = true;
+                return false;
+            }
+            next = Some(next.map_or(due, |n| n.min(due)));
+            true
+        });
+        (wake, next)
+    }
+
     pub(crate) fn callers_acted(&self) -> bool {
         !self.picked.is_empty() || !self.direct.is_empty()
     }
@@ -539,7 +603,19 @@ pub(crate) fn record_locked(
         for (k, r) in results.into_iter().enumerate() {
             j.finish(start as usize + k, r);
         }
-        wake = j.remaining == 0 || std::mem::take(&mut j.iterator_waits);
+        let ready = j.yieldable();
+        if j.remaining == 0 || (j.iterator_waits && ready >= j.wake_after) {
+            wake = true;
+            j.iterator_waits = false;
+            j.deferred = false;
+        } else if j.iterator_waits && ready > 0 && !j.deferred {
+            // The batch is not full: the handler wakes the iterator after FLUSH_AFTER.
+            j.deferred = true;
+            st.deferred.push((job, Instant::now()));
+        }
+        let Some(j) = st.jobs.get_mut(&job) else {
+            return (callbacks, wake);
+        };
         if j.remaining == 0 {
             if let Some(r) = j.first() {
                 let r = r.clone();
