@@ -540,6 +540,7 @@ impl ClusterPool {
 
     /// [`map`](Self::map) with a progress bar (the `progress` feature).
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn map_progress<F: Func<M>, M>(
         &self,
         f: &F,

@@ -45,6 +45,7 @@
 //! (`redis://user:password@host/`; the user needs the stream commands and `EVAL`), TLS with
 //! `rediss://` and the `tls` feature. Redis 6.2 or later.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,6 +1,8 @@
 //! Attribute macros of `multiproc`; use them through the `multiproc` crate:
 //! `#[multiproc::func]`, `#[multiproc::main]`, `#[multiproc::test]`, `#[multiproc::managed]`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use proc_macro::TokenStream;
 use quote::{format_ident, quote};
 use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ReturnType, Type, parse_macro_input};

@@ -4,7 +4,7 @@
 //! results and panics that come back as errors, three start methods, and children that never
 //! become zombies or outlive a parent they belong to.
 //!
-//! ```no_run
+//! ```
 //! #[multiproc::func]
 //! fn crunch(limit: u64) -> u64 {
 //!     (2..limit).filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0)).sum()
@@ -36,6 +36,7 @@
 //! descriptor. Children also work inside `#[test]` functions, under `cargo test` and
 //! `cargo nextest`, with nothing to add: a re-run test binary becomes the child before the
 //! test harness starts.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -49,6 +49,28 @@ const FIRST_STEP: usize = 64 * 1024;
 /// assert_eq!(a.recv_bytes()?, b"raw bytes");
 /// # Ok::<(), multiproc::ConnectionError>(())
 /// ```
+///
+/// An end passed to a child, as an argument of a registered function:
+///
+/// ```
+/// use multiproc::{Connection, Func};
+///
+/// #[multiproc::func]
+/// fn shout(conn: Connection) {
+///     while let Ok(word) = conn.recv::<String>() { // Err once the parent's end is closed
+///         conn.send(&word.to_uppercase()).unwrap();
+///     }
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let (ours, theirs) = multiproc::pipe(true)?;
+/// let child = shout.spawn(theirs)?; // the child now holds that end
+/// ours.send("hello")?;
+/// assert_eq!(ours.recv::<String>()?, "HELLO");
+/// ours.close(); // the child sees the end of the stream
+/// child.join()?;
+/// # Ok(()) }
+/// ```
 pub struct Connection {
     /// The socket. A `File` only for its `Read` implementation, which reads large payloads
     /// straight into a vector's spare capacity (no zero-filling first).

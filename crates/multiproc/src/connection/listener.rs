@@ -635,6 +635,40 @@ impl Handshakes {
 }
 
 /// Connects to a [`Listener`] (or a CPython `multiprocessing.connection.Listener`).
+///
+/// [`Client::connect`] with the defaults, or a configured `Client` and [`open`](Client::open):
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Client, ConnectionError, Listener};
+///
+/// let listener = Listener::bind("127.0.0.1:0", Some(b"secret"))?;
+/// let address = listener.address().clone();
+/// let server = std::thread::spawn(move || -> Result<(), ConnectionError> {
+///     let conn = listener.accept()?; // authenticated
+///     let n: u64 = conn.recv()?;
+///     conn.send(&(n * 2))?;
+///     // The next client has the wrong key: `accept` hands back its error.
+///     assert!(matches!(listener.accept(), Err(ConnectionError::AuthenticationFailed(_))));
+///     Ok(())
+/// });
+///
+/// let conn = Client::default()
+///     .authkey(b"secret".to_vec())
+///     .handshake_timeout(Duration::from_secs(2))
+///     .max_message_size(1 << 20)
+///     .open(&address)?;
+/// conn.send(&21u64)?;
+/// assert_eq!(conn.recv::<u64>()?, 42);
+///
+/// // A wrong key fails on both ends, as CPython's handshake does.
+/// assert!(matches!(
+///     Client::connect(&address, Some(b"guess")),
+///     Err(ConnectionError::AuthenticationFailed(_))
+/// ));
+/// server.join().unwrap()?;
+/// # Ok::<(), ConnectionError>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Client {
     settings: Settings,

@@ -66,6 +66,38 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection), ConnectionError> {
 ///
 /// A connection is ready when a message (or the end of the stream) can be received; a
 /// sentinel when its process has ended; a listener when a client is waiting.
+///
+/// One loop that serves several workers' connections and notices a worker that ended:
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+/// use multiproc::{Connection, Func};
+///
+/// #[multiproc::func]
+/// fn report(conn: Connection, n: u64) {
+///     conn.send(&(n * n)).unwrap();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let (ours, theirs) = multiproc::pipe(true)?;
+/// let worker = report.spawn((theirs, 7))?;
+/// let (idle, _other_end) = multiproc::pipe(true)?; // never written to
+///
+/// // The message is ready first (the sentinel may be too, once the worker has exited).
+/// let ready = multiproc::wait(&[idle.as_fd(), ours.as_fd()], Some(Duration::from_secs(10)))?;
+/// assert_eq!(ready, [1]);
+/// assert_eq!(ours.recv::<u64>()?, 49);
+///
+/// // Nothing to read any more: what ends the wait is the worker's sentinel.
+/// let ready = multiproc::wait(&[idle.as_fd(), worker.sentinel()], Some(Duration::from_secs(10)))?;
+/// assert_eq!(ready, [1]);
+/// assert_eq!(worker.exitcode(), Some(0));
+///
+/// // A time limit with nothing ready: an empty list.
+/// assert!(multiproc::wait(&[idle.as_fd()], Some(Duration::from_millis(10)))?.is_empty());
+/// # Ok(()) }
+/// ```
 pub fn wait(
     objects: &[BorrowedFd<'_>],
     timeout: Option<Duration>,

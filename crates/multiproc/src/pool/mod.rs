@@ -12,7 +12,7 @@
 //! tasks wait in the parent's memory, not in pipes: a million queued tasks use no extra file
 //! descriptors. Pools nest: a worker may start a pool of its own.
 //!
-//! ```no_run
+//! ```
 //! use multiproc::Pool;
 //!
 //! #[multiproc::func]
@@ -66,15 +66,16 @@ use wire::Batch;
 /// `String` and `&[T]` for a `Vec<T>` (they encode alike), so that borrowed collections need
 /// no `.cloned()`.
 ///
-/// ```no_run
+/// ```
 /// #[multiproc::func]
 /// fn shout(s: String) -> String { s.to_uppercase() }
 ///
+/// # fn main() -> Result<(), multiproc::PoolError> {
 /// let pool = multiproc::Pool::new(2)?;
 /// let names = vec!["ada".to_string(), "grace".to_string()];
 /// assert_eq!(pool.map(&shout, &names)?, ["ADA", "GRACE"]);   // &String
 /// assert_eq!(pool.map(&shout, ["alan"])?, ["ALAN"]);           // &str
-/// # Ok::<(), multiproc::PoolError>(())
+/// # Ok(()) }
 /// ```
 pub trait AsArg<T>: Serialize {}
 
@@ -152,7 +153,7 @@ impl PoolBuilder {
     /// the fork on; replacements are forked again). In a program with other threads, the
     /// hazards of [`Process::fork`](crate::Process::fork) apply.
     ///
-    /// ```no_run
+    /// ```
     /// let offset = 10u64;
     /// let pool = multiproc::Pool::builder().processes(2).build_closure(move |x: u64| x + offset)?;
     /// assert_eq!(pool.map(0..3)?, vec![10, 11, 12]);
@@ -527,9 +528,22 @@ impl Pool {
         Ok(MapResult::new(self.shared.clone(), job))
     }
 
-    /// [`map`](Pool::map) with a progress bar (the `progress` feature): items go one per
-    /// task through [`imap`](Pool::imap) with the default chunk size.
+    /// [`map`](Pool::map) with a progress bar (the `progress` feature): the items go through
+    /// [`imap`](Pool::imap) with `map`'s default chunk size, and the bar (on standard error,
+    /// drawn only when that is a terminal) moves with each result.
+    ///
+    /// ```
+    /// #[multiproc::func]
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let squares = pool.map_progress(&square, 0..1000u64)?;
+    /// assert_eq!(squares[999], 999 * 999);
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn map_progress<F: Func<M>, M>(
         &self,
         f: &F,
@@ -638,6 +652,29 @@ impl Pool {
 }
 
 /// A pool running one closure on every task; see [`PoolBuilder::build_closure`].
+///
+/// The closure may capture anything (the workers are forks of this process, made when the
+/// pool is built); its argument and result travel through the codec like a registered
+/// function's.
+///
+/// ```
+/// use std::collections::HashMap;
+///
+/// // Built once, captured by every worker: no need to send it with each task.
+/// let prices: HashMap<&str, u64> = HashMap::from([("apple", 3), ("pear", 5)]);
+/// let pool = multiproc::Pool::builder()
+///     .processes(2)
+///     .build_closure(move |(fruit, n): (String, u64)| prices.get(fruit.as_str()).map(|p| p * n))?;
+///
+/// assert_eq!(pool.apply(("pear".to_string(), 2))?, Some(10));
+/// let order = vec![("apple".to_string(), 4), ("kiwi".to_string(), 1)];
+/// assert_eq!(pool.map(&order)?, [Some(12), None]);
+/// let lazily: Vec<_> = pool.imap(&order).collect::<Result<_, _>>()?;
+/// assert_eq!(lazily, [Some(12), None]);
+/// pool.pool().close();
+/// pool.pool().join()?;
+/// # Ok::<(), multiproc::PoolError>(())
+/// ```
 #[derive(Debug)]
 pub struct ClosurePool<A, R> {
     pool: Pool,

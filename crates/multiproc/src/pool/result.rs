@@ -176,7 +176,36 @@ impl<R: DeserializeOwned + 'static> AsyncResult<R> {
     }
 
     /// [`callback`](AsyncResult::callback) and [`error_callback`](AsyncResult::error_callback)
-    /// without keeping the handle.
+    /// without keeping the handle. Exactly one of the two runs, in the pool's handler thread:
+    /// send what it gets somewhere (a channel, a shared counter) rather than doing slow work
+    /// there.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    ///
+    /// #[multiproc::func]
+    /// fn parse(text: String) -> u64 {
+    ///     text.trim().parse().expect("a number")
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// for text in ["1", " 2 ", "three"] {
+    ///     let (ok, err) = (tx.clone(), tx.clone());
+    ///     pool.apply_async(&parse, text.to_string())?.then(
+    ///         move |n| ok.send(Ok(n)).unwrap(),
+    ///         move |e| err.send(Err(e.to_string())).unwrap(),
+    ///     );
+    /// }
+    /// let wait = Duration::from_secs(10);
+    /// let mut got: Vec<_> = (0..3).map(|_| rx.recv_timeout(wait).unwrap()).collect();
+    /// got.sort();
+    /// assert_eq!(got[..2], [Ok(1), Ok(2)]);
+    /// assert!(got[2].as_ref().unwrap_err().contains("a number")); // the panic's message
+    /// # Ok(()) }
+    /// ```
     pub fn then(
         self,
         on_ok: impl FnOnce(R) + Send + 'static,
@@ -294,6 +323,26 @@ impl<R> Drop for MapResult<R> {
 /// iterator's first items) is yielded once, after the results of every item submitted before
 /// it, and then the iterator ends. A pool closed while an iterator runs waits for it: the
 /// iterator submits the rest of its input, and `join` returns after it ends (or is dropped).
+///
+/// ```
+/// #[multiproc::func]
+/// fn words(line: String) -> usize {
+///     line.split_whitespace().count()
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = multiproc::Pool::new(2)?;
+/// // An endless input: read ahead only as far as the workers need.
+/// let lines = (1..).map(|n| "word ".repeat(n % 5));
+/// let total: usize = pool
+///     .imap(&words, lines)
+///     .chunksize(64) // 64 lines per task: one round trip per 64 results
+///     .take(1000)
+///     .map(|r| r.expect("a result"))
+///     .sum();
+/// assert_eq!(total, (1..=1000).map(|n| n % 5).sum::<usize>());
+/// # Ok(()) }
+/// ```
 pub struct Imap<'p, R, I> {
     pool: &'p Pool,
     function: Result<&'static str, PoolError>,
@@ -365,8 +414,25 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
     }
 
     /// Shows a progress bar of the results yielded (with the input's length when its size
-    /// hint knows it). Needs the `progress` feature.
+    /// hint knows it), on standard error (drawn only when that is a terminal). Needs the
+    /// `progress` feature.
+    ///
+    /// ```
+    /// #[multiproc::func]
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let squares: Vec<u64> = pool
+    ///     .imap(&square, 0..10_000u64) // a known length: the bar shows how far along it is
+    ///     .chunksize(100)
+    ///     .progress()
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(squares[99], 99 * 99);
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "progress")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "progress")))]
     pub fn progress(mut self) -> Self {
         let bar = match self.input.size_hint() {
             (lo, Some(hi)) if lo == hi => indicatif::ProgressBar::new(hi as u64),
@@ -396,7 +462,29 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
         }
     }
 
-    /// Items per task (default 1; 0 is an error, reported by the first `next`).
+    /// Items per task (default 1; 0 is an error, reported by the first `next`). Results
+    /// still come one by one; a larger chunk costs fewer round trips between the pool and its
+    /// workers, and makes the read-ahead (two chunks per worker, at least) larger.
+    ///
+    /// ```
+    /// #[multiproc::func]
+    /// fn double(x: u32) -> u32 { 2 * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = multiproc::Pool::new(2)?;
+    /// let mut out: Vec<u32> = pool
+    ///     .imap_unordered(&double, 0..1000)
+    ///     .chunksize(50)
+    ///     .collect::<Result<_, _>>()?;
+    /// out.sort();
+    /// assert_eq!(out, (0..1000).map(|x| 2 * x).collect::<Vec<_>>());
+    ///
+    /// // A chunk size of 0 is the iterator's one item: an error.
+    /// let mut bad = pool.imap(&double, 0..10).chunksize(0);
+    /// assert!(matches!(bad.next(), Some(Err(multiproc::PoolError::Invalid(_)))));
+    /// assert!(bad.next().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = n;
         self

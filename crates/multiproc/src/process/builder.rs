@@ -112,6 +112,31 @@ pub fn get_start_method() -> StartMethod {
 }
 
 /// Configures and starts a [`Process`]: `Process::builder().name("w1").daemon(true)...`.
+///
+/// ```
+/// use multiproc::{Process, StartMethod};
+///
+/// #[multiproc::func]
+/// fn describe(tag: String) -> (String, bool, u32) {
+///     let me = multiproc::current_process();
+///     let parent = multiproc::parent_process().expect("started by a parent").pid();
+///     (format!("{tag}: {}", me.name()), me.daemon(), parent)
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// for method in StartMethod::ALL {
+///     let p = Process::builder()
+///         .name(format!("w-{method}"))
+///         .daemon(true) // dies with this process, even by SIGKILL
+///         .start_method(method)
+///         .start(&describe, "hello".to_string())?;
+///     let (said, daemon, parent) = p.join()?;
+///     assert_eq!(said, format!("hello: w-{method}"));
+///     assert!(daemon);
+///     assert_eq!(parent, std::process::id());
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     name: Option<String>,
@@ -147,7 +172,7 @@ impl Builder {
 
     /// Starts registered function `f` with `args` in a new process.
     ///
-    /// ```no_run
+    /// ```
     /// use multiproc::{Process, StartMethod};
     ///
     /// #[multiproc::func]

@@ -37,6 +37,44 @@ pub(super) fn register_started<R>(
 /// a background thread reaps it as soon as it ends (it never becomes a zombie).
 ///
 /// `R` is what the child's function returns; [`join`](Process::join) gives it back.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Func, Process, ProcessError};
+///
+/// #[multiproc::func]
+/// fn nap(ms: u64) -> String {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     multiproc::current_process().name().to_string()
+/// }
+///
+/// #[multiproc::func]
+/// fn fail(reason: String) -> u8 {
+///     panic!("{reason}")
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let p = Process::builder().name("napper").start(&nap, 50)?;
+/// assert!(p.is_alive() && p.exitcode().is_none());
+/// assert!(p.join_timeout(Duration::from_secs(10))?); // ended in time
+/// assert_eq!(p.exitcode(), Some(0));
+/// assert_eq!(p.join()?, "napper"); // join consumes the handle
+///
+/// // A panic comes back as an error, with its message; the exit code is 1.
+/// let p = fail.spawn("no such file".to_string())?;
+/// match p.join() {
+///     Err(ProcessError::Panicked { message, .. }) => assert!(message.contains("no such file")),
+///     other => panic!("{other:?}"),
+/// }
+///
+/// // A child killed by a signal: a negative exit code, and `Killed` from `join`.
+/// let p = nap.spawn(60_000)?;
+/// p.terminate()?;
+/// assert!(p.join_timeout(Duration::from_secs(10))?);
+/// assert_eq!(p.exitcode(), Some(-15)); // SIGTERM
+/// assert!(matches!(p.join(), Err(ProcessError::Killed { signal: 15, .. })));
+/// # Ok(()) }
+/// ```
 pub struct Process<R> {
     shared: Arc<ChildShared>,
     _result: PhantomData<fn() -> R>,

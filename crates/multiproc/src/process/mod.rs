@@ -1,6 +1,6 @@
 //! Processes: start a function in a child, wait for its typed result, signal it.
 //!
-//! ```no_run
+//! ```
 //! #[multiproc::func]
 //! fn crunch(limit: u64) -> u64 {
 //!     (2..limit).filter(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0)).sum()
@@ -64,7 +64,7 @@ impl Process<()> {
 
     /// Runs closure `f` in a forked child; see [`Builder::fork`].
     ///
-    /// ```no_run
+    /// ```
     /// let data = vec![1u64, 2, 3];
     /// let p = multiproc::Process::fork(move || data.iter().sum::<u64>())?;
     /// assert_eq!(p.join()?, 6);

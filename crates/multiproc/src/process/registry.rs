@@ -70,7 +70,7 @@ pub fn encode_result<T: Serialize>(value: &T, out: &mut ResultBuf<'_>) -> Result
 /// `Marker` only tells the implementations for different arities apart; it is inferred.
 /// One argument is passed as itself, several as a tuple, none as `()`.
 ///
-/// ```no_run
+/// ```
 /// #[multiproc::func]
 /// fn add(a: u64, b: u64) -> u64 { a + b }
 ///
