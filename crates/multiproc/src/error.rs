@@ -407,14 +407,28 @@ pub enum ManagerError {
     /// A server for user types is started from the user's own binary, the one with the impl
     /// ([`Manager::start`](crate::manager::Manager::start) does this by itself):
     ///
-    /// ```no_run
-    /// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Counter { n: u64 }
-    /// # #[multiproc::managed] impl Counter { fn incr(&mut self) -> u64 { self.n += 1; self.n } }
+    /// ```
     /// use multiproc::manager::Manager;
+    ///
+    /// #[derive(Default, serde::Serialize, serde::Deserialize)]
+    /// struct Counter { n: u64 }
+    ///
+    /// #[multiproc::managed]
+    /// impl Counter {
+    ///     fn incr(&mut self) -> u64 { self.n += 1; self.n }
+    /// }
+    ///
     /// # fn main() -> Result<(), multiproc::ManagerError> {
     /// // This binary contains `#[multiproc::managed] impl Counter`: its server creates them.
-    /// let server = Manager::serve("0.0.0.0:5000", b"secret")?;
-    /// server.wait();
+    /// let server = Manager::serve("127.0.0.1:0", b"secret")?; // e.g. "0.0.0.0:5000"
+    ///
+    /// // A client, from any process or machine that knows the key.
+    /// let mgr = Manager::connect(server.address(), b"secret")?;
+    /// let c = mgr.create(Counter::default())?;
+    /// assert_eq!(c.incr()?, 1);
+    /// mgr.shutdown()?;
+    ///
+    /// server.wait(); // returns once a client (here, `mgr`) shut the server down
     /// # Ok(()) }
     /// ```
     #[error(

@@ -1,13 +1,26 @@
 //! Managers: objects that live in a server process and are shared through proxies, locally
 //! or over the network (Python's `multiprocessing.managers`).
 //!
-//! ```no_run
-//! use multiproc::manager::Manager;
+//! A word count shared by several processes: each counts its own text, then adds its counts
+//! into one dict under a manager lock (each `get` and `set` is a call to the server, so
+//! without the lock two processes could read the same count and both write it plus their
+//! own, losing one).
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use multiproc::manager::{DictProxy, LockProxy, Manager};
 //!
 //! #[multiproc::func]
-//! fn count_words(text: String, counts: multiproc::manager::DictProxy<String, u64>) {
+//! fn count_words(text: String, counts: DictProxy<String, u64>, lock: LockProxy) {
+//!     // Counted here first: one round trip per distinct word, not per word.
+//!     let mut mine: HashMap<String, u64> = HashMap::new();
 //!     for w in text.split_whitespace() {
-//!         let _ = counts.set(&w.to_string(), &1);
+//!         *mine.entry(w.to_string()).or_default() += 1;
+//!     }
+//!     let _held = lock.lock().expect("the manager's lock"); // released when dropped
+//!     for (word, n) in mine {
+//!         let before = counts.get(&word).expect("get").unwrap_or(0);
+//!         counts.set(&word, &(before + n)).expect("set");
 //!     }
 //! }
 //!
@@ -16,11 +29,26 @@
 //!     use multiproc::Func;
 //!     let mgr = Manager::start()?; // a server process, random authkey
 //!     let counts = mgr.dict::<String, u64>()?;
-//!     count_words.spawn(("a b c".into(), counts.clone()))?.join()?;
-//!     assert_eq!(counts.len()?, 3);
+//!     let lock = mgr.lock()?;
+//!     let texts = ["the cat in the hat", "the end", "cat"];
+//!     let workers = texts
+//!         .iter()
+//!         .map(|t| count_words.spawn((t.to_string(), counts.clone(), lock.clone())))
+//!         .collect::<Result<Vec<_>, _>>()?;
+//!     for w in workers {
+//!         w.join()?;
+//!     }
+//!     assert_eq!(counts.get(&"the".into())?, Some(3));
+//!     assert_eq!(counts.get(&"cat".into())?, Some(2));
+//!     assert_eq!(counts.len()?, 5); // the, cat, in, hat, end
 //!     Ok(())
 //! }
 //! ```
+//!
+//! A [`#[multiproc::managed]`](crate::managed) type does the same without a lock: the server
+//! runs each of its methods to the end before the next, so an `add(counts)` method merges
+//! atomically. Counting in the workers and sending one result each back, with a
+//! [`Pool`](crate::Pool), is faster still when no other process needs the counts meanwhile.
 //!
 //! - Built-in kinds: [`dict`](Manager::dict), [`list`](Manager::list),
 //!   [`array`](Manager::array), [`queue`](Manager::queue),
@@ -190,13 +218,24 @@ impl Manager {
     /// calls [`shutdown`](Manager::shutdown), [`ServerHandle::shutdown`] is called, or the
     /// [`Server`] is dropped.
     ///
-    /// ```no_run
-    /// use multiproc::manager::Manager;
+    /// ```
+    /// use multiproc::manager::{JoinableQueueProxy, Manager};
     /// # fn main() -> Result<(), multiproc::ManagerError> {
-    /// let server = Manager::serve("127.0.0.1:0", b"secret")?;
-    /// let mgr = Manager::connect(server.address(), b"secret")?;
+    /// let server = Manager::serve("127.0.0.1:0", b"secret")?; // port 0: any free port
+    /// let address = server.address().clone();
+    ///
+    /// // Clients: this process here; other processes and machines the same way.
+    /// let mgr = Manager::connect(&address, b"secret")?;
     /// mgr.publish("jobs", &mgr.joinable_queue::<u64>()?)?;
+    /// let client = std::thread::spawn(move || -> Result<(), multiproc::ManagerError> {
+    ///     let other = Manager::connect(&address, b"secret")?;
+    ///     let jobs: JoinableQueueProxy<u64> = other.lookup("jobs")?;
+    ///     jobs.put(&7)?;
+    ///     other.shutdown() // any authorized client may stop the server
+    /// });
+    ///
     /// server.wait(); // until a client shuts it down
+    /// client.join().unwrap()?;
     /// # Ok(()) }
     /// ```
     pub fn serve(address: impl ToAddress, authkey: &[u8]) -> Result<Server, ManagerError> {

@@ -102,6 +102,19 @@ impl Core {
 /// Serving happens on background threads from the moment it is created. The server stops
 /// when an authorized client calls [`Manager::shutdown`](super::Manager::shutdown), when
 /// [`ServerHandle::shutdown`] is called, or when the `Server` is dropped.
+///
+/// ```
+/// use multiproc::manager::Manager;
+/// # fn main() -> Result<(), multiproc::ManagerError> {
+/// let server = Manager::serve("127.0.0.1:0", b"secret")?;
+/// let mgr = Manager::connect(server.address(), b"secret")?;
+/// let totals = mgr.dict::<String, u64>()?;
+/// mgr.publish("totals", &totals)?;
+/// assert_eq!(server.stats().names, 1);
+/// drop((totals, mgr));
+/// server.shutdown(); // clients now get `ManagerError::Closed`
+/// # Ok(()) }
+/// ```
 pub struct Server {
     core: Arc<Core>,
     accept: Option<thread::JoinHandle<()>>,
@@ -116,6 +129,21 @@ impl std::fmt::Debug for Server {
 }
 
 /// Stops a [`Server`] from another thread (a signal handler thread, for example).
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::manager::Manager;
+/// # fn main() -> Result<(), multiproc::ManagerError> {
+/// let server = Manager::serve("127.0.0.1:0", b"secret")?;
+/// let handle = server.handle();
+/// let stopper = std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_millis(50)); // a signal, a deadline, an admin command...
+///     handle.shutdown();
+/// });
+/// assert!(server.wait_timeout(Duration::from_secs(10))); // returns once stopped
+/// stopper.join().unwrap();
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ServerHandle(Arc<Core>);
 

@@ -104,7 +104,7 @@ typed_proxy! {
     /// A dict in a manager ([`Manager::dict`](super::Manager::dict)). Keys compare by their
     /// encoding; iteration follows insertion order, as Python's dict.
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> Result<(), multiproc::ManagerError> {
     /// let mgr = multiproc::Manager::start()?;
     /// let d = mgr.dict::<String, u64>()?;
@@ -561,14 +561,16 @@ typed_proxy! {
     /// machines. The owner is a thread of a process; when a process holding it dies, the
     /// manager releases it (CPython's stays locked for ever).
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> Result<(), multiproc::ManagerError> {
     /// let mgr = multiproc::Manager::start()?;
     /// let (lock, total) = (mgr.lock()?, mgr.value(&0u64)?);
     /// {
-    ///     let _held = lock.lock()?;
+    ///     let _held = lock.lock()?; // released when dropped
     ///     total.set(&(total.get()? + 1))?;
     /// }
+    /// assert_eq!(total.get()?, 1);
+    /// assert!(!lock.locked()?);
     /// # Ok(()) }
     /// ```
     LockProxy [] "lock"
