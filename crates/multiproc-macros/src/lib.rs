@@ -14,6 +14,45 @@ use syn::{FnArg, ImplItem, ItemFn, ItemImpl, ReturnType, Type, parse_macro_input
 /// `Serialize + DeserializeOwned`, taken by value (`String`, not `&str`: the argument is
 /// decoded into an owned value in the child); it may not be generic, `async` or a method.
 /// Callers may still pass borrowed items to a pool (`pool.map(&f, &names)`).
+///
+/// One argument is passed as itself, several as a tuple, none as `()`:
+///
+/// ```
+/// use multiproc::{Func, Pool, Process};
+///
+/// #[multiproc::func]
+/// fn greet(name: String, times: usize) -> String {
+///     format!("hello {name}! ").repeat(times)
+/// }
+///
+/// #[multiproc::func]
+/// fn pid() -> u32 {
+///     std::process::id()
+/// }
+///
+/// #[multiproc::main]
+/// fn main() -> multiproc::Result<()> {
+///     // Still an ordinary function...
+///     assert_eq!(greet("here".into(), 1), "hello here! ");
+///     // ...that also runs in another process.
+///     let p = greet.spawn(("there".into(), 2))?;
+///     assert_eq!(p.join()?, "hello there! hello there! ");
+///     let p = Process::builder().name("who").start(&pid, ())?;
+///     assert_ne!(p.join()?, std::process::id());
+///     // A pool's tasks are registered functions too.
+///     let pool = Pool::new(2)?;
+///     let items = [("a".to_string(), 1), ("b".to_string(), 0)];
+///     assert_eq!(pool.map(&greet, &items)?, ["hello a! ", ""]);
+///     Ok(())
+/// }
+/// ```
+///
+/// A borrowed argument does not build, with the owned type to take instead:
+///
+/// ```compile_fail
+/// #[multiproc::func]
+/// fn count_words(text: &str) -> usize { text.split_whitespace().count() }
+/// ```
 #[proc_macro_attribute]
 pub fn func(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
@@ -139,7 +178,26 @@ impl SpanRef for syn::GenericParam {
 ///   started as if the life-before-main hook could not (on Linux that hook always runs).
 ///
 /// A `SIGKILL` or `panic = "abort"` skips both; daemonic children still die with the
-/// program then.
+/// program then. `main` may return anything it could return without the attribute.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{Func, Process};
+///
+/// #[multiproc::func]
+/// fn idle(ms: u64) {
+///     std::thread::sleep(Duration::from_millis(ms));
+/// }
+///
+/// #[multiproc::main]
+/// fn main() -> multiproc::Result<()> {
+///     // A daemonic child left running is terminated when `main` returns...
+///     let _watcher = Process::builder().daemon(true).start(&idle, 60_000)?;
+///     // ...and a non-daemonic one is joined: `main` ends after it does.
+///     let _worker = idle.spawn(10)?;
+///     Ok(())
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut f = parse_macro_input!(item as ItemFn);
@@ -161,6 +219,45 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// `cargo test` with `--test-threads=1`). With tests side by side in one process, such a
 /// child cannot be told from another test's; the harness's exit ends it, as it ends a
 /// plain `#[test]`'s children (daemonic ones terminated, the others joined).
+///
+/// It takes what `#[test]` takes, returning `()` or a `Result`, and combines with
+/// `#[should_panic]` and `#[ignore]`. Children need nothing else in tests: a re-run test
+/// binary becomes the child before the harness starts, under `cargo test` and
+/// `cargo nextest` alike.
+///
+/// ```
+/// #[multiproc::func]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[multiproc::func]
+/// fn idle(ms: u64) {
+///     std::thread::sleep(std::time::Duration::from_millis(ms));
+/// }
+///
+/// // In a test module (`#[cfg(test)] mod tests`) or a file of `tests/`:
+/// mod tests {
+///     use multiproc::Func;
+///
+///     #[multiproc::test]
+///     fn squares_in_a_child() -> multiproc::Result<()> {
+///         let p = super::square.spawn(7)?;
+///         assert_eq!(p.join()?, 49);
+///         Ok(())
+///     }
+///
+///     #[multiproc::test]
+///     #[should_panic(expected = "gave up")]
+///     fn a_failing_test_ends_its_children() {
+///         let _stuck = super::idle.spawn(60_000).unwrap(); // terminated when the test fails
+///         panic!("gave up");
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// (Doctests are built without `--test`, so this one only checks that the functions outside
+/// the tests build; the crate's own test files use the attribute as above, for example
+/// `crates/multiproc/tests/manager_basic.rs`.)
 #[proc_macro_attribute]
 pub fn test(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut f = parse_macro_input!(item as ItemFn);
@@ -181,6 +278,62 @@ pub fn test(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// The type must be `Serialize + DeserializeOwned + Send + 'static`; methods take `&self` or
 /// `&mut self`, owned parameters (or `&str`, `&[T]`, `&T`, received as their owned forms) and
 /// return a serializable value. Methods without `self` stay as they are.
+///
+/// The server runs one method of an object at a time, to the end: a method is atomic with
+/// respect to every other call on that object (from any process), so a read-modify-write
+/// needs no lock. A method that panics comes back as `ManagerError::Panicked` and the object
+/// stays usable.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use multiproc::Func;
+/// use multiproc::manager::Manager;
+///
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// struct WordCounts {
+///     counts: HashMap<String, u64>,
+/// }
+///
+/// #[multiproc::managed]
+/// impl WordCounts {
+///     /// Adds a batch of counts (generated as `WordCountsProxy::add`).
+///     fn add(&mut self, batch: HashMap<String, u64>) {
+///         for (word, n) in batch {
+///             *self.counts.entry(word).or_default() += n;
+///         }
+///     }
+///
+///     fn count(&self, word: &str) -> u64 {
+///         self.counts.get(word).copied().unwrap_or(0)
+///     }
+///
+///     fn new_empty() -> Self { Self::default() } // no `self`: stays a plain function
+/// }
+///
+/// #[multiproc::func]
+/// fn count_words(text: String, totals: WordCountsProxy) {
+///     let mut batch = HashMap::new();
+///     for w in text.split_whitespace() {
+///         *batch.entry(w.to_string()).or_insert(0) += 1;
+///     }
+///     totals.add(batch).expect("the manager is there"); // one call, applied atomically
+/// }
+///
+/// #[multiproc::main]
+/// fn main() -> multiproc::Result<()> {
+///     let mgr = Manager::start()?; // runs this binary, which has the impl
+///     let totals: WordCountsProxy = mgr.create(WordCounts::new_empty())?;
+///     let workers = ["a rose is a rose", "is a rose"]
+///         .map(|t| count_words.spawn((t.to_string(), totals.clone())));
+///     for w in workers {
+///         w?.join()?;
+///     }
+///     assert_eq!(totals.count("rose")?, 3);
+///     assert_eq!(totals.count("a")?, 3);
+///     assert_eq!(totals.count("tulip")?, 0);
+///     Ok(())
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn managed(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
