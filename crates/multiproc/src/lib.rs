@@ -93,6 +93,15 @@ pub fn shutdown() {
     process::finish_children(None, process::Finish::TerminateDaemons);
 }
 
+/// The guide's pages (`docs/` in the repository), whose examples run as doctests of this crate
+/// so that they cannot fall behind it. Only the repository has them: the published package
+/// compiles this module in no build.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../../docs/patterns.md")]
+    mod patterns {}
+}
+
 /// What the macros expand to; not a stable API.
 #[doc(hidden)]
 pub mod __private {
