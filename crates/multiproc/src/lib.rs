@@ -100,6 +100,8 @@ pub fn shutdown() {
 mod guide {
     #[doc = include_str!("../../../docs/patterns.md")]
     mod patterns {}
+    #[doc = include_str!("../../../docs/from-python.md")]
+    mod from_python {}
 }
 
 /// What the macros expand to; not a stable API.
