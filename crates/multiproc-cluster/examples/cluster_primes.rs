@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Without persistence (`--save ''`) a Redis restart loses the queue: the head notices
-//! within its broker check (10 s) and submits the lost blocks again; the README says what
+//! within its broker check (10 s) and submits the lost blocks again; `docs/cluster.md` says what
 //! each persistence setting means for the tasks.
 //!
 //! The head splits `0..limit` into blocks of 10,000 numbers, maps `count_primes` over them

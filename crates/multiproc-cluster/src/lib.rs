@@ -36,7 +36,8 @@
 //! [`rejected`](ClusterPool::rejected)) while the task runs, after it ran, and after its
 //! expiry; the same entry taken over from a dead worker runs. A reply names the client and
 //! task it answers: on another client's stream it is rejected. What someone who can write to
-//! Redis without the authkey can still do (read, delete, delay) is in the README.
+//! Redis without the authkey can still do (read, delete, delay) is in the repository's
+//! `docs/cluster.md`.
 //!
 //! Broker loss: the client checks that the broker still holds its waiting tasks and submits
 //! again those it lost (a restart without persistence), fails those no worker started in
@@ -59,6 +60,17 @@ pub use client::{ClusterImap, ClusterMapResult, ClusterPool, ClusterPoolBuilder,
 pub use error::ClusterError;
 pub use status::{QueueStatus, WorkerStatus, status};
 pub use worker::{WorkerOptions, run_worker, run_worker_if_requested, worker_main};
+
+/// The repository's front page and cluster guide, whose examples run (or, needing a Redis
+/// server, compile) as doctests of this crate, the one that depends on all the others. Only
+/// the repository has them: the published package compiles this module in no build.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../../README.md")]
+    mod readme {}
+    #[doc = include_str!("../../../docs/cluster.md")]
+    mod cluster {}
+}
 
 /// Sleeps `d` in slices of at most 50 ms; `false` as soon as `stop` is set (a client's or a
 /// worker's background thread that must end promptly when its owner stops).
