@@ -80,6 +80,46 @@ pub enum ProcessError {
         /// The signal number.
         signal: i32,
     },
+    /// The child ran out of its memory limit
+    /// ([`Builder::memory_limit`](crate::Builder::memory_limit)). `reported`: the child itself
+    /// reported the failed allocation (its abort handler found `ENOMEM`): exact. Otherwise
+    /// it was killed by `SIGABRT` under the limit, which is what a failed allocation does but
+    /// also what an `abort` for another reason does: inferred, and the message says so. (The
+    /// report is lost when `RUST_BACKTRACE` makes Rust print a backtrace before aborting.) A
+    /// child that dies by another signal under the limit is [`Killed`](Self::Killed).
+    #[error(
+        "process {pid} ran out of its memory limit of {limit} bytes ({})",
+        if *reported { "an allocation failed" } else { "inferred: it aborted under the limit; an abort for another reason looks the same" }
+    )]
+    MemoryLimit {
+        /// Process id of the child.
+        pid: u32,
+        /// The limit in bytes.
+        limit: u64,
+        /// Whether the child reported the failed allocation (exact) rather than the cause
+        /// being inferred from its abort.
+        reported: bool,
+    },
+    /// The child used up its CPU-time limit
+    /// ([`Builder::cpu_time_limit`](crate::Builder::cpu_time_limit)). Inferred from
+    /// the signal that killed it (`SIGXCPU`, which the kernel sends at the limit and which
+    /// another process could also send).
+    #[error("process {pid} used up its CPU-time limit of {limit:?} (killed by SIGXCPU)")]
+    CpuTimeLimit {
+        /// Process id of the child.
+        pid: u32,
+        /// The limit (the kernel counts whole seconds, rounded up).
+        limit: Duration,
+    },
+    /// An option that needs root (running the child as another user or group) was set in a
+    /// process that is not root.
+    #[error(
+        "the `{option}` option needs root privileges (this process's effective user is not root)"
+    )]
+    NotRoot {
+        /// The option.
+        option: &'static str,
+    },
     /// A wait ran out of time.
     #[error(transparent)]
     Timeout(#[from] TimedOut),
@@ -198,6 +238,35 @@ pub enum PoolError {
         pid: u32,
         /// Its exit code: negative for the signal that killed it.
         exitcode: i32,
+    },
+    /// The task ran its worker out of the workers' memory limit
+    /// ([`PoolBuilder::memory_limit`](crate::PoolBuilder::memory_limit)); only this task fails
+    /// and a replacement worker starts. `reported` as in
+    /// [`ProcessError::MemoryLimit`](crate::ProcessError::MemoryLimit): exact when the worker
+    /// reported the failed allocation, inferred from its abort otherwise. A worker killed by
+    /// another signal under the limit (the kernel's OOM killer) is
+    /// [`WorkerDied`](Self::WorkerDied).
+    #[error(
+        "worker {pid} ran out of its memory limit of {limit} bytes running the task ({})",
+        if *reported { "an allocation failed" } else { "inferred: it aborted under the limit; an abort for another reason looks the same" }
+    )]
+    MemoryLimit {
+        /// The worker's pid.
+        pid: u32,
+        /// The limit in bytes.
+        limit: u64,
+        /// Whether the worker reported the failed allocation (exact).
+        reported: bool,
+    },
+    /// The task used up the pool's CPU-time limit per task
+    /// ([`PoolBuilder::cpu_time_limit`](crate::PoolBuilder::cpu_time_limit)): its worker was
+    /// killed by `SIGXCPU` (inferred from that signal) and replaced.
+    #[error("the task used up its CPU-time limit of {limit:?} (worker {pid} killed by SIGXCPU)")]
+    CpuTimeLimit {
+        /// The worker's pid.
+        pid: u32,
+        /// The limit (whole seconds, rounded up).
+        limit: Duration,
     },
     /// The task panicked; the worker survives.
     #[error("task panicked: {0}")]

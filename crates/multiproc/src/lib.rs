@@ -70,8 +70,9 @@ pub use multiproc_macros::{func, main, managed, test};
 pub use pool::{AsArg, AsyncResult, ClosurePool, Pool, PoolBuilder};
 pub use process::registry::Func;
 pub use process::{
-    ActiveChild, Builder, CurrentProcess, ParentProcess, Process, StartMethod, UnknownStartMethod,
-    active_children, current_process, get_start_method, parent_process, set_start_method,
+    ActiveChild, Builder, CapturedOutput, CurrentProcess, Enforcement, Limits, Output,
+    ParentProcess, Process, Resource, StartMethod, UNLIMITED, UnknownStartMethod, active_children,
+    cgroup2_memory_hierarchy, current_process, get_start_method, parent_process, set_start_method,
     start_forkserver,
 };
 pub use queue::{JoinableQueue, Queue, SimpleQueue};

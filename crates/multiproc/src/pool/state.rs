@@ -249,6 +249,10 @@ pub(crate) fn failure(failure: Failure) -> PoolError {
             false => CodecError::Decode(message),
         }),
         Failure::Task(Outcome::Failed(m)) => PoolError::Failed(m),
+        // Sent by a dying worker's abort handler on its process channel, never in a report.
+        Failure::Task(Outcome::MemoryLimit) => {
+            PoolError::Failed("a memory-limit report in a task's failure".into())
+        }
         Failure::BrokeWorker(m) => PoolError::WorkerBroken(m),
     }
 }

@@ -20,6 +20,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Panicked(m) => format!("panicked: {m}"),
         Outcome::Codec { message, .. } => format!("codec error: {message}"),
         Outcome::Failed(m) => m.clone(),
+        Outcome::MemoryLimit => "ran out of its memory limit".into(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::panics::{self, panic_message};
 use super::wire::{self, Outcome, Returned, Start};
-use super::{child, current, registry};
+use super::{child, current, registry, setup};
 use crate::codec::{ResultBuf, SMALL_RESULT};
 use crate::error::CodecError;
 use crate::sys;
@@ -42,6 +42,16 @@ pub(crate) fn run_start(
             super::tracker::adopt(link);
         }
     }
+    // The piped streams' ends come before the tracker link: error, then output from the end.
+    let mut ends = (None, None);
+    if let Some(s) = &start.setup {
+        if s.stderr.piped() {
+            ends.1 = fds.pop();
+        }
+        if s.stdout.piped() {
+            ends.0 = fds.pop();
+        }
+    }
     current::become_child(
         &mut current::lock_me(),
         start.name,
@@ -51,6 +61,11 @@ pub(crate) fn run_start(
         start.parent_name,
         direct,
     );
+    if let Some(s) = &start.setup
+        && let Err(message) = setup::apply(s, sock, ends)
+    {
+        finish(sock, Err(Outcome::Failed(message)))
+    }
     match registry::lookup(&start.function) {
         None => finish(
             sock,

@@ -1,20 +1,25 @@
 //! Starting processes: the builder, the default start method, and the dispatch to the start
 //! methods (`fork`, `spawn`, `forkserver`, one module each).
 
+use std::ffi::OsString;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::handle::Process;
+use super::output;
 use super::registry::Func;
+use super::setup::{DEFAULT_CAPTURE_LIMIT, Output, Setup};
 use super::wire::Start;
 use super::{before_main, child, current, fork, forkserver, registry, spawn, tracker};
 use crate::error::ProcessError;
-use crate::sys;
+use crate::sys::{self, Resource};
 
 /// How a child process is created.
 ///
@@ -137,11 +142,56 @@ pub fn get_start_method() -> StartMethod {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Default)]
+///
+/// Besides name, daemon flag and start method, a builder sets up the child before its
+/// function runs, under every start method: resource limits ([`memory_limit`](Self::memory_limit),
+/// [`cpu_time_limit`](Self::cpu_time_limit), [`rlimit`](Self::rlimit)), niceness, working
+/// directory, environment, user and group, and where its output goes.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use multiproc::{Output, Process, Resource};
+///
+/// #[multiproc::func]
+/// fn render(scene: String) -> usize { scene.len() }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let p = Process::builder()
+///     .memory_limit(512 << 20)
+///     .cpu_time_limit(Duration::from_secs(30))
+///     .rlimit(Resource::NoFile, 256, 256)
+///     .rlimit(Resource::Core, 0, 0)
+///     .nice(10)
+///     .current_dir("/tmp")
+///     .env_clear()
+///     .env("LANG", "C")
+///     .stdout(Output::Capture)
+///     .stderr(Output::Prefixed)
+///     .start(&render, "scene".into())?;
+/// let output = p.output(Duration::from_secs(60))?;
+/// assert_eq!(p.join()?, 5);
+/// print!("{}", output.stdout_lossy());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
 pub struct Builder {
     name: Option<String>,
     daemon: Option<bool>,
     method: Option<StartMethod>,
+    setup: Setup,
+    capture_limit: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: None,
+            daemon: None,
+            method: None,
+            setup: Setup::default(),
+            capture_limit: DEFAULT_CAPTURE_LIMIT,
+        }
+    }
 }
 
 impl Builder {
@@ -167,6 +217,101 @@ impl Builder {
     /// The start method for this process (otherwise [`get_start_method`]).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
+        self
+    }
+
+    /// The child cannot use more than `bytes` of memory: an allocation past it fails the
+    /// child with [`ProcessError::MemoryLimit`]. Enforced as `RLIMIT_DATA` (heap and private
+    /// writable mappings; see [`Limits`](super::Limits) for what is exact).
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.setup.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The child may use this much CPU time (whole seconds, rounded up; at least one): past
+    /// it the kernel ends it and `join` reports [`ProcessError::CpuTimeLimit`].
+    pub fn cpu_time_limit(mut self, limit: Duration) -> Self {
+        self.setup.cpu_time_limit = Some(limit);
+        self
+    }
+
+    /// Sets the child's `soft` and `hard` limit of `resource` (`setrlimit`), after the memory
+    /// and CPU-time limits (so it overrides them for the same resource). Raising a hard
+    /// limit needs privileges; [`UNLIMITED`](crate::UNLIMITED) is no limit.
+    pub fn rlimit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
+        self.setup.rlimits.push((resource, soft, hard));
+        self
+    }
+
+    /// The child's niceness, -20 (first) to 19 (last); lowering it below the parent's needs
+    /// privileges.
+    pub fn nice(mut self, nice: i32) -> Self {
+        self.setup.nice = Some(nice);
+        self
+    }
+
+    /// The child's working directory.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.setup.current_dir = Some(dir.into());
+        self
+    }
+
+    /// The child starts with an empty environment (plus what [`env`](Self::env) sets after).
+    pub fn env_clear(mut self) -> Self {
+        self.setup.env_clear = true;
+        self.setup.env.clear();
+        self
+    }
+
+    /// Sets environment variable `key` to `value` in the child.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.setup.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes environment variable `key` in the child.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.setup.env.push((key.into(), None));
+        self
+    }
+
+    /// Runs the child as user `uid` (needs root: otherwise starting fails with
+    /// [`ProcessError::NotRoot`]).
+    pub fn user(mut self, uid: u32) -> Self {
+        self.setup.user = Some(uid);
+        self
+    }
+
+    /// Runs the child as group `gid`, with no supplementary groups (needs root: otherwise
+    /// starting fails with [`ProcessError::NotRoot`]).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.setup.group = Some(gid);
+        self
+    }
+
+    /// Where the child's standard output goes (default: this process's).
+    pub fn stdout(mut self, output: Output) -> Self {
+        self.setup.stdout = output;
+        self
+    }
+
+    /// Where the child's standard error goes (default: this process's).
+    pub fn stderr(mut self, output: Output) -> Self {
+        self.setup.stderr = output;
+        self
+    }
+
+    /// How many bytes of each captured stream are kept, the most recent ones (default 1 MiB):
+    /// a child that prints gigabytes costs this much memory here, no more.
+    pub fn capture_limit(mut self, bytes: usize) -> Self {
+        self.capture_limit = bytes;
+        self
+    }
+
+    /// Replaces the child's set-up (the pool's and the manager's builders share it).
+    pub(crate) fn with_setup(mut self, setup: Setup, capture_limit: usize) -> Self {
+        self.setup = setup;
+        self.capture_limit = capture_limit;
         self
     }
 
@@ -208,14 +353,29 @@ impl Builder {
     {
         check_bootstrapped()?;
         child::reap_finished();
-        let start = self.describe(String::new(), Vec::new());
-        fork::start_closure(start, f)
+        let start = self.describe(String::new(), Vec::new())?;
+        let (pending, ends) = output::pipes(start.setup.as_deref())?;
+        fork::start_closure(start, f, ends, self.streams(pending))
     }
 
-    fn describe(&self, function: String, args: Vec<u8>) -> Start {
+    /// What the parent keeps of the child's piped streams.
+    fn streams(&self, pending: output::Pending) -> Streams {
+        Streams {
+            pending,
+            limit: self.capture_limit,
+        }
+    }
+
+    fn describe(&self, function: String, args: Vec<u8>) -> Result<Start, ProcessError> {
+        let setup = if self.setup.is_empty() {
+            None
+        } else {
+            self.setup.check()?;
+            Some(Box::new(self.setup.clone()))
+        };
         let (identity, default_name) = current::next_child_identity();
         let me = current::current_process();
-        Start {
+        Ok(Start {
             function,
             name: self.name.clone().unwrap_or(default_name),
             identity,
@@ -224,7 +384,8 @@ impl Builder {
             parent_name: me.name().to_string(),
             args,
             tracker: false,
-        }
+            setup,
+        })
     }
 
     /// Starts the registered function `function` with its encoded arguments `args` and their
@@ -237,28 +398,44 @@ impl Builder {
     ) -> Result<Process<R>, ProcessError> {
         check_bootstrapped()?;
         child::reap_finished();
-        let start = self.describe(function.to_string(), args);
+        let start = self.describe(function.to_string(), args)?;
+        let (pending, ends) = output::pipes(start.setup.as_deref())?;
+        let streams = self.streams(pending);
         let method = self.method.unwrap_or_else(get_start_method);
         if method == StartMethod::Fork {
-            return fork::start_registered(start, fds);
+            return fork::start_registered(start, fds, ends, streams);
         }
         // Spawn and forkserver: the start message goes through a socket pair.
         let (ours, theirs) =
             sys::socketpair().map_err(ProcessError::io("creating a socket pair"))?;
         let mut start = start;
         let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        // The ends of the piped streams, then the tracker link (see `Start::setup`).
+        fds.extend(ends.0.iter().chain(ends.1.iter()).map(|f| f.as_fd()));
         // A forked child inherits the tracker link; these get it with the start message.
         if let Some(link) = tracker::link() {
             start.tracker = true;
             fds.push(link);
         }
         let payload = crate::codec::encode(&start)?;
-        if method == StartMethod::Forkserver {
-            forkserver::launch(ours, theirs, start, &payload, &fds)
+        let started = if method == StartMethod::Forkserver {
+            forkserver::launch(ours, theirs, start, &payload, &fds, streams)
         } else {
-            spawn::launch(ours, theirs, start, &payload, &fds)
-        }
+            spawn::launch(ours, theirs, start, &payload, &fds, streams)
+        };
+        // Our copies of the write ends: the child has its own now (the reader sees the end
+        // of the stream when the child's are closed).
+        drop(fds);
+        drop(ends);
+        started
     }
+}
+
+/// What the parent keeps of a new child's piped streams until it knows the child's pid.
+#[derive(Debug)]
+pub(crate) struct Streams {
+    pub(crate) pending: output::Pending,
+    pub(crate) limit: usize,
 }
 
 fn check_bootstrapped() -> Result<(), ProcessError> {

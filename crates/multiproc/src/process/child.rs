@@ -24,6 +24,10 @@ pub(crate) struct ChildShared {
     scope: u64,
     pidfd: OwnedFd,
     state: Mutex<ChildState>,
+    /// The limits it runs under, if any (see `setup`).
+    pub(crate) limits: Option<Box<super::setup::Limits>>,
+    /// The readers of its piped streams, if any.
+    pub(crate) streams: Option<super::output::Streams>,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +48,8 @@ struct ChildState {
     fds: Vec<OwnedFd>,
     /// The exit code the child's report implies (0 returned, 1 otherwise).
     outcome_code: Option<i32>,
+    /// The child reported an allocation failure under its memory limit.
+    memory_limit_seen: bool,
 }
 
 impl ChildShared {
@@ -79,6 +85,8 @@ impl ChildShared {
                 theirs,
                 ..ChildState::default()
             }),
+            limits: None,
+            streams: None,
         })
     }
 
@@ -204,6 +212,7 @@ impl ChildShared {
                 } else {
                     1
                 });
+                st.memory_limit_seen |= matches!(outcome, Outcome::MemoryLimit);
                 if !st.detached {
                     st.outcome = Some(outcome);
                 }
@@ -289,11 +298,40 @@ impl ChildShared {
                 message,
             }) => Err(CodecError::Decode(message).into()),
             Some(Outcome::Failed(message)) => Err(ProcessError::Bootstrap { pid, message }),
-            None => Err(match status {
-                ExitStatus::Code(code) => ProcessError::Exited { pid, code },
-                ExitStatus::Signal(signal) => ProcessError::Killed { pid, signal },
+            Some(Outcome::MemoryLimit) => Err(ProcessError::MemoryLimit {
+                pid,
+                limit: self.memory_limit().unwrap_or(0),
+                reported: true,
+            }),
+            None => Err(match (status, self.cpu_limit(), self.memory_limit()) {
+                (ExitStatus::Signal(sys::SIGXCPU), Some(limit), _) => {
+                    ProcessError::CpuTimeLimit { pid, limit }
+                }
+                (ExitStatus::Signal(sys::SIGABRT), _, Some(limit)) => ProcessError::MemoryLimit {
+                    pid,
+                    limit,
+                    reported: false,
+                },
+                (ExitStatus::Code(code), ..) => ProcessError::Exited { pid, code },
+                (ExitStatus::Signal(signal), ..) => ProcessError::Killed { pid, signal },
             }),
         }
+    }
+
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.limits.as_ref().and_then(|l| l.memory())
+    }
+
+    fn cpu_limit(&self) -> Option<std::time::Duration> {
+        self.limits.as_ref().and_then(|l| l.cpu_time())
+    }
+
+    /// Whether the child reported that an allocation failed under its memory limit (once it
+    /// has ended; the result stays for `take_result`).
+    pub(crate) fn hit_memory_limit(&self) -> bool {
+        let mut st = self.lock();
+        let _ = self.progress(&mut st);
+        matches!(st.outcome, Some(Outcome::MemoryLimit)) || st.memory_limit_seen
     }
 
     /// The last handle is gone: the result is no longer wanted. Returns whether a reaper

@@ -6,20 +6,27 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::builder::Streams;
 use super::handle::{self, Process};
+use super::setup::StreamEnds;
 use super::wire::{Outcome, Start};
-use super::{bootstrap, child, current, forkserver, panics, reaper, registry, scope};
+use super::{bootstrap, child, current, forkserver, panics, reaper, registry, scope, setup};
 use crate::error::ProcessError;
 use crate::sys;
 
 /// Runs closure `f` in a forked child that becomes `start`'s process (see
 /// [`Builder::fork`](super::Builder::fork)).
-pub(super) fn start_closure<R, C>(start: Start, f: C) -> Result<Process<R>, ProcessError>
+pub(super) fn start_closure<R, C>(
+    start: Start,
+    f: C,
+    ends: StreamEnds,
+    streams: Streams,
+) -> Result<Process<R>, ProcessError>
 where
     C: FnOnce() -> R,
     R: Serialize + DeserializeOwned,
 {
-    fork_with(start, |_, sock| {
+    fork_with(start, ends, streams, |_, sock| {
         bootstrap::run_and_finish(sock, |out| out.encode(&f()))
     })
 }
@@ -29,9 +36,11 @@ where
 pub(super) fn start_registered<R>(
     start: Start,
     fds: Vec<OwnedFd>,
+    ends: StreamEnds,
+    streams: Streams,
 ) -> Result<Process<R>, ProcessError> {
     let entry = registry::lookup(&start.function);
-    fork_with(start, move |start, sock| match entry {
+    fork_with(start, ends, streams, move |start, sock| match entry {
         Some(e) => bootstrap::run_and_finish(sock, |out| (e.invoke)(&start.args, fds, out)),
         None => bootstrap::finish(
             sock,
@@ -48,6 +57,8 @@ pub(super) fn start_registered<R>(
 /// nothing goes through the socket but the outcome.
 fn fork_with<R>(
     start: Start,
+    ends: StreamEnds,
+    streams: Streams,
     body: impl FnOnce(&Start, BorrowedFd<'_>) -> std::convert::Infallible,
 ) -> Result<Process<R>, ProcessError> {
     // The child inherits the hook that names it when it panics.
@@ -72,10 +83,15 @@ fn fork_with<R>(
             parent_name,
             true,
         );
+        if let Some(s) = &start.setup
+            && let Err(message) = setup::apply(s, report, ends)
+        {
+            match bootstrap::finish(report, Err(Outcome::Failed(message))) {}
+        }
         match body(&start, report) {}
     })
     .map_err(ProcessError::io("fork"))?;
-    handle::register_started(pid, start, None, ours, Some(theirs))
+    handle::register_started(pid, start, None, ours, Some(theirs), streams)
 }
 
 /// Forks with every global lock of the crate held, so that the child finds them in a known

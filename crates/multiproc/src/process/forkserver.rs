@@ -71,9 +71,10 @@ pub(super) fn launch<R>(
     start: Start,
     payload: &[u8],
     fds: &[BorrowedFd<'_>],
+    streams: super::builder::Streams,
 ) -> Result<Process<R>, ProcessError> {
     let (pid, pidfd) = request(theirs.as_fd(), payload, fds)?;
-    handle::register_started(pid, start, Some(pidfd), ours, None)
+    handle::register_started(pid, start, Some(pidfd), ours, None, streams)
 }
 
 /// Asks the forkserver for a child that runs the encoded start message `start` (with `fds`,

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use super::builder::Streams;
 use super::child::{self, ChildShared};
+use super::output::{self, CapturedOutput};
+use super::setup::Limits;
 use super::wire::Start;
 use super::{reaper, scope};
 use crate::error::ProcessError;
@@ -24,10 +27,15 @@ pub(super) fn register_started<R>(
     pidfd: Option<OwnedFd>,
     sock: OwnedFd,
     theirs: Option<OwnedFd>,
+    streams: Streams,
 ) -> Result<Process<R>, ProcessError> {
     let scope = scope::of_new_child();
-    let shared = ChildShared::new(pid, start.name, start.daemon, scope, pidfd, sock, theirs)
+    let mut shared = ChildShared::new(pid, start.name, start.daemon, scope, pidfd, sock, theirs)
         .map_err(ProcessError::io("watching the child"))?;
+    if let Some(setup) = start.setup {
+        shared.limits = setup.limits().map(Box::new);
+        shared.streams = output::Streams::start(streams.pending, &shared.name, pid, streams.limit);
+    }
     let shared = Arc::new(shared);
     child::register(shared.clone());
     Ok(Process::new(shared))
@@ -143,6 +151,34 @@ impl<R> Process<R> {
     /// Sends `SIGINT`.
     pub fn interrupt(&self) -> Result<(), ProcessError> {
         self.shared.signal(sys::SIGINT)
+    }
+
+    /// The limits the process runs under and how they are enforced; `None` if none was set.
+    ///
+    /// ```no_run
+    /// #[multiproc::func]
+    /// fn work(x: u64) -> u64 { x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let p = multiproc::Process::builder().memory_limit(256 << 20).start(&work, 1)?;
+    /// let limits = p.limits().expect("a limit was set");
+    /// println!("memory ≤ {:?} bytes, by {}", limits.memory(), limits.enforcement());
+    /// # p.join()?; Ok(()) }
+    /// ```
+    pub fn limits(&self) -> Option<&Limits> {
+        self.shared.limits.as_deref()
+    }
+
+    /// What the process wrote to its captured streams ([`Output::Capture`](super::Output)),
+    /// once it has ended and closed them: waits at most `timeout` for that (a grandchild
+    /// that inherited the streams keeps them open). Call it before [`join`](Self::join), which
+    /// consumes the handle; it may be called again. A stream not captured comes back empty;
+    /// with no captured stream at all this is an empty [`CapturedOutput`] at once.
+    pub fn output(&self, timeout: Duration) -> Result<CapturedOutput, ProcessError> {
+        match &self.shared.streams {
+            Some(s) if s.capturing() => s.wait(timeout),
+            _ => Ok(CapturedOutput::default()),
+        }
     }
 
     /// A descriptor that becomes readable when the process ends (a pidfd), for `poll`,

@@ -37,17 +37,25 @@ mod current;
 mod fork;
 mod forkserver;
 mod handle;
+mod output;
 mod panics;
 mod reaper;
 pub(crate) mod registry;
 mod scope;
+pub(crate) mod setup;
 mod spawn;
 pub(crate) mod tracker;
 mod wire;
 
+pub use crate::sys::Resource;
 pub use builder::{Builder, StartMethod, UnknownStartMethod, get_start_method, set_start_method};
 pub use current::{CurrentProcess, ParentProcess, current_process, parent_process};
 pub use handle::{ActiveChild, Process, active_children};
+pub use output::CapturedOutput;
+pub use setup::{Enforcement, Limits, Output, cgroup2_memory_hierarchy};
+
+/// No limit, for [`Builder::rlimit`] (`RLIM_INFINITY`).
+pub const UNLIMITED: u64 = crate::sys::UNLIMITED;
 // What the rest of the crate uses of the start machinery.
 pub(crate) use before_main::on_load;
 pub(crate) use bootstrap::run_guarded_into;

@@ -4,6 +4,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::bootstrap::{self, run_start};
+use super::builder::Streams;
 use super::handle::{self, Process};
 use super::wire::{self, Kind, Start};
 use crate::error::ProcessError;
@@ -17,12 +18,13 @@ pub(super) fn launch<R>(
     start: Start,
     payload: &[u8],
     fds: &[BorrowedFd<'_>],
+    streams: Streams,
 ) -> Result<Process<R>, ProcessError> {
     let pid = sys::spawn_self(theirs.as_fd(), (wire::ENV, "child"))
         .map_err(ProcessError::io("spawning a child"))?;
     drop(theirs);
     let sent = wire::write_frame(ours.as_fd(), Kind::Start, payload, fds);
-    let process = handle::register_started(pid, start, None, ours, None)?;
+    let process = handle::register_started(pid, start, None, ours, None, streams)?;
     match sent {
         Ok(()) => Ok(process),
         // A child that died before reading is reported by its exit status at join.

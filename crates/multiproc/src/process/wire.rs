@@ -62,8 +62,13 @@ pub(crate) struct Start {
     pub(crate) parent_name: String,
     #[serde(with = "serde_bytes")]
     pub(crate) args: Vec<u8>,
-    /// The link to the tree's shared memory tracker comes after the arguments' descriptors.
+    /// The link to the tree's shared memory tracker comes after the arguments' descriptors
+    /// (and after the piped streams' ends).
     pub(crate) tracker: bool,
+    /// Limits and surroundings to set up before the function runs; `None`: nothing to do.
+    /// The ends of its piped streams (standard output, then error) come after the
+    /// arguments' descriptors.
+    pub(crate) setup: Option<Box<super::setup::Setup>>,
 }
 
 /// How the child's function ended, as the child reports it.
@@ -78,6 +83,8 @@ pub(crate) enum Outcome {
     Codec { encode: bool, message: String },
     /// The child could not run the function at all.
     Failed(String),
+    /// An allocation failed under the child's memory limit (sent by its abort handler).
+    MemoryLimit,
 }
 
 #[inline]

@@ -18,8 +18,12 @@
 //!   [`take_inherited_fd`], [`close_inline`], [`pidfd_open`], [`try_wait`], [`ExitStatus`],
 //!   [`process_alive`], [`getpid`], [`gettid`], [`getppid`], [`exit_now`], [`at_exit`],
 //!   [`remove_env`], [`affinity_cpu_count`];
+//! - limits and the child's surroundings ([`limits`]): [`Resource`], [`set_rlimit`],
+//!   [`get_rlimit`], [`UNLIMITED`], [`allow_cpu_time`], [`cpu_time_used`], [`resident_bytes`],
+//!   [`set_nice`], [`get_nice`], [`change_dir`], [`edit_env`], [`is_root`], [`set_user`],
+//!   [`set_group`], [`redirect`], [`pipe`], [`report_alloc_failure_on_abort`];
 //! - signals ([`signal`]): [`send_signal`], [`pidfd_send_signal`], [`signal_name`],
-//!   [`SIGTERM`], [`SIGKILL`], [`SIGINT`], [`ignore_stop_signals`];
+//!   [`SIGTERM`], [`SIGKILL`], [`SIGINT`], [`SIGXCPU`], [`SIGABRT`], [`ignore_stop_signals`];
 //! - shared memory ([`shm`]): [`Region`], [`memfd_with`];
 //! - futexes ([`futex`]): [`futex_wait`], [`futex_wake`];
 //! - the shared clock ([`time`]): [`monotonic_ns`].
@@ -39,6 +43,7 @@ use nix::errno::Errno;
 
 mod fd_passing;
 mod futex;
+mod limits;
 mod net;
 mod process;
 mod shm;
@@ -48,6 +53,12 @@ mod time;
 
 pub(crate) use fd_passing::{MAX_FDS_PER_MESSAGE, recv_with_fds, recv_with_fds_now, send_with_fds};
 pub(crate) use futex::{futex_wait, futex_wake};
+pub use limits::Resource;
+pub(crate) use limits::{
+    UNLIMITED, allow_cpu_time, change_dir, cpu_time_used, edit_env, get_nice, get_rlimit, is_root,
+    pipe, redirect, report_alloc_failure_on_abort, resident_bytes, set_group, set_nice, set_rlimit,
+    set_user,
+};
 pub(crate) use net::{
     SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown,
 };
@@ -58,7 +69,8 @@ pub(crate) use process::{
 };
 pub(crate) use shm::{Region, memfd_with};
 pub(crate) use signal::{
-    SIGINT, SIGKILL, SIGTERM, ignore_stop_signals, pidfd_send_signal, send_signal, signal_name,
+    SIGABRT, SIGINT, SIGKILL, SIGTERM, SIGXCPU, ignore_stop_signals, pidfd_send_signal,
+    send_signal, signal_name,
 };
 pub(crate) use socket::{
     packet_pair, poll, poll_readable, read_some, recv_exact, recv_packet, recv_plain, send_all,

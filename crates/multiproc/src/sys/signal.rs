@@ -46,6 +46,10 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
 pub(crate) const SIGTERM: i32 = Signal::SIGTERM as i32;
 pub(crate) const SIGKILL: i32 = Signal::SIGKILL as i32;
 pub(crate) const SIGINT: i32 = Signal::SIGINT as i32;
+/// The signal the kernel sends at the soft CPU-time limit.
+pub(crate) const SIGXCPU: i32 = Signal::SIGXCPU as i32;
+/// The signal of `abort`.
+pub(crate) const SIGABRT: i32 = Signal::SIGABRT as i32;
 
 /// Signals whose default action a spawned child gets back.
 pub(super) const STOP_SIGNALS: [Signal; 6] = [
