@@ -23,9 +23,10 @@ use super::state::{
     run_callbacks,
 };
 use super::wire::{FromWorker, ToWorker};
-use super::worker::multiproc_pool_worker;
+use super::worker::{WorkerLimits, multiproc_pool_worker};
 use crate::connection::{Connection, FrameReader, pipe, wait};
 use crate::error::PoolError;
+use crate::process::setup::Setup;
 use crate::process::{Outcome, Process, StartMethod};
 
 /// Runs a closure pool's tasks in a forked worker.
@@ -42,6 +43,10 @@ pub(crate) struct Config {
     pub(crate) method: Option<StartMethod>,
     /// Set for a closure pool: workers are forks that run this.
     pub(crate) closure: Option<ClosureRunner>,
+    /// How each worker is set up (limits, surroundings, output).
+    pub(crate) setup: Setup,
+    /// What each worker watches itself.
+    pub(crate) limits: WorkerLimits,
 }
 
 /// A chunk sent to a worker and not yet reported. A worker holds up to [`depth`] of them, so
@@ -178,13 +183,14 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
     let reports = Reports::new()?;
     let progress = Progress::new().map_err(PoolError::io("cannot make a progress area"))?;
     if let Some(run) = cfg.closure.clone() {
-        let maxtasks = cfg.maxtasks;
+        let (maxtasks, limits) = (cfg.maxtasks, cfg.limits);
         let (ring, kept) = (reports.clone(), progress.clone());
         let process = Process::builder()
             .daemon(true)
             .name("PoolWorker")
+            .with_setup(cfg.setup.clone())
             .fork(move || {
-                super::worker::serve(&theirs, &ring, &kept, None, maxtasks, &|_| {
+                super::worker::serve(&theirs, &ring, &kept, None, maxtasks, limits, &|_| {
                     let run = run.clone();
                     Box::new(move |a, out| run(a, out))
                 })
@@ -192,7 +198,10 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
             .map_err(PoolError::io("cannot fork a worker"))?;
         return Ok(Worker::new(process, ours, reports, progress));
     }
-    let mut b = Process::builder().daemon(true).name("PoolWorker");
+    let mut b = Process::builder()
+        .daemon(true)
+        .name("PoolWorker")
+        .with_setup(cfg.setup.clone());
     if let Some(m) = cfg.method {
         b = b.start_method(m);
     }
@@ -205,6 +214,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
                 progress.clone(),
                 cfg.init.clone(),
                 cfg.maxtasks,
+                cfg.limits,
             ),
         )
         .map_err(PoolError::io("cannot start a worker"))?;
@@ -315,7 +325,7 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
                 rest = running_item;
             }
             Some(_) => results.push(Err(PoolError::Timeout(limit))),
-            None => results.push(Err(PoolError::WorkerDied { pid, exitcode })),
+            None => results.push(Err(death_cause(cfg, &w.process, exitcode))),
         }
     }
     let seq = st.seq();
@@ -333,6 +343,30 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
         shared.changed.notify_all();
     }
     callbacks
+}
+
+/// Why worker `process` died running a task, from what it reported and its exit code: a
+/// memory limit it reported (exact) or an abort under one (inferred), the CPU-time limit
+/// (`SIGXCPU`, inferred from the signal), or a plain death.
+fn death_cause(cfg: &Config, process: &Process<()>, exitcode: i32) -> PoolError {
+    let pid = process.pid();
+    let memory = cfg.setup.memory_limit;
+    match (memory, cfg.limits.cpu_per_task) {
+        (Some(limit), _) if process.hit_memory_limit() => PoolError::MemoryLimit {
+            pid,
+            limit,
+            reported: true,
+        },
+        (Some(limit), _) if exitcode == -crate::sys::SIGABRT => PoolError::MemoryLimit {
+            pid,
+            limit,
+            reported: false,
+        },
+        (_, Some(limit)) if exitcode == -crate::sys::SIGXCPU => {
+            PoolError::CpuTimeLimit { pid, limit }
+        }
+        _ => PoolError::WorkerDied { pid, exitcode },
+    }
 }
 
 /// Kills the workers whose running item is past its time limit; their deaths are settled

@@ -56,11 +56,13 @@ pub use result::Encoded;
 pub use result::{AsyncResult, Imap, MapResult};
 
 use crate::error::{NotRegistered, PoolError};
-use crate::process::StartMethod;
 use crate::process::registry::{self, Func};
+use crate::process::setup::Setup;
+use crate::process::{Output, Resource, StartMethod};
 use handler::Config;
 use state::{Chunk, Inner, Reader, Shared, State};
 use wire::Batch;
+use worker::WorkerLimits;
 
 /// An item a pool can pass as argument `T`: `T` itself, a reference to it, `&str` for a
 /// `String` and `&[T]` for a `Vec<T>` (they encode alike), so that borrowed collections need
@@ -94,6 +96,8 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     method: Option<StartMethod>,
     closure: Option<handler::ClosureRunner>,
+    setup: Setup,
+    limits: WorkerLimits,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -142,6 +146,110 @@ impl PoolBuilder {
         self
     }
 
+    /// Each worker cannot use more than `bytes` of memory: a task whose allocation goes past it
+    /// fails with [`PoolError::MemoryLimit`], its worker is replaced, and the other tasks are
+    /// not affected. See [`Builder::memory_limit`](crate::Builder::memory_limit).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let pool = multiproc::Pool::builder()
+    ///     .processes(8)
+    ///     .memory_limit(1 << 30)
+    ///     .max_memory_per_child(700 << 20)
+    ///     .cpu_time_limit(Duration::from_secs(60))
+    ///     .build()?;
+    /// # Ok::<(), multiproc::PoolError>(())
+    /// ```
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.setup.memory_limit = Some(bytes);
+        self
+    }
+
+    /// A worker whose resident memory is above `bytes` after a chunk of tasks (a task that
+    /// leaks) is replaced, as after [`maxtasksperchild`](Self::maxtasksperchild): no task
+    /// fails. Celery's `worker_max_memory_per_child`.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.limits.max_resident = Some(bytes);
+        self
+    }
+
+    /// Each task may use this much CPU time (whole seconds, rounded up): past it the kernel
+    /// ends its worker (`SIGXCPU`), the task fails with [`PoolError::CpuTimeLimit`] and the
+    /// worker is replaced. Counted per task (per item of a chunk), not over a worker's life.
+    pub fn cpu_time_limit(mut self, limit: Duration) -> Self {
+        self.limits.cpu_per_task = Some(limit);
+        self
+    }
+
+    /// Sets the workers' `soft` and `hard` limit of `resource`; see
+    /// [`Builder::rlimit`](crate::Builder::rlimit).
+    pub fn rlimit(mut self, resource: Resource, soft: u64, hard: u64) -> Self {
+        self.setup.rlimits.push((resource, soft, hard));
+        self
+    }
+
+    /// The workers' niceness; see [`Builder::nice`](crate::Builder::nice).
+    pub fn nice(mut self, nice: i32) -> Self {
+        self.setup.nice = Some(nice);
+        self
+    }
+
+    /// The workers' working directory.
+    pub fn current_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.setup.current_dir = Some(dir.into());
+        self
+    }
+
+    /// The workers start with an empty environment (plus what [`env`](Self::env) sets after).
+    pub fn env_clear(mut self) -> Self {
+        self.setup.env_clear = true;
+        self.setup.env.clear();
+        self
+    }
+
+    /// Sets environment variable `key` to `value` in the workers.
+    pub fn env(
+        mut self,
+        key: impl Into<std::ffi::OsString>,
+        value: impl Into<std::ffi::OsString>,
+    ) -> Self {
+        self.setup.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes environment variable `key` in the workers.
+    pub fn env_remove(mut self, key: impl Into<std::ffi::OsString>) -> Self {
+        self.setup.env.push((key.into(), None));
+        self
+    }
+
+    /// Runs the workers as user `uid` (needs root, else `build` fails with
+    /// [`PoolError::Io`] naming the option).
+    pub fn user(mut self, uid: u32) -> Self {
+        self.setup.user = Some(uid);
+        self
+    }
+
+    /// Runs the workers as group `gid` (needs root, as [`user`](Self::user)).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.setup.group = Some(gid);
+        self
+    }
+
+    /// Where the workers' standard output goes: [`Output::Prefixed`] names the worker on each
+    /// line. [`Output::Capture`] is refused by `build` (nothing would read it).
+    pub fn stdout(mut self, output: Output) -> Self {
+        self.setup.stdout = output;
+        self
+    }
+
+    /// Where the workers' standard error goes; as [`stdout`](Self::stdout).
+    pub fn stderr(mut self, output: Output) -> Self {
+        self.setup.stderr = output;
+        self
+    }
+
     /// The start method of the workers (default [`get_start_method`](crate::get_start_method)).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.method = Some(method);
@@ -185,6 +293,16 @@ impl PoolBuilder {
         if let Some(e) = self.init_error {
             return Err(e);
         }
+        if self.setup.stdout == Output::Capture || self.setup.stderr == Output::Capture {
+            return Err(PoolError::Invalid(
+                "a pool's workers cannot capture their output (nothing would read it): use \
+                 Output::Prefixed, Null or Inherit"
+                    .into(),
+            ));
+        }
+        self.setup
+            .check()
+            .map_err(PoolError::io("cannot start a worker"))?;
         let processes = self.processes.unwrap_or_else(crate::cpu::cpu_count);
         if processes == 0 {
             return Err(PoolError::Invalid(
@@ -198,6 +316,8 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             method: self.method,
             closure: self.closure,
+            setup: self.setup,
+            limits: self.limits,
         };
         let (wake_r, wake_w) =
             UnixStream::pair().map_err(PoolError::io("cannot make the pool's doorbell"))?;
@@ -266,6 +386,8 @@ impl Pool {
             task_timeout: None,
             method: None,
             closure: None,
+            setup: Setup::default(),
+            limits: WorkerLimits::default(),
         }
     }
 

@@ -14,6 +14,22 @@ use super::progress::{Clock, Progress};
 use super::reports::Reports;
 use super::wire::{Batch, Failure, FromWorker, ToWorker};
 
+/// What a worker watches itself: the CPU time each task may use, and the resident memory
+/// above which it retires after a chunk.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct WorkerLimits {
+    pub(crate) cpu_per_task: Option<std::time::Duration>,
+    pub(crate) max_resident: Option<u64>,
+}
+
+impl WorkerLimits {
+    /// Whether the worker used more memory than it may keep (then it retires).
+    fn too_big(&self) -> bool {
+        self.max_resident
+            .is_some_and(|max| crate::sys::resident_bytes().is_ok_and(|rss| rss > max))
+    }
+}
+
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Returned(_) => "returned".into(),
@@ -56,6 +72,7 @@ pub(crate) fn serve(
     progress: &Progress,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
+    limits: WorkerLimits,
     resolve: &Resolve<'_>,
 ) {
     if let Some((function, args)) = init
@@ -90,12 +107,18 @@ pub(crate) fn serve(
             progress,
             job,
             start,
+            cpu: limits.cpu_per_task,
         };
         if chunk.run(seq, &resolve(&function), &args, clock).is_err() {
             return;
         }
         done += 1;
         if maxtasks > 0 && done >= maxtasks {
+            return;
+        }
+        // A task that leaked: retire, as after `maxtasks`; the chunks sent behind this one go
+        // to another worker (see `handler::settle_dead`).
+        if limits.too_big() {
             return;
         }
     }
@@ -108,6 +131,8 @@ struct ChunkRun<'a> {
     progress: &'a Progress,
     job: u64,
     start: u64,
+    /// The CPU time each item may use.
+    cpu: Option<std::time::Duration>,
 }
 
 impl ChunkRun<'_> {
@@ -125,6 +150,10 @@ impl ChunkRun<'_> {
         for i in 0..n {
             if clock == Clock::PerItem && i > 0 {
                 self.progress.item_started();
+            }
+            if let Some(budget) = self.cpu {
+                // Each item gets its own budget: the kernel counts the process's whole life.
+                let _ = crate::sys::allow_cpu_time(budget);
             }
             let begin = out.len();
             let failure = task(args.item(i), &mut out);
@@ -220,6 +249,15 @@ pub(crate) fn multiproc_pool_worker(
     progress: Progress,
     init: Option<(String, Vec<u8>)>,
     maxtasks: u64,
+    limits: WorkerLimits,
 ) {
-    serve(&conn, &reports, &progress, init, maxtasks, &registered);
+    serve(
+        &conn,
+        &reports,
+        &progress,
+        init,
+        maxtasks,
+        limits,
+        &registered,
+    );
 }

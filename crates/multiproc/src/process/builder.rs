@@ -309,9 +309,8 @@ impl Builder {
     }
 
     /// Replaces the child's set-up (the pool's and the manager's builders share it).
-    pub(crate) fn with_setup(mut self, setup: Setup, capture_limit: usize) -> Self {
+    pub(crate) fn with_setup(mut self, setup: Setup) -> Self {
         self.setup = setup;
-        self.capture_limit = capture_limit;
         self
     }
 

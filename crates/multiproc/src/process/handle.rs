@@ -181,6 +181,11 @@ impl<R> Process<R> {
         }
     }
 
+    /// Whether the process reported an allocation failure under its memory limit.
+    pub(crate) fn hit_memory_limit(&self) -> bool {
+        self.shared.hit_memory_limit()
+    }
+
     /// A descriptor that becomes readable when the process ends (a pidfd), for `poll`,
     /// `epoll` or `multiproc::connection::wait`. Valid as long as this handle lives.
     pub fn sentinel(&self) -> BorrowedFd<'_> {

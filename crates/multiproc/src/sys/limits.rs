@@ -65,12 +65,12 @@ pub(crate) fn set_rlimit(resource: Resource, soft: u64, hard: u64) -> io::Result
 }
 
 /// This process's `(soft, hard)` limit of `resource`.
-pub(crate) fn get_rlimit(resource: Resource) -> io::Result<(u64, u64)> {
+fn get_rlimit(resource: Resource) -> io::Result<(u64, u64)> {
     getrlimit(resource.to_nix()).map_err(errno)
 }
 
 /// The CPU time (user and system) this process used so far.
-pub(crate) fn cpu_time_used() -> io::Result<Duration> {
+fn cpu_time_used() -> io::Result<Duration> {
     let usage: Usage = getrusage(UsageWho::RUSAGE_SELF).map_err(errno)?;
     let tv = |t: nix::sys::time::TimeVal| {
         Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
@@ -114,17 +114,6 @@ pub(crate) fn set_nice(nice: i32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-/// This process's niceness.
-pub(crate) fn get_nice() -> io::Result<i32> {
-    Errno::clear();
-    // SAFETY: `getpriority` takes plain integers; `0` names this process.
-    let nice = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
-    match Errno::last_raw() {
-        0 => Ok(nice),
-        e => Err(io::Error::from_raw_os_error(e)),
     }
 }
 
@@ -258,6 +247,5 @@ mod tests {
     fn resident_memory_and_cpu_time_are_read() {
         assert!(resident_bytes().unwrap() > 0);
         cpu_time_used().unwrap();
-        get_nice().unwrap();
     }
 }

@@ -19,8 +19,7 @@
 //!   [`process_alive`], [`getpid`], [`gettid`], [`getppid`], [`exit_now`], [`at_exit`],
 //!   [`remove_env`], [`affinity_cpu_count`];
 //! - limits and the child's surroundings ([`limits`]): [`Resource`], [`set_rlimit`],
-//!   [`get_rlimit`], [`UNLIMITED`], [`allow_cpu_time`], [`cpu_time_used`], [`resident_bytes`],
-//!   [`set_nice`], [`get_nice`], [`change_dir`], [`edit_env`], [`is_root`], [`set_user`],
+//!   [`UNLIMITED`], [`allow_cpu_time`], [`resident_bytes`], [`set_nice`], [`change_dir`], [`edit_env`], [`is_root`], [`set_user`],
 //!   [`set_group`], [`redirect`], [`pipe`], [`report_alloc_failure_on_abort`];
 //! - signals ([`signal`]): [`send_signal`], [`pidfd_send_signal`], [`signal_name`],
 //!   [`SIGTERM`], [`SIGKILL`], [`SIGINT`], [`SIGXCPU`], [`SIGABRT`], [`ignore_stop_signals`];
@@ -55,9 +54,8 @@ pub(crate) use fd_passing::{MAX_FDS_PER_MESSAGE, recv_with_fds, recv_with_fds_no
 pub(crate) use futex::{futex_wait, futex_wake};
 pub use limits::Resource;
 pub(crate) use limits::{
-    UNLIMITED, allow_cpu_time, change_dir, cpu_time_used, edit_env, get_nice, get_rlimit, is_root,
-    pipe, redirect, report_alloc_failure_on_abort, resident_bytes, set_group, set_nice, set_rlimit,
-    set_user,
+    UNLIMITED, allow_cpu_time, change_dir, edit_env, is_root, pipe, redirect,
+    report_alloc_failure_on_abort, resident_bytes, set_group, set_nice, set_rlimit, set_user,
 };
 pub(crate) use net::{
     SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown,
