@@ -325,7 +325,40 @@ fn a_flood_of_output_is_bounded_in_the_parent(method: StartMethod) {
     );
 }
 
+fn manager_server_gets_its_setup(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let manager = multiproc::Manager::builder()
+        .start_method(method)
+        .server(
+            Process::builder()
+                .nice(5)
+                .rlimit(Resource::NoFile, 300, 300),
+        )
+        .start()
+        .unwrap();
+    // A round trip first: the server runs its function only once set up.
+    let d = manager.dict::<u32, u32>().unwrap();
+    d.insert(&1, &2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(2));
+    let pid = manager.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(files, ["300", "300"]);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    assert_eq!(after.split_whitespace().nth(19 - 3), Some("5"));
+    manager.shutdown().unwrap();
+}
+
 per_start_method!(
+    manager_server_gets_its_setup,
     memory_limit_fails_the_child_with_a_memory_error,
     cpu_time_limit_fails_the_child_with_a_cpu_error,
     rlimits_are_seen_by_the_child,

@@ -89,6 +89,30 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
             &mut || start_join(StartMethod::Forkserver),
         ],
     );
+    // With limits set (memory, CPU time, open files): the cost of setting them up in the
+    // child, next to the same start without them.
+    let start_join_limited = |method: StartMethod| {
+        let r = Process::builder()
+            .start_method(method)
+            .memory_limit(1 << 30)
+            .cpu_time_limit(std::time::Duration::from_secs(60))
+            .rlimit(multiproc::Resource::NoFile, 1024, 1024)
+            .start(&empty_func, ())
+            .and_then(|p| p.join());
+        if let Err(e) = r {
+            *err.borrow_mut() = Some(e);
+        }
+    };
+    let limited = Samples::measure_in_turns(
+        n,
+        5,
+        &mut [
+            &mut || spin(std::time::Duration::from_micros(1500)),
+            &mut || start_join(StartMethod::Forkserver),
+            &mut || spin(std::time::Duration::from_micros(1500)),
+            &mut || start_join_limited(StartMethod::Forkserver),
+        ],
+    );
     let forked = Samples::measure_in_turns(
         n,
         5,
@@ -129,6 +153,13 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         Unit::Secs,
         &served[3],
         &[("raw fork", Some(served[2].median()))],
+    );
+    r.row(
+        "spawn",
+        "multiproc forkserver with limits (memory, CPU, NoFile)",
+        Unit::Secs,
+        &limited[3],
+        &[("no limits", Some(limited[1].median()))],
     );
     r.row(
         "spawn",

@@ -121,6 +121,7 @@ pub struct ManagerBuilder {
     method: Option<StartMethod>,
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
+    server: Option<crate::process::Builder>,
 }
 
 impl ManagerBuilder {
@@ -140,6 +141,23 @@ impl ManagerBuilder {
     /// The authkey (default: 32 random bytes).
     pub fn authkey(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.authkey = Some(key.into());
+        self
+    }
+
+    /// How the server process is set up: its limits, niceness, working directory,
+    /// environment, user and group, and where its output goes, as a process
+    /// [`Builder`](crate::Builder) says (its name and daemon flag are the manager's own).
+    ///
+    /// ```no_run
+    /// use multiproc::{Manager, Output, Process};
+    ///
+    /// let manager = Manager::builder()
+    ///     .server(Process::builder().memory_limit(1 << 30).nice(5).stderr(Output::Prefixed))
+    ///     .start()?;
+    /// # Ok::<(), multiproc::ManagerError>(())
+    /// ```
+    pub fn server(mut self, process: crate::process::Builder) -> Self {
+        self.server = Some(process);
         self
     }
 
@@ -166,9 +184,7 @@ impl ManagerBuilder {
         let fd = listener.into_fd().map_err(|e| {
             ManagerError::Start(format!("cannot hand over the listening socket: {e}"))
         })?;
-        let mut b = crate::process::Process::builder()
-            .daemon(true)
-            .name("Manager");
+        let mut b = self.server.unwrap_or_default().daemon(true).name("Manager");
         if let Some(m) = self.method {
             b = b.start_method(m);
         }

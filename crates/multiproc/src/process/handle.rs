@@ -198,8 +198,15 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// Errors tell how it ended otherwise: [`ProcessError::Panicked`] with the panic message,
     /// [`ProcessError::Exited`], [`ProcessError::Killed`], or a codec error.
+    ///
+    /// A child whose output is piped ([`Output::Capture`](super::Output),
+    /// [`Output::Prefixed`](super::Output)) has the rest of its output read (prefixed lines
+    /// written out) before `join` returns, waiting at most 5 s for that after it ended.
     pub fn join(self) -> Result<R, ProcessError> {
         self.shared.wait(None)?;
+        if let Some(streams) = &self.shared.streams {
+            streams.settle(Duration::from_secs(5));
+        }
         self.shared.take_result()
     }
 }

@@ -166,12 +166,26 @@ impl Streams {
     /// Waits at most `timeout` until every reader has seen the end of its stream (the child
     /// and everything it started with the same streams ended), then gives what was captured.
     pub(crate) fn wait(&self, timeout: Duration) -> Result<CapturedOutput, ProcessError> {
+        let st = self.closed(timeout).ok_or(ProcessError::Timeout(timeout))?;
+        Ok(CapturedOutput {
+            stdout: st.stdout.bytes.iter().copied().collect(),
+            stderr: st.stderr.bytes.iter().copied().collect(),
+            stdout_dropped: st.stdout.dropped,
+            stderr_dropped: st.stderr.dropped,
+        })
+    }
+}
+
+impl Streams {
+    /// Waits at most `timeout` until every reader has seen the end of its stream; `None` if
+    /// one is still open then.
+    fn closed(&self, timeout: Duration) -> Option<std::sync::MutexGuard<'_, State>> {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         while st.open > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ProcessError::Timeout(crate::TimedOut(timeout)));
+                return None;
             }
             st = self
                 .inner
@@ -180,12 +194,13 @@ impl Streams {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        Ok(CapturedOutput {
-            stdout: st.stdout.bytes.iter().copied().collect(),
-            stderr: st.stderr.bytes.iter().copied().collect(),
-            stdout_dropped: st.stdout.dropped,
-            stderr_dropped: st.stderr.dropped,
-        })
+        Some(st)
+    }
+
+    /// After the child ended: lets the readers write out or keep what the child wrote last,
+    /// at most `timeout` (a grandchild may hold the streams open for longer).
+    pub(crate) fn settle(&self, timeout: Duration) {
+        let _ = self.closed(timeout);
     }
 }
 
