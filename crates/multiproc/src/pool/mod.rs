@@ -3,7 +3,10 @@
 //! The parent knows which worker holds which task, so a worker that dies (SIGKILL, a segfault
 //! in FFI code, `abort`, the OOM killer) fails exactly its task with
 //! [`PoolError::WorkerDied`] and is replaced; every other task completes. A task past the
-//! pool's task timeout has its worker killed and fails with [`PoolError::Timeout`]. A panicking
+//! pool's task timeout has its worker killed and fails with [`PoolError::Timeout`]; one past the
+//! workers' memory limit or its CPU-time limit fails with [`PoolError::MemoryLimit`] or
+//! [`PoolError::CpuTimeLimit`], and a worker that leaked past
+//! [`max_memory_per_child`](PoolBuilder::max_memory_per_child) is replaced. A panicking
 //! task comes back as [`PoolError::Panicked`] and the worker goes on. A failing initializer is
 //! reported once ([`PoolError::Initializer`]), without a respawn storm. Dropping the pool
 //! terminates its workers; none outlives the parent (they are daemons).

@@ -55,7 +55,9 @@ pub enum Output {
     /// rest is counted and dropped): read it with [`Process::output`](super::Process::output).
     Capture,
     /// Written to the parent's stream a whole line at a time, each line prefixed with
-    /// `[name pid] `, so that the lines of many children never mix.
+    /// `[name pid] `, so that the lines of many children never mix. [`Process::join`](super::Process::join)
+    /// writes out the child's last lines before it returns; a child whose handle was dropped
+    /// may lose its last lines if this process ends first.
     Prefixed,
 }
 
