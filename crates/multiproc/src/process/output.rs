@@ -166,7 +166,9 @@ impl Streams {
     /// Waits at most `timeout` until every reader has seen the end of its stream (the child
     /// and everything it started with the same streams ended), then gives what was captured.
     pub(crate) fn wait(&self, timeout: Duration) -> Result<CapturedOutput, ProcessError> {
-        let st = self.closed(timeout).ok_or(ProcessError::Timeout(timeout))?;
+        let st = self
+            .closed(timeout)
+            .ok_or(ProcessError::Timeout(crate::TimedOut(timeout)))?;
         Ok(CapturedOutput {
             stdout: st.stdout.bytes.iter().copied().collect(),
             stderr: st.stderr.bytes.iter().copied().collect(),
