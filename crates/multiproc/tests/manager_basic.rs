@@ -10,10 +10,43 @@ use common::{LeakCheck, alive, eventually};
 use multiproc::manager::{
     DictProxy, JoinableQueueProxy, LockProxy, Manager, Proxy, ProxyType, QueueProxy, ValueProxy,
 };
-use multiproc::{Func, ManagerError, Process, QueueError, SyncError};
+use multiproc::{Func, ManagerError, Process, QueueError, StartMethod, SyncError};
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(20);
+
+per_start_method!(
+    multiproc::test;
+    dict_list_array_namespace_value,
+    proxies_travel_to_children,
+    user_types_become_proxies,
+    queues_block_time_out_and_join,
+    eight_processes_count_exactly_under_the_proxy_lock,
+    locks_of_a_killed_process_are_released,
+    rlock_condition_semaphore_event_barrier,
+    objects_live_while_proxies_exist,
+    a_killed_client_releases_its_objects,
+    manager_ends_with_its_last_handle_and_shutdown_closes_proxies,
+    served_manager_over_tcp,
+    hostile_and_broken_clients_do_not_hurt_the_server,
+    unknown_objects_are_typed_errors,
+    a_slow_call_stalls_only_its_own_object,
+    frames_announced_but_not_sent_cost_the_server_only_what_arrives,
+);
+
+/// A manager whose server starts with `method`.
+fn manager(method: StartMethod) -> Manager {
+    Manager::builder().start_method(method).start().unwrap()
+}
+
+/// `f(args)` in a child started with `method`.
+fn start<F: Func<M>, M>(
+    method: StartMethod,
+    f: &F,
+    args: F::Args,
+) -> Result<Process<F::Output>, multiproc::ProcessError> {
+    Process::builder().start_method(method).start(f, args)
+}
 
 #[derive(Default, Serialize, Deserialize)]
 struct Counter {
@@ -53,10 +86,9 @@ impl Counter {
     }
 }
 
-#[multiproc::test]
-fn dict_list_array_namespace_value() {
+fn dict_list_array_namespace_value(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let d = mgr.dict::<String, u64>().unwrap();
     assert_eq!(d.get(&"a".into()).unwrap(), None);
     d.set(&"b".into(), &2).unwrap();
@@ -133,14 +165,13 @@ fn fill(d: DictProxy<u32, u32>, q: QueueProxy<u32>, from: u32) {
     }
 }
 
-#[multiproc::test]
-fn proxies_travel_to_children() {
+fn proxies_travel_to_children(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let d = mgr.dict::<u32, u32>().unwrap();
     let q = mgr.queue::<u32>().unwrap();
     let kids: Vec<_> = (0..3)
-        .map(|k| fill.spawn((d.clone(), q.clone(), k * 100)).unwrap())
+        .map(|k| start(method, &fill, (d.clone(), q.clone(), k * 100)).unwrap())
         .collect();
     let mut got: Vec<u32> = (0..300).map(|_| q.get_timeout(T).unwrap()).collect();
     for k in kids {
@@ -167,14 +198,13 @@ fn bump(c: CounterProxy, times: u64) -> u64 {
     last
 }
 
-#[multiproc::test]
-fn user_types_become_proxies() {
+fn user_types_become_proxies(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let c: CounterProxy = mgr.create(Counter::default()).unwrap();
     assert_eq!(c.incr(5).unwrap(), 5);
     let kids: Vec<_> = (0..4)
-        .map(|_| bump.spawn((c.clone(), 250)).unwrap())
+        .map(|_| start(method, &bump, (c.clone(), 250)).unwrap())
         .collect();
     for k in kids {
         k.join().unwrap();
@@ -199,10 +229,9 @@ fn user_types_become_proxies() {
     assert_eq!(c.get().unwrap(), 1006);
 }
 
-#[multiproc::test]
-fn queues_block_time_out_and_join() {
+fn queues_block_time_out_and_join(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let q = mgr.queue_bounded::<String>(2).unwrap();
     q.put(&"a".into()).unwrap();
     q.put(&"b".into()).unwrap();
@@ -262,17 +291,19 @@ fn add_under_lock(lock: LockProxy, total: ValueProxy<u64>, times: u32) {
     }
 }
 
-#[multiproc::test]
-fn eight_processes_count_exactly_under_the_proxy_lock() {
+fn eight_processes_count_exactly_under_the_proxy_lock(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let lock = mgr.lock().unwrap();
     let total = mgr.value(&0u64).unwrap();
     let kids: Vec<_> = (0..8)
         .map(|_| {
-            add_under_lock
-                .spawn((lock.clone(), total.clone(), 10_000))
-                .unwrap()
+            start(
+                method,
+                &add_under_lock,
+                (lock.clone(), total.clone(), 10_000),
+            )
+            .unwrap()
         })
         .collect();
     for k in kids {
@@ -288,13 +319,12 @@ fn hold_forever(lock: LockProxy, ready: multiproc::manager::EventProxy) {
     std::thread::sleep(Duration::from_secs(600));
 }
 
-#[multiproc::test]
-fn locks_of_a_killed_process_are_released() {
+fn locks_of_a_killed_process_are_released(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let lock = mgr.lock().unwrap();
     let ready = mgr.event().unwrap();
-    let holder = hold_forever.spawn((lock.clone(), ready.clone())).unwrap();
+    let holder = start(method, &hold_forever, (lock.clone(), ready.clone())).unwrap();
     assert!(ready.wait_timeout(T).unwrap());
     assert!(!lock.try_acquire().unwrap());
     holder.kill().unwrap();
@@ -307,10 +337,9 @@ fn locks_of_a_killed_process_are_released() {
     ));
 }
 
-#[multiproc::test]
-fn rlock_condition_semaphore_event_barrier() {
+fn rlock_condition_semaphore_event_barrier(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let r = mgr.rlock().unwrap();
     r.acquire().unwrap();
     r.acquire().unwrap();
@@ -395,10 +424,9 @@ fn rlock_condition_semaphore_event_barrier() {
     assert!(matches!(mgr.barrier(0), Err(ManagerError::Invalid(_))));
 }
 
-#[multiproc::test]
-fn objects_live_while_proxies_exist() {
+fn objects_live_while_proxies_exist(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let base = mgr.stats().unwrap().objects;
     let d = mgr.dict::<u8, u8>().unwrap();
     let d2 = d.clone();
@@ -441,15 +469,18 @@ fn make_objects_and_wait(address: String, key: Vec<u8>, made: multiproc::Connect
     std::thread::sleep(Duration::from_secs(600));
 }
 
-#[multiproc::test]
-fn a_killed_client_releases_its_objects() {
+fn a_killed_client_releases_its_objects(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let base = mgr.stats().unwrap();
     let (rx, tx) = multiproc::pipe(false).unwrap();
-    let client = make_objects_and_wait
-        .spawn((mgr.address().to_string(), mgr.authkey().to_vec(), tx))
-        .unwrap();
+    let address = mgr.address().to_string();
+    let client = start(
+        method,
+        &make_objects_and_wait,
+        (address, mgr.authkey().to_vec(), tx),
+    )
+    .unwrap();
     assert_eq!(rx.recv_timeout::<usize>(T).unwrap(), 5);
     assert_eq!(mgr.stats().unwrap().objects, base.objects + 5);
     client.kill().unwrap();
@@ -462,10 +493,9 @@ fn a_killed_client_releases_its_objects() {
     assert!(eventually(T, || mgr.stats().unwrap().sessions == base.sessions));
 }
 
-#[multiproc::test]
-fn manager_ends_with_its_last_handle_and_shutdown_closes_proxies() {
+fn manager_ends_with_its_last_handle_and_shutdown_closes_proxies(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let pid = mgr.pid();
     let d = mgr.dict::<u8, u8>().unwrap();
     drop(mgr);
@@ -477,7 +507,7 @@ fn manager_ends_with_its_last_handle_and_shutdown_closes_proxies() {
         "manager {pid} outlived its owner's handles"
     );
 
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let pid = mgr.pid();
     let q = mgr.queue::<u8>().unwrap();
     mgr.shutdown().unwrap();
@@ -501,8 +531,7 @@ fn remote_worker(address: String, key: Vec<u8>) -> u64 {
     done
 }
 
-#[multiproc::test]
-fn served_manager_over_tcp() {
+fn served_manager_over_tcp(method: StartMethod) {
     let _leaks = LeakCheck::new();
     let key = b"tcp secret".to_vec();
     assert!(matches!(
@@ -535,7 +564,7 @@ fn served_manager_over_tcp() {
         mgr.lookup_or_publish("jobs", |_| panic!("exists")).unwrap();
     assert_eq!(again.proxy().id(), jobs.proxy().id());
     let workers: Vec<_> = (0..3)
-        .map(|_| remote_worker.spawn((address.clone(), key.clone())).unwrap())
+        .map(|_| start(method, &remote_worker, (address.clone(), key.clone())).unwrap())
         .collect();
     for n in 0..60 {
         jobs.put(&Some(n)).unwrap();
@@ -559,10 +588,9 @@ fn served_manager_over_tcp() {
     assert!(Manager::connect(address.as_str(), &key).is_err());
 }
 
-#[multiproc::test]
-fn hostile_and_broken_clients_do_not_hurt_the_server() {
+fn hostile_and_broken_clients_do_not_hurt_the_server(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let d = mgr.dict::<u8, u8>().unwrap();
     d.set(&1, &1).unwrap();
     let key = mgr.authkey().to_vec();
@@ -611,10 +639,9 @@ fn hostile_and_broken_clients_do_not_hurt_the_server() {
     assert_eq!(d.get(&1).unwrap(), Some(1), "the server is fine");
 }
 
-#[multiproc::test]
-fn unknown_objects_are_typed_errors() {
+fn unknown_objects_are_typed_errors(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let d = mgr.dict::<u8, u8>().unwrap();
     let raw = d.proxy().clone();
     // Serialize a proxy, then free the object: receiving it fails cleanly.
@@ -632,10 +659,9 @@ fn unknown_objects_are_typed_errors() {
     assert!(postcard::from_bytes::<Proxy>(&bytes).is_err());
 }
 
-#[multiproc::test]
-fn a_slow_call_stalls_only_its_own_object() {
+fn a_slow_call_stalls_only_its_own_object(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let slow: CounterProxy = mgr.create(Counter::default()).unwrap();
     let other: CounterProxy = mgr.create(Counter::default()).unwrap();
     let d = mgr.dict::<u8, u8>().unwrap();
@@ -667,6 +693,7 @@ fn a_slow_call_stalls_only_its_own_object() {
 /// server right after: here the worker's last `task_done` lets the submitter's `join`
 /// return and shut the server down (the `remote_queue` example's worker got `Closed` from
 /// that `task_done` in CI: the stopping server cut the connection before the reply).
+/// (In this process: no start method involved.)
 #[multiproc::test]
 fn a_call_carried_out_before_a_shutdown_gets_its_answer() {
     let key = b"answers before shutdown".to_vec();
@@ -705,10 +732,9 @@ enum WireRequest {
     Hello { session: u128 },
 }
 
-#[multiproc::test]
-fn frames_announced_but_not_sent_cost_the_server_only_what_arrives() {
+fn frames_announced_but_not_sent_cost_the_server_only_what_arrives(method: StartMethod) {
     let _leaks = LeakCheck::new();
-    let mgr = Manager::start().unwrap();
+    let mgr = manager(method);
     let key = mgr.authkey().to_vec();
     // Half of the connections are yet to say hello (the server waits for that with a time
     // limit), half are in a session, between requests.
@@ -745,6 +771,7 @@ fn frames_announced_but_not_sent_cost_the_server_only_what_arrives() {
     assert_eq!(d.get(&1).unwrap(), Some(1), "the server is fine");
 }
 
+/// (In this process: no start method involved.)
 #[multiproc::test]
 fn silent_connections_do_not_hold_up_a_served_manager() {
     let _leaks = LeakCheck::new();
