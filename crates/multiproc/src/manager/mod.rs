@@ -70,6 +70,7 @@
 //! - Concurrency: each client connection is served by its own thread; each object
 //!   serializes its own methods, so a slow call never stalls other objects.
 
+pub mod cpython;
 mod entry;
 mod managed;
 mod objects;
@@ -83,6 +84,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use cpython::PyValue;
 pub use managed::Managed;
 #[doc(hidden)]
 pub use managed::{

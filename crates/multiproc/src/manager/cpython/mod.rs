@@ -1,0 +1,11 @@
+//! CPython's manager protocol (`multiprocessing.managers`), both ways: stock Python clients
+//! use a multiproc manager server, and Rust programs use a CPython manager server.
+//!
+//! The two protocols share the connection handshake; the server tells them apart by the
+//! first request after it (a pickle starts with the `PROTO` opcode, `0x80`). Nothing
+//! received is executed: [`pickle`] decodes only checked data.
+
+pub mod pickle;
+mod value;
+
+pub use value::{ExcClass, ProxyClass, ProxyRef, PyException, PyValue, Token};
