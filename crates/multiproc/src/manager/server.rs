@@ -26,7 +26,7 @@ use crate::sys;
 const MAX_CONNECTIONS: usize = 4096;
 
 /// How long a connection thread polls for the next request before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
+pub(super) const SPIN: Duration = Duration::from_micros(50);
 
 /// How long a stopping server waits for its connection threads.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -49,6 +49,12 @@ struct Registry {
     objects: HashMap<u64, Slot>,
     names: HashMap<String, u64>,
     sessions: HashMap<u128, SessionRefs>,
+    /// References held by CPython clients (counted per object, not per process: their
+    /// `incref`/`decref` come on connections of their own).
+    py_refs: HashMap<u64, u64>,
+    /// Objects a stored value refers to (a proxy inside a CPython client's value): kept
+    /// until shutdown, as CPython's server keeps them.
+    value_pins: HashSet<u64>,
     /// Open connections (duplicates, to shut them down when stopping).
     connections: HashMap<u64, OwnedFd>,
     next_conn: u64,
@@ -75,7 +81,7 @@ impl Registry {
 }
 
 /// What the server threads share.
-struct Core {
+pub(super) struct Core {
     address: Address,
     reg: Mutex<Registry>,
     stopping: AtomicBool,
@@ -90,10 +96,86 @@ struct Core {
 }
 
 impl Core {
-    fn stop(&self) {
+    pub(super) fn stop(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
             let _ = self.wake.send_bytes(b"");
         }
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The object `id`, if alive.
+    pub(super) fn object(&self, id: u64) -> Option<Arc<dyn Object>> {
+        lock(&self.reg).objects.get(&id).map(|s| s.obj.clone())
+    }
+
+    /// How many objects are alive.
+    pub(super) fn object_count(&self) -> usize {
+        lock(&self.reg).objects.len()
+    }
+
+    /// Adds `obj`, referenced once by CPython clients; its id.
+    pub(super) fn py_create(&self, obj: Arc<dyn Object>) -> u64 {
+        let mut reg = lock(&self.reg);
+        reg.next_id += 1;
+        let id = reg.next_id;
+        reg.objects.insert(id, Slot { obj, refs: 1 });
+        reg.py_refs.insert(id, 1);
+        id
+    }
+
+    /// One more CPython reference to `id`.
+    pub(super) fn py_incref(&self, id: u64) -> Result<(), Fault> {
+        let mut reg = lock(&self.reg);
+        let slot = reg.objects.get_mut(&id).ok_or(Fault::UnknownObject(id))?;
+        slot.refs += 1;
+        *reg.py_refs.entry(id).or_default() += 1;
+        Ok(())
+    }
+
+    /// One CPython reference less (never more than CPython clients took).
+    pub(super) fn py_decref(&self, id: u64) -> Result<(), Fault> {
+        let mut reg = lock(&self.reg);
+        let held = reg
+            .py_refs
+            .get_mut(&id)
+            .ok_or_else(|| Fault::Invalid(format!("no reference to {id} to drop")))?;
+        *held -= 1;
+        if *held == 0 {
+            reg.py_refs.remove(&id);
+        }
+        let freed = reg.release(id);
+        drop(reg);
+        drop(freed);
+        Ok(())
+    }
+
+    /// The object published as `name` with a new CPython reference: its id and the object.
+    pub(super) fn py_lookup(&self, name: &str) -> Option<(u64, Arc<dyn Object>)> {
+        let id = *lock(&self.reg).names.get(name)?;
+        self.py_incref(id).ok()?;
+        Some((id, self.object(id)?))
+    }
+
+    /// Keeps `id` alive until shutdown (a stored value refers to it); false when there is
+    /// no such object.
+    pub(super) fn keep(&self, id: u64) -> bool {
+        let mut reg = lock(&self.reg);
+        if !reg.objects.contains_key(&id) {
+            return false;
+        }
+        if reg.value_pins.insert(id)
+            && let Some(slot) = reg.objects.get_mut(&id)
+        {
+            slot.refs += 1;
+        }
+        true
     }
 }
 
@@ -358,6 +440,8 @@ fn finish(core: &Core) {
     }
     let objects = std::mem::take(&mut reg.objects);
     reg.names.clear();
+    reg.py_refs.clear();
+    reg.value_pins.clear();
     drop(reg);
     drop(objects);
     *lock(&core.stopped) = true;
@@ -366,8 +450,12 @@ fn finish(core: &Core) {
 
 /// Serves one authenticated client connection until it closes.
 fn serve_connection(core: &Core, conn: &Connection) {
-    // The first message joins a session.
+    // The first message joins a session, or is a CPython client's first request (the
+    // handshake is the same; a pickle starts with its PROTO opcode).
     let session = match conn.recv_bytes_timeout(Duration::from_secs(10)) {
+        Ok(bytes) if bytes.first() == Some(&0x80) => {
+            return super::cpython::serve(core, conn, &bytes);
+        }
         Ok(bytes) => match codec::decode_borrowed::<Request<'_>>(&bytes) {
             Ok(Request::Hello { session }) => session,
             _ => return,
@@ -403,13 +491,17 @@ fn reply(conn: &Connection, result: Result<Vec<u8>, Fault>) -> Result<(), Connec
     conn.send_bytes(&encoded)
 }
 
+/// Whether the client of `conn` has gone (or the server is stopping): a blocked call gives
+/// up. A client waiting for a reply sends nothing, so anything readable means it closed.
+pub(super) fn peer_gone(core: &Core, conn: &Connection) -> bool {
+    core.stopping.load(Ordering::SeqCst)
+        || sys::poll_readable(&[conn.as_fd()], Some(Duration::ZERO))
+            .map(|r| r[0])
+            .unwrap_or(true)
+}
+
 fn requests(core: &Core, conn: &Connection, session: u128) {
-    let peer_gone = || {
-        core.stopping.load(Ordering::SeqCst)
-            || sys::poll_readable(&[conn.as_fd()], Some(Duration::ZERO))
-                .map(|r| r[0])
-                .unwrap_or(true)
-    };
+    let peer_gone = || peer_gone(core, conn);
     loop {
         // Clients often send the next request right after a reply: catch it awake.
         let Ok(bytes) = conn.recv_sole(SPIN, None) else {

@@ -5,7 +5,11 @@
 //! first request after it (a pickle starts with the `PROTO` opcode, `0x80`). Nothing
 //! received is executed: [`pickle`] decodes only checked data.
 
+mod methods;
 pub mod pickle;
+mod serve;
 mod value;
+
+pub(super) use serve::serve;
 
 pub use value::{ExcClass, ProxyClass, ProxyRef, PyException, PyValue, Token};
