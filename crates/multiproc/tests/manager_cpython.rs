@@ -9,7 +9,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use multiproc::manager::{DictProxy, Manager, PyValue, QueueProxy};
+use multiproc::manager::{Manager, PyValue};
 
 fn python() -> Option<&'static str> {
     let ok = Command::new("python3")
@@ -31,8 +31,11 @@ fn python() -> Option<&'static str> {
 
 /// The helpers every script starts with: `connect()` to the manager named by argv.
 const PRELUDE: &str = r#"
-import sys, time, queue, threading, os
+import sys, time, queue, threading, os, multiprocessing
 from multiprocessing.managers import SyncManager, BaseManager
+# A proxy received inside a value authenticates with the process's key (as with CPython's
+# own server).
+multiprocessing.current_process().authkey = sys.argv[2].encode()
 def connect(cls=SyncManager):
     host, port = sys.argv[1].rsplit(':', 1)
     m = cls(address=(host, int(port)), authkey=sys.argv[2].encode())
@@ -110,5 +113,388 @@ print(d["jobs"], q.get(timeout=5), d.copy(), len(d), "jobs" in d, str(d))
         out.trim(),
         "4 {'id': 1, 'path': '/tmp/a'} {'jobs': 4} 1 True {'jobs': 4}"
     );
+    server.shutdown();
+}
+
+/// Every SyncManager type id and the methods its proxy exposes, as everyday Python uses
+/// them, with the exceptions Python code catches.
+const EVERY_TYPE: &str = r#"
+m = connect()
+# dict
+d = m.dict({'a': 1}, b=2)
+d['c'] = [1, (2, 3), {4, 5}, frozenset([6]), b'x', bytearray(b'y'), 1.5, None, True, -2**100]
+assert d['c'] == [1, (2, 3), {4, 5}, frozenset([6]), b'x', bytearray(b'y'), 1.5, None, True, -2**100], d['c']
+assert len(d) == 3 and 'a' in d and 'z' not in d
+assert d.get('z') is None and d.get('z', 7) == 7 and d.get('a') == 1
+assert d.keys() == ['a', 'b', 'c'] and d.values()[:2] == [1, 2] and d.items()[0] == ('a', 1)
+assert sorted(iter(d)) == ['a', 'b', 'c'] and [k for k in d] == ['a', 'b', 'c']
+assert d.setdefault('a', 9) == 1 and d.setdefault('n', 9) == 9
+assert d.pop('n') == 9 and d.pop('n', 'gone') == 'gone'
+d.update({'e': 5}, f=6); d.update([('g', 7)])
+assert d.popitem() == ('g', 7)
+del d['f']
+try: d['missing']; raise SystemExit('no KeyError')
+except KeyError as e: assert e.args == ('missing',)
+try: del d['missing']; raise SystemExit('no KeyError')
+except KeyError: pass
+c = d.copy(); assert isinstance(c, dict) and c['e'] == 5
+assert str(d).startswith("{'a': 1") and repr(d).startswith('<DictProxy')
+d.clear(); assert len(d) == 0 and d.copy() == {}
+try: d.popitem(); raise SystemExit('no KeyError')
+except KeyError: pass
+# list
+l = m.list([3, 1, 2])
+l.append(4); l.extend([5, 6]); l += [7]
+assert len(l) == 7 and l[0] == 3 and l[-1] == 7 and 5 in l
+l[0] = 0; assert l[0] == 0
+l.insert(1, 'x'); assert l[1] == 'x'; l.remove('x')
+assert l.index(2) == 2 and l.count(2) == 1
+assert l.pop() == 7 and l.pop(0) == 0
+del l[0]; assert l._getvalue() == [2, 4, 5, 6]
+l.reverse(); assert l._getvalue() == [6, 5, 4, 2]
+l.sort(); assert l._getvalue() == [2, 4, 5, 6]
+l.sort(reverse=True); assert l._getvalue() == [6, 5, 4, 2]
+assert l + [1] == [6, 5, 4, 2, 1] and l * 2 == [6, 5, 4, 2] * 2 and list(reversed(l)) == [2, 4, 5, 6]
+l *= 2; assert len(l) == 8
+try: l[100]; raise SystemExit('no IndexError')
+except IndexError: pass
+try: l.index('nope'); raise SystemExit('no ValueError')
+except ValueError: pass
+assert str(l) == '[6, 5, 4, 2, 6, 5, 4, 2]'
+# a proxy inside a value names an object of the same server
+d2 = m.dict(); d2['inner'] = l; d2['inner'].append(99); assert l[-1] == 99
+# Array, Value, Namespace
+a = m.Array('i', [1, 2, 3]); assert len(a) == 3 and a[1] == 2; a[1] = 5; assert a[1] == 5
+try: a.append(1); raise SystemExit('array grew')
+except AttributeError: pass
+v = m.Value('i', 5); assert v.value == 5; v.value = 6; assert v.get() == 6; v.set('x'); assert v.value == 'x'
+ns = m.Namespace(x=1); ns.y = 'two'; assert ns.x == 1 and ns.y == 'two'; del ns.x
+try: ns.x; raise SystemExit('no AttributeError')
+except AttributeError: pass
+# Queue, JoinableQueue
+q = m.Queue(); q.put(1); q.put_nowait(2); assert q.qsize() == 2 and not q.empty() and not q.full()
+assert q.get() == 1 and q.get_nowait() == 2 and q.empty()
+try: q.get_nowait(); raise SystemExit('no Empty')
+except queue.Empty: pass
+bq = m.Queue(1); bq.put('a')
+assert bq.full()
+try: bq.put('b', block=False); raise SystemExit('no Full')
+except queue.Full: pass
+jq = m.JoinableQueue(); jq.put('t'); jq.get(); jq.task_done(); jq.join()
+try: jq.task_done(); raise SystemExit('no ValueError')
+except ValueError: pass
+# Lock, RLock, Semaphore, BoundedSemaphore
+lk = m.Lock(); assert lk.acquire() and not lk.acquire(False); lk.release()
+with lk: pass
+try: lk.release(); raise SystemExit('released an unlocked lock')
+except RuntimeError: pass
+rl = m.RLock(); assert rl.acquire() and rl.acquire(); rl.release(); rl.release()
+s = m.Semaphore(2); assert s.acquire() and s.acquire() and not s.acquire(False); s.release(); s.release()
+bs = m.BoundedSemaphore(1); bs.acquire(); bs.release()
+try: bs.release(); raise SystemExit('over-released')
+except ValueError: pass
+# Condition, Event, Barrier
+cv = m.Condition()
+with cv:
+    cv.notify(); cv.notify_all()
+    assert cv.wait(0.01) is False
+    assert cv.wait_for(lambda: True)
+try: cv.notify(); raise SystemExit('notify without the lock')
+except RuntimeError: pass
+ev = m.Event(); assert not ev.is_set(); ev.set(); assert ev.is_set() and ev.wait(1); ev.clear(); assert not ev.is_set()
+b = m.Barrier(1); assert b.parties == 1 and b.n_waiting == 0 and not b.broken and b.wait() == 0
+b.abort(); assert b.broken
+try: b.wait(); raise SystemExit('no BrokenBarrierError')
+except threading.BrokenBarrierError: pass
+b.reset(); assert not b.broken
+print('all ok', m._number_of_objects() > 0 if hasattr(m, '_number_of_objects') else True)
+"#;
+
+#[test]
+fn every_sync_manager_type_and_method_works_from_python() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("k1");
+    let out = run_ok(py, EVERY_TYPE, &address, "k1");
+    assert!(out.starts_with("all ok"), "{out}");
+    server.shutdown();
+}
+
+/// Blocking calls give up after their time-outs, with Python's results and exceptions,
+/// and wake up when another client acts.
+#[test]
+fn blocking_calls_time_out_and_wake_up() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("k2");
+    let out = run_ok(
+        py,
+        r#"
+m = connect()
+def took(f, *a, **k):
+    t = time.monotonic()
+    try: r = f(*a, **k)
+    except Exception as e: r = type(e).__name__
+    t = time.monotonic() - t
+    # Waited its time (or until woken at 0.2 s), and not much longer even on a busy machine.
+    return r, 'waited' if 0.19 <= t < 5 else t
+q = m.Queue(1)
+print('get', *took(q.get, timeout=0.3))
+q.put(1)
+print('put', *took(q.put, 2, timeout=0.3))
+lk = m.Lock(); lk.acquire()
+other = threading.Thread(target=lambda: print('acquire', *took(lk.acquire, True, 0.3)))
+other.start(); other.join()
+print('wait', *took(m.Event().wait, 0.3))
+cv = m.Condition(); cv.acquire(); print('cwait', *took(cv.wait, 0.3)); cv.release()
+print('sem', *took(m.Semaphore(0).acquire, True, 0.3))
+print('barrier', *took(m.Barrier(2).wait, 0.3))
+# Woken by another thread (its own connection).
+q2 = m.Queue(); threading.Timer(0.2, q2.put, ('late',)).start()
+print('woken', *took(q2.get, timeout=10))
+ev = m.Event(); threading.Timer(0.2, ev.set).start()
+print('set', *took(ev.wait, 10))
+"#,
+        &address,
+        "k2",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "get Empty waited",
+            "put Full waited",
+            "acquire False waited",
+            "wait False waited",
+            "cwait False waited",
+            "sem False waited",
+            "barrier BrokenBarrierError waited",
+            "woken late waited",
+            "set True waited",
+        ],
+        "{out}"
+    );
+    server.shutdown();
+}
+
+/// Two Python processes and this Rust process increment one counter under one manager
+/// lock: no increment is lost.
+#[test]
+fn python_and_rust_clients_share_one_lock_and_counter() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("k3");
+    let mgr = Manager::connect(&address, b"k3").unwrap();
+    let lock = mgr.lock().unwrap();
+    let counter = mgr.dict::<PyValue, PyValue>().unwrap();
+    counter.set(&"n".into(), &PyValue::Int(0)).unwrap();
+    mgr.publish("counter_lock", &lock).unwrap();
+    mgr.publish("counter", &counter).unwrap();
+    let script = r#"
+from multiprocessing.managers import AcquirerProxy, DictProxy
+SyncManager.register('counter_lock', proxytype=AcquirerProxy)
+SyncManager.register('counter', proxytype=DictProxy)
+m = connect()
+lock, counter = m.counter_lock(), m.counter()
+for _ in range(200):
+    with lock:
+        counter['n'] = counter['n'] + 1
+print('done')
+"#;
+    let a = spawn_py(py, script, &address, "k3");
+    let b = spawn_py(py, script, &address, "k3");
+    for _ in 0..200 {
+        let _g = lock.lock().unwrap();
+        let n = counter.get(&"n".into()).unwrap();
+        let Some(PyValue::Int(n)) = n else {
+            panic!("{n:?}")
+        };
+        counter.set(&"n".into(), &PyValue::Int(n + 1)).unwrap();
+    }
+    for child in [a, b] {
+        let (ok, out, err) = finish(child);
+        assert!(ok && out.trim() == "done", "{out}\n{err}");
+    }
+    assert_eq!(counter.get(&"n".into()).unwrap(), Some(PyValue::Int(600)));
+    drop((lock, counter));
+    mgr.shutdown().unwrap();
+    drop(server);
+}
+
+/// Names published by Rust are type ids for Python (`register(name)`), items travel as
+/// `PyValue` both ways, and a proxy Python sends names its object for Rust too.
+#[test]
+fn rust_published_objects_are_python_typeids() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("k4");
+    let mgr = Manager::connect(&address, b"k4").unwrap();
+    let jobs = mgr.queue::<PyValue>().unwrap();
+    mgr.publish("get_queue", &jobs).unwrap();
+    let rust_dict = mgr.dict::<String, u64>().unwrap();
+    rust_dict.set(&"k".into(), &1).unwrap();
+    mgr.publish("rust_dict", &rust_dict).unwrap();
+    jobs.put(&PyValue::Tuple(vec![
+        PyValue::Str("from rust".into()),
+        PyValue::Int(7),
+    ]))
+    .unwrap();
+    let out = run_ok(
+        py,
+        r#"
+BaseManager.register('get_queue')
+BaseManager.register('rust_dict')
+BaseManager.register('nothing')
+m = connect(BaseManager)
+q = m.get_queue()
+print(q.get(timeout=5))
+q.put({'id': 1, 'path': '/tmp/a'})
+try: m.rust_dict().values(); print('decoded')
+except TypeError as e: print('TypeError', 'PyValue' in str(e))
+try: m.nothing(); print('created?')
+except Exception as e: print(type(e).__name__, 'published name' in str(e))
+"#,
+        &address,
+        "k4",
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["('from rust', 7)", "TypeError True", "RemoteError True"],
+        "{out}"
+    );
+    let item = jobs.get_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        item,
+        PyValue::Dict(vec![
+            ("id".into(), PyValue::Int(1)),
+            ("path".into(), "/tmp/a".into())
+        ])
+    );
+    drop((jobs, rust_dict));
+    mgr.shutdown().unwrap();
+    drop(server);
+}
+
+#[test]
+fn a_wrong_key_is_refused_and_the_server_goes_on() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("right");
+    let (ok, out, err) = finish(spawn_py(
+        py,
+        "import multiprocessing\ntry:\n    connect()\nexcept multiprocessing.AuthenticationError:\n    print('refused')",
+        &address,
+        "wrong",
+    ));
+    assert!(ok && out.trim() == "refused", "{out}\n{err}");
+    let out = run_ok(
+        py,
+        "m = connect(); d = m.dict(); d[1] = 2; print(d[1])",
+        &address,
+        "right",
+    );
+    assert_eq!(out.trim(), "2");
+    server.shutdown();
+}
+
+/// A Python client killed while it holds a lock releases it, as a Rust client does.
+#[test]
+fn a_killed_python_client_releases_its_lock() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("k5");
+    let mgr = Manager::connect(&address, b"k5").unwrap();
+    let lock = mgr.lock().unwrap();
+    mgr.publish("the_lock", &lock).unwrap();
+    let mut holder = spawn_py(
+        py,
+        r#"
+from multiprocessing.managers import AcquirerProxy
+SyncManager.register('the_lock', proxytype=AcquirerProxy)
+m = connect(); l = m.the_lock(); l.acquire(); print('held', flush=True); time.sleep(60)
+"#,
+        &address,
+        "k5",
+    );
+    let mut first = [0u8; 5];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = holder.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let r = reader.read_exact(&mut first).map(|_| first);
+        let _ = tx.send(r.is_ok() && &first == b"held\n");
+    });
+    assert!(rx.recv_timeout(Duration::from_secs(30)).unwrap_or(false));
+    assert!(!lock.try_acquire().unwrap(), "the Python client holds it");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    lock.acquire_timeout(Duration::from_secs(10)).unwrap();
+    lock.release().unwrap();
+    drop(lock);
+    mgr.shutdown().unwrap();
+    drop(server);
+}
+
+/// Hostile pickles: refused with a `#TRACEBACK` naming what was refused, nothing run,
+/// and the server serves the next request.
+#[test]
+fn hostile_pickles_are_refused_and_nothing_runs() {
+    let Some(py) = python() else { return };
+    let (server, address) = serve("k6");
+    let dir = std::env::temp_dir().join(format!("mp-pickle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("marker");
+    let script = r#"
+from multiprocessing.connection import Client
+import pickle
+marker = sys.argv[3]
+host, port = sys.argv[1].rsplit(':', 1)
+def ask(raw, first=True):
+    c = Client((host, int(port)), authkey=sys.argv[2].encode())
+    c.send_bytes(raw)
+    try: kind, body = pickle.loads(c.recv_bytes())
+    except EOFError as e: kind, body = 'closed', repr(e)
+    c.close()
+    return kind, str(body)
+class Evil:
+    def __reduce__(self): return (os.system, ('touch ' + marker,))
+print(*ask(pickle.dumps((None, 'create', ('dict', Evil()), {}))))
+print(*ask(b'cos\nsystem\n(S"touch ' + marker.encode() + b'"\ntR.'))
+print(*ask(pickle.dumps((None, 'create', ('dict',), {}))[:-5]))
+print(*ask(b'\x80\x04' + b']' * 1000000 + b'a' * 999999 + b'.'))
+print(*ask(b'\x80\x04\x8e' + (2**62).to_bytes(8, 'little') + b'.'))
+print(*ask(pickle.dumps((None, 'create', ('dict', 1 << 200), {}))))
+print(*ask(pickle.dumps((None, 'eval', ('1',), {}))))
+m = connect(); d = m.dict(); d['still'] = 'serving'; print(d['still'])
+"#;
+    let (ok, out, err) = finish(
+        Command::new(py)
+            .arg("-c")
+            .arg(format!("{PRELUDE}\n{script}"))
+            .args([address.as_str(), "k6", marker.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(ok, "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 8, "{out}");
+    assert!(
+        lines[0].starts_with("#TRACEBACK")
+            && lines[0].contains("global posix.system is not allowed"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("global os.system is not allowed"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("truncated"), "{}", lines[2]);
+    assert!(lines[3].contains("nested deeper"), "{}", lines[3]);
+    assert!(lines[4].contains("truncated"), "{}", lines[4]);
+    assert!(
+        lines[5].contains("does not fit in 128 bits"),
+        "{}",
+        lines[5]
+    );
+    assert!(lines[6].contains("'eval' unrecognized"), "{}", lines[6]);
+    assert_eq!(lines[7], "serving");
+    assert!(!marker.exists(), "the payload ran");
+    let _ = std::fs::remove_dir_all(&dir);
     server.shutdown();
 }

@@ -452,13 +452,14 @@ fn finish(core: &Core) {
 fn serve_connection(core: &Core, conn: &Connection) {
     // The first message joins a session, or is a CPython client's first request (the
     // handshake is the same; a pickle starts with its PROTO opcode).
+    // Anything else is answered as CPython's server would, with a `#TRACEBACK`.
     let session = match conn.recv_bytes_timeout(Duration::from_secs(10)) {
         Ok(bytes) if bytes.first() == Some(&0x80) => {
             return super::cpython::serve(core, conn, &bytes);
         }
         Ok(bytes) => match codec::decode_borrowed::<Request<'_>>(&bytes) {
             Ok(Request::Hello { session }) => session,
-            _ => return,
+            _ => return super::cpython::serve(core, conn, &bytes),
         },
         Err(_) => return,
     };

@@ -260,7 +260,7 @@ impl Client<'_> {
                 self.stop = true;
                 Reply::Return(PyValue::None)
             }
-            other => Reply::Traceback(format!("AssertionError: {other:?} unrecognized")),
+            other => Reply::Traceback(format!("AssertionError: '{other}' unrecognized")),
         };
         (reply, false)
     }
