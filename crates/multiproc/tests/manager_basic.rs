@@ -600,9 +600,12 @@ fn hostile_and_broken_clients_do_not_hurt_the_server(method: StartMethod) {
     c.send_bytes(b"no idea").unwrap();
     assert_eq!(c.recv_bytes_timeout(T).unwrap(), b"#FAILURE#");
     assert!(c.recv_bytes_timeout(T).is_err());
-    // Garbage instead of a hello: the connection is closed.
+    // Garbage instead of a hello: refused as CPython's server refuses a bad request (a
+    // pickled `#TRACEBACK`), then the connection is closed.
     let c = multiproc::Client::connect(mgr.address(), Some(&key)).unwrap();
     c.send_bytes(b"\xff\xff\xff garbage").unwrap();
+    let refusal = c.recv_bytes_timeout(T).unwrap();
+    assert!(refusal.windows(10).any(|w| w == b"#TRACEBACK"), "{refusal:?}");
     assert!(c.recv_bytes_timeout(T).is_err());
     // A frame announcing 2 GiB: closed without allocating it.
     let c = multiproc::Client::connect(mgr.address(), Some(&key)).unwrap();
