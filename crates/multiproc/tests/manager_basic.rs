@@ -605,7 +605,10 @@ fn hostile_and_broken_clients_do_not_hurt_the_server(method: StartMethod) {
     let c = multiproc::Client::connect(mgr.address(), Some(&key)).unwrap();
     c.send_bytes(b"\xff\xff\xff garbage").unwrap();
     let refusal = c.recv_bytes_timeout(T).unwrap();
-    assert!(refusal.windows(10).any(|w| w == b"#TRACEBACK"), "{refusal:?}");
+    assert!(
+        refusal.windows(10).any(|w| w == b"#TRACEBACK"),
+        "{refusal:?}"
+    );
     assert!(c.recv_bytes_timeout(T).is_err());
     // A frame announcing 2 GiB: closed without allocating it.
     let c = multiproc::Client::connect(mgr.address(), Some(&key)).unwrap();

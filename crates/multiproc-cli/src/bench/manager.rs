@@ -298,5 +298,65 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
             );
         }
     }
+    interop(r)
+}
+
+/// A stock CPython `SyncManager` client's dict operations against this crate's server and
+/// against CPython's own, measured by one Python process in the same run.
+fn interop(r: &mut Report) -> multiproc::Result<()> {
+    let key = b"multiproc-bench-interop";
+    let server = Manager::serve("127.0.0.1:0", key)?;
+    let address = server.address().to_string();
+    let figures = match super::python::run_with(
+        "mp_manager_interop.py",
+        r.size,
+        r.python,
+        &[&address, std::str::from_utf8(key).unwrap_or_default()],
+    ) {
+        Ok(f) => f,
+        Err(note) => {
+            r.note(note);
+            return Ok(());
+        }
+    };
+    let series = |name: &str| {
+        let mut v: Vec<(usize, f64)> = figures
+            .iter()
+            .filter_map(|(k, (value, _))| {
+                let rep = k.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+                Some((rep, value * 1e-6))
+            })
+            .collect();
+        v.sort_by_key(|e| e.0);
+        Samples(v.into_iter().map(|e| e.1).collect())
+    };
+    r.section_unpinned("stock CPython clients (TCP, unpinned)");
+    for op in ["set", "get", "raw"] {
+        let ours = series(&format!("py.interop.ours.{op}"));
+        let theirs = series(&format!("py.interop.cpython.{op}"));
+        if ours.0.is_empty() || theirs.0.is_empty() {
+            r.note(format!("mp_manager_interop.py printed no {op} figures"));
+            continue;
+        }
+        let what = match op {
+            "raw" => "raw set RT".to_string(),
+            op => format!("dict {op}"),
+        };
+        r.row(
+            "manager",
+            &format!("py client {what}, our server"),
+            Unit::Secs,
+            &ours,
+            &[("CPython's server", Some(theirs.median()))],
+        );
+        r.row(
+            "manager",
+            &format!("py client {what}, CPython's"),
+            Unit::Secs,
+            &theirs,
+            &[],
+        );
+    }
+    server.shutdown();
     Ok(())
 }

@@ -7,11 +7,15 @@ use std::process::{Command, Stdio};
 use super::report::Size;
 
 /// The peer scripts, by file name.
-const SCRIPTS: [(&str, &str); 8] = [
+const SCRIPTS: [(&str, &str); 9] = [
     ("_common.py", include_str!("../../peers/py/_common.py")),
     (
         "mp_manager.py",
         include_str!("../../peers/py/mp_manager.py"),
+    ),
+    (
+        "mp_manager_interop.py",
+        include_str!("../../peers/py/mp_manager_interop.py"),
     ),
     ("mp_pipe.py", include_str!("../../peers/py/mp_pipe.py")),
     ("mp_pool.py", include_str!("../../peers/py/mp_pool.py")),
@@ -43,6 +47,16 @@ pub(crate) fn parse(output: &str) -> Figures {
 /// Runs peer `script` (quick mode: `QUICK=1`). `Err` says why there are no CPython figures
 /// (no python3, the script failed), for a note under the table.
 pub(crate) fn run(script: &str, size: Size, enabled: bool) -> Result<Figures, String> {
+    run_with(script, size, enabled, &[])
+}
+
+/// [`run`] with command-line arguments for the script.
+pub(crate) fn run_with(
+    script: &str,
+    size: Size,
+    enabled: bool,
+    args: &[&str],
+) -> Result<Figures, String> {
     if !enabled {
         return Err("CPython columns skipped (--no-python)".into());
     }
@@ -54,7 +68,7 @@ pub(crate) fn run(script: &str, size: Size, enabled: bool) -> Result<Figures, St
             .map_err(|e| format!("cannot write the peer scripts: {e}"))?;
     }
     let mut cmd = Command::new("python3");
-    cmd.arg(dir.join(script));
+    cmd.arg(dir.join(script)).args(args);
     if script == "mp_primes.py" && size != Size::Full {
         cmd.args(["--reps", "1", "--modes", "serial,balanced"]);
     }

@@ -221,6 +221,12 @@ impl Report {
         self.placement = ends.placement;
     }
 
+    /// Starts a section of unpinned rows under `title`.
+    pub(crate) fn section_unpinned(&mut self, title: &str) {
+        println!("-- {title} --");
+        self.placement = Placement::Unpinned;
+    }
+
     /// The figures of CPython peer `script` (run once per bench run), or why there are none.
     pub(crate) fn peer(&mut self, script: &str) -> Result<&Figures, String> {
         if !self.peers.contains_key(script) {
