@@ -569,6 +569,15 @@ pub enum ManagerError {
     /// Connecting or talking to the manager failed (wrong authkey, refused, ...).
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// A CPython manager raised an exception with no variant of its own here (its class and
+    /// message), or sent a traceback (class `"RemoteError"`).
+    #[error("the CPython manager raised {class}: {message}")]
+    Python {
+        /// The exception's class (`"ValueError"`, `"RemoteError"`).
+        class: String,
+        /// Its message (for a traceback, the whole text).
+        message: String,
+    },
 }
 
 /// The umbrella error of the crate: every area's error converts into it with `?`.

@@ -498,3 +498,181 @@ m = connect(); d = m.dict(); d['still'] = 'serving'; print(d['still'])
     let _ = std::fs::remove_dir_all(&dir);
     server.shutdown();
 }
+
+/// Serves a CPython `SyncManager` in a python3 process of its own (until its stdin
+/// closes): the child and the address it serves on.
+fn cpython_server(py: &str, key: &str) -> (Child, String) {
+    let mut child = Command::new(py)
+        .arg("-c")
+        .arg(
+            r#"
+import sys, os, threading, datetime
+from multiprocessing.managers import SyncManager, DictProxy
+SyncManager.register('dated', callable=lambda: {'when': datetime.date(2020, 1, 1)}, proxytype=DictProxy)
+m = SyncManager(address=('127.0.0.1', 0), authkey=sys.argv[1].encode())
+s = m.get_server()
+print('%s:%d' % s.address, flush=True)
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+threading.Timer(120, lambda: os._exit(1)).start()
+s.serve_forever()
+"#,
+        )
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3");
+    let mut reader = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while reader.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server address");
+    (child, address)
+}
+
+fn stop(mut child: Child) {
+    drop(child.stdin.take());
+    let _ = finish(child);
+}
+
+/// A Rust program uses a CPython manager: dict, list, queue and lock proxies, Python's
+/// exceptions as this crate's errors.
+#[test]
+fn rust_client_uses_a_cpython_server() {
+    use multiproc::manager::PyManager;
+    use multiproc::{ManagerError, QueueError};
+    let Some(py) = python() else { return };
+    let (child, address) = cpython_server(py, "py-key");
+    assert!(matches!(
+        PyManager::connect(address.as_str(), b"wrong"),
+        Err(ManagerError::Connection(_))
+    ));
+    let mgr = PyManager::connect(address.as_str(), b"py-key").unwrap();
+    let d = mgr.dict().unwrap();
+    d.set("jobs", 3).unwrap();
+    d.set(
+        "nested",
+        PyValue::List(vec![PyValue::Int(1 << 70), "x".into()]),
+    )
+    .unwrap();
+    assert_eq!(d.get("jobs").unwrap(), Some(PyValue::Int(3)));
+    assert_eq!(
+        d.get("nested").unwrap(),
+        Some(PyValue::List(vec![PyValue::Int(1 << 70), "x".into()]))
+    );
+    assert_eq!(d.get("missing").unwrap(), None);
+    assert_eq!(d.len().unwrap(), 2);
+    assert_eq!(d.remove("jobs").unwrap(), Some(PyValue::Int(3)));
+    let l = mgr.list().unwrap();
+    l.append("a").unwrap();
+    l.append(2.5).unwrap();
+    assert_eq!(
+        (l.len().unwrap(), l.get(-1).unwrap()),
+        (2, PyValue::Float(2.5))
+    );
+    assert!(matches!(
+        l.get(5),
+        Err(ManagerError::Python { class, .. }) if class == "IndexError"
+    ));
+    let q = mgr.queue().unwrap();
+    q.put(PyValue::Dict(vec![("id".into(), 1.into())])).unwrap();
+    assert_eq!(q.qsize().unwrap(), 1);
+    assert_eq!(
+        q.get(Some(Duration::from_secs(5))).unwrap(),
+        PyValue::Dict(vec![("id".into(), 1.into())])
+    );
+    let t = Instant::now();
+    assert!(matches!(
+        q.get(Some(Duration::from_millis(300))),
+        Err(ManagerError::Queue(QueueError::Empty))
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(290));
+    let lock = mgr.lock().unwrap();
+    assert!(lock.acquire(None).unwrap());
+    // Another thread (its own connection, as in CPython) waits, then gives up.
+    let other = lock.clone();
+    let got = std::thread::spawn(move || other.acquire(Some(Duration::from_millis(200))))
+        .join()
+        .unwrap();
+    assert!(!got.unwrap());
+    lock.release().unwrap();
+    assert!(matches!(
+        lock.release(),
+        Err(ManagerError::Python { class, .. }) if class == "RemoteError" || class == "RuntimeError"
+    ));
+    assert!(matches!(
+        d.0.call("no_such_method", vec![]),
+        Err(ManagerError::UnknownMethod { .. })
+    ));
+    // A value the decoder does not accept (a datetime.date) is refused, named, and the
+    // client goes on.
+    let dated = mgr.create("dated", vec![]).unwrap();
+    let err = dated.call("__getitem__", vec!["when".into()]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("global datetime.date is not allowed"),
+        "{err}"
+    );
+    assert_eq!(d.len().unwrap(), 1);
+    let before = mgr.number_of_objects().unwrap();
+    drop((d, l, q, lock, dated));
+    assert_eq!(mgr.number_of_objects().unwrap(), before - 5);
+    stop(child);
+}
+
+/// A hostile "server" answering with a `GLOBAL os.system` + `REDUCE` pickle: refused, and
+/// nothing runs on this side.
+#[test]
+fn rust_client_runs_nothing_a_server_sends() {
+    use multiproc::manager::PyManager;
+    let Some(py) = python() else { return };
+    let dir = std::env::temp_dir().join(format!("mp-evil-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("ran");
+    let mut child = Command::new(py)
+        .arg("-c")
+        .arg(
+            r#"
+import sys, os
+from multiprocessing.connection import Listener
+class Evil:
+    def __reduce__(self): return (os.system, ('touch ' + sys.argv[2],))
+import pickle
+with Listener(('127.0.0.1', 0), authkey=b'k') as l:
+    print('%s:%d' % l.address, flush=True)
+    with l.accept() as c:
+        c.recv_bytes()
+        c.send_bytes(pickle.dumps(('#RETURN', Evil())))
+"#,
+        )
+        .args(["x", marker.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while reader.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    let address = String::from_utf8(line).unwrap();
+    let err = PyManager::connect(address.as_str(), b"k").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("global posix.system is not allowed"),
+        "{err}"
+    );
+    let _ = finish(child);
+    assert!(!marker.exists(), "the payload ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -84,7 +84,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use cpython::PyValue;
+pub use cpython::{PyDict, PyList, PyLock, PyManager, PyProxy, PyQueue, PyValue};
 pub use managed::Managed;
 #[doc(hidden)]
 pub use managed::{

@@ -5,6 +5,7 @@
 //! first request after it (a pickle starts with the `PROTO` opcode, `0x80`). Nothing
 //! received is executed: [`pickle`] decodes only checked data.
 
+mod client;
 mod methods;
 pub mod pickle;
 mod serve;
@@ -12,4 +13,5 @@ mod value;
 
 pub(super) use serve::serve;
 
+pub use client::{PyDict, PyList, PyLock, PyManager, PyProxy, PyQueue};
 pub use value::{ExcClass, ProxyClass, ProxyRef, PyException, PyValue, Token};
