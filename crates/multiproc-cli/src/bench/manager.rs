@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::manager::{DictProxy, EventProxy, LockProxy, Manager, ValueProxy};
+use multiproc::manager::{DictProxy, EventProxy, LockProxy, Manager, PyManager, ValueProxy};
 use multiproc::{Connection, Func, Process, pipe};
 
 use super::pep::empty_func;
@@ -358,5 +358,49 @@ fn interop(r: &mut Report) -> multiproc::Result<()> {
         );
     }
     server.shutdown();
+    rust_on_cpython(r, &figures)
+}
+
+/// This crate's client ([`PyManager`]) against CPython's own manager server, next to
+/// CPython's client against it.
+fn rust_on_cpython(r: &mut Report, figures: &super::python::Figures) -> multiproc::Result<()> {
+    if !r.python {
+        return Ok(());
+    }
+    let key = "multiproc-bench-interop";
+    let (server, address) = match super::python::start("mp_manager_server.py", &[key]) {
+        Ok(s) => s,
+        Err(note) => {
+            r.note(note);
+            return Ok(());
+        }
+    };
+    let mgr = PyManager::connect(address.as_str(), key.as_bytes())?;
+    let d = mgr.dict()?;
+    let (reps, n) = r.size.pick((2, 200), (5, 2_000), (7, 10_000));
+    let budget = r.size.budget();
+    let set = repeat(reps, || {
+        Ok(per_call(n, budget, |i| d.set("k", i64::from(i)))?)
+    })?;
+    let get = repeat(reps, || Ok(per_call(n, budget, |_| d.get("k").map(drop))?))?;
+    let python_median = |op: &str| {
+        let prefix = format!("py.interop.cpython.{op}.");
+        let v: Vec<f64> = figures
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, (v, _))| v * 1e-6)
+            .collect();
+        (!v.is_empty()).then(|| Samples(v).median())
+    };
+    for (op, s) in [("set", &set), ("get", &get)] {
+        r.row(
+            "manager",
+            &format!("Rust client dict {op}, CPython's server"),
+            Unit::Secs,
+            s,
+            &[("py client", python_median(op))],
+        );
+    }
+    drop((d, mgr, server));
     Ok(())
 }

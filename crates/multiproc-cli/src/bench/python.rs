@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use super::report::Size;
 
 /// The peer scripts, by file name.
-const SCRIPTS: [(&str, &str); 9] = [
+const SCRIPTS: [(&str, &str); 10] = [
     ("_common.py", include_str!("../../peers/py/_common.py")),
     (
         "mp_manager.py",
@@ -16,6 +16,10 @@ const SCRIPTS: [(&str, &str); 9] = [
     (
         "mp_manager_interop.py",
         include_str!("../../peers/py/mp_manager_interop.py"),
+    ),
+    (
+        "mp_manager_server.py",
+        include_str!("../../peers/py/mp_manager_server.py"),
     ),
     ("mp_pipe.py", include_str!("../../peers/py/mp_pipe.py")),
     ("mp_pool.py", include_str!("../../peers/py/mp_pool.py")),
@@ -60,13 +64,7 @@ pub(crate) fn run_with(
     if !enabled {
         return Err("CPython columns skipped (--no-python)".into());
     }
-    let dir = std::env::temp_dir().join(format!("multiproc-bench-py-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot write the peer scripts: {e}"))?;
-    let _cleanup = RemoveOnDrop(dir.clone());
-    for (name, text) in SCRIPTS {
-        std::fs::write(dir.join(name), text)
-            .map_err(|e| format!("cannot write the peer scripts: {e}"))?;
-    }
+    let (dir, _cleanup) = write_scripts("run")?;
     let mut cmd = Command::new("python3");
     cmd.arg(dir.join(script)).args(args);
     if script == "mp_primes.py" && size != Size::Full {
@@ -82,6 +80,77 @@ pub(crate) fn run_with(
         return Err(format!("python3 {script} failed: CPython columns skipped"));
     }
     Ok(parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Writes the peer scripts into a fresh directory (named after `what`), removed when the
+/// guard drops.
+fn write_scripts(what: &str) -> Result<(std::path::PathBuf, RemoveOnDrop), String> {
+    let dir =
+        std::env::temp_dir().join(format!("multiproc-bench-py-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot write the peer scripts: {e}"))?;
+    let guard = RemoveOnDrop(dir.clone());
+    for (name, text) in SCRIPTS {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| format!("cannot write the peer scripts: {e}"))?;
+    }
+    Ok((dir, guard))
+}
+
+/// A peer script that keeps running (a server): it prints one line, then serves until its
+/// stdin closes, which dropping the handle does (the process is then waited for).
+pub(crate) struct Running {
+    child: std::process::Child,
+    _scripts: RemoveOnDrop,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Starts peer `script` with `args` and reads the first line it prints (within 30 s).
+pub(crate) fn start(script: &str, args: &[&str]) -> Result<(Running, String), String> {
+    use std::io::Read;
+    let (dir, scripts) = write_scripts("server")?;
+    let mut child = Command::new("python3")
+        .arg(dir.join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|_| "no python3 on this machine: CPython columns skipped".to_string())?;
+    let mut out = child.stdout.take();
+    let running = Running {
+        child,
+        _scripts: scripts,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while let Some(o) = out.as_mut() {
+            if o.read_exact(&mut b).is_err() || b[0] == b'\n' {
+                break;
+            }
+            line.push(b[0]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(line) if !line.is_empty() => Ok((running, line)),
+        _ => Err(format!(
+            "python3 {script} did not start: CPython columns skipped"
+        )),
+    }
 }
 
 struct RemoveOnDrop(std::path::PathBuf);
