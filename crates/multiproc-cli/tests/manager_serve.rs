@@ -161,3 +161,46 @@ fn refuses_to_serve_without_a_key_or_address() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+/// The command serves stock CPython `SyncManager` clients too (the handshake is the same;
+/// the server tells the protocols apart by the first request).
+#[test]
+fn serves_a_stock_python_sync_manager_client() {
+    let have = Command::new("python3")
+        .args(["-c", "import multiprocessing.managers"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is required under CI=true"
+        );
+        eprintln!("skipping: python3 with multiprocessing is not available");
+        return;
+    }
+    let mut s = serve(&["--address", "127.0.0.1:0"], Some("secret"));
+    let script = r#"
+import sys
+from multiprocessing.managers import SyncManager
+host, port = sys.argv[1].rsplit(':', 1)
+m = SyncManager(address=(host, int(port)), authkey=b"secret"); m.connect()
+d = m.dict(); d["jobs"] = 3; q = m.Queue(); q.put({"id": 1, "path": "/tmp/a"})
+lock = m.Lock()
+with lock: d["jobs"] += 1
+print(d["jobs"], q.get(timeout=10))
+m._Client(m._address, authkey=m._authkey).send((None, 'shutdown', (), {}))
+"#;
+    let mut py = Command::new("python3")
+        .args(["-c", script, s.1.as_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut py);
+    let mut out = String::new();
+    py.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{out}");
+    assert_eq!(out.trim(), "4 {'id': 1, 'path': '/tmp/a'}");
+    // A Python client's shutdown stops the command.
+    assert!(wait_exit(&mut s.0).success());
+}
