@@ -345,6 +345,13 @@ m = connect(BaseManager)
 q = m.get_queue()
 print(q.get(timeout=5))
 q.put({'id': 1, 'path': '/tmp/a'})
+SyncManager.register('get_queue')
+sm = connect()
+mine = sm.dict({'from': 'python'})
+sm.get_queue().put(mine)
+sm.get_queue().put(sm.list())
+# A stored proxy keeps its object alive (until shutdown, as CPython's server does), so the
+# script may end before Rust looks.
 try: m.rust_dict().values(); print('decoded')
 except TypeError as e: print('TypeError', 'PyValue' in str(e))
 try: m.nothing(); print('created?')
@@ -366,7 +373,23 @@ except Exception as e: print(type(e).__name__, 'published name' in str(e))
             ("path".into(), "/tmp/a".into())
         ])
     );
-    drop((jobs, rust_dict));
+    // A proxy Python sent names its object for a Rust proxy of the same kind.
+    let PyValue::Proxy(sent) = jobs.get_timeout(Duration::from_secs(5)).unwrap() else {
+        panic!("not a proxy")
+    };
+    let theirs: multiproc::manager::DictProxy<PyValue, PyValue> = mgr.adopt(&sent).unwrap();
+    assert_eq!(
+        theirs.get(&"from".into()).unwrap(),
+        Some(PyValue::Str("python".into()))
+    );
+    let PyValue::Proxy(list) = jobs.get_timeout(Duration::from_secs(5)).unwrap() else {
+        panic!("not a proxy")
+    };
+    assert!(matches!(
+        mgr.adopt::<multiproc::manager::DictProxy<PyValue, PyValue>>(&list),
+        Err(multiproc::ManagerError::WrongKind { .. })
+    ));
+    drop((jobs, rust_dict, theirs));
     mgr.shutdown().unwrap();
     drop(server);
 }
@@ -458,6 +481,7 @@ print(*ask(b'\x80\x04' + b']' * 1000000 + b'a' * 999999 + b'.'))
 print(*ask(b'\x80\x04\x8e' + (2**62).to_bytes(8, 'little') + b'.'))
 print(*ask(pickle.dumps((None, 'create', ('dict', 1 << 200), {}))))
 print(*ask(pickle.dumps((None, 'eval', ('1',), {}))))
+print(*ask(pickle.dumps((None, 'create', ('list', [bytearray(b'ab'), {1}]), {}), protocol=5)))
 m = connect(); d = m.dict(); d['still'] = 'serving'; print(d['still'])
 "#;
     let (ok, out, err) = finish(
@@ -472,7 +496,7 @@ m = connect(); d = m.dict(); d['still'] = 'serving'; print(d['still'])
     );
     assert!(ok, "{out}\n{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 8, "{out}");
+    assert_eq!(lines.len(), 9, "{out}");
     assert!(
         lines[0].starts_with("#TRACEBACK")
             && lines[0].contains("global posix.system is not allowed"),
@@ -493,7 +517,12 @@ m = connect(); d = m.dict(); d['still'] = 'serving'; print(d['still'])
         lines[5]
     );
     assert!(lines[6].contains("'eval' unrecognized"), "{}", lines[6]);
-    assert_eq!(lines[7], "serving");
+    assert!(
+        lines[7].starts_with("#RETURN ("),
+        "protocol 5: {}",
+        lines[7]
+    );
+    assert_eq!(lines[8], "serving");
     assert!(!marker.exists(), "the payload ran");
     let _ = std::fs::remove_dir_all(&dir);
     server.shutdown();

@@ -423,6 +423,41 @@ impl Manager {
             .request(&Request::Publish { name, id }, None, |_| Ok(()))
     }
 
+    /// A proxy of type `P` to the object a CPython client sent inside a value (a
+    /// [`PyValue::Proxy`], such as a Python client's `q.put(d)` of its dict `d`). The object
+    /// must live on this manager ([`ManagerError::UnknownObject`]) and be of `P`'s kind
+    /// ([`ManagerError::WrongKind`]); its items are [`PyValue`]s.
+    ///
+    /// ```no_run
+    /// # use multiproc::manager::{Manager, DictProxy, QueueProxy, PyValue};
+    /// # fn main() -> Result<(), multiproc::ManagerError> {
+    /// # let mgr = Manager::connect("127.0.0.1:5000", b"secret")?;
+    /// # let inbox: QueueProxy<PyValue> = mgr.lookup("inbox")?;
+    /// if let PyValue::Proxy(sent) = inbox.get()? {
+    ///     let d: DictProxy<PyValue, PyValue> = mgr.adopt(&sent)?;
+    ///     d.set(&"seen".into(), &true.into())?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn adopt<P: ProxyType>(&self, sent: &cpython::ProxyRef) -> Result<P, ManagerError> {
+        let id: u64 = sent.token.id.parse().map_err(|_| {
+            ManagerError::Invalid(format!("{:?} is not an object id", sent.token.id))
+        })?;
+        let kind: String = self
+            .session
+            .request(&Request::Adopt { id }, None, |b| Ok(codec::decode(b)?))?;
+        let proxy = Proxy::adopt(self.session.clone(), id, kind);
+        let expected = P::kind();
+        if !proxy::kind_fits(&expected, proxy.kind()) {
+            return Err(ManagerError::WrongKind {
+                name: format!("{} {}", sent.token.typeid, sent.token.id),
+                expected,
+                found: proxy.kind().to_string(),
+            });
+        }
+        Ok(P::from_proxy(proxy))
+    }
+
     /// The object published as `name`, through a proxy of type `P`
     /// ([`ManagerError::NameNotFound`], [`ManagerError::WrongKind`]).
     pub fn lookup<P: ProxyType>(&self, name: &str) -> Result<P, ManagerError> {

@@ -631,6 +631,11 @@ fn handle(
             drop(freed);
             ret(&())
         }
+        Request::Adopt { id } => {
+            let mut reg = lock(&core.reg);
+            reg.incref(session, id)?;
+            ret(&reg.objects[&id].obj.kind().to_string())
+        }
         Request::Stats => ret(&stats(&lock(&core.reg))),
         Request::Hello { .. } => Err(Fault::Invalid("hello sent twice".into())),
         Request::Shutdown => unreachable!("handled by the request loop"),

@@ -53,6 +53,9 @@ pub(crate) enum Request<'a> {
     Stats,
     /// Stops the server.
     Shutdown,
+    /// The kind of object `id`, referenced once more by the session (a proxy received
+    /// inside a CPython client's value).
+    Adopt { id: u64 },
 }
 
 /// The reply to [`Request::Hello`].
