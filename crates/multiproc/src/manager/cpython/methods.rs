@@ -590,16 +590,14 @@ pub(super) fn call_method(
             )?;
             match method {
                 "is_set" => val(PyValue::Bool(call(obj, cx, EventCall::IsSet)?)),
-                "set" => none().and_then(|o| {
-                    call::<()>(obj, cx, EventCall::Set)
-                        .map(|_| o)
-                        .map_err(Into::into)
-                }),
-                "clear" => none().and_then(|o| {
-                    call::<()>(obj, cx, EventCall::Clear)
-                        .map(|_| o)
-                        .map_err(Into::into)
-                }),
+                "set" => {
+                    call::<()>(obj, cx, EventCall::Set)?;
+                    none()
+                }
+                "clear" => {
+                    call::<()>(obj, cx, EventCall::Clear)?;
+                    none()
+                }
                 "wait" => {
                     let timeout = seconds(b[0].as_ref())?;
                     val(PyValue::Bool(call(obj, cx, EventCall::Wait { timeout })?))
