@@ -155,6 +155,7 @@ l.reverse(); assert l._getvalue() == [6, 5, 4, 2]
 l.sort(); assert l._getvalue() == [2, 4, 5, 6]
 l.sort(reverse=True); assert l._getvalue() == [6, 5, 4, 2]
 assert l + [1] == [6, 5, 4, 2, 1] and l * 2 == [6, 5, 4, 2] * 2 and list(reversed(l)) == [2, 4, 5, 6]
+assert l[:] == [6, 5, 4, 2] and l[1:3] == [5, 4] and l[-2:] == [4, 2] and l[::-1] == [2, 4, 5, 6] and l[::2] == [6, 4] and l[5:1:-2] == [2]
 l *= 2; assert len(l) == 8
 try: l[100]; raise SystemExit('no IndexError')
 except IndexError: pass

@@ -794,6 +794,10 @@ fn list(
         }
         "__getitem__" => {
             let i = arg(args, kwds, "index")?;
+            if let PyValue::Slice(parts) = &i {
+                let all = to_vec(obj, cx)?;
+                return val(PyValue::List(slice(&all, parts)?));
+            }
             let index = seq_index(&i, len()?, what)?;
             val(dec(&call::<ByteBuf>(obj, cx, SeqCall::Get { index })?)?)
         }
@@ -947,6 +951,39 @@ fn list(
         }
         _ => Err(not_exposed(kind, method)),
     }
+}
+
+/// `items[start:stop:step]` with Python's rules (negative from the end, clamped).
+fn slice(items: &[PyValue], parts: &[PyValue; 3]) -> Py<Vec<PyValue>> {
+    let n = items.len() as i128;
+    let get = |v: &PyValue| v.as_int();
+    let step = get(&parts[2]).unwrap_or(1);
+    if step == 0 {
+        return Err(exc(ExcClass::ValueError, "slice step cannot be zero"));
+    }
+    let clamp = |v: i128, low: i128, high: i128| {
+        let v = if v < 0 { v + n } else { v };
+        v.clamp(low, high)
+    };
+    let mut out = Vec::new();
+    if step > 0 {
+        let start = get(&parts[0]).map_or(0, |v| clamp(v, 0, n));
+        let stop = get(&parts[1]).map_or(n, |v| clamp(v, 0, n));
+        let mut i = start;
+        while i < stop {
+            out.push(items[i as usize].clone());
+            i += step;
+        }
+    } else {
+        let start = get(&parts[0]).map_or(n - 1, |v| clamp(v, -1, n - 1));
+        let stop = get(&parts[1]).map_or(-1, |v| clamp(v, -1, n - 1));
+        let mut i = start;
+        while i > stop {
+            out.push(items[i as usize].clone());
+            i += step;
+        }
+    }
+    Ok(out)
 }
 
 /// Python's `<` on plain data, where it is defined.
@@ -1317,6 +1354,7 @@ pub(super) fn repr(v: &PyValue) -> String {
         PyValue::Set(items) => format!("{{{}}}", seq(items)),
         PyValue::FrozenSet(items) if items.is_empty() => "frozenset()".into(),
         PyValue::FrozenSet(items) => format!("frozenset({{{}}})", seq(items)),
+        PyValue::Slice(parts) => format!("slice({})", seq(parts.as_slice())),
         PyValue::Exception(e) => format!("{}({})", e.class.path().1, seq(&e.args)),
         PyValue::Token(t) => format!("Token(typeid={:?}, id={:?})", t.typeid, t.id),
         PyValue::Proxy(p) => format!("<proxy of {} {}>", p.token.typeid, p.token.id),

@@ -15,7 +15,8 @@
 //! - `multiprocessing.managers.RebuildProxy` and the proxy classes ([`ProxyClass`],
 //!   `AutoProxy`): a proxy inside a value pickles as `RebuildProxy(class, token, ...)`;
 //! - `builtins.bytearray`, `builtins.set`, `builtins.frozenset`: how protocols 2–4 write
-//!   these types.
+//!   these types;
+//! - `builtins.slice`: a list proxy's `l[1:3]` sends `slice(1, 3, None)`.
 //!
 //! Limits: nesting depth, memo entries, integer size (128 bits), and a budget on the data
 //! built (memo references may share an object many times; the budget bounds the expanded
@@ -127,6 +128,7 @@ enum Global {
     ByteArray,
     Set,
     FrozenSet,
+    Slice,
 }
 
 impl Global {
@@ -144,6 +146,7 @@ impl Global {
             ("builtins", "bytearray") => Global::ByteArray,
             ("builtins", "set") => Global::Set,
             ("builtins", "frozenset") => Global::FrozenSet,
+            ("builtins", "slice") => Global::Slice,
             _ => return None,
         })
     }
@@ -530,6 +533,7 @@ impl<'a> Machine<'a> {
                             | Global::ByteArray
                             | Global::Set
                             | Global::FrozenSet
+                            | Global::Slice
                     ) | (0x81, Global::Token)
                 );
                 if !callable_ok {
@@ -760,6 +764,18 @@ impl Builder<'_> {
                     PyValue::FrozenSet(items)
                 })
             }
+            Global::Slice => match <[PyValue; 3]>::try_from(self.args(args, depth)?) {
+                Ok(parts)
+                    if parts
+                        .iter()
+                        .all(|p| matches!(p, PyValue::None | PyValue::Int(_))) =>
+                {
+                    Ok(PyValue::Slice(Box::new(parts)))
+                }
+                _ => Err(PickleError::Shape(
+                    "slice(...) of other than 3 ints or None".into(),
+                )),
+            },
             Global::RebuildProxy => self.rebuild_proxy(args, depth),
             _ => Err(PickleError::Shape(format!("a call of {g:?}"))),
         }
@@ -986,6 +1002,11 @@ fn write(out: &mut Vec<u8>, value: &PyValue, depth: usize) -> Result<(), PickleE
             write_tuple(out, &e.args, depth)?;
             out.push(b'R');
         }
+        PyValue::Slice(parts) => {
+            write_global(out, ("builtins", "slice"));
+            write_tuple(out, parts.as_slice(), depth)?;
+            out.push(b'R');
+        }
         PyValue::Token(t) => write_token(out, t, depth)?,
         PyValue::Proxy(p) => {
             write_global(out, ("multiprocessing.managers", "RebuildProxy"));
@@ -1091,6 +1112,7 @@ mod tests {
             PyValue::Dict(vec![(s("a"), PyValue::Float(-0.5))]),
             PyValue::Set(vec![PyValue::Int(1)]),
             PyValue::FrozenSet(vec![]),
+            PyValue::Slice(Box::new([PyValue::None, PyValue::Int(-1), PyValue::Int(2)])),
             PyValue::Exception(PyException::new(ExcClass::QueueEmpty, "")),
             PyValue::Proxy(ProxyRef {
                 class: None,

@@ -48,6 +48,8 @@ pub enum PyValue {
     Set(Vec<PyValue>),
     /// `frozenset`.
     FrozenSet(Vec<PyValue>),
+    /// `slice(start, stop, step)` (what `l[1:3]` sends).
+    Slice(Box<[PyValue; 3]>),
     /// An exception instance of an allowed class, with its arguments.
     Exception(PyException),
     /// A `multiprocessing.managers.Token` naming an object of a manager.
@@ -179,6 +181,7 @@ impl PyValue {
             PyValue::Dict(_) => "dict",
             PyValue::Set(_) => "set",
             PyValue::FrozenSet(_) => "frozenset",
+            PyValue::Slice(_) => "slice",
             PyValue::Exception(_) => "exception",
             PyValue::Token(_) => "Token",
             PyValue::Proxy(_) => "proxy",
