@@ -357,13 +357,35 @@ fn interop(r: &mut Report) -> multiproc::Result<()> {
             &[],
         );
     }
+    let ours = PyManager::connect(address.as_str(), key)?;
+    rust_on_cpython(r, &figures, &ours)?;
+    drop(ours);
     server.shutdown();
-    rust_on_cpython(r, &figures)
+    Ok(())
 }
 
-/// This crate's client ([`PyManager`]) against CPython's own manager server, next to
-/// CPython's client against it.
-fn rust_on_cpython(r: &mut Report, figures: &super::python::Figures) -> multiproc::Result<()> {
+/// Per-call times of `reps` runs of a dict `set` and `get` through `d`.
+fn py_dict_ops(
+    r: &Report,
+    d: &multiproc::manager::PyDict,
+) -> multiproc::Result<(Samples, Samples)> {
+    let (reps, n) = r.size.pick((2, 200), (5, 2_000), (7, 10_000));
+    let budget = r.size.budget();
+    let set = repeat(reps, || {
+        Ok(per_call(n, budget, |i| d.set("k", i64::from(i)))?)
+    })?;
+    let get = repeat(reps, || Ok(per_call(n, budget, |_| d.get("k").map(drop))?))?;
+    Ok((set, get))
+}
+
+/// This crate's client of CPython's protocol ([`PyManager`]) against CPython's own manager
+/// server, next to CPython's client against it and to the same client against our server
+/// (`ours`): with a client that costs little, the servers' own costs show.
+fn rust_on_cpython(
+    r: &mut Report,
+    figures: &super::python::Figures,
+    ours: &PyManager,
+) -> multiproc::Result<()> {
     if !r.python {
         return Ok(());
     }
@@ -377,12 +399,8 @@ fn rust_on_cpython(r: &mut Report, figures: &super::python::Figures) -> multipro
     };
     let mgr = PyManager::connect(address.as_str(), key.as_bytes())?;
     let d = mgr.dict()?;
-    let (reps, n) = r.size.pick((2, 200), (5, 2_000), (7, 10_000));
-    let budget = r.size.budget();
-    let set = repeat(reps, || {
-        Ok(per_call(n, budget, |i| d.set("k", i64::from(i)))?)
-    })?;
-    let get = repeat(reps, || Ok(per_call(n, budget, |_| d.get("k").map(drop))?))?;
+    let (set, get) = py_dict_ops(r, &d)?;
+    let (ours_set, ours_get) = py_dict_ops(r, &ours.dict()?)?;
     let python_median = |op: &str| {
         let prefix = format!("py.interop.cpython.{op}.");
         let v: Vec<f64> = figures
@@ -392,13 +410,20 @@ fn rust_on_cpython(r: &mut Report, figures: &super::python::Figures) -> multipro
             .collect();
         (!v.is_empty()).then(|| Samples(v).median())
     };
-    for (op, s) in [("set", &set), ("get", &get)] {
+    for (op, s, o) in [("set", &set, &ours_set), ("get", &get, &ours_get)] {
         r.row(
             "manager",
             &format!("Rust client dict {op}, CPython's server"),
             Unit::Secs,
             s,
             &[("py client", python_median(op))],
+        );
+        r.row(
+            "manager",
+            &format!("Rust client dict {op}, our server"),
+            Unit::Secs,
+            o,
+            &[("CPython's server", Some(s.median()))],
         );
     }
     drop((d, mgr, server));

@@ -19,6 +19,9 @@ use crate::manager::objects::lock;
 /// How long a reply may take beyond a blocking call's own time limit.
 const REPLY_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a call polls for its reply before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+
 /// A connection to a CPython manager server (`multiprocessing.managers.SyncManager` or any
 /// `BaseManager` serving the same type ids).
 ///
@@ -113,11 +116,10 @@ impl Inner {
     ) -> Result<Answer, ManagerError> {
         let bytes = pickle::encode(request).map_err(|e| ManagerError::Invalid(e.to_string()))?;
         conn.send_bytes(&bytes).map_err(transport)?;
-        let reply = match timeout {
-            Some(t) => conn.recv_bytes_timeout(t.saturating_add(REPLY_GRACE)),
-            None => conn.recv_bytes(),
-        }
-        .map_err(transport)?;
+        // Most replies come within microseconds: wait for them awake, as the manager's own
+        // client does (within the library's waiting policy).
+        let deadline = timeout.map(|t| std::time::Instant::now() + t.saturating_add(REPLY_GRACE));
+        let reply = conn.recv_sole(SPIN, deadline).map_err(transport)?;
         let reply = pickle::decode(&reply).map_err(refused)?;
         let PyValue::Tuple(parts) = reply else {
             return Err(refused("not a (kind, result) pair"));
