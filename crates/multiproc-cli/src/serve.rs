@@ -16,8 +16,11 @@ pub(crate) const DEFAULT_KEY_ENV: &str = "MULTIPROC_AUTHKEY";
     about = "Serves a manager (dicts, queues, locks, ... by name) until SIGINT/SIGTERM or a client's shutdown",
     long_about = "Serves a manager on the network: clients that know the authkey create dicts, \
                   lists, queues, locks, events, barriers, ... on it and publish them by name \
-                  (Manager::connect, publish, lookup). It runs until SIGINT/SIGTERM or a \
-                  client's shutdown, and prints the address it serves on.",
+                  (Manager::connect, publish, lookup). Stock Python clients connect too \
+                  (multiprocessing.managers.SyncManager(address, authkey).connect()), and a \
+                  published name is a type id for them (SyncManager.register(name)). It runs \
+                  until SIGINT/SIGTERM or a client's shutdown, and prints the address it \
+                  serves on.",
     after_long_help = "User types (#[multiproc::managed]) are created only by a server whose \
                        binary contains their impl; this command serves the built-in objects. \
                        Serve them from your own binary:\n\n    \
