@@ -1128,6 +1128,20 @@ mod tests {
     }
 
     #[test]
+    fn stored_items_nested_too_deep_are_refused_without_recursing_far() {
+        // postcard of List(List(...)): variant 7, length 1, repeated.
+        let mut bytes = Vec::new();
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[7, 1]);
+        }
+        bytes.push(0);
+        assert!(crate::codec::decode::<PyValue>(&bytes).is_err());
+        let ok = PyValue::List(vec![PyValue::List(vec![PyValue::Int(1)])]);
+        let b = crate::codec::encode(&ok).unwrap();
+        assert_eq!(crate::codec::decode::<PyValue>(&b).unwrap(), ok);
+    }
+
+    #[test]
     fn refuses_globals_outside_the_list() {
         let p = b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R.";
         assert_eq!(

@@ -1,6 +1,33 @@
 //! [`PyValue`]: the Python values the CPython manager protocol carries, as checked data.
 
-use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+thread_local! {
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Deserializes a container of values one level deeper, refusing past the decoder's depth
+/// limit: items a Rust client stored are decoded for Python clients, and deeply nested
+/// bytes must not overflow the server's stack.
+fn nested<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    let depth = DEPTH.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let _leave = Leave;
+    if depth > super::pickle::MAX_DEPTH {
+        return Err(serde::de::Error::custom("value nested too deep"));
+    }
+    T::deserialize(d)
+}
 
 /// A Python value as it travels between a CPython client and a multiproc manager: plain data
 /// and the few protocol objects the manager protocol needs (exceptions, tokens, proxies), and
@@ -39,23 +66,23 @@ pub enum PyValue {
     /// `bytearray`.
     ByteArray(Vec<u8>),
     /// `list`.
-    List(Vec<PyValue>),
+    List(#[serde(deserialize_with = "nested")] Vec<PyValue>),
     /// `tuple`.
-    Tuple(Vec<PyValue>),
+    Tuple(#[serde(deserialize_with = "nested")] Vec<PyValue>),
     /// `dict`, in insertion order.
-    Dict(Vec<(PyValue, PyValue)>),
+    Dict(#[serde(deserialize_with = "nested")] Vec<(PyValue, PyValue)>),
     /// `set`.
-    Set(Vec<PyValue>),
+    Set(#[serde(deserialize_with = "nested")] Vec<PyValue>),
     /// `frozenset`.
-    FrozenSet(Vec<PyValue>),
+    FrozenSet(#[serde(deserialize_with = "nested")] Vec<PyValue>),
     /// `slice(start, stop, step)` (what `l[1:3]` sends).
-    Slice(Box<[PyValue; 3]>),
+    Slice(#[serde(deserialize_with = "nested")] Box<[PyValue; 3]>),
     /// An exception instance of an allowed class, with its arguments.
-    Exception(PyException),
+    Exception(#[serde(deserialize_with = "nested")] PyException),
     /// A `multiprocessing.managers.Token` naming an object of a manager.
-    Token(Token),
+    Token(#[serde(deserialize_with = "nested")] Token),
     /// A proxy to an object of the same manager (`RebuildProxy(...)` in a pickle).
-    Proxy(ProxyRef),
+    Proxy(#[serde(deserialize_with = "nested")] ProxyRef),
 }
 
 /// An exception instance: its class (from a fixed list) and arguments.
