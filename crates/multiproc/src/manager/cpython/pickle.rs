@@ -31,10 +31,16 @@ use super::value::{ExcClass, ProxyClass, ProxyRef, PyException, PyValue, Token};
 pub const MAX_DEPTH: usize = 100;
 /// At most this many memo entries.
 pub const MAX_MEMO: usize = 1 << 20;
-/// The budget of the built value, in nodes plus bytes, is this many times the pickle's
-/// length (at least [`MIN_BUDGET`]).
-const BUDGET_FACTOR: usize = 16;
-const MIN_BUDGET: usize = 1 << 16;
+/// At most this many objects built, and values on the machine's stack (each costs the
+/// machine about 32 bytes, whatever the few bytes of its opcode).
+pub const MAX_NODES: usize = 1 << 22;
+/// The budget of the built value, in bytes (each value counted as [`VALUE_COST`] plus its
+/// data): this many times the pickle's length plus [`MIN_BUDGET`], at most [`MAX_BUDGET`].
+/// Memo references may share an object many times; the budget bounds the expanded tree.
+const BUDGET_FACTOR: usize = 8;
+const MIN_BUDGET: usize = 1 << 20;
+const MAX_BUDGET: usize = 1 << 29;
+const VALUE_COST: usize = 64;
 
 /// Why a pickle was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -397,12 +403,7 @@ impl<'a> Machine<'a> {
             b')' => self.push(Node::Tuple(Vec::new())),
             b'}' => self.push(Node::Dict(Vec::new())),
             0x8f => self.push(Node::Set(Vec::new())),
-            b'(' => {
-                if self.marks.len() >= self.input.len() {
-                    return Err(self.malformed("too many marks"));
-                }
-                self.marks.push(self.stack.len())
-            }
+            b'(' => self.marks.push(self.stack.len()),
             b't' => {
                 let items = self.pop_mark()?;
                 self.push(Node::Tuple(items))
@@ -597,6 +598,9 @@ pub fn decode(input: &[u8]) -> Result<PyValue, PickleError> {
         memo: HashMap::new(),
     };
     loop {
+        if m.arena.len() >= MAX_NODES || m.stack.len() >= MAX_NODES || m.marks.len() >= MAX_NODES {
+            return Err(PickleError::Limit(format!("more than {MAX_NODES} objects")));
+        }
         m.at = m.pos;
         let op = m.byte()?;
         if m.step(op)? {
@@ -615,7 +619,11 @@ pub fn decode(input: &[u8]) -> Result<PyValue, PickleError> {
     }
     let mut b = Builder {
         arena: &m.arena,
-        budget: input.len().saturating_mul(BUDGET_FACTOR).max(MIN_BUDGET),
+        budget: input
+            .len()
+            .saturating_mul(BUDGET_FACTOR)
+            .saturating_add(MIN_BUDGET)
+            .min(MAX_BUDGET),
     };
     b.value(root, 0)
 }
@@ -630,7 +638,7 @@ impl Builder<'_> {
     fn spend(&mut self, n: usize) -> Result<(), PickleError> {
         self.budget = self
             .budget
-            .checked_sub(n.saturating_add(1))
+            .checked_sub(n.saturating_add(VALUE_COST))
             .ok_or_else(|| PickleError::Limit("the decoded value is too large".into()))?;
         Ok(())
     }
@@ -647,8 +655,6 @@ impl Builder<'_> {
         self.spend(match node {
             Node::Str(s) => s.len(),
             Node::Bytes(b) | Node::ByteArray(b) => b.len(),
-            Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => v.len(),
-            Node::Dict(d) => d.len() * 2,
             _ => 0,
         })?;
         Ok(match node {
@@ -1189,6 +1195,10 @@ mod tests {
             p.extend_from_slice(b"h\x01");
         }
         p.extend_from_slice(b"e.");
+        assert!(matches!(decode(&p), Err(PickleError::Limit(_))));
+        // Two bytes per value cannot make the machine hold gigabytes.
+        let mut p = b"\x80\x04]".to_vec();
+        p.extend(std::iter::repeat_n(*b"K\x01", MAX_NODES).flatten());
         assert!(matches!(decode(&p), Err(PickleError::Limit(_))));
         for cut in 0..PUT.len() {
             assert!(decode(&PUT[..cut]).is_err());
