@@ -305,7 +305,12 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
 /// against CPython's own, measured by one Python process in the same run.
 fn interop(r: &mut Report) -> multiproc::Result<()> {
     let key = b"multiproc-bench-interop";
-    let server = Manager::serve("127.0.0.1:0", key)?;
+    // A server process of its own, as CPython's is (a server inside this process would
+    // compete with a spinning client of this process for the CPUs).
+    let server = Manager::builder()
+        .address("127.0.0.1:0")?
+        .authkey(key.to_vec())
+        .start()?;
     let address = server.address().to_string();
     let figures = match super::python::run_with(
         "mp_manager_interop.py",
@@ -316,6 +321,7 @@ fn interop(r: &mut Report) -> multiproc::Result<()> {
         Ok(f) => f,
         Err(note) => {
             r.note(note);
+            server.shutdown()?;
             return Ok(());
         }
     };
@@ -360,7 +366,7 @@ fn interop(r: &mut Report) -> multiproc::Result<()> {
     let ours = PyManager::connect(address.as_str(), key)?;
     rust_on_cpython(r, &figures, &ours)?;
     drop(ours);
-    server.shutdown();
+    server.shutdown()?;
     Ok(())
 }
 
