@@ -243,6 +243,74 @@ fn burners_die_with_a_bench_that_is_killed() {
     assert!(gone, "burners {pids:?} outlived a killed bench");
 }
 
+/// The children of process `pid` (`/proc/PID/task/*/children`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Every process under `pid`, depth first.
+fn descendants(pid: u32) -> Vec<(u32, usize)> {
+    let mut out = Vec::new();
+    let mut todo = vec![(pid, 0)];
+    while let Some((p, depth)) = todo.pop() {
+        for c in children(p) {
+            out.push((c, depth + 1));
+            todo.push((c, depth + 1));
+        }
+    }
+    out
+}
+
+/// Whether `pid` still runs (a zombie waiting for its new parent to reap it does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[test]
+fn helpers_die_with_a_bench_that_is_killed_mid_measurement() {
+    // Killed at eight moments of its queue group (helpers starting, waiting for their start
+    // signal, measuring): no process the bench started may run on, whatever it waited for.
+    for millis in (0..8).map(|k| 30 + 60 * k) {
+        let mut bench = common::Reaped(
+            Command::new(BIN)
+                .args(["bench", "--tiny", "--no-python", "--group", "queue"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(millis));
+        let seen = descendants(bench.0.id());
+        bench.0.kill().unwrap();
+        bench.0.wait().unwrap();
+        let gone = common::eventually(Duration::from_secs(10), || {
+            seen.iter().all(|&(p, _)| !running(p))
+        });
+        let left: Vec<u32> = seen.iter().map(|s| s.0).filter(|&p| running(p)).collect();
+        assert!(
+            gone,
+            "killed after {millis} ms: {left:?} of {seen:?} live on"
+        );
+        for p in left {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+    }
+}
+
 #[test]
 fn bad_options_are_refused() {
     for args in [

@@ -59,7 +59,7 @@ pub(crate) fn dict_clients(clients: u32, ops: u32, policy: u8) -> Result<f64, St
     let start = mgr.event().map_err(err)?;
     mgr.publish("start", &start).map_err(err)?;
     let kids = (0..clients)
-        .map(|_| dict_client.spawn((address.clone(), policy, ops)))
+        .map(|_| super::helper(&dict_client, (address.clone(), policy, ops)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     // Every client connected and waiting: then the clock starts.
@@ -122,7 +122,7 @@ fn placed(
     budget: Duration,
 ) -> multiproc::Result<Placed> {
     let (ready, theirs) = pipe(true)?;
-    let server = pinned_server.spawn((ends.there, theirs))?;
+    let server = super::helper(&pinned_server, (ends.there, theirs))?;
     let address: String = ready.recv()?;
     let mgr = Manager::connect(address.as_str(), AUTHKEY)?;
     let d = mgr.dict::<String, u64>()?;
@@ -194,8 +194,7 @@ fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplace
         let mut by_policy = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..reps.min(3) {
             for (policy, out) in by_policy.iter_mut().enumerate() {
-                let rate = dict_clients
-                    .spawn((clients, ops, policy as u8))?
+                let rate = super::helper(&dict_clients, (clients, ops, policy as u8))?
                     .join()?
                     .map_err(|e| multiproc::Error::from(multiproc::ManagerError::Invalid(e)))?;
                 out.push(rate);

@@ -157,6 +157,17 @@ impl Options {
 }
 
 /// Runs the selected groups, prints their tables, writes the JSON and the chart.
+/// Starts `f(args)` in a daemonic child, for the helpers a measurement talks to (echo
+/// servers, sources, clients): a bench that is killed (Ctrl-C, SIGKILL) leaves none of them
+/// waiting for ever for a parent that is gone. Children whose start is what is measured are
+/// started plainly, as users start theirs.
+pub(crate) fn helper<F: multiproc::Func<M>, M>(
+    f: &F,
+    args: F::Args,
+) -> Result<multiproc::Process<F::Output>, multiproc::ProcessError> {
+    multiproc::Process::builder().daemon(true).start(f, args)
+}
+
 pub(crate) fn run(opts: &Options) -> multiproc::Result<()> {
     // Before any pinning: the forkserver's CPUs are those of every child it starts.
     multiproc::start_forkserver()?;

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use multiproc::{Connection, Fd, Func, pipe};
+use multiproc::{Connection, Fd, pipe};
 
 use super::place::{Cpu, Ends};
 use super::raw::{self, Wait};
@@ -49,7 +49,7 @@ pub(crate) fn raw_source(cpu: Cpu, fd: Fd, n: u32, size: usize) {
 /// trips, fewer if `budget` runs out first.
 fn round_trip(ends: &Ends, n: u32, budget: Duration, msg: Message) -> multiproc::Result<f64> {
     let (ours, theirs) = pipe(true)?;
-    let echo = conn_echo.spawn((ends.there, theirs))?;
+    let echo = super::helper(&conn_echo, (ends.there, theirs))?;
     let buf = [7u8; SMALL];
     let once = |_| -> multiproc::Result<()> {
         match msg {
@@ -85,7 +85,7 @@ fn bandwidth(ends: &Ends, n: u32, raw: bool) -> multiproc::Result<f64> {
     let t;
     if raw {
         let (mut ours, theirs) = raw::socketpair()?;
-        let p = raw_source.spawn((ends.there, theirs, n, MIB))?;
+        let p = super::helper(&raw_source, (ends.there, theirs, n, MIB))?;
         let mut buf = vec![0u8; MIB];
         t = Instant::now();
         for _ in 0..n {
@@ -96,7 +96,7 @@ fn bandwidth(ends: &Ends, n: u32, raw: bool) -> multiproc::Result<f64> {
         Ok(rate)
     } else {
         let (ours, theirs) = pipe(true)?;
-        let p = conn_source.spawn((ends.there, theirs, n, MIB))?;
+        let p = super::helper(&conn_source, (ends.there, theirs, n, MIB))?;
         t = Instant::now();
         for _ in 0..n {
             let m = ours.recv_bytes()?;

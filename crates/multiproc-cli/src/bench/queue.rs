@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use multiproc::{Event, Fd, Func, Lock, Process, Queue};
+use multiproc::{Event, Fd, Lock, Process, Queue};
 
 use super::place::{Cpu, Ends, Placement};
 use super::raw::Wait;
@@ -75,7 +75,7 @@ fn finish(p: Process<()>, early: bool) -> multiproc::Result<()> {
 fn queue_rate(ends: &Ends, n: u64, batch: u64, budget: Duration) -> multiproc::Result<f64> {
     let q = Queue::<u64>::new()?;
     let go = Event::new()?;
-    let p = queue_source.spawn((ends.there, q.clone(), go.clone(), n, batch))?;
+    let p = super::helper(&queue_source, (ends.there, q.clone(), go.clone(), n, batch))?;
     std::thread::sleep(Duration::from_millis(20));
     let t = Instant::now();
     go.set();
@@ -104,7 +104,10 @@ fn queue_rate(ends: &Ends, n: u64, batch: u64, budget: Duration) -> multiproc::R
 fn pipe_rate(ends: &Ends, n: u64) -> multiproc::Result<f64> {
     let (mut r, w) = std::io::pipe()?;
     let go = Event::new()?;
-    let p = pipe_source.spawn((ends.there, Fd::from(OwnedFd::from(w)), go.clone(), n))?;
+    let p = super::helper(
+        &pipe_source,
+        (ends.there, Fd::from(OwnedFd::from(w)), go.clone(), n),
+    )?;
     std::thread::sleep(Duration::from_millis(20));
     let t = Instant::now();
     go.set();
@@ -120,7 +123,7 @@ fn pipe_rate(ends: &Ends, n: u64) -> multiproc::Result<f64> {
 fn seed(ends: &Ends, n: u32) -> multiproc::Result<f64> {
     let q = Queue::<Vec<String>>::new()?;
     let t = Instant::now();
-    let p = seed_writer.spawn((ends.there, q.clone(), n))?;
+    let p = super::helper(&seed_writer, (ends.there, q.clone(), n))?;
     for _ in 0..n {
         std::hint::black_box(q.get()?);
     }
@@ -270,7 +273,7 @@ fn lock_handoff(ends: &Ends, n: u32, budget: Duration) -> multiproc::Result<f64>
     let (ping, pong) = (Lock::new()?, Lock::new()?);
     std::mem::forget(ping.acquire().map_err(multiproc::SyncError::from)?);
     std::mem::forget(pong.acquire().map_err(multiproc::SyncError::from)?);
-    let p = lock_baton.spawn((ends.there, ping.clone(), pong.clone(), n))?;
+    let p = super::helper(&lock_baton, (ends.there, ping.clone(), pong.clone(), n))?;
     let mut done = 0;
     let per = per_call(n, budget, |_| -> multiproc::Result<()> {
         ping.release()?;
@@ -312,7 +315,7 @@ fn futex_handoff(ends: &Ends, wait: Wait, n: u32, budget: Duration) -> multiproc
         }
     };
     let there = ends.there;
-    let child = multiproc::Process::fork(move || {
+    let child = multiproc::Process::builder().daemon(true).fork(move || {
         there.pin().expect("pin");
         for _ in 0..n {
             wait_for(word, 1);

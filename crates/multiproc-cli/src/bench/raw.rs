@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use multiproc::{Fd, Func, pipe};
+use multiproc::{Fd, pipe};
 use serde::{Deserialize, Serialize};
 
 use super::place::{Cpu, Ends};
@@ -79,7 +79,7 @@ pub(crate) fn round_trip(
     budget: Duration,
 ) -> multiproc::Result<f64> {
     let (mut ours, theirs) = socketpair()?;
-    let echo = raw_echo.spawn((ends.there, theirs, wait))?;
+    let echo = super::helper(&raw_echo, (ends.there, theirs, wait))?;
     let mut buf = [7u8; SMALL];
     let mut once = |_| -> std::io::Result<()> {
         ours.write_all(&buf)?;
