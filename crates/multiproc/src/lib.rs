@@ -43,6 +43,8 @@
 // Lets the crate use its own attribute macros (which name `::multiproc`).
 extern crate self as multiproc;
 
+#[cfg(feature = "tokio")]
+mod aio;
 pub mod codec;
 pub mod connection;
 mod cpu;

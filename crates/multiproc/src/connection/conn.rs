@@ -18,13 +18,13 @@ pub const DEFAULT_MAX_MESSAGE: u64 = 256 * 1024 * 1024;
 /// A message's buffer is reserved up to this size at once (address space only: memory is
 /// touched as bytes land in it), and grows by doubling beyond, so messages up to this size
 /// are read straight into their final buffer.
-const GROW_STEP: usize = 1 << 20;
+pub(super) const GROW_STEP: usize = 1 << 20;
 
 /// A receive that zeroes its buffer before reading into it (one with a time limit, the
 /// manager's) zeroes this much beyond what has arrived at first, then as much as has arrived
 /// (at most [`GROW_STEP`]): a peer that announces a huge message and sends little costs
 /// little memory, whatever it announced.
-const FIRST_STEP: usize = 64 * 1024;
+pub(super) const FIRST_STEP: usize = 64 * 1024;
 
 /// One end of a connection: a pipe from [`pipe`](super::pipe), or a socket from a
 /// [`Listener`](super::Listener) or [`Client`](super::Client).
@@ -72,6 +72,9 @@ const FIRST_STEP: usize = 64 * 1024;
 /// # Ok(()) }
 /// ```
 pub struct Connection {
+    /// What async sends and receives keep between steps (see `nonblocking`).
+    #[cfg(feature = "tokio")]
+    pub(super) async_side: super::nonblocking::AsyncSide,
     /// The socket. A `File` only for its `Read` implementation, which reads large payloads
     /// straight into a vector's spare capacity (no zero-filling first).
     fd: std::fs::File,
@@ -91,7 +94,7 @@ impl fmt::Debug for Connection {
 }
 
 /// A frame header: the length as CPython writes it.
-fn header(len: usize) -> ([u8; 12], usize) {
+pub(super) fn header(len: usize) -> ([u8; 12], usize) {
     let mut h = [0u8; 12];
     if len > 0x7fff_ffff {
         h[..4].copy_from_slice(&(-1i32).to_be_bytes());
@@ -106,6 +109,8 @@ fn header(len: usize) -> ([u8; 12], usize) {
 impl Connection {
     pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool, max_message: u64) -> Self {
         Connection {
+            #[cfg(feature = "tokio")]
+            async_side: Default::default(),
             fd: std::fs::File::from(fd),
             readable,
             writable,
@@ -140,7 +145,7 @@ impl Connection {
         self.max_message = limit;
     }
 
-    fn check_writable(&self) -> Result<(), ConnectionError> {
+    pub(super) fn check_writable(&self) -> Result<(), ConnectionError> {
         if self.writable {
             Ok(())
         } else {
@@ -148,7 +153,7 @@ impl Connection {
         }
     }
 
-    fn check_readable(&self) -> Result<(), ConnectionError> {
+    pub(super) fn check_readable(&self) -> Result<(), ConnectionError> {
         if self.readable {
             Ok(())
         } else {
@@ -166,6 +171,7 @@ impl Connection {
     /// few hundred messages), in order.
     pub(crate) fn send_many(&self, messages: &[Vec<u8>]) -> Result<(), ConnectionError> {
         self.check_writable()?;
+        self.finish_async_send()?;
         // Two buffers per message; stay well under IOV_MAX (1024).
         for group in messages.chunks(400) {
             let headers: Vec<([u8; 12], usize)> = group.iter().map(|m| header(m.len())).collect();
@@ -186,6 +192,7 @@ impl Connection {
         buf: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ConnectionError> {
+        self.finish_async_send()?;
         let (h, n) = header(tag.len() + buf.len());
         sys::send_parts(self.fd.as_fd(), &[&h[..n], tag, buf], fds).map_err(map_send)
     }
@@ -322,6 +329,7 @@ impl Connection {
     /// (one byte with `SCM_RIGHTS`, outside the message framing).
     pub fn send_handle(&self, handle: BorrowedFd<'_>) -> Result<(), ConnectionError> {
         self.check_writable()?;
+        self.finish_async_send()?;
         sys::send_parts(self.fd.as_fd(), &[&[1u8]], &[handle]).map_err(map_send)
     }
 
@@ -342,6 +350,14 @@ impl Connection {
         }
     }
 
+    /// Sends the rest of a message an async send left part-sent (see `send_async`), so that
+    /// the next message does not land inside it.
+    fn finish_async_send(&self) -> Result<(), ConnectionError> {
+        #[cfg(feature = "tokio")]
+        self.async_side.finish_send(self.fd.as_fd())?;
+        Ok(())
+    }
+
     /// Closes this end (dropping it does the same).
     pub fn close(self) {}
 
@@ -359,6 +375,14 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> Result<Vec<u8>, ConnectionError> {
         self.check_readable()?;
+        #[cfg(feature = "tokio")]
+        if self.async_side.recv_started() {
+            let limit = self.max_message;
+            return Ok(self
+                .async_side
+                .finish_recv(self.fd.as_fd(), deadline, limit)?
+                .0);
+        }
         let mut spin = crate::spin::Spinner::new(spin);
         let mut head = [0u8; 1024];
         let n = loop {
@@ -483,6 +507,12 @@ impl Connection {
         deadline: Option<Instant>,
         limit: u64,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), ConnectionError> {
+        #[cfg(feature = "tokio")]
+        if self.async_side.recv_started() {
+            return self
+                .async_side
+                .finish_recv(self.fd.as_fd(), deadline, limit);
+        }
         let mut fds = Vec::new();
         let mut h = [0u8; 12];
         // What has arrived already, without waiting; if nothing, a short spin (when it pays)
@@ -593,7 +623,7 @@ pub(crate) fn frame_header(
 /// How long a receive looks for a message before it sleeps, when spinning pays.
 const RECV_SPIN: Duration = Duration::from_micros(50);
 
-fn map_send(e: std::io::Error) -> ConnectionError {
+pub(super) fn map_send(e: std::io::Error) -> ConnectionError {
     match e.kind() {
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
             ConnectionError::Closed

@@ -49,10 +49,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings shared by listeners and clients.
 #[derive(Debug, Clone)]
-struct Settings {
-    authkey: Option<Vec<u8>>,
-    handshake_timeout: Duration,
-    max_message: u64,
+pub(super) struct Settings {
+    pub(super) authkey: Option<Vec<u8>>,
+    pub(super) handshake_timeout: Duration,
+    pub(super) max_message: u64,
     max_pending: usize,
 }
 
@@ -97,6 +97,9 @@ impl Default for Settings {
 /// ```
 #[derive(Debug)]
 pub struct Listener {
+    /// The reactor's watch of [`AsFd::as_fd`] (see `accept_async`).
+    #[cfg(feature = "tokio")]
+    pub(super) async_watch: crate::aio::LazyWatch,
     /// The listening socket, non-blocking (an accept never waits once `poll` said ready,
     /// even when another thread took the client first).
     fd: Arc<OwnedFd>,
@@ -171,6 +174,8 @@ impl ListenerBuilder {
 impl Listener {
     fn new(fd: OwnedFd, address: Address, settings: Settings) -> Listener {
         Listener {
+            #[cfg(feature = "tokio")]
+            async_watch: Default::default(),
             fd: Arc::new(fd),
             address,
             settings,
@@ -671,7 +676,7 @@ impl Handshakes {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Client {
-    settings: Settings,
+    pub(super) settings: Settings,
 }
 
 impl Client {

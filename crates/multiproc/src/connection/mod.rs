@@ -15,6 +15,8 @@ mod auth;
 mod conn;
 mod frames;
 mod listener;
+#[cfg(feature = "tokio")]
+mod nonblocking;
 
 use std::os::fd::BorrowedFd;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+#[cfg(feature = "tokio")]
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -23,6 +25,9 @@ pub(crate) struct ChildShared {
     /// The `#[multiproc::test]` that started it (see `scope`), or `scope::NONE`.
     scope: u64,
     pidfd: OwnedFd,
+    /// The reactor's watch of the pidfd, for `join_async`.
+    #[cfg(feature = "tokio")]
+    watch: crate::aio::LazyWatch,
     state: Mutex<ChildState>,
     /// The limits it runs under, if any (see `setup`).
     pub(crate) limits: Option<Box<super::setup::Limits>>,
@@ -80,6 +85,8 @@ impl ChildShared {
             via_forkserver,
             scope,
             pidfd,
+            #[cfg(feature = "tokio")]
+            watch: Default::default(),
             state: Mutex::new(ChildState {
                 sock: Some(Arc::new(sock)),
                 theirs,
@@ -258,6 +265,48 @@ impl ChildShared {
                 self.lock().ended = true;
             }
         }
+    }
+
+    /// [`wait`](Self::wait) in the runtime's reactor: the pidfd becoming readable ends the
+    /// wait (then, for a forkserver child that did not report, its status frame on the
+    /// socket). Dropping the future part way loses nothing: what was read is in the state.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn wait_async(&self) -> Result<ExitStatus, ProcessError> {
+        let io = |e| ProcessError::io("waiting for a child")(e);
+        let step = |st: &mut ChildState| -> Result<Option<ExitStatus>, ProcessError> {
+            self.progress(st)
+                .map_err(ProcessError::io("waiting for a child"))?;
+            Ok(st.status)
+        };
+        let watch = self.watch.get(self.pidfd.as_fd()).map_err(&io)?;
+        let ended = watch
+            .readable(|| {
+                let mut st = self.lock();
+                match step(&mut st) {
+                    Ok(Some(s)) => Poll::Ready(Ok(Some(s))),
+                    Err(e) => Poll::Ready(Err(e)),
+                    Ok(None) if st.ended => Poll::Ready(Ok(None)),
+                    Ok(None) => Poll::Pending,
+                }
+            })
+            .await
+            .map_err(&io)??;
+        if let Some(s) = ended {
+            return Ok(s);
+        }
+        // A forkserver child that ended without a report: its status comes on the socket.
+        let Some(sock) = self.lock().sock.clone() else {
+            return Ok(step(&mut self.lock())?.unwrap_or(ExitStatus::Code(255)));
+        };
+        let watch = crate::aio::Watch::new(sock.as_fd()).map_err(&io)?;
+        watch
+            .readable(|| match step(&mut self.lock()) {
+                Ok(Some(s)) => Poll::Ready(Ok(s)),
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(None) => Poll::Pending,
+            })
+            .await
+            .map_err(io)?
     }
 
     pub(crate) fn exit_status(&self) -> Option<ExitStatus> {

@@ -211,6 +211,51 @@ impl<R: DeserializeOwned> Process<R> {
     }
 }
 
+#[cfg(feature = "tokio")]
+impl<R: DeserializeOwned> Process<R> {
+    /// [`join`](Self::join) without blocking a thread: the process's pidfd becoming readable
+    /// in the runtime's reactor ends the wait (feature `tokio`). Errors as `join`: a process
+    /// killed by a signal, even `SIGKILL`, is [`ProcessError::Killed`].
+    ///
+    /// **Cancel safety**: the future owns the handle; dropped before the end, the handle is
+    /// dropped with it, as a dropped [`Process`] is (the child goes on, and is reaped when it
+    /// ends). To wait again after a `select!` took another branch, await
+    /// [`wait_async`](Self::wait_async) on a borrowed handle instead, then `join`.
+    ///
+    /// A child whose output is piped has the rest of it read as `join` does, once it ended.
+    ///
+    /// ```
+    /// #[multiproc::func]
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multiproc::Result<()> {
+    /// # use multiproc::Func;
+    /// let p = square.spawn(7)?;
+    /// assert_eq!(p.join_async().await?, 49);
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_async(self) -> Result<R, ProcessError> {
+        self.wait_async().await?;
+        if let Some(streams) = &self.shared.streams {
+            streams.settle(Duration::from_secs(5));
+        }
+        self.shared.take_result()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<R> Process<R> {
+    /// Waits for the process to end without blocking a thread (its pidfd in the runtime's
+    /// reactor) and returns its exit code as [`exitcode`](Self::exitcode) tells it; the
+    /// result stays for [`join`](Self::join).
+    ///
+    /// **Cancel safety**: safe to drop and await again; nothing is consumed.
+    pub async fn wait_async(&self) -> Result<i32, ProcessError> {
+        Ok(self.shared.wait_async().await?.exitcode())
+    }
+}
+
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
         if self.shared.detach() {

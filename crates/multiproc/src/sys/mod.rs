@@ -13,7 +13,7 @@
 //! - descriptors that travel with a message ([`fd_passing`]): [`send_with_fds`],
 //!   [`recv_with_fds`], [`recv_with_fds_now`], [`MAX_FDS_PER_MESSAGE`];
 //! - listening and connecting sockets ([`net`]): [`SockTarget`], [`listen`], [`connect`],
-//!   [`accept`], [`local_tcp_address`], [`shutdown`], [`send_parts`];
+//!   [`accept`], [`local_tcp_address`], [`shutdown`], [`send_parts`], [`try_send_parts`];
 //! - processes ([`process`]): [`spawn_self`], [`fork_then`], [`CHILD_BOOTSTRAP_FD`],
 //!   [`take_inherited_fd`], [`close_inline`], [`pidfd_open`], [`try_wait`], [`ExitStatus`],
 //!   [`process_alive`], [`getpid`], [`gettid`], [`getppid`], [`exit_now`], [`at_exit`],
@@ -25,6 +25,8 @@
 //!   [`SIGTERM`], [`SIGKILL`], [`SIGINT`], [`SIGXCPU`], [`SIGABRT`], [`ignore_stop_signals`];
 //! - shared memory ([`shm`]): [`Region`], [`memfd_with`];
 //! - futexes ([`futex`]): [`futex_wait`], [`futex_wake`];
+//! - doorbells for waiters in a reactor or `poll` ([`doorbell`](mod@doorbell)): [`doorbell()`],
+//!   [`ring_doorbell`], [`silence_doorbell`];
 //! - the shared clock ([`time`]): [`monotonic_ns`].
 //!
 //! # One binding crate
@@ -40,6 +42,7 @@ use std::io;
 
 use nix::errno::Errno;
 
+mod doorbell;
 mod fd_passing;
 mod futex;
 mod limits;
@@ -50,6 +53,7 @@ mod signal;
 mod socket;
 mod time;
 
+pub(crate) use doorbell::{doorbell, ring as ring_doorbell, silence as silence_doorbell};
 pub(crate) use fd_passing::{MAX_FDS_PER_MESSAGE, recv_with_fds, recv_with_fds_now, send_with_fds};
 pub(crate) use futex::{futex_wait, futex_wake};
 pub use limits::Resource;
@@ -58,7 +62,7 @@ pub(crate) use limits::{
     report_alloc_failure_on_abort, resident_bytes, set_group, set_nice, set_rlimit, set_user,
 };
 pub(crate) use net::{
-    SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown,
+    SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown, try_send_parts,
 };
 pub(crate) use process::{
     CHILD_BOOTSTRAP_FD, ExitStatus, affinity_cpu_count, at_exit, close_inline, exit_now, fork_then,

@@ -150,3 +150,31 @@ pub(crate) fn send_parts(
     }
     Ok(())
 }
+
+/// One `sendmsg` that never waits: sends what fits of `parts` now (with `fds` on the first
+/// byte) and returns how many bytes went; `WouldBlock` when none could. Never raises
+/// `SIGPIPE`.
+pub(crate) fn try_send_parts(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmsgs: Vec<socket::ControlMessage<'_>> = Vec::new();
+    if !raw.is_empty() {
+        cmsgs.push(socket::ControlMessage::ScmRights(&raw));
+    }
+    let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    loop {
+        match socket::sendmsg::<()>(
+            fd.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(errno),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The readiness layer under every async method (feature `tokio`).
+//!
+//! Async methods wait for the kernel, never for a thread: a process's end is its pidfd
+//! becoming readable, a connection's message its socket, a queue's item or room the queue's
+//! doorbell (an eventfd its producers and consumers ring while someone waits that way, see
+//! `shm::ring`), a pool result a waker the pool's handler wakes (`pool::future`). Nothing here
+//! parks a thread per pending future.
+//!
+//! Everything above this module is runtime-agnostic: plain `async fn`s and `Future`/`Stream`
+//! implementations that ask a [`Watch`] to wait until a descriptor is ready. [`Watch`] is the
+//! one piece that names a runtime — today tokio's reactor (`AsyncFd`, in `tokio.rs`); an
+//! adapter for another runtime (smol's or async-std's `async-io`) provides the same
+//! [`Watch`] from a file of its own, and nothing else changes.
+
+mod tokio;
+
+pub(crate) use self::tokio::{Watch, until};
+
+use std::sync::OnceLock;
+
+/// A [`Watch`] made on first use and kept: descriptors that live as long as their owner (a
+/// connection's socket, a queue's doorbell, a process's pidfd) are registered with the
+/// reactor once, not per wait. The first async use ties it to that runtime's reactor.
+#[derive(Debug, Default)]
+pub(crate) struct LazyWatch(OnceLock<Watch>);
+
+impl LazyWatch {
+    /// The watch of `fd`, registering it on first use. `fd` must be the same descriptor on
+    /// every call.
+    pub(crate) fn get(&self, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<&Watch> {
+        if let Some(w) = self.0.get() {
+            return Ok(w);
+        }
+        let w = Watch::new(fd)?;
+        // Two first uses at once: one registration wins, the other is dropped (each watches a
+        // duplicate of its own).
+        Ok(self.0.get_or_init(|| w))
+    }
+}

@@ -1,0 +1,402 @@
+//! Async sending and receiving on a [`Connection`], a [`Listener`]'s accept and a
+//! [`Client`]'s connect (feature `tokio`).
+//!
+//! Every step here is a non-blocking system call; waiting is the connection's socket becoming
+//! readable or writable in the runtime's reactor (`crate::aio`). What a step has done lives in
+//! the connection, not in the future: a future dropped part way (a `select!` that took
+//! another branch) leaves a part-received frame for the next receive and a part-sent frame
+//! for the next send to finish, so the stream never loses or splits a message.
+
+use std::future::Future;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::auth::{Exchange, Handshake};
+use super::conn::{FIRST_STEP, GROW_STEP, frame_header, header, map_send};
+use super::{Address, Client, Connection, Listener, ToAddress};
+use crate::codec;
+use crate::error::ConnectionError;
+use crate::sys;
+
+/// What a connection's async side keeps between steps.
+#[derive(Debug, Default)]
+pub(super) struct AsyncSide {
+    watch: crate::aio::LazyWatch,
+    incoming: Mutex<Incoming>,
+    /// The rest of a frame whose first bytes went out (its send was dropped, or is waiting
+    /// for room), and how much of it went.
+    outgoing: Mutex<Option<(Vec<u8>, usize)>>,
+}
+
+/// A frame being received: its header, then its payload.
+#[derive(Debug, Default)]
+struct Incoming {
+    head: [u8; 12],
+    have: usize,
+    size: Option<usize>,
+    payload: Vec<u8>,
+    filled: usize,
+    fds: Vec<OwnedFd>,
+}
+
+/// A received frame: the payload and the descriptors that came with it.
+type Frame = (Vec<u8>, Vec<OwnedFd>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Incoming {
+    fn started(&self) -> bool {
+        self.have > 0
+    }
+
+    /// Receives what has arrived of the frame, without waiting: `Ready` with the frame once
+    /// it is whole (or an error: the frame is then dropped), `Pending` when the socket has
+    /// nothing more now.
+    fn advance(&mut self, fd: BorrowedFd<'_>, limit: u64) -> Poll<Result<Frame, ConnectionError>> {
+        let r = self.advance_inner(fd, limit);
+        if matches!(r, Poll::Ready(Err(_))) {
+            *self = Incoming::default();
+        }
+        r
+    }
+
+    fn advance_inner(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        limit: u64,
+    ) -> Poll<Result<Frame, ConnectionError>> {
+        loop {
+            let Some(size) = self.size else {
+                let want = if self.have < 4 { 4 } else { 12 };
+                let n = match recv_now(fd, &mut self.head[self.have..want], &mut self.fds) {
+                    Ok(Some(0)) if self.have == 0 => {
+                        return Poll::Ready(Err(ConnectionError::Closed));
+                    }
+                    Ok(Some(0)) => return Poll::Ready(Err(cut_short())),
+                    Ok(Some(n)) => n,
+                    Ok(None) => return Poll::Pending,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                self.have += n;
+                if self.have >= 4 {
+                    match frame_header(&self.head[..self.have], limit) {
+                        Ok(Some((_, size))) => {
+                            self.size = Some(size);
+                            self.payload = Vec::with_capacity(size.min(GROW_STEP));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                continue;
+            };
+            if self.filled == size {
+                let mut payload = std::mem::take(&mut self.payload);
+                payload.truncate(size);
+                let fds = std::mem::take(&mut self.fds);
+                *self = Incoming::default();
+                return Poll::Ready(Ok((payload, fds)));
+            }
+            if self.payload.len() == self.filled {
+                // Zeroed a step ahead of what arrived: memory follows the bytes that come,
+                // not the size announced (as `Connection::fill_payload`).
+                let step = (size - self.filled).min(self.filled.clamp(FIRST_STEP, GROW_STEP));
+                self.payload.resize(self.filled + step, 0);
+            }
+            match recv_now(fd, &mut self.payload[self.filled..], &mut self.fds) {
+                Ok(Some(0)) => return Poll::Ready(Err(cut_short())),
+                Ok(Some(n)) => self.filled += n,
+                Ok(None) => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+fn cut_short() -> ConnectionError {
+    ConnectionError::BadFrame("the peer closed the connection in the middle of a message".into())
+}
+
+/// One receive that does not wait: `None` when nothing has arrived, `Some(0)` at the end of
+/// the stream.
+fn recv_now(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<Option<usize>, ConnectionError> {
+    match sys::recv_with_fds_now(fd, buf) {
+        Ok((n, got)) => {
+            fds.extend(got);
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(Some(0)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl AsyncSide {
+    /// Sync receive: whether an async receive was dropped part way through a frame (the
+    /// next receive must finish that frame).
+    pub(super) fn recv_started(&self) -> bool {
+        lock(&self.incoming).started()
+    }
+
+    /// Sync receive: finishes the frame an async receive started, waiting in `poll` until
+    /// `deadline`.
+    pub(super) fn finish_recv(
+        &self,
+        fd: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+        limit: u64,
+    ) -> Result<Frame, ConnectionError> {
+        loop {
+            if let Poll::Ready(r) = lock(&self.incoming).advance(fd, limit) {
+                return r;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if sys::poll_readable(&[fd], left)? != [true] {
+                return Err(ConnectionError::Timeout(crate::TimedOut(
+                    left.unwrap_or_default(),
+                )));
+            }
+        }
+    }
+
+    /// Sync send: sends the rest of a frame an async send started, waiting as long as it
+    /// takes, so that the next frame does not land inside it.
+    pub(super) fn finish_send(&self, fd: BorrowedFd<'_>) -> Result<(), ConnectionError> {
+        let mut out = lock(&self.outgoing);
+        if let Some((buf, off)) = out.take() {
+            sys::send_parts(fd, &[&buf[off..]], &[]).map_err(map_send)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what it can of an earlier frame's rest, then of `mine` (with `fds` on its first
+    /// byte), without waiting: `Ready` once `mine` went out whole.
+    fn advance_send(
+        &self,
+        fd: BorrowedFd<'_>,
+        mine: &mut Option<Vec<u8>>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Poll<Result<(), ConnectionError>> {
+        let mut out = lock(&self.outgoing);
+        loop {
+            if let Some((buf, off)) = out.as_mut() {
+                match sys::try_send_parts(fd, &[&buf[*off..]], &[]) {
+                    Ok(n) => {
+                        *off += n;
+                        if *off == buf.len() {
+                            *out = None;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Poll::Pending,
+                    Err(e) => {
+                        *out = None;
+                        return Poll::Ready(Err(map_send(e)));
+                    }
+                }
+            }
+            let Some(frame) = mine.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match sys::try_send_parts(fd, &[&frame], fds) {
+                Ok(n) if n == frame.len() => return Poll::Ready(Ok(())),
+                // Part of it went: from now on it is the connection's to finish.
+                Ok(n) => *out = Some((frame, n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    *mine = Some(frame);
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(map_send(e))),
+            }
+        }
+    }
+}
+
+impl Connection {
+    fn watch(&self) -> Result<&crate::aio::Watch, ConnectionError> {
+        Ok(self.async_side.watch.get(self.as_fd())?)
+    }
+
+    /// Receives one frame, waiting in the reactor.
+    async fn recv_frame_async(&self, limit: u64) -> Result<Frame, ConnectionError> {
+        let fd = self.as_fd();
+        self.watch()?
+            .readable(|| lock(&self.async_side.incoming).advance(fd, limit))
+            .await?
+    }
+
+    /// Sends one frame (header included), waiting in the reactor for room.
+    async fn send_frame_async(
+        &self,
+        frame: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), ConnectionError> {
+        let fd = self.as_fd();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let mut mine = Some(frame);
+        self.watch()?
+            .writable(|| self.async_side.advance_send(fd, &mut mine, &borrowed))
+            .await?
+    }
+
+    /// [`send`](Connection::send) without blocking a thread: waits in the runtime's reactor
+    /// for room in the socket. The value is encoded when this is called, so it need not
+    /// outlive the call.
+    ///
+    /// **Cancel safety**: dropped before its first byte went out, nothing is sent; dropped
+    /// after, the rest of the message is kept in the connection and goes out first at the
+    /// next send (async or not), so the peer always receives whole messages. Either way the
+    /// connection stays usable.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), multiproc::ConnectionError> {
+    /// let (a, b) = multiproc::pipe(true)?;
+    /// a.send_async(&("job", 7u32)).await?;
+    /// let (name, n): (String, u32) = b.recv_async().await?;
+    /// assert_eq!((name.as_str(), n), ("job", 7));
+    /// # Ok(()) }
+    /// ```
+    pub fn send_async<'a, T: Serialize + ?Sized>(
+        &'a self,
+        value: &T,
+    ) -> impl Future<Output = Result<(), ConnectionError>> + Send + use<'a, T> {
+        let encoded = self.check_writable().and_then(|()| {
+            let (bytes, fds) = codec::encode_with_fds(value)?;
+            if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+                return Err(ConnectionError::BadFrame(format!(
+                    "a message can carry at most {} file descriptors",
+                    sys::MAX_FDS_PER_MESSAGE
+                )));
+            }
+            Ok((framed(&codec::tag::of::<T>(), &bytes), fds))
+        });
+        async move {
+            let (frame, fds) = encoded?;
+            self.send_frame_async(frame, fds).await
+        }
+    }
+
+    /// [`send_bytes`](Connection::send_bytes) without blocking a thread. Cancel safety as
+    /// [`send_async`](Connection::send_async).
+    pub fn send_bytes_async<'a>(
+        &'a self,
+        buf: &[u8],
+    ) -> impl Future<Output = Result<(), ConnectionError>> + Send + use<'a> {
+        let frame = self.check_writable().map(|()| framed(&[], buf));
+        async move { self.send_frame_async(frame?, Vec::new()).await }
+    }
+
+    /// [`recv`](Connection::recv) without blocking a thread: waits in the runtime's reactor
+    /// for the message.
+    ///
+    /// **Cancel safety**: dropped while waiting or part way through a message, nothing is
+    /// lost: what arrived of the message is kept in the connection and the next receive
+    /// (async or not) goes on from there, returning that message whole.
+    pub async fn recv_async<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
+        self.check_readable()?;
+        let (bytes, fds) = self.recv_frame_async(self.max_message_size()).await?;
+        Ok(codec::decode_with_fds(
+            codec::tag::strip::<T>(&bytes)?,
+            fds,
+        )?)
+    }
+
+    /// [`recv_bytes`](Connection::recv_bytes) without blocking a thread. Cancel safety as
+    /// [`recv_async`](Connection::recv_async).
+    pub async fn recv_bytes_async(&self) -> Result<Vec<u8>, ConnectionError> {
+        self.check_readable()?;
+        Ok(self.recv_frame_async(self.max_message_size()).await?.0)
+    }
+
+    /// Runs one side of the authentication handshake, waiting in the reactor.
+    async fn handshake_async(
+        &self,
+        machine: Handshake,
+        timeout: Duration,
+    ) -> Result<(), ConnectionError> {
+        let mut x = Exchange::start(self, machine, timeout)?;
+        let deadline = x.deadline();
+        let run = self.watch()?.readable(|| match x.advance(self) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        });
+        match crate::aio::until(deadline, run).await {
+            Some(r) => r?,
+            None => Err(x.timed_out()),
+        }
+    }
+}
+
+/// A frame: CPython's header, then `tag` and `body`.
+fn framed(tag: &[u8], body: &[u8]) -> Vec<u8> {
+    let (h, n) = header(tag.len() + body.len());
+    let mut frame = Vec::with_capacity(n + tag.len() + body.len());
+    frame.extend_from_slice(&h[..n]);
+    frame.extend_from_slice(tag);
+    frame.extend_from_slice(body);
+    frame
+}
+
+impl Listener {
+    /// [`accept`](Listener::accept) without blocking a thread: waits in the runtime's reactor
+    /// until a client has connected (and, with an authkey, finished its handshake on the
+    /// listener's handshake thread, which runs the handshakes of all clients at once).
+    ///
+    /// **Cancel safety**: dropped while waiting, nothing is lost: a connection is taken from
+    /// the listener only in the step that returns it.
+    pub async fn accept_async(&self) -> Result<Connection, ConnectionError> {
+        let fd = self.as_fd();
+        let watch = self.async_watch.get(fd)?;
+        watch
+            .readable(|| match self.accept_timeout(Duration::ZERO) {
+                Err(ConnectionError::Timeout(_)) => Poll::Pending,
+                other => Poll::Ready(other),
+            })
+            .await?
+    }
+}
+
+impl Client {
+    /// [`open`](Client::open) without blocking a thread on the handshake: connects, then
+    /// runs the client's side of the handshake in the runtime's reactor, within the
+    /// handshake time limit. (The `connect` system call itself returns at once for Unix
+    /// sockets and local TCP; to a remote host it waits for the TCP handshake.)
+    ///
+    /// **Cancel safety**: dropped part way, the connection is closed; nothing else is left.
+    pub async fn open_async(&self, address: impl ToAddress) -> Result<Connection, ConnectionError> {
+        let address: Address = address.to_address()?;
+        let fd = sys::connect(address.target())?;
+        let conn = Connection::new(fd, true, true, self.settings.max_message);
+        if let Some(key) = &self.settings.authkey {
+            conn.handshake_async(Handshake::client(key)?, self.settings.handshake_timeout)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// [`Client::connect`] without blocking a thread on the handshake (see
+    /// [`open_async`](Client::open_async)).
+    pub async fn connect_async(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+    ) -> Result<Connection, ConnectionError> {
+        let mut c = Client::default();
+        if let Some(k) = authkey {
+            c = c.authkey(k);
+        }
+        c.open_async(address).await
+    }
+}
