@@ -5,19 +5,15 @@
 
 mod common;
 
-use std::future::Future;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::LeakCheck;
+use common::{LeakCheck, both_runtimes, threads};
 use multiproc::{
     Client, Connection, ConnectionError, Listener, Process, ProcessError, StartMethod,
 };
-
-/// Every wait of these tests is bounded by this.
-const LIMIT: Duration = Duration::from_secs(60);
 
 #[multiproc::func]
 fn add(a: u64, b: u64) -> u64 {
@@ -28,41 +24,6 @@ fn add(a: u64, b: u64) -> u64 {
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-/// Runs `make()`'s future to its end under a current-thread runtime, then under a
-/// multi-thread one, each within [`LIMIT`].
-pub fn both_runtimes<F: Future<Output = ()>>(mut make: impl FnMut() -> F) {
-    let current = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    current.block_on(async {
-        tokio::time::timeout(LIMIT, make())
-            .await
-            .expect("timed out")
-    });
-    drop(current);
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    multi.block_on(async {
-        tokio::time::timeout(LIMIT, make())
-            .await
-            .expect("timed out")
-    });
-}
-
-/// The threads of this process now (`Threads` of `/proc/self/status`).
-pub fn threads() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Threads in /proc/self/status")
 }
 
 fn builder(method: StartMethod) -> multiproc::Builder {

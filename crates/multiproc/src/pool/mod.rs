@@ -56,6 +56,8 @@ use serde::de::DeserializeOwned;
 
 #[doc(hidden)]
 pub use result::Encoded;
+#[cfg(feature = "tokio")]
+pub use result::ImapStream;
 pub use result::{AsyncResult, Imap, MapResult};
 
 use crate::error::{NotRegistered, PoolError};

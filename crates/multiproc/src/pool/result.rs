@@ -13,6 +13,12 @@ use super::state::{ItemResult, Reader, Shared};
 use super::wire::Batch;
 use crate::error::PoolError;
 
+#[cfg(feature = "tokio")]
+#[path = "future.rs"]
+mod future;
+#[cfg(feature = "tokio")]
+pub use future::ImapStream;
+
 fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
     Ok(crate::codec::decode(r?.bytes())?)
 }
@@ -599,12 +605,16 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
     }
 }
 
-impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap<'_, R, I> {
-    type Item = Result<R, PoolError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'_, R, I> {
+    /// One step of the iteration: submits more input, waits for a result with `fill`
+    /// (blocking for the iterator, registering a waker for the stream), and yields it.
+    fn step(
+        &mut self,
+        fill: impl FnOnce(&mut Self, u64) -> std::task::Poll<Option<()>>,
+    ) -> std::task::Poll<Option<Result<R, PoolError>>> {
+        use std::task::Poll;
         if self.ended {
-            return None;
+            return Poll::Ready(None);
         }
         let was_open = !self.exhausted;
         if let Err(e) = self.top_up() {
@@ -616,16 +626,33 @@ impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap
             self.pool.end_stream();
         }
         if self.ready.is_empty() && self.submitted > self.taken {
-            let job = self.job?;
-            self.fill(job)?;
+            let Some(job) = self.job else {
+                return Poll::Ready(None);
+            };
+            match fill(self, job) {
+                Poll::Ready(Some(())) => {}
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
         if let Some(r) = self.ready.pop_front() {
             self.advance();
-            return Some(decode(r));
+            return Poll::Ready(Some(decode(r)));
         }
         self.ended = true;
         self.finish_bar();
-        self.failure.take().map(Err)
+        Poll::Ready(self.failure.take().map(Err))
+    }
+}
+
+impl<R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Iterator for Imap<'_, R, I> {
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step(|s, job| std::task::Poll::Ready(s.fill(job))) {
+            std::task::Poll::Ready(item) => item,
+            std::task::Poll::Pending => unreachable!("a blocking fill is always ready"),
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::progress::Clock;
@@ -120,6 +121,9 @@ pub(crate) struct Job {
     /// A result can be taken but the iterator was not woken for it yet (see
     /// [`State::flush_deferred`]).
     deferred: bool,
+    /// Async tasks waiting for this job (`pool::future`): woken wherever the condition
+    /// variable's waiters would find something new for it.
+    wakers: Vec<Waker>,
 }
 
 /// How long a lazy iterator that waits for a batch of results (see `Job::wait_for`) may
@@ -186,6 +190,20 @@ impl Job {
         self.wake_after = n.max(1);
     }
 
+    /// Wakes `waker` at the job's next change that a waiter of the condition variable would
+    /// act on (a result recorded for it, its end, a deferred batch).
+    pub(crate) fn wake_on_change(&mut self, waker: &Waker) {
+        if !self.wakers.iter().any(|w| w.will_wake(waker)) {
+            self.wakers.push(waker.clone());
+        }
+    }
+
+    fn wake_tasks(&mut self) {
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+
     /// The first item's result, if it is done (a single-item job's).
     pub(crate) fn first(&self) -> Option<&ItemResult> {
         match self.slots.front() {
@@ -234,6 +252,7 @@ impl Job {
         for i in self.base..self.submitted() {
             self.finish(i, Err(err.clone()));
         }
+        self.wake_tasks();
     }
 }
 
@@ -519,6 +538,7 @@ impl State {
             if due <= now {
                 j.iterator_waits = false;
                 j.deferred = false;
+                j.wake_tasks();
                 wake = true;
                 return false;
             }
@@ -609,6 +629,7 @@ pub(crate) fn record_locked(
         }
         let ready = j.yieldable();
         if j.remaining == 0 || (j.iterator_waits && ready >= j.wake_after) {
+            j.wake_tasks();
             wake = true;
             j.iterator_waits = false;
             j.deferred = false;

@@ -247,3 +247,43 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status");
     kib * 1024
 }
+
+/// Every wait of the async tests is bounded by this.
+#[cfg(feature = "tokio")]
+pub const ASYNC_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `make()`'s future to its end under a current-thread runtime, then under a
+/// multi-thread one, each within [`ASYNC_LIMIT`].
+#[cfg(feature = "tokio")]
+pub fn both_runtimes<F: std::future::Future<Output = ()>>(mut make: impl FnMut() -> F) {
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    current.block_on(async {
+        tokio::time::timeout(ASYNC_LIMIT, make())
+            .await
+            .expect("timed out")
+    });
+    drop(current);
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    multi.block_on(async {
+        tokio::time::timeout(ASYNC_LIMIT, make())
+            .await
+            .expect("timed out")
+    });
+}
+
+/// The threads of this process now (`Threads` of `/proc/self/status`).
+pub fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads in /proc/self/status")
+}

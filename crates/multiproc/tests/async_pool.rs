@@ -1,0 +1,121 @@
+//! Pool results awaited (feature `tokio`): `AsyncResult` as a Future, `Imap` as a Stream,
+//! under a current-thread and a multi-thread runtime.
+#![cfg(all(target_os = "linux", feature = "tokio"))]
+
+mod common;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::time::Duration;
+
+use common::{LeakCheck, both_runtimes, threads};
+use futures_core::Stream;
+use multiproc::{Pool, PoolError};
+
+#[multiproc::func]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[multiproc::func]
+fn maybe_panic(x: u32) -> u32 {
+    if x == 3 {
+        panic!("task 3 failed");
+    }
+    x
+}
+
+#[multiproc::func]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+async fn next<S: Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+}
+
+#[test]
+fn ten_thousand_concurrent_results_with_bounded_threads() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    both_runtimes(|| async {
+        let before = threads();
+        let tasks: Vec<_> = (0..10_000u64)
+            .map(|x| {
+                let r = pool.apply_async(&square, x).unwrap();
+                tokio::spawn(r)
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let during = threads();
+        assert!(
+            during <= before + 4,
+            "{during} threads while awaiting, {before} before"
+        );
+        for (x, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), (x * x) as u64);
+        }
+    });
+}
+
+#[test]
+fn a_failed_task_is_its_own_error_and_terminate_ends_the_wait() {
+    let _leaks = LeakCheck::new();
+    both_runtimes(|| async {
+        let pool = Pool::new(2).unwrap();
+        match pool.apply_async(&maybe_panic, 3).unwrap().await {
+            Err(PoolError::Panicked(m)) => assert!(m.contains("task 3 failed"), "{m}"),
+            other => panic!("expected a panic, got {other:?}"),
+        }
+        assert_eq!(pool.apply_async(&maybe_panic, 4).unwrap().await.unwrap(), 4);
+        let slow = pool.apply_async(&sleep_ms, 30_000).unwrap();
+        let terminate = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            pool.terminate();
+        };
+        let (r, ()) = tokio::join!(slow, terminate);
+        assert!(r.is_err(), "{r:?}");
+    });
+}
+
+#[test]
+fn a_dropped_await_leaves_the_pool_working() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(1).unwrap();
+    both_runtimes(|| async {
+        let slow = pool.apply_async(&sleep_ms, 300).unwrap();
+        tokio::select! {
+            _ = slow => panic!("too soon"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        assert_eq!(pool.apply_async(&square, 9).unwrap().await.unwrap(), 81);
+    });
+}
+
+#[test]
+fn imap_streams_in_order_and_as_completed() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::new(2).unwrap();
+    both_runtimes(|| async {
+        let mut s = pool.imap(&square, 0..2000u64).chunksize(7).into_stream();
+        let mut got = Vec::new();
+        while let Some(r) = next(&mut s).await {
+            got.push(r.unwrap());
+        }
+        assert_eq!(got, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+
+        let mut s = pool.imap_unordered(&maybe_panic, 0..10u32).into_stream();
+        let (mut ok, mut failed) = (Vec::new(), 0);
+        while let Some(r) = next(&mut s).await {
+            match r {
+                Ok(v) => ok.push(v),
+                Err(PoolError::Panicked(_)) => failed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        ok.sort();
+        assert_eq!(ok, [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(failed, 1);
+    });
+}
