@@ -8,7 +8,11 @@
 //! the item it was moving is lost. Waits sleep on futexes; when nobody sleeps, `put` and `get`
 //! make no system call.
 
+#[cfg(feature = "tokio")]
+mod nonblocking;
+
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -219,6 +223,49 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
         self.ring.is_closed()
+    }
+}
+
+/// The queue's doorbell, for [`wait`](crate::wait) beside connections and process
+/// sentinels: readable when an item may be there to take, or the queue was closed. It is a
+/// hint, not a promise: another consumer may take the item first, so take with
+/// [`get_nowait`](Queue::get_nowait) (or a `get_timeout`) and wait again on
+/// [`QueueError::Empty`]. Once a queue's descriptor has been asked for, every put, get and
+/// close on it rings the doorbell, in every process (one system call each).
+///
+/// A consumer that stops when its producer dies instead of hanging:
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+/// use multiproc::{Func, Queue};
+///
+/// #[multiproc::func]
+/// fn produce(q: Queue<u32>) {
+///     q.put(&1).unwrap();
+///     std::process::exit(3); // dies without a word
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let q = Queue::<u32>::new()?;
+/// let producer = produce.spawn(q.clone())?;
+/// let mut got = Vec::new();
+/// loop {
+///     let ready = multiproc::wait(&[q.as_fd(), producer.sentinel()], Some(Duration::from_secs(10)))?;
+///     match q.get_nowait() {
+///         Ok(item) => got.push(item),
+///         Err(multiproc::QueueError::Empty) if ready.contains(&1) => break, // producer gone
+///         Err(multiproc::QueueError::Empty) => {}
+///         Err(e) => return Err(e.into()),
+///     }
+/// }
+/// assert_eq!(got, [1]);
+/// assert_eq!(producer.exitcode(), Some(3));
+/// # Ok(()) }
+/// ```
+impl<T> AsFd for Queue<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.bell_for_poll()
     }
 }
 

@@ -5,9 +5,11 @@
 //! `sync/`, `queue/`, `shared/` and `pool/` build on these; they build on `sys/` and on the
 //! crate's floor of codec, errors and waiting policy, never on an area above them.
 
+pub(crate) mod bell;
 pub(crate) mod block;
 pub(crate) mod lock_word;
 pub(crate) mod ring;
 
+pub(crate) use bell::Bell;
 pub(crate) use block::Block;
 pub(crate) use ring::{Blocking, Ring, Tally};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Block, lock_word};
+use super::{Bell, Block, lock_word};
 use crate::error::QueueError;
 use crate::sys;
 
@@ -59,6 +59,8 @@ const UNFINISHED: usize = 320;
 const ALL_DONE: usize = 324;
 /// A word the ring's owner gives its own meaning (see [`Ring::flag`]).
 const FLAG: usize = 384;
+/// Who watches the ring's doorbell (see `shm::bell`).
+const BELL_WATCHERS: usize = 448;
 /// Where the ring's bytes start.
 const DATA: usize = 4096;
 /// Consumed memory is given back to the system in chunks of this size.
@@ -118,6 +120,8 @@ pub(crate) enum Tally {
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     block: Block,
+    /// Rung after each change while someone watches (async waiters, `poll`).
+    bell: Bell,
     max_items: u64,
     data_size: u64,
     warm: Arc<Warm>,
@@ -137,19 +141,19 @@ struct Warm {
 
 impl serde::Serialize for Ring {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.block.serialize(serializer)
+        (&self.block, &self.bell).serialize(serializer)
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Ring {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let block = Block::deserialize(deserializer)?;
+        let (block, bell) = <(Block, Bell)>::deserialize(deserializer)?;
         if block.len() < DATA + 64 {
             return Err(serde::de::Error::custom(
                 "shared memory too small for a queue",
             ));
         }
-        Ok(Ring::from_block(block))
+        Ok(Ring::from_block(block, bell))
     }
 }
 
@@ -173,10 +177,10 @@ impl Ring {
         block
             .u64_at(DATA_SIZE)
             .store(data_size as u64, Ordering::Release);
-        Ok(Ring::from_block(block))
+        Ok(Ring::from_block(block, Bell::new()?))
     }
 
-    fn from_block(block: Block) -> Ring {
+    fn from_block(block: Block, bell: Bell) -> Ring {
         let max_items = block.u64_at(MAX_ITEMS).load(Ordering::Acquire);
         // Never trust the header beyond the mapping (the block came from another process).
         let data_size = block
@@ -185,6 +189,7 @@ impl Ring {
             .clamp(1, (block.len() - DATA) as u64);
         Ring {
             block,
+            bell,
             max_items,
             data_size,
             warm: Arc::default(),
@@ -436,6 +441,7 @@ impl Ring {
             self.u32(word).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(word), n);
         }
+        self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
     }
 
     /// Sleeps on `word` until woken, unless `ready()` already holds once registered as a
@@ -539,6 +545,9 @@ impl Ring {
                 }
             }
             if wait == Blocking::Try {
+                self.bell.quiet(self.u32(BELL_WATCHERS), || {
+                    self.may_have_items() || self.is_closed()
+                });
                 return Err(QueueError::Empty);
             }
             if spin.keep_going() {
@@ -609,6 +618,7 @@ impl Ring {
         self.u32(NOT_FULL).fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(self.u32(NOT_EMPTY), u32::MAX);
         sys::futex_wake(self.u32(NOT_FULL), u32::MAX);
+        self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -625,8 +635,30 @@ impl Ring {
         if left == 0 {
             self.u32(ALL_DONE).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(ALL_DONE), u32::MAX);
+            self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
         }
         Ok(())
+    }
+
+    /// Whether every task put has been marked done.
+    pub(crate) fn all_done(&self) -> bool {
+        self.u32(UNFINISHED).load(Ordering::SeqCst) == 0
+    }
+
+    /// The ring's doorbell for `poll`: readable when an item may have come (or the ring was
+    /// closed). Every process's changes ring it from now on.
+    pub(crate) fn bell_for_poll(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.bell.for_poll(self.u32(BELL_WATCHERS))
+    }
+
+    /// Runs `op` until it is ready, waiting in the runtime's reactor for the ring's changes
+    /// in between (see `shm::bell`).
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn wait_until<R>(
+        &self,
+        op: impl FnMut() -> std::task::Poll<R>,
+    ) -> std::io::Result<R> {
+        self.bell.wait_until(self.u32(BELL_WATCHERS), op).await
     }
 
     /// Waits until every task put has been marked done; `false` on timeout.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SyncError;
-use crate::shm::{Block, lock_word};
+use crate::shm::{Bell, Block, lock_word};
 use crate::sys;
 
 /// A flag processes can wait on (Python's `multiprocessing.Event`).
@@ -20,7 +20,9 @@ use crate::sys;
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
+    /// The flag (word 0) and who watches the bell (word 1, see `shm::bell`).
     block: Block,
+    bell: Bell,
 }
 
 impl Event {
@@ -28,6 +30,7 @@ impl Event {
     pub fn new() -> Result<Event, SyncError> {
         Ok(Event {
             block: Block::new("multiproc-event", 8)?,
+            bell: Bell::new()?,
         })
     }
 
@@ -35,6 +38,34 @@ impl Event {
     pub fn set(&self) {
         self.block.u32_at(0).store(1, Ordering::SeqCst);
         sys::futex_wake(self.block.u32_at(0), u32::MAX);
+        self.bell.ring_if_watched(self.block.u32_at(4));
+    }
+
+    /// [`wait`](Event::wait) without blocking a thread: waits in the runtime's reactor until
+    /// any process sets the flag (feature `tokio`).
+    ///
+    /// **Cancel safety**: safe to drop and await again; it consumes nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), multiproc::SyncError> {
+    /// let e = multiproc::Event::new()?;
+    /// let setter = e.clone();
+    /// std::thread::spawn(move || setter.set());
+    /// e.wait_async().await?;
+    /// assert!(e.is_set());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async(&self) -> Result<(), SyncError> {
+        let op = || {
+            if self.is_set() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        };
+        Ok(self.bell.wait_until(self.block.u32_at(4), op).await?)
     }
 
     /// Clears the flag.
