@@ -2,6 +2,7 @@
 //! groups, each measured side by side with the raw OS primitive and CPython
 //! `multiprocessing` in the same run.
 
+mod asynchronous;
 mod busy;
 mod chart;
 mod cluster;
@@ -41,7 +42,7 @@ pub(crate) struct Options {
 }
 
 /// Every group, in the order they run, with what it measures.
-pub(crate) const GROUPS: [(&str, &str); 12] = [
+pub(crate) const GROUPS: [(&str, &str); 13] = [
     (
         "empty",
         "PEP 371 table: an empty function, serial / threads / processes",
@@ -72,6 +73,10 @@ pub(crate) const GROUPS: [(&str, &str); 12] = [
         "Queue vs a raw pipe, locks vs a raw futex, per CPU placement",
     ),
     ("pool", "Pool throughput and latency, per CPU placement"),
+    (
+        "async",
+        "async methods (tokio) vs their synchronous forms: round trips, queue throughput, threads",
+    ),
     (
         "manager",
         "manager proxy operations (per CPU placement) and start-up",
@@ -229,6 +234,7 @@ fn run_group(group: &str, r: &mut Report) -> multiproc::Result<()> {
         "pipe" => pipe::run(r),
         "queue" => queue::run(r),
         "pool" => pool::run(r),
+        "async" => asynchronous::run(r),
         "manager" => manager::run(r),
         "scaling" => scaling::run(r),
         _ => cluster::run(r),

@@ -16,8 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::super::state::pickup;
-use super::{AsyncResult, Imap};
+use super::{AsyncResult, Imap, SPIN};
 use crate::error::PoolError;
+use crate::spin::Spinner;
 
 /// `pool.apply_async(&f, x)?.await`: the task's result, without blocking a thread.
 ///
@@ -43,14 +44,26 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
         let mut st = this.shared.lock();
         let wake = pickup(&mut st);
         let done = st.job_done(this.job);
-        if !done && let Some(j) = st.job_mut(this.job) {
-            j.wake_on_change(cx.waker());
+        let mut spun = None;
+        if let Some(j) = st.job_mut(this.job) {
+            let spin = j.spin.get_or_insert_with(|| Spinner::new(SPIN));
+            if done {
+                spun = j.spin.take();
+            } else if spin.keep_going() {
+                // A small task's result is usually reported within microseconds, and a
+                // wake-up through the handler costs two: look again soon, as a synchronous
+                // `get` spins, but through the runtime's queue, so other tasks run meanwhile.
+                cx.waker().wake_by_ref();
+            } else {
+                j.wake_on_change(cx.waker());
+            }
         }
         drop(st);
         if wake {
             this.shared.changed.notify_all();
         }
         if done {
+            spun.map(Spinner::hit);
             Poll::Ready(this.take_one())
         } else {
             Poll::Pending

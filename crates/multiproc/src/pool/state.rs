@@ -124,6 +124,9 @@ pub(crate) struct Job {
     /// Async tasks waiting for this job (`pool::future`): woken wherever the condition
     /// variable's waiters would find something new for it.
     wakers: Vec<Waker>,
+    /// An awaited result's look-again-soon while the waiting policy allows (see
+    /// `pool::future`).
+    pub(crate) spin: Option<crate::spin::Spinner>,
 }
 
 /// How long a lazy iterator that waits for a batch of results (see `Job::wait_for`) may
