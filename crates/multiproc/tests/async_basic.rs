@@ -3,6 +3,7 @@
 //! under every start method.
 #![cfg(all(target_os = "linux", feature = "tokio"))]
 
+mod async_common;
 mod common;
 
 use std::io::Write;
@@ -10,7 +11,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{LeakCheck, both_runtimes, threads};
+use async_common::{both_runtimes, threads};
+use common::LeakCheck;
 use multiproc::{
     Client, Connection, ConnectionError, Listener, Process, ProcessError, StartMethod,
 };

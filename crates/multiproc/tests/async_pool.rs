@@ -2,13 +2,15 @@
 //! under a current-thread and a multi-thread runtime.
 #![cfg(all(target_os = "linux", feature = "tokio"))]
 
+mod async_common;
 mod common;
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::time::Duration;
 
-use common::{LeakCheck, both_runtimes, threads};
+use async_common::{both_runtimes, threads};
+use common::LeakCheck;
 use futures_core::Stream;
 use multiproc::{Pool, PoolError};
 

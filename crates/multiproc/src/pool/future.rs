@@ -63,7 +63,9 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
             this.shared.changed.notify_all();
         }
         if done {
-            spun.map(Spinner::hit);
+            if let Some(spin) = spun {
+                spin.hit();
+            }
             Poll::Ready(this.take_one())
         } else {
             Poll::Pending

@@ -126,6 +126,7 @@ pub(crate) struct Job {
     wakers: Vec<Waker>,
     /// An awaited result's look-again-soon while the waiting policy allows (see
     /// `pool::future`).
+    #[cfg(feature = "tokio")]
     pub(crate) spin: Option<crate::spin::Spinner>,
 }
 
@@ -195,6 +196,7 @@ impl Job {
 
     /// Wakes `waker` at the job's next change that a waiter of the condition variable would
     /// act on (a result recorded for it, its end, a deferred batch).
+    #[cfg(feature = "tokio")]
     pub(crate) fn wake_on_change(&mut self, waker: &Waker) {
         if !self.wakers.iter().any(|w| w.will_wake(waker)) {
             self.wakers.push(waker.clone());

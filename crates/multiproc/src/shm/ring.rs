@@ -641,6 +641,7 @@ impl Ring {
     }
 
     /// Whether every task put has been marked done.
+    #[cfg(feature = "tokio")]
     pub(crate) fn all_done(&self) -> bool {
         self.u32(UNFINISHED).load(Ordering::SeqCst) == 0
     }

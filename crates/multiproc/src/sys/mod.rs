@@ -61,8 +61,10 @@ pub(crate) use limits::{
     UNLIMITED, allow_cpu_time, change_dir, edit_env, is_root, pipe, redirect,
     report_alloc_failure_on_abort, resident_bytes, set_group, set_nice, set_rlimit, set_user,
 };
+#[cfg(feature = "tokio")]
+pub(crate) use net::try_send_parts;
 pub(crate) use net::{
-    SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown, try_send_parts,
+    SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown,
 };
 pub(crate) use process::{
     CHILD_BOOTSTRAP_FD, ExitStatus, affinity_cpu_count, at_exit, close_inline, exit_now, fork_then,

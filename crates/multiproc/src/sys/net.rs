@@ -151,6 +151,7 @@ pub(crate) fn send_parts(
     Ok(())
 }
 
+#[cfg(feature = "tokio")]
 /// One `sendmsg` that never waits: sends what fits of `parts` now (with `fds` on the first
 /// byte) and returns how many bytes went; `WouldBlock` when none could. Never raises
 /// `SIGPIPE`.
