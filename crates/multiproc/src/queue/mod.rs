@@ -260,7 +260,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 ///     }
 /// }
 /// assert_eq!(got, [1]);
-/// assert_eq!(producer.exitcode(), Some(3));
+/// assert!(matches!(producer.join(), Err(multiproc::ProcessError::Exited { code: 3, .. })));
 /// # Ok(()) }
 /// ```
 impl<T> AsFd for Queue<T> {
