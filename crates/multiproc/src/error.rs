@@ -226,10 +226,16 @@ pub enum ConnectionError {
     Io(#[from] io::Error),
 }
 
-/// Errors of pools: what a task, a map or the pool itself can report.
+/// What a task, a map or an executor itself can report: one type for every executor (the
+/// process [`Pool`](crate::Pool), the closure pool, the [`ThreadPool`](crate::ThreadPool) and
+/// the cluster pool of `multiproc-cluster`), so that code handling a failure does not care
+/// where the task ran. Some kinds come from one backend only: [`WorkerDied`](Self::WorkerDied),
+/// [`MemoryLimit`](Self::MemoryLimit) and [`CpuTimeLimit`](Self::CpuTimeLimit) need a worker
+/// process; [`DeadLetter`](Self::DeadLetter), [`Expired`](Self::Expired),
+/// [`BrokerLost`](Self::BrokerLost) and [`Broker`](Self::Broker) a broker.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum PoolError {
+pub enum TaskError {
     /// The worker running the task died (SIGKILL, a segfault in FFI code, `abort`, the OOM
     /// killer). Only its tasks fail; a replacement worker starts.
     #[error("worker {pid} died running the task (exit code {exitcode})")]
@@ -317,13 +323,42 @@ pub enum PoolError {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    /// The task was cancelled before it started
+    /// ([`AsyncResult::cancel`](crate::AsyncResult::cancel), or
+    /// [`Executor::shutdown`](crate::Executor::shutdown) with `cancel_pending`); it never ran.
+    #[error("the task was cancelled before it started")]
+    Cancelled,
+    /// The task killed the processes that ran it `tries` times: a broker set it aside (its
+    /// dead-letter stream) instead of running it in a loop.
+    #[error("the task killed its worker {tries} times and was dead-lettered: {last}")]
+    DeadLetter {
+        /// How many times it was tried.
+        tries: u32,
+        /// What happened the last time.
+        last: String,
+    },
+    /// No worker started the task before its expiry; it will not run.
+    #[error("no worker started the task within its expiry of {0:?}")]
+    Expired(Duration),
+    /// The broker could not be reached for long enough while the task waited for its result:
+    /// it may or may not have run.
+    #[error("the broker was lost: {0}")]
+    BrokerLost(String),
+    /// Talking to a broker failed (unreachable, refused, denied): its client's own error
+    /// (for the cluster pool a `redis::RedisError`, which `source()` gives back; shared, so
+    /// that one failure can be every waiting task's).
+    #[error("broker: {0}")]
+    Broker(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
-impl PoolError {
+/// The name [`TaskError`] had before every executor shared it.
+pub type PoolError = TaskError;
+
+impl TaskError {
     pub(crate) fn io<E: std::error::Error + Send + Sync + 'static>(
         op: &'static str,
     ) -> impl FnOnce(E) -> Self {
-        move |e| PoolError::Io {
+        move |e| TaskError::Io {
             op,
             source: Arc::new(e),
         }
@@ -602,9 +637,9 @@ pub enum Error {
     /// See [`SharedMemoryError`].
     #[error(transparent)]
     SharedMemory(#[from] SharedMemoryError),
-    /// See [`PoolError`].
+    /// See [`TaskError`].
     #[error(transparent)]
-    Pool(#[from] PoolError),
+    Pool(#[from] TaskError),
     /// See [`ManagerError`].
     #[error(transparent)]
     Manager(#[from] ManagerError),

@@ -49,6 +49,7 @@ pub mod codec;
 pub mod connection;
 mod cpu;
 mod error;
+pub mod executor;
 pub mod manager;
 pub mod pool;
 mod process;
@@ -65,11 +66,15 @@ pub use connection::{Address, Client, Connection, Listener, pipe, wait};
 pub use cpu::cpu_count;
 pub use error::{
     CodecError, ConnectionError, Error, ManagerError, NotRegistered, PoolError, ProcessError,
-    QueueError, Result, SharedMemoryError, SyncError, TimedOut,
+    QueueError, Result, SharedMemoryError, SyncError, TaskError, TimedOut,
 };
+pub use executor::{AsCompleted, Executor, ReturnWhen, Waited, as_completed};
 pub use manager::Manager;
 pub use multiproc_macros::{func, main, managed, test};
-pub use pool::{AsArg, AsyncResult, ClosurePool, Pool, PoolBuilder};
+pub use pool::{
+    AsArg, AsyncResult, ClosurePool, Imap, MapResult, Pool, PoolBuilder, ThreadPool,
+    ThreadPoolBuilder,
+};
 pub use process::registry::Func;
 pub use process::{
     ActiveChild, Builder, CapturedOutput, CurrentProcess, Enforcement, Limits, Output,

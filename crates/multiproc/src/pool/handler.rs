@@ -25,7 +25,7 @@ use super::state::{
 use super::wire::{FromWorker, ToWorker};
 use super::worker::{WorkerLimits, multiproc_pool_worker};
 use crate::connection::{Connection, FrameReader, pipe, wait};
-use crate::error::PoolError;
+use crate::error::TaskError;
 use crate::process::setup::Setup;
 use crate::process::{Outcome, Process, StartMethod};
 
@@ -178,10 +178,10 @@ fn publish(st: &mut State, cfg: &Config, workers: &[Worker]) {
     }));
 }
 
-pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
-    let (ours, theirs) = pipe(true).map_err(PoolError::io("cannot make a worker's connection"))?;
+pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, TaskError> {
+    let (ours, theirs) = pipe(true).map_err(TaskError::io("cannot make a worker's connection"))?;
     let reports = Reports::new()?;
-    let progress = Progress::new().map_err(PoolError::io("cannot make a progress area"))?;
+    let progress = Progress::new().map_err(TaskError::io("cannot make a progress area"))?;
     if let Some(run) = cfg.closure.clone() {
         let (maxtasks, limits) = (cfg.maxtasks, cfg.limits);
         let (ring, kept) = (reports.clone(), progress.clone());
@@ -190,12 +190,12 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
             .name("PoolWorker")
             .with_setup(cfg.setup.clone())
             .fork(move || {
-                super::worker::serve(&theirs, &ring, &kept, None, maxtasks, limits, &|_| {
-                    let run = run.clone();
-                    Box::new(move |a, out| run(a, out))
+                // The closure, or a registered function (the fork has them all).
+                super::worker::serve(&theirs, &ring, &kept, None, maxtasks, limits, &|name| {
+                    super::worker::closure_or_registered(&run, name)
                 })
             })
-            .map_err(PoolError::io("cannot fork a worker"))?;
+            .map_err(TaskError::io("cannot fork a worker"))?;
         return Ok(Worker::new(process, ours, reports, progress));
     }
     let mut b = Process::builder()
@@ -217,7 +217,7 @@ pub(crate) fn spawn_worker(cfg: &Config) -> Result<Worker, PoolError> {
                 cfg.limits,
             ),
         )
-        .map_err(PoolError::io("cannot start a worker"))?;
+        .map_err(TaskError::io("cannot start a worker"))?;
     Ok(Worker::new(process, ours, reports, progress))
 }
 
@@ -257,7 +257,7 @@ fn take_message(shared: &Shared, w: &mut Worker, msg: FromWorker) {
             shared.changed.notify_all();
         }
         FromWorker::InitFailed(m) => {
-            shared.lock().break_with(PoolError::Initializer(m));
+            shared.lock().break_with(TaskError::Initializer(m));
         }
         // Reports come through the ring (`take_reports`), never on the connection.
         FromWorker::Done { .. } | FromWorker::Wake => {}
@@ -296,7 +296,7 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
     let Some(running) = busy.pop_front() else {
         if !w.ready {
             // Died before it was ready: the initializer crashed. No respawn storm.
-            shared.lock().break_with(PoolError::Initializer(format!(
+            shared.lock().break_with(TaskError::Initializer(format!(
                 "worker {pid} died during start-up (exit code {exitcode})"
             )));
         }
@@ -324,7 +324,7 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
             {
                 rest = running_item;
             }
-            Some(_) => results.push(Err(PoolError::Timeout(limit))),
+            Some(_) => results.push(Err(TaskError::Timeout(limit))),
             None => results.push(Err(death_cause(cfg, &w.process, exitcode))),
         }
     }
@@ -348,24 +348,24 @@ fn settle_dead(shared: &Shared, cfg: &Config, w: Worker) -> Vec<(OnDone, ItemRes
 /// Why worker `process` died running a task, from what it reported and its exit code: a
 /// memory limit it reported (exact) or an abort under one (inferred), the CPU-time limit
 /// (`SIGXCPU`, inferred from the signal), or a plain death.
-fn death_cause(cfg: &Config, process: &Process<()>, exitcode: i32) -> PoolError {
+fn death_cause(cfg: &Config, process: &Process<()>, exitcode: i32) -> TaskError {
     let pid = process.pid();
     let memory = cfg.setup.memory_limit;
     match (memory, cfg.limits.cpu_per_task) {
-        (Some(limit), _) if process.hit_memory_limit() => PoolError::MemoryLimit {
+        (Some(limit), _) if process.hit_memory_limit() => TaskError::MemoryLimit {
             pid,
             limit,
             reported: true,
         },
-        (Some(limit), _) if exitcode == -crate::sys::SIGABRT => PoolError::MemoryLimit {
+        (Some(limit), _) if exitcode == -crate::sys::SIGABRT => TaskError::MemoryLimit {
             pid,
             limit,
             reported: false,
         },
         (_, Some(limit)) if exitcode == -crate::sys::SIGXCPU => {
-            PoolError::CpuTimeLimit { pid, limit }
+            TaskError::CpuTimeLimit { pid, limit }
         }
-        _ => PoolError::WorkerDied { pid, exitcode },
+        _ => TaskError::WorkerDied { pid, exitcode },
     }
 }
 
@@ -504,7 +504,7 @@ impl Handler {
         absorb(&mut st, &self.cfg, &mut self.workers, &mut self.callbacks);
         if st.is_terminated() {
             st.lend_none();
-            self.callbacks.extend(st.fail_all(&PoolError::Terminated));
+            self.callbacks.extend(st.fail_all(&TaskError::Terminated));
             drop(st);
             // Waiters wait for results, for ready workers, or for the end.
             self.shared.changed.notify_all();
@@ -551,7 +551,7 @@ impl Handler {
                 Ok(msg) => msg,
                 Err(e) => {
                     // Cannot happen with plain bytes; fail the chunk rather than lose it.
-                    let err = PoolError::Codec(e);
+                    let err = TaskError::Codec(e);
                     let results = (0..chunk.args.len()).map(|_| Err(err.clone())).collect();
                     let (cbs, _) = record_locked(&mut st, chunk.job, chunk.start, results);
                     self.callbacks.extend(cbs);

@@ -2,13 +2,13 @@
 //!
 //! The parent knows which worker holds which task, so a worker that dies (SIGKILL, a segfault
 //! in FFI code, `abort`, the OOM killer) fails exactly its task with
-//! [`PoolError::WorkerDied`] and is replaced; every other task completes. A task past the
-//! pool's task timeout has its worker killed and fails with [`PoolError::Timeout`]; one past the
-//! workers' memory limit or its CPU-time limit fails with [`PoolError::MemoryLimit`] or
-//! [`PoolError::CpuTimeLimit`], and a worker that leaked past
+//! [`TaskError::WorkerDied`] and is replaced; every other task completes. A task past the
+//! pool's task timeout has its worker killed and fails with [`TaskError::Timeout`]; one past the
+//! workers' memory limit or its CPU-time limit fails with [`TaskError::MemoryLimit`] or
+//! [`TaskError::CpuTimeLimit`], and a worker that leaked past
 //! [`max_memory_per_child`](PoolBuilder::max_memory_per_child) is replaced. A panicking
-//! task comes back as [`PoolError::Panicked`] and the worker goes on. A failing initializer is
-//! reported once ([`PoolError::Initializer`]), without a respawn storm. Dropping the pool
+//! task comes back as [`TaskError::Panicked`] and the worker goes on. A failing initializer is
+//! reported once ([`TaskError::Initializer`]), without a respawn storm. Dropping the pool
 //! terminates its workers; none outlives the parent (they are daemons).
 //!
 //! Tasks are functions registered with `#[multiproc::func]`, under any start method. Pending
@@ -42,6 +42,7 @@ mod progress;
 mod reports;
 mod result;
 mod state;
+mod thread;
 mod wire;
 mod worker;
 
@@ -59,13 +60,14 @@ pub use result::Encoded;
 #[cfg(feature = "tokio")]
 pub use result::ImapStream;
 pub use result::{AsyncResult, Imap, MapResult};
+pub use thread::{ThreadPool, ThreadPoolBuilder};
 
-use crate::error::{NotRegistered, PoolError};
+use crate::error::{NotRegistered, TaskError};
 use crate::process::registry::{self, Func};
 use crate::process::setup::Setup;
 use crate::process::{Output, Resource, StartMethod};
 use handler::Config;
-use state::{Chunk, Inner, Reader, Shared, State};
+use state::{Chunk, Inner, Reader, Shared, State, Wake};
 use wire::Batch;
 use worker::WorkerLimits;
 
@@ -77,7 +79,7 @@ use worker::WorkerLimits;
 /// #[multiproc::func]
 /// fn shout(s: String) -> String { s.to_uppercase() }
 ///
-/// # fn main() -> Result<(), multiproc::PoolError> {
+/// # fn main() -> Result<(), multiproc::TaskError> {
 /// let pool = multiproc::Pool::new(2)?;
 /// let names = vec!["ada".to_string(), "grace".to_string()];
 /// assert_eq!(pool.map(&shout, &names)?, ["ADA", "GRACE"]);   // &String
@@ -96,7 +98,7 @@ impl<T: Serialize> AsArg<Vec<T>> for &[T] {}
 pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<(String, Vec<u8>)>,
-    init_error: Option<PoolError>,
+    init_error: Option<TaskError>,
     maxtasks: u64,
     task_timeout: Option<Duration>,
     method: Option<StartMethod>,
@@ -114,8 +116,8 @@ impl std::fmt::Debug for PoolBuilder {
     }
 }
 
-/// The name a closure pool's tasks go by (its workers ignore it).
-const CLOSURE: &str = "<closure>";
+/// The name a closure pool's tasks go by (no registered function has it: a path of Rust).
+pub(crate) const CLOSURE: &str = "<closure>";
 
 impl PoolBuilder {
     /// The number of worker processes (default [`cpu_count`](crate::cpu_count)).
@@ -125,7 +127,7 @@ impl PoolBuilder {
     }
 
     /// A registered function each worker runs once with `args` before any task. If it fails
-    /// (panics, or its worker dies), `build` reports [`PoolError::Initializer`].
+    /// (panics, or its worker dies), `build` reports [`TaskError::Initializer`].
     pub fn initializer<F: Func<M>, M>(mut self, f: &F, args: F::Args) -> Self {
         let name = f.registered_name();
         if registry::lookup(name).is_none() {
@@ -145,14 +147,14 @@ impl PoolBuilder {
     }
 
     /// A task running longer than this has its worker killed (and replaced) and fails with
-    /// [`PoolError::Timeout`]. With chunks, the limit is per item of the chunk.
+    /// [`TaskError::Timeout`]. With chunks, the limit is per item of the chunk.
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
         self.task_timeout = Some(timeout);
         self
     }
 
     /// Each worker cannot use more than `bytes` of memory: a task whose allocation goes past it
-    /// fails with [`PoolError::MemoryLimit`], its worker is replaced, and the other tasks are
+    /// fails with [`TaskError::MemoryLimit`], its worker is replaced, and the other tasks are
     /// not affected. See [`Builder::memory_limit`](crate::Builder::memory_limit).
     ///
     /// ```no_run
@@ -164,7 +166,7 @@ impl PoolBuilder {
     ///     .max_memory_per_child(700 << 20)
     ///     .cpu_time_limit(Duration::from_secs(60))
     ///     .build()?;
-    /// # Ok::<(), multiproc::PoolError>(())
+    /// # Ok::<(), multiproc::TaskError>(())
     /// ```
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.setup.memory_limit = Some(bytes);
@@ -180,7 +182,7 @@ impl PoolBuilder {
     }
 
     /// Each task may use this much CPU time (whole seconds, rounded up): past it the kernel
-    /// ends its worker (`SIGXCPU`), the task fails with [`PoolError::CpuTimeLimit`] and the
+    /// ends its worker (`SIGXCPU`), the task fails with [`TaskError::CpuTimeLimit`] and the
     /// worker is replaced. Counted per task (per item of a chunk), not over a worker's life.
     pub fn cpu_time_limit(mut self, limit: Duration) -> Self {
         self.limits.cpu_per_task = Some(limit);
@@ -230,7 +232,7 @@ impl PoolBuilder {
     }
 
     /// Runs the workers as user `uid` (needs root, else `build` fails with
-    /// [`PoolError::Io`] naming the option).
+    /// [`TaskError::Io`] naming the option).
     pub fn user(mut self, uid: u32) -> Self {
         self.setup.user = Some(uid);
         self
@@ -270,9 +272,9 @@ impl PoolBuilder {
     /// let offset = 10u64;
     /// let pool = multiproc::Pool::builder().processes(2).build_closure(move |x: u64| x + offset)?;
     /// assert_eq!(pool.map(0..3)?, vec![10, 11, 12]);
-    /// # Ok::<(), multiproc::PoolError>(())
+    /// # Ok::<(), multiproc::TaskError>(())
     /// ```
-    pub fn build_closure<A, R, F>(mut self, f: F) -> Result<ClosurePool<A, R>, PoolError>
+    pub fn build_closure<A, R, F>(mut self, f: F) -> Result<ClosurePool<A, R>, TaskError>
     where
         F: Fn(A) -> R + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
@@ -287,19 +289,18 @@ impl PoolBuilder {
             },
         ));
         self.init = None;
-        Ok(ClosurePool {
-            pool: self.build()?,
-            _t: std::marker::PhantomData,
-        })
+        let pool = self.build()?;
+        let core = pool.core.clone();
+        Ok(ClosurePool::new(pool, core))
     }
 
     /// Starts the workers and waits until they are ready (initializers done).
-    pub fn build(self) -> Result<Pool, PoolError> {
+    pub fn build(self) -> Result<Pool, TaskError> {
         if let Some(e) = self.init_error {
             return Err(e);
         }
         if self.setup.stdout == Output::Capture || self.setup.stderr == Output::Capture {
-            return Err(PoolError::Invalid(
+            return Err(TaskError::Invalid(
                 "a pool's workers cannot capture their output (nothing would read it): use \
                  Output::Prefixed, Null or Inherit"
                     .into(),
@@ -307,10 +308,10 @@ impl PoolBuilder {
         }
         self.setup
             .check()
-            .map_err(PoolError::io("cannot start a worker"))?;
+            .map_err(TaskError::io("cannot start a worker"))?;
         let processes = self.processes.unwrap_or_else(crate::cpu::cpu_count);
         if processes == 0 {
-            return Err(PoolError::Invalid(
+            return Err(TaskError::Invalid(
                 "a pool needs at least one process".into(),
             ));
         }
@@ -325,17 +326,17 @@ impl PoolBuilder {
             limits: self.limits,
         };
         let (wake_r, wake_w) =
-            UnixStream::pair().map_err(PoolError::io("cannot make the pool's doorbell"))?;
+            UnixStream::pair().map_err(TaskError::io("cannot make the pool's doorbell"))?;
         wake_r
             .set_nonblocking(true)
-            .map_err(PoolError::io("cannot make the pool's doorbell"))?;
+            .map_err(TaskError::io("cannot make the pool's doorbell"))?;
         wake_w
             .set_nonblocking(true)
-            .map_err(PoolError::io("cannot make the pool's doorbell"))?;
+            .map_err(TaskError::io("cannot make the pool's doorbell"))?;
         let shared: Shared = Arc::new(Inner {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
-            wake: Mutex::new(wake_w),
+            wake: Wake::Handler(Mutex::new(wake_w)),
         });
         let mut workers = Vec::with_capacity(processes);
         for _ in 0..processes {
@@ -346,11 +347,13 @@ impl PoolBuilder {
         let handle = std::thread::Builder::new()
             .name("multiproc-pool".into())
             .spawn(move || handler::run(thread_shared, cfg, wake_r, workers))
-            .map_err(PoolError::io("cannot start the pool's thread"))?;
+            .map_err(TaskError::io("cannot start the pool's thread"))?;
         let pool = Pool {
-            shared,
+            core: Core {
+                shared,
+                workers: processes,
+            },
             handler: Mutex::new(Some(handle)),
-            processes,
             pids,
         };
         pool.check_started()?;
@@ -358,101 +361,45 @@ impl PoolBuilder {
     }
 }
 
-/// A pool of worker processes (Python's `multiprocessing.Pool`). See the [module](self) docs.
-pub struct Pool {
-    shared: Shared,
-    handler: Mutex<Option<JoinHandle<()>>>,
-    processes: usize,
-    pids: Vec<u32>,
+/// What every executor built on the pool's state shares: the state (jobs, results, the line
+/// of chunks) and how many workers take chunks from it. The process pool's handler and the
+/// thread pool's threads are two ways to run the line; submitting, results and cancelling are
+/// written once, here and in `state`.
+#[derive(Clone)]
+pub(crate) struct Core {
+    pub(crate) shared: Shared,
+    pub(crate) workers: usize,
 }
 
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("processes", &self.processes)
-            .finish()
-    }
-}
-
-/// CPython's default chunk size: the items spread over four chunks per worker.
-fn default_chunksize(items: usize, workers: usize) -> usize {
-    let per = workers * 4;
-    items.div_ceil(per).max(1)
-}
-
-impl Pool {
-    /// A builder with the defaults: [`cpu_count`](crate::cpu_count) workers, no initializer.
-    pub fn builder() -> PoolBuilder {
-        PoolBuilder {
-            processes: None,
-            init: None,
-            init_error: None,
-            maxtasks: 0,
-            task_timeout: None,
-            method: None,
-            closure: None,
-            setup: Setup::default(),
-            limits: WorkerLimits::default(),
-        }
+impl Core {
+    pub(crate) fn processes(&self) -> usize {
+        self.workers
     }
 
-    /// A pool of `processes` workers.
-    pub fn new(processes: usize) -> Result<Pool, PoolError> {
-        Pool::builder().processes(processes).build()
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
-    /// The number of workers.
-    pub fn processes(&self) -> usize {
-        self.processes
-    }
-
-    /// The pids of the workers started with the pool (replacements get new pids).
-    pub fn initial_pids(&self) -> &[u32] {
-        &self.pids
-    }
-
-    /// Waits until every worker ran its initializer, so that a failing one is reported by
-    /// `build` (at most a minute: a slow initializer then delays the first tasks instead).
-    fn check_started(&self) -> Result<(), PoolError> {
-        let deadline = Some(std::time::Instant::now() + Duration::from_secs(60));
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(e) = st.broken().cloned() {
-                drop(st);
-                self.terminate();
-                return Err(e);
-            }
-            if st.ready_workers() >= self.processes {
-                return Ok(());
-            }
-            let (g, more) = self.shared.wait(st, deadline);
-            st = g;
-            if !more {
-                return Ok(());
-            }
-        }
-    }
-
-    fn submit(
+    pub(crate) fn submit(
         &self,
         function: &'static str,
         items: Batch,
         chunksize: usize,
         job: Option<u64>,
-    ) -> Result<u64, PoolError> {
+    ) -> Result<u64, TaskError> {
         self.submit_limited(function, items, chunksize, job, None)
     }
 
-    fn submit_limited(
+    pub(crate) fn submit_limited(
         &self,
         function: &'static str,
         mut items: Batch,
         chunksize: usize,
         job: Option<u64>,
         timeout: Option<Duration>,
-    ) -> Result<u64, PoolError> {
+    ) -> Result<u64, TaskError> {
         if chunksize == 0 {
-            return Err(PoolError::Invalid("chunksize must be at least 1".into()));
+            return Err(TaskError::Invalid("chunksize must be at least 1".into()));
         }
         let mut st = self.shared.lock();
         st.accepting(job)?;
@@ -495,7 +442,7 @@ impl Pool {
     /// A new job for a lazy iterator whose results `reader` takes, before its first items.
     /// Refused like any new job once the pool is closed, terminated or broken. The job stays
     /// open (the pool does not finish while it is) until [`Pool::end_stream`].
-    pub(crate) fn new_stream(&self, reader: Reader) -> Result<u64, PoolError> {
+    pub(crate) fn new_stream(&self, reader: Reader) -> Result<u64, TaskError> {
         let mut st = self.shared.lock();
         st.accepting(None)?;
         Ok(st.open_stream(reader))
@@ -531,7 +478,9 @@ impl Pool {
     }
 
     /// Encodes every item into one batch.
-    fn encode_all<A: Serialize>(items: impl IntoIterator<Item = A>) -> Result<Batch, PoolError> {
+    pub(crate) fn encode_all<A: Serialize>(
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Batch, TaskError> {
         let mut batch = Batch::default();
         let mut data = Vec::new();
         for a in items {
@@ -542,7 +491,122 @@ impl Pool {
         Ok(batch)
     }
 
-    fn function<F: Func<M>, M>(f: &F) -> Result<&'static str, PoolError> {
+    pub(crate) fn submit_more(
+        &self,
+        function: &'static str,
+        items: Batch,
+        chunksize: usize,
+        job: Option<u64>,
+    ) -> Result<u64, TaskError> {
+        self.submit(function, items, chunksize, job)
+    }
+
+    /// One task of `function` on `args`; its handle.
+    pub(crate) fn apply_async<R: DeserializeOwned>(
+        &self,
+        function: &'static str,
+        args: impl Serialize,
+    ) -> Result<AsyncResult<R>, TaskError> {
+        let job = self.submit(function, Self::encode_all([args])?, 1, None)?;
+        Ok(AsyncResult::new(self.shared.clone(), job))
+    }
+
+    /// `function` over `items`, `chunksize` items per task (`None`: CPython's default).
+    pub(crate) fn map_async<R: DeserializeOwned, A: Serialize>(
+        &self,
+        function: &'static str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<MapResult<R>, TaskError> {
+        let encoded = Self::encode_all(items)?;
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(encoded.len(), self.workers));
+        let job = self.submit(function, encoded, chunksize, None)?;
+        Ok(MapResult::new(self.shared.clone(), job))
+    }
+
+    /// Fails every task that has not started with [`TaskError::Cancelled`].
+    pub(crate) fn cancel_pending(&self) {
+        let callbacks = self.shared.lock().cancel_pending();
+        self.shared.changed.notify_all();
+        state::run_callbacks(callbacks);
+    }
+}
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`). See the [module](self) docs.
+pub struct Pool {
+    core: Core,
+    handler: Mutex<Option<JoinHandle<()>>>,
+    pids: Vec<u32>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.core.workers)
+            .finish()
+    }
+}
+
+/// CPython's default chunk size: the items spread over four chunks per worker.
+fn default_chunksize(items: usize, workers: usize) -> usize {
+    let per = workers * 4;
+    items.div_ceil(per).max(1)
+}
+
+impl Pool {
+    /// A builder with the defaults: [`cpu_count`](crate::cpu_count) workers, no initializer.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            init: None,
+            init_error: None,
+            maxtasks: 0,
+            task_timeout: None,
+            method: None,
+            closure: None,
+            setup: Setup::default(),
+            limits: WorkerLimits::default(),
+        }
+    }
+
+    /// A pool of `processes` workers.
+    pub fn new(processes: usize) -> Result<Pool, TaskError> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// The number of workers.
+    pub fn processes(&self) -> usize {
+        self.core.workers
+    }
+
+    /// The pids of the workers started with the pool (replacements get new pids).
+    pub fn initial_pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// Waits until every worker ran its initializer, so that a failing one is reported by
+    /// `build` (at most a minute: a slow initializer then delays the first tasks instead).
+    fn check_started(&self) -> Result<(), TaskError> {
+        let deadline = Some(std::time::Instant::now() + Duration::from_secs(60));
+        let mut st = self.core.shared.lock();
+        loop {
+            if let Some(e) = st.broken().cloned() {
+                drop(st);
+                self.terminate();
+                return Err(e);
+            }
+            if st.ready_workers() >= self.core.workers {
+                return Ok(());
+            }
+            let (g, more) = self.core.shared.wait(st, deadline);
+            st = g;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    fn function<F: Func<M>, M>(f: &F) -> Result<&'static str, TaskError> {
         let name = f.registered_name();
         registry::lookup(name)
             .map(|_| name)
@@ -551,7 +615,7 @@ impl Pool {
 
     /// Runs the function registered as `function` over already encoded arguments,
     /// `chunksize` items per task; an item running past `timeout` has its worker killed and
-    /// fails with [`PoolError::Timeout`]. The results stay encoded
+    /// fails with [`TaskError::Timeout`]. The results stay encoded
     /// ([`MapResult::get_each_encoded`]). For layers that carry tasks as bytes, such as the
     /// cluster pool: the arguments and results are the bytes of [`codec`](crate::codec), and
     /// `function` is a name [`Func::registered_name`] gave.
@@ -580,7 +644,7 @@ impl Pool {
         items: &[impl AsRef<[u8]>],
         chunksize: usize,
         timeout: Option<Duration>,
-    ) -> Result<MapResult<Encoded>, PoolError> {
+    ) -> Result<MapResult<Encoded>, TaskError> {
         let entry = registry::lookup(function).ok_or_else(|| NotRegistered(function.into()))?;
         let mut batch = Batch::default();
         let mut data = Vec::new();
@@ -589,12 +653,14 @@ impl Pool {
             batch.ends.push(data.len() as u32);
         }
         batch.data = serde_bytes::ByteBuf::from(data);
-        let job = self.submit_limited((entry.name)(), batch, chunksize, None, timeout)?;
-        Ok(MapResult::new(self.shared.clone(), job))
+        let job = self
+            .core
+            .submit_limited((entry.name)(), batch, chunksize, None, timeout)?;
+        Ok(MapResult::new(self.core.shared.clone(), job))
     }
 
     /// Runs `f(args)` in a worker and waits for the result.
-    pub fn apply<F: Func<M>, M>(&self, f: &F, args: F::Args) -> Result<F::Output, PoolError> {
+    pub fn apply<F: Func<M>, M>(&self, f: &F, args: F::Args) -> Result<F::Output, TaskError> {
         self.apply_async(f, args)?.get()
     }
 
@@ -603,10 +669,12 @@ impl Pool {
         &self,
         f: &F,
         args: F::Args,
-    ) -> Result<AsyncResult<F::Output>, PoolError> {
+    ) -> Result<AsyncResult<F::Output>, TaskError> {
         let function = Self::function(f)?;
-        let job = self.submit(function, Self::encode_all([args])?, 1, None)?;
-        Ok(AsyncResult::new(self.shared.clone(), job))
+        let job = self
+            .core
+            .submit(function, Core::encode_all([args])?, 1, None)?;
+        Ok(AsyncResult::new(self.core.shared.clone(), job))
     }
 
     /// `f` over every item, in order, with the default chunk size; the first failing item's
@@ -615,7 +683,7 @@ impl Pool {
         &self,
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<Vec<F::Output>, PoolError> {
+    ) -> Result<Vec<F::Output>, TaskError> {
         self.map_async(f, items)?.get()
     }
 
@@ -625,7 +693,7 @@ impl Pool {
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
         chunksize: usize,
-    ) -> Result<Vec<F::Output>, PoolError> {
+    ) -> Result<Vec<F::Output>, TaskError> {
         self.map_async_chunked(f, items, chunksize)?.get()
     }
 
@@ -634,12 +702,12 @@ impl Pool {
         &self,
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<MapResult<F::Output>, PoolError> {
+    ) -> Result<MapResult<F::Output>, TaskError> {
         let function = Self::function(f)?;
-        let encoded = Self::encode_all(items)?;
-        let chunksize = default_chunksize(encoded.len(), self.processes);
-        let job = self.submit(function, encoded, chunksize, None)?;
-        Ok(MapResult::new(self.shared.clone(), job))
+        let encoded = Core::encode_all(items)?;
+        let chunksize = default_chunksize(encoded.len(), self.core.workers);
+        let job = self.core.submit(function, encoded, chunksize, None)?;
+        Ok(MapResult::new(self.core.shared.clone(), job))
     }
 
     /// [`map_async`](Pool::map_async) with an explicit chunk size (at least 1; Python's
@@ -649,10 +717,12 @@ impl Pool {
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
         chunksize: usize,
-    ) -> Result<MapResult<F::Output>, PoolError> {
+    ) -> Result<MapResult<F::Output>, TaskError> {
         let function = Self::function(f)?;
-        let job = self.submit(function, Self::encode_all(items)?, chunksize, None)?;
-        Ok(MapResult::new(self.shared.clone(), job))
+        let job = self
+            .core
+            .submit(function, Core::encode_all(items)?, chunksize, None)?;
+        Ok(MapResult::new(self.core.shared.clone(), job))
     }
 
     /// [`map`](Pool::map) with a progress bar (the `progress` feature): the items go through
@@ -675,9 +745,9 @@ impl Pool {
         &self,
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<Vec<F::Output>, PoolError> {
+    ) -> Result<Vec<F::Output>, TaskError> {
         let items: Vec<_> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
+        let chunksize = default_chunksize(items.len(), self.core.workers);
         self.imap(f, items)
             .chunksize(chunksize)
             .progress()
@@ -690,7 +760,7 @@ impl Pool {
         &self,
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<Vec<F::Output>, PoolError> {
+    ) -> Result<Vec<F::Output>, TaskError> {
         self.map(f, items)
     }
 
@@ -699,7 +769,7 @@ impl Pool {
         &self,
         f: &F,
         items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<MapResult<F::Output>, PoolError> {
+    ) -> Result<MapResult<F::Output>, TaskError> {
         self.map_async(f, items)
     }
 
@@ -709,7 +779,7 @@ impl Pool {
     where
         I: IntoIterator<Item: AsArg<F::Args>>,
     {
-        Imap::new(self, Self::function(f), items.into_iter(), true)
+        Imap::new(&self.core, Self::function(f), items.into_iter(), true)
     }
 
     /// [`imap`](Pool::imap) yielding results as they complete.
@@ -721,29 +791,29 @@ impl Pool {
     where
         I: IntoIterator<Item: AsArg<F::Args>>,
     {
-        Imap::new(self, Self::function(f), items.into_iter(), false)
+        Imap::new(&self.core, Self::function(f), items.into_iter(), false)
     }
 
     /// No more tasks; the workers exit once every submitted task is done.
     pub fn close(&self) {
-        self.shared.lock().close();
-        self.shared.poke();
+        self.core.shared.lock().close();
+        self.core.shared.poke();
     }
 
-    /// Stops the workers now; unfinished tasks fail with [`PoolError::Terminated`].
+    /// Stops the workers now; unfinished tasks fail with [`TaskError::Terminated`].
     pub fn terminate(&self) {
-        self.shared.lock().terminate();
-        self.shared.poke();
+        self.core.shared.lock().terminate();
+        self.core.shared.poke();
         self.join_handler();
     }
 
     /// Waits for the workers to exit; call [`close`](Pool::close) or
     /// [`terminate`](Pool::terminate) first.
-    pub fn join(&self) -> Result<(), PoolError> {
+    pub fn join(&self) -> Result<(), TaskError> {
         {
-            let st = self.shared.lock();
+            let st = self.core.shared.lock();
             if !st.is_closed() && !st.is_terminated() {
-                return Err(PoolError::Invalid(
+                return Err(TaskError::Invalid(
                     "join() needs close() or terminate() first".into(),
                 ));
             }
@@ -763,26 +833,21 @@ impl Pool {
         }
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    pub(crate) fn submit_more(
-        &self,
-        function: &'static str,
-        items: Batch,
-        chunksize: usize,
-        job: Option<u64>,
-    ) -> Result<u64, PoolError> {
-        self.submit(function, items, chunksize, job)
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
     }
 }
 
-/// A pool running one closure on every task; see [`PoolBuilder::build_closure`].
+/// A pool running one closure on every task: built by [`PoolBuilder::build_closure`] (worker
+/// processes forked from this one) or [`ThreadPoolBuilder::build_closure`] (threads, `P` =
+/// [`ThreadPool`]).
 ///
-/// The closure may capture anything (the workers are forks of this process, made when the
+/// The closure may capture anything (process workers are forks of this process, made when the
 /// pool is built); its argument and result travel through the codec like a registered
-/// function's.
+/// function's. It runs one closure, so it takes arguments, not functions; for the
+/// [`Executor`](crate::Executor) API (registered functions, the same code as every other
+/// executor) use [`pool`](Self::pool): a closure pool's workers are forks of this process or
+/// threads in it, so they run every registered function as well.
 ///
 /// ```
 /// use std::collections::HashMap;
@@ -800,20 +865,34 @@ impl Pool {
 /// assert_eq!(lazily, [Some(12), None]);
 /// pool.pool().close();
 /// pool.pool().join()?;
-/// # Ok::<(), multiproc::PoolError>(())
+/// # Ok::<(), multiproc::TaskError>(())
 /// ```
-#[derive(Debug)]
-pub struct ClosurePool<A, R> {
-    pool: Pool,
+pub struct ClosurePool<A, R, P = Pool> {
+    pool: P,
+    core: Core,
     _t: std::marker::PhantomData<fn(A) -> R>,
 }
 
-impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
+impl<A, R, P: std::fmt::Debug> std::fmt::Debug for ClosurePool<A, R, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClosurePool")
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl<A: Serialize, R: DeserializeOwned, P> ClosurePool<A, R, P> {
+    pub(crate) fn new(pool: P, core: Core) -> Self {
+        ClosurePool {
+            pool,
+            core,
+            _t: std::marker::PhantomData,
+        }
+    }
+
     /// The closure over every item, in order, with the default chunk size.
-    pub fn map(&self, items: impl IntoIterator<Item = impl AsArg<A>>) -> Result<Vec<R>, PoolError> {
-        let encoded = Pool::encode_all(items)?;
-        let chunksize = default_chunksize(encoded.len(), self.pool.processes);
-        self.map_encoded(encoded, chunksize)
+    pub fn map(&self, items: impl IntoIterator<Item = impl AsArg<A>>) -> Result<Vec<R>, TaskError> {
+        self.core.map_async(CLOSURE, items, None)?.get()
     }
 
     /// [`map`](ClosurePool::map) with an explicit chunk size.
@@ -821,31 +900,41 @@ impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
         &self,
         items: impl IntoIterator<Item = impl AsArg<A>>,
         chunksize: usize,
-    ) -> Result<Vec<R>, PoolError> {
-        self.map_encoded(Pool::encode_all(items)?, chunksize)
+    ) -> Result<Vec<R>, TaskError> {
+        self.map_async(items, Some(chunksize))?.get()
     }
 
-    fn map_encoded(&self, encoded: Batch, chunksize: usize) -> Result<Vec<R>, PoolError> {
-        let job = self.pool.submit(CLOSURE, encoded, chunksize, None)?;
-        MapResult::new(self.pool.shared.clone(), job).get()
+    /// [`map`](ClosurePool::map) without waiting (`None`: the default chunk size).
+    pub fn map_async(
+        &self,
+        items: impl IntoIterator<Item = impl AsArg<A>>,
+        chunksize: Option<usize>,
+    ) -> Result<MapResult<R>, TaskError> {
+        self.core.map_async(CLOSURE, items, chunksize)
     }
 
     /// The closure on one argument, in a worker.
-    pub fn apply(&self, arg: A) -> Result<R, PoolError> {
+    pub fn apply(&self, arg: A) -> Result<R, TaskError> {
         self.apply_async(arg)?.get()
     }
 
     /// The closure on one argument, without waiting.
-    pub fn apply_async(&self, arg: A) -> Result<AsyncResult<R>, PoolError> {
-        let job = self
-            .pool
-            .submit(CLOSURE, Pool::encode_all([arg])?, 1, None)?;
-        Ok(AsyncResult::new(self.pool.shared.clone(), job))
+    pub fn apply_async(&self, arg: A) -> Result<AsyncResult<R>, TaskError> {
+        self.core.apply_async(CLOSURE, arg)
+    }
+
+    /// The closure on each argument, one task each, without waiting: handles for
+    /// [`as_completed`](crate::as_completed) and [`wait`](crate::executor::wait()).
+    pub fn submit_all(
+        &self,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<AsyncResult<R>>, TaskError> {
+        items.into_iter().map(|a| self.apply_async(a)).collect()
     }
 
     /// Lazily, in order (see [`Pool::imap`]).
     pub fn imap<I: IntoIterator<Item: AsArg<A>>>(&self, items: I) -> Imap<'_, R, I::IntoIter> {
-        Imap::new(&self.pool, Ok(CLOSURE), items.into_iter(), true)
+        Imap::new(&self.core, Ok(CLOSURE), items.into_iter(), true)
     }
 
     /// Lazily, as completed (see [`Pool::imap_unordered`]).
@@ -853,11 +942,12 @@ impl<A: Serialize, R: DeserializeOwned> ClosurePool<A, R> {
         &self,
         items: I,
     ) -> Imap<'_, R, I::IntoIter> {
-        Imap::new(&self.pool, Ok(CLOSURE), items.into_iter(), false)
+        Imap::new(&self.core, Ok(CLOSURE), items.into_iter(), false)
     }
 
-    /// The pool underneath (close, terminate, join).
-    pub fn pool(&self) -> &Pool {
+    /// The pool underneath: close, terminate, join, and the [`Executor`](crate::Executor)
+    /// API for registered functions.
+    pub fn pool(&self) -> &P {
         &self.pool
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Pool;
+use super::Core;
 use std::collections::VecDeque;
 
 use super::state::{ItemResult, Reader, Shared};
@@ -133,6 +133,19 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         self.shared.lock().job_done(self.job)
     }
 
+    /// Takes the task out of the line if it has not started (Python's `Future.cancel`):
+    /// `true` if it did, and the task then fails with [`PoolError::Cancelled`]; `false` if it
+    /// runs or ran already (it goes on).
+    pub fn cancel(&self) -> bool {
+        let callbacks = self.shared.lock().cancel(self.job);
+        let Some(callbacks) = callbacks else {
+            return false;
+        };
+        self.shared.changed.notify_all();
+        super::state::run_callbacks(callbacks);
+        true
+    }
+
     /// Whether the task is done and succeeded (`None` while it runs).
     pub fn successful(&self) -> Option<bool> {
         let st = self.shared.lock();
@@ -147,7 +160,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 impl<R: DeserializeOwned + 'static> AsyncResult<R> {
     /// Runs `f` once the task is done (in the pool's handler thread; at once if it is done
     /// already), with the item's result; the result stays available to `get`.
-    fn on_done(&self, f: impl FnOnce(&ItemResult) + Send + 'static) {
+    pub(crate) fn on_done(&self, f: impl FnOnce(&ItemResult) + Send + 'static) {
         let mut st = self.shared.lock();
         match st.job_mut(self.job) {
             Some(j) if j.remaining > 0 => j.on_done.push(Box::new(f)),
@@ -350,7 +363,7 @@ impl<R> Drop for MapResult<R> {
 /// # Ok(()) }
 /// ```
 pub struct Imap<'p, R, I> {
-    pool: &'p Pool,
+    pool: &'p Core,
     function: Result<&'static str, PoolError>,
     input: I,
     reader: Reader,
@@ -390,7 +403,7 @@ const READ_AHEAD_PER_WORKER: usize = 128;
 
 impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I> {
     pub(crate) fn new(
-        pool: &'p Pool,
+        pool: &'p Core,
         function: Result<&'static str, PoolError>,
         input: I,
         ordered: bool,

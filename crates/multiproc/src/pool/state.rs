@@ -706,8 +706,16 @@ pub(crate) fn pickup(st: &mut State) -> bool {
 pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) changed: Condvar,
-    /// Written to wake the handler (new work, close, terminate).
-    pub(crate) wake: Mutex<UnixStream>,
+    /// How the ones that run the line are woken (new work, close, terminate).
+    pub(crate) wake: Wake,
+}
+
+/// Who runs a pool's line of chunks, and so how [`Inner::poke`] wakes them.
+pub(crate) enum Wake {
+    /// A process pool's handler thread: written to (a socket it polls with its workers).
+    Handler(Mutex<UnixStream>),
+    /// A thread pool's threads: they sleep on this condition variable, with the state lock.
+    Threads(Condvar),
 }
 
 impl Inner {
@@ -716,8 +724,15 @@ impl Inner {
     }
 
     pub(crate) fn poke(&self) {
-        let mut w = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = w.write(&[1]); // non-blocking: a full pipe already means "wake up"
+        match &self.wake {
+            Wake::Handler(w) => {
+                let mut w = w.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = w.write(&[1]); // non-blocking: a full pipe already means "wake up"
+            }
+            Wake::Threads(work) => {
+                work.notify_all();
+            }
+        }
     }
 
     /// Waits on the condition variable until `deadline` (`None`: no limit); `false` once it
@@ -760,3 +775,47 @@ pub(crate) fn run_callbacks(callbacks: Vec<(OnDone, ItemResult)>) {
 }
 
 pub(crate) type Shared = Arc<Inner>;
+
+/// Cancelling: chunks still in line have not started (a chunk leaves the line when a worker
+/// is sent it), so they can be taken out and their items failed with `Cancelled`.
+impl State {
+    /// Takes job `id` out of the line if none of its unfinished items started; returns the
+    /// callbacks to run, or `None` when it could not be cancelled (done, started, or an open
+    /// lazy iterator's job, whose input may still hold items).
+    pub(crate) fn cancel(&mut self, id: u64) -> Option<Vec<(OnDone, ItemResult)>> {
+        let job = self.jobs.get(&id)?;
+        if job.remaining == 0 || job.reader != Reader::AtTheEnd {
+            return None;
+        }
+        let waiting: usize = self
+            .pending
+            .iter()
+            .filter(|c| c.job == id)
+            .map(|c| c.args.len())
+            .sum();
+        if waiting != job.remaining {
+            return None;
+        }
+        Some(self.cancel_where(|c| c.job == id))
+    }
+
+    /// Fails every item still in line with `Cancelled` (shutdown with `cancel_pending`).
+    pub(crate) fn cancel_pending(&mut self) -> Vec<(OnDone, ItemResult)> {
+        self.cancel_where(|_| true)
+    }
+
+    fn cancel_where(&mut self, which: impl Fn(&Chunk) -> bool) -> Vec<(OnDone, ItemResult)> {
+        let (gone, kept) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition::<VecDeque<_>, _>(|c| which(c));
+        self.pending = kept;
+        let mut callbacks = Vec::new();
+        for c in gone {
+            let failed = (0..c.args.len())
+                .map(|_| Err(PoolError::Cancelled))
+                .collect();
+            callbacks.extend(record_locked(self, c.job, c.start, failed).0);
+        }
+        callbacks
+    }
+}

@@ -48,8 +48,22 @@ pub(crate) type Task<'a> = Box<dyn Fn(&[u8], &mut Vec<u8>) -> Option<Outcome> + 
 /// per item (the lookup hashes the name).
 pub(crate) type Resolve<'a> = dyn Fn(&str) -> Task<'a> + 'a;
 
+/// The tasks of `function`: a closure pool's closure for its tasks, a registered function for
+/// the others.
+pub(crate) fn closure_or_registered(
+    closure: &super::handler::ClosureRunner,
+    function: &str,
+) -> Task<'static> {
+    if function == super::CLOSURE {
+        let run = closure.clone();
+        Box::new(move |a, out| run(a, out))
+    } else {
+        registered(function)
+    }
+}
+
 /// The tasks of registered `function`.
-fn registered(function: &str) -> Task<'static> {
+pub(crate) fn registered(function: &str) -> Task<'static> {
     match registry::lookup(function) {
         None => {
             let why = format!("function `{function}` is not registered");
