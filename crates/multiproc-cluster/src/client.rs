@@ -1,19 +1,19 @@
 //! The submitting side: `ClusterPool`.
 
 use std::collections::{HashMap, VecDeque};
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use multiproc::{Func, TimedOut};
+use multiproc::pool::Ledger;
+use multiproc::{AsArg, AsyncResult, Func, MapResult, TaskError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use crate::envelope::{self, Keys, Kind, PAYLOAD, Reply, ReplyBody, SIGNATURE, Task};
-use crate::error::{ClusterError, TaskFailure};
+use crate::error::{ClusterError, TaskFailure, broker};
 
 /// How many chunks an `imap` keeps submitted ahead of what the caller consumed.
 const IMAP_WINDOW: usize = 64;
@@ -48,34 +48,37 @@ enum Sent {
     Failed,
 }
 
-/// A submitted task.
-enum Slot {
-    /// Waiting for its reply: the task as submitted (to check on it and submit it again)
-    /// and where it is.
-    Waiting { task: Task, sent: Sent },
-    /// Its outcome, until taken.
-    Done(TaskOutcome),
+/// A submitted task waiting for its reply: the task as submitted (to check on it and submit
+/// it again), where it is, and whose items it holds (items `start..` of ledger job `job`).
+struct Slot {
+    task: Task,
+    sent: Sent,
+    job: u64,
+    start: usize,
 }
 
 #[derive(Default)]
 struct State {
     next: u64,
     slots: HashMap<u64, Slot>,
+    /// Tasks out of `slots` whose outcome is not in the ledger yet (see [`Inner::settle`]).
+    settling: usize,
     closed: bool,
 }
 
 impl State {
-    /// Whether a task still waits for its result.
+    /// Whether a task still waits for its result (or for it to reach its handle).
     fn unfinished(&self) -> bool {
-        self.slots
-            .values()
-            .any(|s| matches!(s, Slot::Waiting { .. }))
+        !self.slots.is_empty() || self.settling > 0
     }
+}
 
-    /// Whether task `id` has its outcome (or was taken already).
-    fn finished(&self, id: u64) -> bool {
-        !matches!(self.slots.get(&id), Some(Slot::Waiting { .. }))
-    }
+/// A task's outcome, to record in the ledger once the state's lock is released (the ledger
+/// runs the handles' callbacks).
+struct Finished {
+    job: u64,
+    start: usize,
+    items: Vec<Result<Vec<u8>, ClusterError>>,
 }
 
 /// Signed tasks ready to go: [`Inner::go`] adds them to the stream.
@@ -93,7 +96,11 @@ struct Inner {
     /// The connection submissions go through (reopened after an error).
     con: Mutex<Option<redis::Connection>>,
     state: Mutex<State>,
+    /// Notified when a task leaves `state` (for `join`).
     done: Condvar,
+    /// The jobs and results the handles read.
+    ledger: Ledger,
+    workers: usize,
     stop: AtomicBool,
     timeout: Option<Duration>,
     chunksize: Option<usize>,
@@ -140,7 +147,7 @@ impl Inner {
         let mut con = lock(&self.con);
         for attempt in 0..2 {
             if con.is_none() {
-                *con = Some(envelope::connect(&self.redis, READ_TIMEOUT)?);
+                *con = Some(envelope::connect(&self.redis, READ_TIMEOUT).map_err(broker)?);
             }
             let c = con.as_mut().expect("connected above");
             match f(c) {
@@ -150,16 +157,16 @@ impl Inner {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
                     *con = None;
                     if attempt == 1 || e.is_timeout() {
-                        return Err(e.into());
+                        return Err(broker(e));
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(broker(e)),
             }
         }
-        Err(
-            redis::RedisError::from((redis::ErrorKind::Io, "the connection to Redis was lost"))
-                .into(),
-        )
+        Err(broker(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the connection to Redis was lost",
+        ))))
     }
 
     /// Signs `tasks` into their `XADD`s. The slots of the tasks must exist before the
@@ -195,28 +202,119 @@ impl Inner {
         .into_iter();
         for &(id, attempt) in &s.tasks {
             let entry = entries.next().map_or(Sent::Failed, Sent::Entry);
-            if let Some(Slot::Waiting { task, sent }) = st.slots.get_mut(&id)
-                && task.attempt == attempt
+            if let Some(slot) = st.slots.get_mut(&id)
+                && slot.task.attempt == attempt
             {
-                *sent = entry;
+                slot.sent = entry;
             }
         }
         sent.map(drop)
     }
 
-    /// Fills the slot of task `id` with `outcome` if it still waits (waking the waiters);
-    /// whether it did.
-    fn finish(&self, st: &mut State, id: u64, outcome: TaskOutcome) -> bool {
-        match st.slots.get_mut(&id) {
-            Some(slot @ Slot::Waiting { .. }) => {
-                *slot = Slot::Done(outcome);
-                self.done.notify_all();
-                true
-            }
-            _ => false,
+    /// Takes task `id` out of the waiting ones with `outcome`, if it still waits: what to
+    /// [`settle`](Self::settle) once the lock is released.
+    fn finish(&self, st: &mut State, id: u64, outcome: TaskOutcome) -> Option<Finished> {
+        let slot = st.slots.remove(&id)?;
+        st.settling += 1;
+        let n = slot.task.items.len();
+        let mut items = match outcome {
+            Ok(items) => items,
+            Err(e) => vec![Err(e); n],
+        };
+        items.resize_with(n, || {
+            Err(TaskError::Failed(
+                "the reply holds fewer results than the task's items".into(),
+            ))
+        });
+        items.truncate(n);
+        Some(Finished {
+            job: slot.job,
+            start: slot.start,
+            items,
+        })
+    }
+
+    /// Records finished tasks in the ledger (no lock held: callbacks run here).
+    fn settle(&self, finished: impl IntoIterator<Item = Finished>) {
+        for f in finished {
+            self.ledger.record(f.job, f.start, f.items);
+            lock(&self.state).settling -= 1;
+            self.done.notify_all();
         }
     }
+
+    /// Takes back the waiting tasks `ids` that no worker claimed yet: each one's claim is set
+    /// to `cancelled` (a worker that reads its entry then drops it) and its entry deleted.
+    /// Returns the ones it took back, out of the waiting ones.
+    fn cancel_tasks(&self, ids: &[u64]) -> Vec<Finished> {
+        let targets: Vec<(u64, String, Option<String>, u64)> = {
+            let st = lock(&self.state);
+            ids.iter()
+                .filter_map(|id| {
+                    let slot = st.slots.get(id)?;
+                    let entry = match &slot.sent {
+                        Sent::Entry(e) => Some(e.clone()),
+                        _ => None,
+                    };
+                    let claim = self.keys.claim(&self.client, *id, slot.task.attempt);
+                    Some((*id, claim, entry, slot.task.expires_ms))
+                })
+                .collect()
+        };
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let mut p = redis::pipe();
+        for (_, claim, entry, expires) in &targets {
+            p.cmd("EVAL")
+                .arg(CANCEL)
+                .arg(2)
+                .arg(claim)
+                .arg(&self.keys.tasks)
+                .arg(entry.as_deref().unwrap_or(""))
+                .arg(*expires);
+        }
+        let Ok(taken) = self.with_con(|c| p.query::<Vec<i64>>(c)) else {
+            return Vec::new();
+        };
+        let mut st = lock(&self.state);
+        targets
+            .iter()
+            .zip(taken)
+            .filter(|(_, t)| *t == 1)
+            .filter_map(|((id, ..), _)| self.finish(&mut st, *id, Err(TaskError::Cancelled)))
+            .collect()
+    }
+
+    /// Cancels ledger job `job` if no worker claimed any of its tasks; whether it did.
+    fn cancel_job(&self, job: u64) -> bool {
+        let ids: Vec<u64> = lock(&self.state)
+            .slots
+            .iter()
+            .filter(|(_, s)| s.job == job)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return false;
+        }
+        let cancelled = self.cancel_tasks(&ids);
+        // The tasks taken back fail with `Cancelled`; if some were not, they run, and the
+        // job was not cancelled.
+        let all = cancelled.len() == ids.len();
+        self.settle(cancelled);
+        all
+    }
 }
+
+/// Takes back a task no worker claimed: `KEYS`: its claim, the task stream; `ARGV`: its
+/// entry (or empty), its expiry (ms). 1 if it was taken back.
+const CANCEL: &str = r"
+if redis.call('SET', KEYS[1], 'cancelled', 'NX', 'PXAT', ARGV[2]) then
+  if ARGV[1] ~= '' then redis.call('XDEL', KEYS[2], ARGV[1]) end
+  return 1
+end
+return 0
+";
 
 /// Configures a [`ClusterPool`]: `ClusterPool::builder(url, queue, key).chunksize(64).connect()`.
 #[derive(Debug, Clone)]
@@ -229,9 +327,18 @@ pub struct ClusterPoolBuilder {
     expiry: Duration,
     broker_check: Duration,
     broker_timeout: Duration,
+    workers: usize,
 }
 
 impl ClusterPoolBuilder {
+    /// How many tasks the cluster runs at once, as far as this client knows (default 1):
+    /// [`Executor::workers`](multiproc::Executor::workers), which sizes the chunks of
+    /// `map_progress`. Nothing else depends on it; workers come and go freely.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
     /// Every item may run at most `timeout` on a worker; past it the process running it is
     /// killed and the item fails with [`ClusterError::Timeout`].
     pub fn task_timeout(mut self, timeout: Duration) -> Self {
@@ -291,10 +398,10 @@ impl ClusterPoolBuilder {
                 return Err(ClusterError::Invalid(format!("{name} must not be zero")));
             }
         }
-        let redis = redis::Client::open(self.url.as_str())?;
-        let mut con = envelope::connect(&redis, READ_TIMEOUT)?;
+        let redis = redis::Client::open(self.url.as_str()).map_err(broker)?;
+        let mut con = envelope::connect(&redis, READ_TIMEOUT).map_err(broker)?;
         let keys = Keys::new(&self.queue);
-        envelope::ensure_group(&mut con, &keys)?;
+        envelope::ensure_group(&mut con, &keys).map_err(broker)?;
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| ClusterError::Invalid(e.to_string()))?;
         let client: String = id.iter().map(|b| format!("{b:02x}")).collect();
@@ -306,8 +413,9 @@ impl ClusterPoolBuilder {
             .arg("*")
             .arg(WAKE)
             .arg(0)
-            .query::<()>(&mut con)?;
-        let reader_con = envelope::connect(&redis, BLOCK + READ_TIMEOUT)?;
+            .query::<()>(&mut con)
+            .map_err(broker)?;
+        let reader_con = envelope::connect(&redis, BLOCK + READ_TIMEOUT).map_err(broker)?;
         let inner = Arc::new(Inner {
             keys,
             client,
@@ -316,6 +424,8 @@ impl ClusterPoolBuilder {
             con: Mutex::new(None),
             state: Mutex::new(State::default()),
             done: Condvar::new(),
+            ledger: Ledger::new(),
+            workers: self.workers,
             stop: AtomicBool::new(false),
             timeout: self.timeout,
             chunksize: self.chunksize,
@@ -327,8 +437,12 @@ impl ClusterPoolBuilder {
             duplicates: AtomicU64::new(0),
             resubmitted: AtomicU64::new(0),
         });
-        inner.sync_clock(&mut con)?;
+        inner.sync_clock(&mut con).map_err(broker)?;
         *lock(&inner.con) = Some(con);
+        let weak = Arc::downgrade(&inner);
+        inner
+            .ledger
+            .set_canceller(move |job| weak.upgrade().is_some_and(|i| i.cancel_job(job)));
         // The pool first: if a thread cannot start, its drop stops the one already started.
         let mut pool = ClusterPool {
             inner,
@@ -399,6 +513,7 @@ impl ClusterPool {
             expiry: DEFAULT_EXPIRY,
             broker_check: DEFAULT_BROKER_CHECK,
             broker_timeout: DEFAULT_BROKER_TIMEOUT,
+            workers: 1,
         }
     }
 
@@ -426,25 +541,32 @@ impl ClusterPool {
         self.inner.resubmitted.load(Ordering::Relaxed)
     }
 
-    /// Submits `items` (encoded) of `function` in chunks; the task ids.
+    /// Submits `items` (encoded) of `function` in chunks as one ledger job; the job.
     fn submit(
         &self,
         function: &str,
         items: Vec<Vec<u8>>,
         chunksize: usize,
-    ) -> Result<Vec<u64>, ClusterError> {
+    ) -> Result<u64, ClusterError> {
+        if chunksize == 0 {
+            return Err(ClusterError::Invalid("chunksize must be at least 1".into()));
+        }
         let inner = &self.inner;
+        let n = items.len();
         let mut tasks = Vec::new();
-        let sending = {
+        let (job, sending) = {
             let mut st = lock(&inner.state);
             if st.closed {
                 return Err(ClusterError::Closed);
             }
+            let job = inner.ledger.open(n)?;
             let expires_ms = inner.broker_now() + inner.expiry.as_millis() as u64;
             let mut items = items.into_iter().peekable();
+            let mut starts = Vec::new();
+            let mut start = 0;
             while items.peek().is_some() {
                 st.next += 1;
-                tasks.push(Task {
+                let task = Task {
                     client: inner.client.clone(),
                     queue: inner.keys.queue.clone(),
                     id: st.next,
@@ -453,24 +575,52 @@ impl ClusterPool {
                     function: function.to_string(),
                     items: items.by_ref().take(chunksize).map(ByteBuf::from).collect(),
                     timeout_ms: inner.timeout.map(|t| t.as_millis() as u64),
-                });
+                };
+                starts.push(start);
+                start += task.items.len();
+                tasks.push(task);
             }
-            let sending = inner.seal(&tasks)?;
-            for task in tasks {
+            if tasks.is_empty() {
+                return Ok(job);
+            }
+            let sending = match inner.seal(&tasks) {
+                Ok(s) => s,
+                Err(e) => {
+                    drop(st);
+                    self.abandon(job, n, e.clone());
+                    return Err(e);
+                }
+            };
+            for (task, start) in tasks.into_iter().zip(starts) {
                 let sent = Sent::Sending;
-                st.slots.insert(task.id, Slot::Waiting { task, sent });
+                st.slots.insert(
+                    task.id,
+                    Slot {
+                        task,
+                        sent,
+                        job,
+                        start,
+                    },
+                );
             }
-            sending
+            (job, sending)
         };
-        let ids: Vec<u64> = sending.tasks.iter().map(|t| t.0).collect();
         if let Err(e) = inner.go(&sending, false) {
             let mut st = lock(&inner.state);
-            for id in &ids {
+            for (id, _) in &sending.tasks {
                 st.slots.remove(id);
             }
+            drop(st);
+            self.abandon(job, n, e.clone());
             return Err(e);
         }
-        Ok(ids)
+        Ok(job)
+    }
+
+    /// A job whose submission failed: nobody gets its handle.
+    fn abandon(&self, job: u64, n: usize, e: ClusterError) {
+        self.inner.ledger.record(job, 0, vec![Err(e); n]);
+        drop(self.inner.ledger.map_result::<()>(job));
     }
 
     fn encode<A: Serialize>(
@@ -498,16 +648,16 @@ impl ClusterPool {
         &self,
         f: &F,
         args: F::Args,
-    ) -> Result<ClusterResult<F::Output>, ClusterError> {
-        let ids = self.submit(f.registered_name(), Self::encode([args])?, 1)?;
-        Ok(ClusterResult::new(self.inner.clone(), ids))
+    ) -> Result<AsyncResult<F::Output>, ClusterError> {
+        let job = self.submit(f.registered_name(), Self::encode([args])?, 1)?;
+        Ok(self.inner.ledger.async_result(job))
     }
 
     /// `f` over every item, in order; the first failing item's error is returned.
     pub fn map<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<Vec<F::Output>, ClusterError> {
         self.map_async(f, items)?.get()
     }
@@ -516,26 +666,33 @@ impl ClusterPool {
     pub fn map_chunked<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
         chunksize: usize,
     ) -> Result<Vec<F::Output>, ClusterError> {
-        if chunksize == 0 {
-            return Err(ClusterError::Invalid("chunksize must be at least 1".into()));
-        }
-        let ids = self.submit(f.registered_name(), Self::encode(items)?, chunksize)?;
-        ClusterMapResult::new(self.inner.clone(), ids).get()
+        self.map_async_chunked(f, items, chunksize)?.get()
+    }
+
+    /// [`map_async`](Self::map_async) with `chunksize` items per task.
+    pub fn map_async_chunked<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+        chunksize: usize,
+    ) -> Result<MapResult<F::Output>, ClusterError> {
+        let job = self.submit(f.registered_name(), Self::encode(items)?, chunksize)?;
+        Ok(self.inner.ledger.map_result(job))
     }
 
     /// [`map`](Self::map) without waiting.
     pub fn map_async<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
-    ) -> Result<ClusterMapResult<F::Output>, ClusterError> {
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+    ) -> Result<MapResult<F::Output>, ClusterError> {
         let encoded = Self::encode(items)?;
         let chunksize = self.default_chunksize(encoded.len());
-        let ids = self.submit(f.registered_name(), encoded, chunksize)?;
-        Ok(ClusterMapResult::new(self.inner.clone(), ids))
+        let job = self.submit(f.registered_name(), encoded, chunksize)?;
+        Ok(self.inner.ledger.map_result(job))
     }
 
     /// [`map`](Self::map) with a progress bar (the `progress` feature).
@@ -544,9 +701,9 @@ impl ClusterPool {
     pub fn map_progress<F: Func<M>, M>(
         &self,
         f: &F,
-        items: impl IntoIterator<Item = F::Args>,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
     ) -> Result<Vec<F::Output>, ClusterError> {
-        let items: Vec<F::Args> = items.into_iter().collect();
+        let items: Vec<_> = items.into_iter().collect();
         let n = items.len();
         let chunksize = self.default_chunksize(n);
         let bar = indicatif::ProgressBar::new(n as u64);
@@ -561,26 +718,61 @@ impl ClusterPool {
 
     /// Results of `f` over `items` in order, lazily: chunks are submitted as the results are
     /// consumed (a bounded window ahead), so an endless input works.
-    pub fn imap<F: Func<M>, M, I: IntoIterator<Item = F::Args>>(
+    pub fn imap<F: Func<M>, M, I: IntoIterator<Item: AsArg<F::Args>>>(
         &self,
         f: &F,
         items: I,
-    ) -> ClusterImap<'_, F::Args, F::Output, I::IntoIter> {
+    ) -> ClusterImap<'_, F::Output, I::IntoIter> {
         ClusterImap::new(self, f.registered_name(), items.into_iter(), true)
     }
 
     /// As [`imap`](Self::imap), results in the order they complete.
-    pub fn imap_unordered<F: Func<M>, M, I: IntoIterator<Item = F::Args>>(
+    pub fn imap_unordered<F: Func<M>, M, I: IntoIterator<Item: AsArg<F::Args>>>(
         &self,
         f: &F,
         items: I,
-    ) -> ClusterImap<'_, F::Args, F::Output, I::IntoIter> {
+    ) -> ClusterImap<'_, F::Output, I::IntoIter> {
         ClusterImap::new(self, f.registered_name(), items.into_iter(), false)
     }
 
     /// No more submissions; tasks already submitted go on.
     pub fn close(&self) {
         lock(&self.inner.state).closed = true;
+        self.inner.ledger.close();
+    }
+
+    /// Fails every waiting task that no worker claimed yet with [`ClusterError::Cancelled`]
+    /// (a worker that reads its entry drops it); the others go on.
+    pub fn cancel_pending(&self) {
+        let ids: Vec<u64> = lock(&self.inner.state).slots.keys().copied().collect();
+        let cancelled = self.inner.cancel_tasks(&ids);
+        self.inner.settle(cancelled);
+    }
+
+    /// No more submissions; the waiting tasks no worker claimed are taken back, and every
+    /// waiting task fails with [`ClusterError::Terminated`] now. Tasks that workers run go on
+    /// there: their replies are dropped.
+    pub fn terminate(&self) {
+        self.close();
+        let ids: Vec<u64> = lock(&self.inner.state).slots.keys().copied().collect();
+        let cancelled = self.inner.cancel_tasks(&ids);
+        let rest: Vec<Finished> = {
+            let mut st = lock(&self.inner.state);
+            let ids: Vec<u64> = st.slots.keys().copied().collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    self.inner
+                        .finish(&mut st, id, Err(ClusterError::Terminated))
+                })
+                .collect()
+        };
+        // Taken back or not, they end as terminated (as on a local pool).
+        for mut f in cancelled.into_iter().chain(rest) {
+            f.items
+                .iter_mut()
+                .for_each(|r| *r = Err(ClusterError::Terminated));
+            self.inner.settle([f]);
+        }
     }
 
     /// Waits until every submitted task has its result.
@@ -623,6 +815,15 @@ impl Drop for ClusterPool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // No reply will be read any more: the waiting tasks fail, as on a dropped local pool.
+        let ended: Vec<Finished> = {
+            let mut st = lock(&inner.state);
+            let ids: Vec<u64> = st.slots.keys().copied().collect();
+            ids.into_iter()
+                .filter_map(|id| inner.finish(&mut st, id, Err(ClusterError::Terminated)))
+                .collect()
+        };
+        inner.settle(ended);
         let _ = inner.with_con(|con| redis::cmd("DEL").arg(&replies).query::<()>(con));
     }
 }
@@ -720,9 +921,13 @@ fn deliver(
                 .collect()
         })
         .map_err(ClusterError::from);
-    // Already answered (the task ran twice), or taken and forgotten: a duplicate.
-    if !inner.finish(&mut lock(&inner.state), task, outcome) {
-        inner.duplicates.fetch_add(1, Ordering::Relaxed);
+    // Already answered (the task ran twice), or cancelled or terminated: a duplicate.
+    let finished = inner.finish(&mut lock(&inner.state), task, outcome);
+    match finished {
+        Some(f) => inner.settle([f]),
+        None => {
+            inner.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -755,18 +960,17 @@ fn check_broker(inner: &Inner) {
         let waiting: Vec<Waiting> = lock(&inner.state)
             .slots
             .iter()
-            .filter_map(|(&id, slot)| match slot {
-                Slot::Waiting { task, sent } => Some(Waiting {
+            .filter_map(|(&id, slot)| {
+                Some(Waiting {
                     id,
-                    attempt: task.attempt,
-                    expires_ms: task.expires_ms,
-                    entry: match sent {
+                    attempt: slot.task.attempt,
+                    expires_ms: slot.task.expires_ms,
+                    entry: match &slot.sent {
                         Sent::Sending => return None,
                         Sent::Entry(e) => Some(e.clone()),
                         Sent::Failed => None,
                     },
-                }),
-                Slot::Done(_) => None,
+                })
             })
             .collect();
         if waiting.is_empty() {
@@ -785,10 +989,17 @@ fn check_broker(inner: &Inner) {
                         "unreachable for {:?} while tasks waited: {e}",
                         inner.broker_timeout
                     );
-                    let mut st = lock(&inner.state);
-                    for w in &waiting {
-                        inner.finish(&mut st, w.id, Err(ClusterError::BrokerLost(why.clone())));
-                    }
+                    let lost: Vec<Finished> = {
+                        let mut st = lock(&inner.state);
+                        waiting
+                            .iter()
+                            .filter_map(|w| {
+                                let e = ClusterError::BrokerLost(why.clone());
+                                inner.finish(&mut st, w.id, Err(e))
+                            })
+                            .collect()
+                    };
+                    inner.settle(lost);
                 }
             }
         }
@@ -803,7 +1014,7 @@ fn inspect(
 ) -> Result<Vec<Verdict>, ClusterError> {
     let c = match con {
         Some(c) => c,
-        None => con.insert(envelope::connect(&inner.redis, READ_TIMEOUT)?),
+        None => con.insert(envelope::connect(&inner.redis, READ_TIMEOUT).map_err(broker)?),
     };
     let mut verdicts = Vec::with_capacity(waiting.len());
     for batch in waiting.chunks(CHECK_BATCH) {
@@ -821,7 +1032,7 @@ fn inspect(
                 .arg(inner.keys.claim(&inner.client, w.id, w.attempt));
         }
         p.cmd("TIME");
-        let mut answers: Vec<redis::Value> = p.query(c)?;
+        let mut answers: Vec<redis::Value> = p.query(c).map_err(broker)?;
         let now = match answers.pop() {
             Some(redis::Value::Array(t)) if t.len() == 2 => {
                 let n = |v: &redis::Value| -> u64 {
@@ -834,7 +1045,7 @@ fn inspect(
             }
             _ => {
                 let e = (redis::ErrorKind::UnexpectedReturnType, "TIME gave no time");
-                return Err(redis::RedisError::from(e).into());
+                return Err(broker(redis::RedisError::from(e)));
             }
         };
         for (w, pair) in batch.iter().zip(answers.chunks(2)) {
@@ -857,6 +1068,7 @@ fn inspect(
 /// Fails the expired tasks of `waiting` and submits the lost ones again (a new submission:
 /// the next attempt, a new expiry).
 fn act(inner: &Inner, waiting: &[Waiting], verdicts: &[Verdict]) {
+    let mut finished = Vec::new();
     let sending = {
         let mut st = lock(&inner.state);
         let mut again = Vec::new();
@@ -865,36 +1077,38 @@ fn act(inner: &Inner, waiting: &[Waiting], verdicts: &[Verdict]) {
             match v {
                 Verdict::Held => {}
                 Verdict::Expired => {
-                    inner.finish(&mut st, w.id, Err(ClusterError::Expired(inner.expiry)));
+                    let e = ClusterError::Expired(inner.expiry);
+                    finished.extend(inner.finish(&mut st, w.id, Err(e)));
                 }
                 Verdict::Lost => {
-                    if let Some(Slot::Waiting { task, sent }) = st.slots.get_mut(&w.id)
-                        && task.attempt == w.attempt
+                    if let Some(slot) = st.slots.get_mut(&w.id)
+                        && slot.task.attempt == w.attempt
                     {
-                        task.attempt += 1;
-                        task.expires_ms = expires_ms;
-                        *sent = Sent::Sending;
+                        slot.task.attempt += 1;
+                        slot.task.expires_ms = expires_ms;
+                        slot.sent = Sent::Sending;
                         again.push(w.id);
                     }
                 }
             }
         }
-        if again.is_empty() {
-            return;
-        }
-        let tasks = again.iter().filter_map(|id| match st.slots.get(id) {
-            Some(Slot::Waiting { task, .. }) => Some(task),
-            _ => None,
-        });
+        let tasks = again
+            .iter()
+            .filter_map(|id| st.slots.get(id).map(|s| &s.task));
         match inner.seal(tasks) {
-            Ok(s) => s,
+            _ if again.is_empty() => None,
+            Ok(s) => Some(s),
             Err(e) => {
                 for id in again {
-                    inner.finish(&mut st, id, Err(e.clone()));
+                    finished.extend(inner.finish(&mut st, id, Err(e.clone())));
                 }
-                return;
+                None
             }
         }
+    };
+    inner.settle(finished);
+    let Some(sending) = sending else {
+        return;
     };
     let n = sending.tasks.len() as u64;
     eprintln!("multiproc-cluster: the broker lost {n} waiting tasks: submitted again");
@@ -902,197 +1116,24 @@ fn act(inner: &Inner, waiting: &[Waiting], verdicts: &[Verdict]) {
     let _ = inner.go(&sending, true);
 }
 
-/// Waits for task `id` and takes its outcome.
-fn take(inner: &Inner, id: u64, deadline: Option<Instant>) -> Option<TaskOutcome> {
-    let mut st = lock(&inner.state);
-    loop {
-        match st.slots.get(&id) {
-            Some(Slot::Done(_)) => return st.slots.remove(&id).map(Slot::outcome),
-            None => return Some(Err(taken())),
-            Some(Slot::Waiting { .. }) => {}
-        }
-        match deadline {
-            None => st = inner.done.wait(st).unwrap_or_else(PoisonError::into_inner),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return None;
-                }
-                st = inner
-                    .done
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
-    }
-}
-
-impl Slot {
-    /// The outcome of a finished slot.
-    fn outcome(self) -> TaskOutcome {
-        match self {
-            Slot::Done(outcome) => outcome,
-            Slot::Waiting { .. } => Err(ClusterError::Invalid("the result is not in".into())),
-        }
-    }
-}
-
-fn taken() -> ClusterError {
-    ClusterError::Invalid("the result was already taken".into())
-}
-
-fn decode<R: DeserializeOwned>(item: Result<Vec<u8>, ClusterError>) -> Result<R, ClusterError> {
-    Ok(multiproc::codec::decode(&item?)?)
-}
-
-/// The tasks of one submission, and how to collect their items.
-struct Pending {
-    inner: Arc<Inner>,
-    tasks: Vec<u64>,
-}
-
-impl Pending {
-    fn ready(&self) -> bool {
-        let st = lock(&self.inner.state);
-        self.tasks.iter().all(|&t| st.finished(t))
-    }
-
-    /// Every item's own result, in order, waiting at most until `deadline`.
-    fn items(
-        &self,
-        deadline: Option<Instant>,
-        timeout: Duration,
-    ) -> Result<Vec<Result<Vec<u8>, ClusterError>>, ClusterError> {
-        let mut all = Vec::new();
-        for &t in &self.tasks {
-            match take(&self.inner, t, deadline) {
-                None => return Err(TimedOut(timeout).into()),
-                Some(Ok(items)) => all.extend(items),
-                Some(Err(e)) => all.push(Err(e)),
-            }
-        }
-        Ok(all)
-    }
-}
-
-/// The pending result of [`apply_async`](ClusterPool::apply_async).
-pub struct ClusterResult<R> {
-    pending: Pending,
-    _r: PhantomData<fn() -> R>,
-}
-
-impl<R> std::fmt::Debug for ClusterResult<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterResult")
-            .field("tasks", &self.pending.tasks)
-            .finish()
-    }
-}
-
-impl<R: DeserializeOwned> ClusterResult<R> {
-    fn new(inner: Arc<Inner>, tasks: Vec<u64>) -> Self {
-        ClusterResult {
-            pending: Pending { inner, tasks },
-            _r: PhantomData,
-        }
-    }
-
-    /// Whether the result is in.
-    pub fn ready(&self) -> bool {
-        self.pending.ready()
-    }
-
-    /// Waits for the result.
-    pub fn get(self) -> Result<R, ClusterError> {
-        self.one(None, Duration::ZERO)
-    }
-
-    /// Waits at most `timeout` ([`ClusterError::WaitTimeout`] after; the task goes on).
-    pub fn get_timeout(self, timeout: Duration) -> Result<R, ClusterError> {
-        self.one(Some(Instant::now() + timeout), timeout)
-    }
-
-    fn one(&self, deadline: Option<Instant>, timeout: Duration) -> Result<R, ClusterError> {
-        self.pending
-            .items(deadline, timeout)?
-            .into_iter()
-            .next()
-            .map(decode)
-            .unwrap_or_else(|| Err(ClusterError::Invalid("no result".into())))
-    }
-}
-
-/// The pending results of [`map_async`](ClusterPool::map_async).
-pub struct ClusterMapResult<R> {
-    pending: Pending,
-    _r: PhantomData<fn() -> R>,
-}
-
-impl<R> std::fmt::Debug for ClusterMapResult<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterMapResult")
-            .field("tasks", &self.pending.tasks)
-            .finish()
-    }
-}
-
-impl<R: DeserializeOwned> ClusterMapResult<R> {
-    fn new(inner: Arc<Inner>, tasks: Vec<u64>) -> Self {
-        ClusterMapResult {
-            pending: Pending { inner, tasks },
-            _r: PhantomData,
-        }
-    }
-
-    /// Whether every result is in.
-    pub fn ready(&self) -> bool {
-        self.pending.ready()
-    }
-
-    /// Waits for every item; the first failing item's error is returned.
-    pub fn get(self) -> Result<Vec<R>, ClusterError> {
-        self.pending
-            .items(None, Duration::ZERO)?
-            .into_iter()
-            .map(decode)
-            .collect()
-    }
-
-    /// [`get`](Self::get), waiting at most `timeout`.
-    pub fn get_timeout(self, timeout: Duration) -> Result<Vec<R>, ClusterError> {
-        self.pending
-            .items(Some(Instant::now() + timeout), timeout)?
-            .into_iter()
-            .map(decode)
-            .collect()
-    }
-
-    /// Every item's own result, in order.
-    pub fn get_each(self) -> Vec<Result<R, ClusterError>> {
-        match self.pending.items(None, Duration::ZERO) {
-            Ok(items) => items.into_iter().map(decode).collect(),
-            Err(e) => vec![Err(e)],
-        }
-    }
-}
-
-/// Lazy results of [`imap`](ClusterPool::imap)/[`imap_unordered`](ClusterPool::imap_unordered).
-pub struct ClusterImap<'a, A, R, I> {
+/// Lazy results of [`imap`](ClusterPool::imap)/[`imap_unordered`](ClusterPool::imap_unordered):
+/// each item is that task's own result. Chunks are submitted as the results are consumed
+/// (a bounded window ahead), so an endless input works; dropping the iterator leaves the
+/// submitted chunks to run.
+pub struct ClusterImap<'a, R, I> {
     pool: &'a ClusterPool,
     function: &'static str,
     items: I,
     ordered: bool,
     chunksize: usize,
-    /// Submitted tasks, oldest first.
-    inflight: VecDeque<u64>,
+    /// Submitted chunks (a ledger job each), oldest first.
+    inflight: VecDeque<(u64, MapResult<R>)>,
     /// Results ready to hand out.
     ready: VecDeque<Result<R, ClusterError>>,
     failed: bool,
-    _a: PhantomData<fn(A)>,
 }
 
-impl<A, R, I> std::fmt::Debug for ClusterImap<'_, A, R, I> {
+impl<R, I> std::fmt::Debug for ClusterImap<'_, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterImap")
             .field("function", &self.function)
@@ -1101,7 +1142,7 @@ impl<A, R, I> std::fmt::Debug for ClusterImap<'_, A, R, I> {
     }
 }
 
-impl<'a, A: Serialize, R: DeserializeOwned, I: Iterator<Item = A>> ClusterImap<'a, A, R, I> {
+impl<'a, R: DeserializeOwned, I: Iterator<Item: Serialize>> ClusterImap<'a, R, I> {
     fn new(pool: &'a ClusterPool, function: &'static str, items: I, ordered: bool) -> Self {
         ClusterImap {
             pool,
@@ -1112,42 +1153,33 @@ impl<'a, A: Serialize, R: DeserializeOwned, I: Iterator<Item = A>> ClusterImap<'
             inflight: VecDeque::new(),
             ready: VecDeque::new(),
             failed: false,
-            _a: PhantomData,
         }
     }
 
-    /// Items per task (default 1).
+    /// Items per task (default 1; 0 is an error, reported by the first `next`).
     pub fn chunksize(mut self, n: usize) -> Self {
-        self.chunksize = n.max(1);
+        self.chunksize = n;
         self
     }
 
     /// Keeps the window of submitted chunks full.
     fn refill(&mut self) -> Result<(), ClusterError> {
         while self.inflight.len() < IMAP_WINDOW {
-            let chunk: Vec<A> = self.items.by_ref().take(self.chunksize).collect();
+            let chunk: Vec<I::Item> = self.items.by_ref().take(self.chunksize.max(1)).collect();
             if chunk.is_empty() {
                 break;
             }
-            let ids =
+            let job =
                 self.pool
                     .submit(self.function, ClusterPool::encode(chunk)?, self.chunksize)?;
-            self.inflight.extend(ids);
+            let handle = self.pool.inner.ledger.map_result(job);
+            self.inflight.push_back((job, handle));
         }
         Ok(())
     }
-
-    fn accept(&mut self, outcome: TaskOutcome) {
-        match outcome {
-            Ok(items) => self.ready.extend(items.into_iter().map(decode)),
-            Err(e) => self.ready.push_back(Err(e)),
-        }
-    }
 }
 
-impl<A: Serialize, R: DeserializeOwned, I: Iterator<Item = A>> Iterator
-    for ClusterImap<'_, A, R, I>
-{
+impl<R: DeserializeOwned, I: Iterator<Item: Serialize>> Iterator for ClusterImap<'_, R, I> {
     type Item = Result<R, ClusterError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -1160,34 +1192,96 @@ impl<A: Serialize, R: DeserializeOwned, I: Iterator<Item = A>> Iterator
             }
             if let Err(e) = self.refill() {
                 self.failed = true;
-                return Some(Err(e));
+                self.ready.push_back(Err(e));
+                continue;
             }
             if self.inflight.is_empty() {
                 return None;
             }
-            let inner = &self.pool.inner;
-            if self.ordered {
-                let id = self.inflight.pop_front()?;
-                let outcome = take(inner, id, None)?;
-                self.accept(outcome);
-            } else {
-                // The first of the in-flight tasks to complete.
-                let mut st = lock(&inner.state);
-                loop {
-                    let done = self.inflight.iter().position(|&t| st.finished(t));
-                    if let Some(i) = done {
-                        let id = self.inflight.remove(i)?;
-                        let outcome = st
-                            .slots
-                            .remove(&id)
-                            .map_or_else(|| Err(taken()), Slot::outcome);
-                        drop(st);
-                        self.accept(outcome);
-                        break;
-                    }
-                    st = inner.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+            let i = match self.ordered {
+                true => 0,
+                false => {
+                    let jobs: Vec<u64> = self.inflight.iter().map(|j| j.0).collect();
+                    self.pool.inner.ledger.wait_any(&jobs, None)?
                 }
-            }
+            };
+            let (_, handle) = self.inflight.remove(i)?;
+            self.ready.extend(handle.get_each());
         }
+    }
+}
+
+/// The cluster as an [`Executor`](multiproc::Executor): the same code as on a local pool.
+/// What differs: a task may run on any machine that runs a worker of the queue (a binary with
+/// the same registered functions); a round trip goes through the broker (milliseconds, not
+/// microseconds); [`TaskError::WorkerDied`] does not reach the client (a task that kills its
+/// worker is tried again, then dead-lettered: [`TaskError::DeadLetter`]), while
+/// [`TaskError::Expired`], [`TaskError::BrokerLost`] and [`TaskError::Broker`] can occur;
+/// [`cancel`](multiproc::AsyncResult::cancel) takes a task back until a worker claims it;
+/// `join` waits for the results of the submitted tasks (the workers go on serving).
+impl multiproc::Executor for ClusterPool {
+    type Imap<'a, R, I>
+        = ClusterImap<'a, R, I>
+    where
+        R: DeserializeOwned,
+        I: Iterator<Item: Serialize>;
+
+    fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    fn apply_async<F: Func<M>, M>(
+        &self,
+        f: &F,
+        args: F::Args,
+    ) -> Result<AsyncResult<F::Output>, TaskError> {
+        ClusterPool::apply_async(self, f, args)
+    }
+
+    fn map_async<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+    ) -> Result<MapResult<F::Output>, TaskError> {
+        ClusterPool::map_async(self, f, items)
+    }
+
+    fn map_async_chunked<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+        chunksize: usize,
+    ) -> Result<MapResult<F::Output>, TaskError> {
+        ClusterPool::map_async_chunked(self, f, items, chunksize)
+    }
+
+    fn imap_chunked<F: Func<M>, M, I>(
+        &self,
+        f: &F,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> ClusterImap<'_, F::Output, I::IntoIter>
+    where
+        I: IntoIterator<Item: AsArg<F::Args>>,
+    {
+        ClusterImap::new(self, f.registered_name(), items.into_iter(), ordered).chunksize(chunksize)
+    }
+
+    fn close(&self) {
+        ClusterPool::close(self)
+    }
+
+    fn terminate(&self) {
+        ClusterPool::terminate(self)
+    }
+
+    fn join(&self) -> Result<(), TaskError> {
+        ClusterPool::join(self);
+        Ok(())
+    }
+
+    fn cancel_pending(&self) {
+        ClusterPool::cancel_pending(self)
     }
 }

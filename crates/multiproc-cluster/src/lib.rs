@@ -56,8 +56,14 @@ mod error;
 mod status;
 mod worker;
 
-pub use client::{ClusterImap, ClusterMapResult, ClusterPool, ClusterPoolBuilder, ClusterResult};
+pub use client::{ClusterImap, ClusterPool, ClusterPoolBuilder};
 pub use error::ClusterError;
+pub use multiproc::TaskError;
+
+/// The handle of [`ClusterPool::apply_async`]: the one every executor returns.
+pub type ClusterResult<R> = multiproc::AsyncResult<R>;
+/// The handle of [`ClusterPool::map_async`]: the one every executor returns.
+pub type ClusterMapResult<R> = multiproc::MapResult<R>;
 pub use status::{QueueStatus, WorkerStatus, status};
 pub use worker::{WorkerOptions, run_worker, run_worker_if_requested, worker_main};
 

@@ -55,6 +55,10 @@ fn text(v: &redis::Value) -> Option<String> {
 
 /// Reads the state of queue `queue` on the Redis at `url`.
 pub fn status(url: &str, queue: &str) -> Result<QueueStatus, ClusterError> {
+    read_status(url, queue).map_err(crate::error::broker)
+}
+
+fn read_status(url: &str, queue: &str) -> redis::RedisResult<QueueStatus> {
     let keys = Keys::new(queue);
     let mut con = redis::Client::open(url)?.get_connection()?;
     let ids: Vec<String> = redis::cmd("SMEMBERS").arg(&keys.workers).query(&mut con)?;

@@ -26,7 +26,7 @@ use multiproc::{Pool, PoolError};
 use serde_bytes::ByteBuf;
 
 use crate::envelope::{self, Entry, GROUP, Keys, Kind, PAYLOAD, Reply, ReplyBody, SIGNATURE, Task};
-use crate::error::{ClusterError, TaskFailure};
+use crate::error::{ClusterError, TaskFailure, broker};
 
 /// How long a worker's heartbeat record lives without renewal.
 const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
@@ -54,7 +54,8 @@ const REPLY_PATIENCE: Duration = Duration::from_secs(300);
 ///   renewing it): on `retake`, `run` when the claim names this entry (a genuine
 ///   redelivery, even past the expiry: the task started in time); else `expired` past the
 ///   expiry, `run` when the task is unclaimed (the claim now names this entry), `done` when
-///   it ran, `replay` when another entry runs it (or this entry was added again).
+///   it ran, `replay` when another entry runs it (or this entry was added again),
+///   `cancelled` when its client cancelled it first (the claim holds `cancelled`).
 /// - `renew`: keeps this entry's claim alive while it runs (two leases past the last
 ///   renewal, and at least until the expiry).
 /// - `done`: marks the claim done; it stays until the expiry, and two leases at least, so
@@ -77,6 +78,7 @@ if mode == 'retake' and held == run then
   redis.call('PEXPIREAT', KEYS[1], keep)
   return 'run'
 end
+if held == 'cancelled' then return 'cancelled' end
 if now >= expires then return 'expired' end
 if not held then
   redis.call('SET', KEYS[1], run, 'PXAT', keep)
@@ -257,9 +259,9 @@ impl Shared {
 /// Runs a worker until `stop` is set (never, without one). Returns an error only when it
 /// cannot start (no Redis at first, no local pool).
 pub fn run_worker(opts: &WorkerOptions, stop: Option<Arc<AtomicBool>>) -> Result<(), ClusterError> {
-    let redis = redis::Client::open(opts.url.as_str())?;
+    let redis = redis::Client::open(opts.url.as_str()).map_err(broker)?;
     let keys = Keys::new(&opts.queue);
-    envelope::ensure_group(&mut redis.get_connection()?, &keys)?;
+    envelope::ensure_group(&mut redis.get_connection().map_err(broker)?, &keys).map_err(broker)?;
     let pool = Pool::builder()
         .processes(opts.processes)
         .build()
@@ -441,6 +443,14 @@ fn run_entry(shared: &Shared, link: &mut Link<'_>, consumer: &str, entry: Entry,
     let verdict = link.run(|c| claim(shared, &held, mode).query::<String>(c));
     match verdict.as_deref() {
         Some("run") => {}
+        Some("cancelled") => {
+            // Its client cancelled it before any worker claimed it: retired unanswered (the
+            // client failed it already).
+            let mut p = redis::pipe();
+            acknowledge(&mut p, keys, &id);
+            link.run(|c| p.query::<()>(c));
+            return;
+        }
         Some("expired") => {
             let why = "expired: no worker started it before its expiry";
             refuse(shared, link, consumer, &entry, Some(&task), why);
@@ -660,6 +670,13 @@ fn run_items(shared: &Shared, task: &Task) -> Result<Vec<Result<ByteBuf, TaskFai
             Err(PoolError::Panicked(m)) => Err(TaskFailure::Panicked(m)),
             Err(PoolError::Timeout(t)) => Err(TaskFailure::Timeout(t.as_millis() as u64)),
             Err(PoolError::NotRegistered(n)) => Err(TaskFailure::NotRegistered(n.0)),
+            Err(PoolError::Codec(c)) => Err(TaskFailure::Codec {
+                encode: matches!(c, multiproc::CodecError::Encode(_)),
+                message: match c {
+                    multiproc::CodecError::Encode(m) | multiproc::CodecError::Decode(m) => m,
+                    other => other.to_string(),
+                },
+            }),
             Err(e) => Err(TaskFailure::Failed(e.to_string())),
         });
     }

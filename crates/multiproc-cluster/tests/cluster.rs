@@ -4,6 +4,8 @@
 
 #[path = "../../multiproc/tests/common/mod.rs"]
 mod common;
+#[path = "../../multiproc/tests/executors/mod.rs"]
+mod executors;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -512,11 +514,16 @@ fn redis_auth_and_acl_users_come_with_the_url() {
     ] {
         let err = ClusterPool::connect(&bad, "acl", KEY).unwrap_err();
         // Redis's own error is kept as the cause: its kind tells a refused AUTH apart.
-        let ClusterError::Redis(cause) = &err else {
+        let ClusterError::Broker(cause) = &err else {
             panic!("{err:?}")
         };
-        let source = std::error::Error::source(&err).expect("the cause is kept");
-        assert!(source.is::<std::sync::Arc<redis::RedisError>>());
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the cause is kept"
+        );
+        let cause = cause
+            .downcast_ref::<redis::RedisError>()
+            .expect("Redis's own error");
         assert!(
             cause.code() == Some("NOAUTH")
                 || cause.code() == Some("WRONGPASS")
@@ -1134,5 +1141,96 @@ fn a_worker_host_cut_off_mid_map_is_taken_over_and_its_late_replies_are_duplicat
     );
     for mut w in [w1, w2] {
         assert!(w.0.try_wait().unwrap().is_none(), "a worker ended");
+    }
+}
+
+/// A cluster for the executor checks: its own Redis, two workers of two processes each (four
+/// tasks at once), and a client that knows it. Dropped client first, then the workers, then
+/// Redis.
+struct Cluster {
+    pool: ClusterPool,
+    _workers: Vec<Worker>,
+    _redis: Redis,
+}
+
+fn cluster(
+    extra: &str,
+    build: impl FnOnce(multiproc_cluster::ClusterPoolBuilder) -> multiproc_cluster::ClusterPoolBuilder,
+) -> Option<Cluster> {
+    if !redis_available() {
+        return None;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let workers: Vec<Worker> = (0..2).map(|_| Worker::start(&url, "ex", extra)).collect();
+    wait_for("2 workers", || {
+        status(&url, "ex").is_ok_and(|s| s.workers.len() == 2)
+    });
+    let pool = build(ClusterPool::builder(&url, "ex", KEY).workers(4))
+        .connect()
+        .unwrap();
+    Some(Cluster {
+        pool,
+        _workers: workers,
+        _redis: redis,
+    })
+}
+
+/// The executor checks every local executor passes (`multiproc/tests/executors`), on the
+/// cluster: the same calls, results and error kinds.
+mod executor {
+    use super::*;
+    use executors::Backend;
+
+    fn run(extra: &str, check: impl FnOnce(&ClusterPool)) {
+        if let Some(c) = cluster(extra, |b| b) {
+            check(&c.pool);
+        }
+    }
+
+    #[multiproc::test]
+    fn same_results() {
+        run("", executors::same_results);
+    }
+    #[multiproc::test]
+    fn panicking_task() {
+        run("", executors::panicking_task);
+    }
+    #[multiproc::test]
+    fn dying_worker() {
+        run("--max-tries 2", |p| {
+            executors::dying_worker(p, Backend::Cluster)
+        });
+    }
+    #[multiproc::test]
+    fn task_timeout() {
+        let timeout = Duration::from_millis(500);
+        if let Some(c) = cluster("", |b| b.task_timeout(timeout)) {
+            executors::task_timeout(&c.pool);
+        }
+    }
+    #[multiproc::test]
+    fn unserializable_result() {
+        run("", executors::unserializable_result);
+    }
+    #[multiproc::test]
+    fn as_completed_order() {
+        run("", executors::as_completed_order);
+    }
+    #[multiproc::test]
+    fn wait_modes() {
+        run("", executors::wait_modes);
+    }
+    #[multiproc::test]
+    fn cancel() {
+        run("", executors::cancel);
+    }
+    #[multiproc::test]
+    fn shutdown_waits() {
+        run("", executors::shutdown_waits);
+    }
+    #[multiproc::test]
+    fn shutdown_cancels() {
+        run("", executors::shutdown_cancels);
     }
 }

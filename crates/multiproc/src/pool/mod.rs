@@ -38,6 +38,7 @@
 //! ```
 
 mod handler;
+mod ledger;
 mod progress;
 mod reports;
 mod result;
@@ -55,6 +56,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use ledger::Ledger;
 #[doc(hidden)]
 pub use result::Encoded;
 #[cfg(feature = "tokio")]

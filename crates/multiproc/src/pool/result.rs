@@ -137,13 +137,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// `true` if it did, and the task then fails with [`PoolError::Cancelled`]; `false` if it
     /// runs or ran already (it goes on).
     pub fn cancel(&self) -> bool {
-        let callbacks = self.shared.lock().cancel(self.job);
-        let Some(callbacks) = callbacks else {
-            return false;
-        };
-        self.shared.changed.notify_all();
-        super::state::run_callbacks(callbacks);
-        true
+        self.shared.cancel(self.job)
     }
 
     /// Whether the task is done and succeeded (`None` while it runs).

@@ -716,7 +716,13 @@ pub(crate) enum Wake {
     Handler(Mutex<UnixStream>),
     /// A thread pool's threads: they sleep on this condition variable, with the state lock.
     Threads(Condvar),
+    /// Nobody here: the tasks run elsewhere (a [`Ledger`](super::Ledger)'s executor), which
+    /// may say how to cancel a job that has not started.
+    Elsewhere(std::sync::OnceLock<Canceller>),
 }
+
+/// How an executor whose tasks run elsewhere cancels job `id`: whether it did.
+pub(crate) type Canceller = Box<dyn Fn(u64) -> bool + Send + Sync>;
 
 impl Inner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -732,7 +738,38 @@ impl Inner {
             Wake::Threads(work) => {
                 work.notify_all();
             }
+            Wake::Elsewhere(_) => {}
         }
+    }
+
+    /// Cancels job `id` if none of its items started (see [`State::cancel`]; for tasks that
+    /// run elsewhere, their executor's canceller decides); whether it did.
+    pub(crate) fn cancel(&self, id: u64) -> bool {
+        let mut st = self.lock();
+        let callbacks = match st.cancel(id) {
+            Some(callbacks) => callbacks,
+            None => {
+                let Wake::Elsewhere(hook) = &self.wake else {
+                    return false;
+                };
+                let Some(hook) = hook.get() else {
+                    return false;
+                };
+                if st.job_done(id) {
+                    return false;
+                }
+                drop(st);
+                if !hook(id) {
+                    return false;
+                }
+                st = self.lock();
+                st.fail_job(id, &PoolError::Cancelled)
+            }
+        };
+        drop(st);
+        self.changed.notify_all();
+        run_callbacks(callbacks);
+        true
     }
 
     /// Waits on the condition variable until `deadline` (`None`: no limit); `false` once it
@@ -797,6 +834,16 @@ impl State {
             return None;
         }
         Some(self.cancel_where(|c| c.job == id))
+    }
+
+    /// Fails every unfinished item of job `id` with `err`; the callbacks to run.
+    pub(crate) fn fail_job(&mut self, id: u64, err: &PoolError) -> Vec<(OnDone, ItemResult)> {
+        let Some(j) = self.jobs.get(&id) else {
+            return Vec::new();
+        };
+        let failed = (j.base..j.submitted()).map(|_| Err(err.clone())).collect();
+        let base = j.base as u64;
+        record_locked(self, id, base, failed).0
     }
 
     /// Fails every item still in line with `Cancelled` (shutdown with `cancel_pending`).
