@@ -1,8 +1,8 @@
 //! One API for every executor: [`Executor`], and `concurrent.futures`' [`as_completed`] and
 //! [`wait`](wait()) over the handles any of them returns.
 //!
-//! A program written against [`Executor`] runs on threads ([`ThreadPool`](crate::ThreadPool)),
-//! on processes ([`Pool`](crate::Pool), under every start method), or on many machines
+//! A program written against [`Executor`] runs on threads ([`ThreadPool`]),
+//! on processes ([`Pool`], under every start method), or on many machines
 //! (`multiproc_cluster::ClusterPool`) by changing how the executor is built, not the code that
 //! uses it: the same methods, the same [`AsyncResult`] and [`MapResult`], the same
 //! [`TaskError`] for a failure wherever the task ran.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Func, Pool, Process};
+use multiproc::{Func, Pool, Process, ThreadPool};
 
 use super::pep::{crunch_primes, empty_func};
 use super::place::{Ends, Placement, pin_worker};
@@ -92,6 +92,71 @@ struct Unplaced {
     tasks: usize,
     speedups: Samples,
     threads_x: Samples,
+    /// The thread pool beside rayon: trivial tasks one per task, and a round trip.
+    tp_chunk1: Samples,
+    rayon_chunk1: Samples,
+    pool_chunk1: Samples,
+    tp_rt: Samples,
+    rayon_rt: Samples,
+}
+
+/// The thread pool and rayon in turns (with the process pool's chunksize-1 map in the same
+/// runs): trivial-task throughput and a submit-and-wait round trip.
+fn threads_beside_rayon(
+    pool: &Pool,
+    workers: usize,
+    reps: usize,
+    (n1, rtn): (u64, u32),
+    budget: Duration,
+) -> multiproc::Result<[Samples; 5]> {
+    let tp = ThreadPool::new(workers)?;
+    let ry = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .map_err(|e| multiproc::Error::Io(std::io::Error::other(e.to_string())))?;
+    let rate = |f: &mut dyn FnMut() -> multiproc::Result<()>| {
+        let t = Instant::now();
+        f()?;
+        Ok::<_, multiproc::Error>(n1 as f64 / t.elapsed().as_secs_f64())
+    };
+    let mut out: [Vec<f64>; 5] = Default::default();
+    for _ in 0..reps {
+        out[0].push(rate(&mut || {
+            tp.map_chunked(&ident, 0..n1, 1)?;
+            Ok(())
+        })?);
+        out[1].push(rate(&mut || {
+            use rayon::prelude::*;
+            let v: Vec<usize> = ry.install(|| {
+                (0..n1 as usize)
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .map(std::hint::black_box)
+                    .collect()
+            });
+            std::hint::black_box(v);
+            Ok(())
+        })?);
+        out[2].push(rate(&mut || {
+            pool.map_chunked(&ident, 0..n1, 1)?;
+            Ok(())
+        })?);
+        out[3].push(per_call(rtn, budget, |i| -> multiproc::Result<()> {
+            tp.apply_async(&ident, u64::from(i))?.get()?;
+            Ok(())
+        })?);
+        let (tx, rx) = std::sync::mpsc::channel();
+        out[4].push(per_call(rtn, budget, |i| -> multiproc::Result<()> {
+            let tx = tx.clone();
+            ry.spawn(move || {
+                let _ = tx.send(std::hint::black_box(u64::from(i)));
+            });
+            rx.recv()
+                .map_err(|e| multiproc::Error::Io(std::io::Error::other(e.to_string())))?;
+            Ok(())
+        })?);
+    }
+    Ok(out.map(Samples))
 }
 
 fn unplaced(r: &Report, pool: &Pool, workers: usize, reps: usize) -> multiproc::Result<Unplaced> {
@@ -140,12 +205,22 @@ fn unplaced(r: &Report, pool: &Pool, workers: usize, reps: usize) -> multiproc::
         pool.map_chunked(&crunch_primes, std::iter::repeat_n(limit, tasks), 1)?;
         pool_x.push(serial / t.elapsed().as_secs_f64());
     }
+    let budget = r.size.budget();
+    let n1 = r.size.pick(2_000, 20_000, 100_000);
+    let rtn = r.size.pick(50, 500, 3000);
+    let [tp_chunk1, rayon_chunk1, pool_chunk1, tp_rt, rayon_rt] =
+        threads_beside_rayon(pool, workers, reps, (n1, rtn), budget)?;
     Ok(Unplaced {
         startup,
         spawn4,
         tasks,
         speedups: Samples(pool_x),
         threads_x: Samples(threads_x),
+        tp_chunk1,
+        rayon_chunk1,
+        pool_chunk1,
+        tp_rt,
+        rayon_rt,
     })
 }
 
@@ -245,6 +320,40 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
                     ("threads in the same runs", Some(u.threads_x.median())),
                     ("CPython", py_speedup),
                 ],
+            );
+            r.row(
+                "pool",
+                "ThreadPool: trivial tasks, chunksize 1",
+                Unit::Rate,
+                &u.tp_chunk1,
+                &[
+                    ("rayon, one item per task", Some(u.rayon_chunk1.median())),
+                    ("process Pool, same runs", Some(u.pool_chunk1.median())),
+                ],
+            );
+            r.row(
+                "pool",
+                "rayon: trivial tasks, one item per task",
+                Unit::Rate,
+                &u.rayon_chunk1,
+                &[],
+            );
+            r.row(
+                "pool",
+                "ThreadPool: apply_async round trip",
+                Unit::Secs,
+                &u.tp_rt,
+                &[
+                    ("rayon spawn + channel", Some(u.rayon_rt.median())),
+                    ("process Pool", Some(f.rt.median())),
+                ],
+            );
+            r.row(
+                "pool",
+                "rayon: spawn + channel round trip",
+                Unit::Secs,
+                &u.rayon_rt,
+                &[],
             );
         }
     }

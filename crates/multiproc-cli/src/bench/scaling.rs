@@ -1,10 +1,11 @@
 //! The `scaling` group: the same CPU-bound work (crunch primes over many blocks) serially,
-//! on a multiproc `Pool` and on `rayon`'s thread pool, each using every core: what
-//! process isolation costs against the best in-process parallelism.
+//! on a multiproc `Pool`, a multiproc `ThreadPool` and `rayon`'s thread pool, each using every
+//! core: what process isolation costs against the best in-process parallelism, and what the
+//! thread pool's codec round trip costs against rayon.
 
 use std::time::Instant;
 
-use multiproc::Pool;
+use multiproc::{Pool, ThreadPool};
 use rayon::prelude::*;
 
 use super::pep::crunch_primes;
@@ -23,6 +24,7 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     let work: Vec<u64> = vec![limit; blocks];
     let expected: u64 = work.iter().map(|&l| crunch_primes(l)).sum();
     let pool = Pool::new(cpus)?;
+    let tpool = ThreadPool::new(cpus)?;
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cpus)
         .build()
@@ -35,6 +37,7 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         Ok(t.elapsed().as_secs_f64())
     };
     let (mut serial, mut procs, mut rayon) = (Vec::new(), Vec::new(), Vec::new());
+    let mut threads = Vec::new();
     for _ in 0..reps {
         serial.push(timed(&mut || {
             Ok(work.iter().map(|&l| crunch_primes(l)).sum())
@@ -45,12 +48,20 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
                 .iter()
                 .sum())
         })?);
+        threads.push(timed(&mut || {
+            Ok(tpool
+                .map_chunked(&crunch_primes, work.iter().copied(), 1)?
+                .iter()
+                .sum())
+        })?);
         rayon.push(timed(&mut || {
             Ok(rayon_pool.install(|| work.par_iter().map(|&l| crunch_primes(l)).sum()))
         })?);
     }
     drop(pool);
+    drop(tpool);
     let (serial, procs, rayon) = (Samples(serial), Samples(procs), Samples(rayon));
+    let threads = Samples(threads);
     let speedup = |s: &Samples| Samples(serial.0.iter().zip(&s.0).map(|(a, b)| a / b).collect());
     let (p, y) = (speedup(&procs), speedup(&rayon));
     let rayon_speedup = y.median();
@@ -63,12 +74,29 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         &procs,
         &[("rayon", Some(rayon_time))],
     );
+    r.row(
+        "scaling",
+        "multiproc ThreadPool",
+        Unit::Secs,
+        &threads,
+        &[("rayon", Some(rayon_time))],
+    );
     r.row("scaling", "rayon", Unit::Secs, &rayon, &[]);
     r.row(
         "scaling",
         "speed-up, multiproc Pool",
         Unit::Factor,
         &p,
+        &[
+            ("ideal", Some(cpus as f64)),
+            ("rayon's speed-up", Some(rayon_speedup)),
+        ],
+    );
+    r.row(
+        "scaling",
+        "speed-up, multiproc ThreadPool",
+        Unit::Factor,
+        &speedup(&threads),
         &[
             ("ideal", Some(cpus as f64)),
             ("rayon's speed-up", Some(rayon_speedup)),

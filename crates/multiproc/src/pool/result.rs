@@ -75,7 +75,7 @@ fn abandon(shared: &Shared, id: u64) {
     shared.lock().abandon(id);
 }
 
-/// The pending result of [`Pool::apply_async`].
+/// The pending result of [`Pool::apply_async`](crate::Pool::apply_async).
 pub struct AsyncResult<R> {
     shared: Shared,
     job: u64,
@@ -234,7 +234,7 @@ impl<R> Drop for AsyncResult<R> {
     }
 }
 
-/// The pending results of [`Pool::map_async`].
+/// The pending results of [`Pool::map_async`](crate::Pool::map_async).
 pub struct MapResult<R> {
     shared: Shared,
     job: u64,
@@ -329,7 +329,7 @@ impl<R> Drop for MapResult<R> {
     }
 }
 
-/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: each item is that task's
+/// The lazy iterator of [`Pool::imap`](crate::Pool::imap) and [`Pool::imap_unordered`](crate::Pool::imap_unordered): each item is that task's
 /// own result. An item's own failure (a panic, a dead worker) is yielded and the iteration
 /// goes on. A failure that stops the submitting (a function that is not registered, a chunk
 /// size of 0, an argument that does not encode, a pool closed or terminated before the

@@ -218,6 +218,25 @@ impl ThreadPool {
         self.map_async(f, items)?.get()
     }
 
+    /// [`map`](Self::map) with an explicit chunk size (at least 1).
+    pub fn map_chunked<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+        chunksize: usize,
+    ) -> Result<Vec<F::Output>, TaskError> {
+        self.map_async_chunked(f, items, chunksize)?.get()
+    }
+
+    /// `f` over argument tuples (Python's `starmap`; see [`Pool::starmap`](crate::Pool::starmap)).
+    pub fn starmap<F: Func<M>, M>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+    ) -> Result<Vec<F::Output>, TaskError> {
+        self.map(f, items)
+    }
+
     /// [`map`](Self::map) without waiting.
     pub fn map_async<F: Func<M>, M>(
         &self,
@@ -445,7 +464,14 @@ impl Crew {
 
     fn record(&self, job: u64, start: u64, results: Vec<ItemResult>) {
         let shared = &self.core.shared;
-        let (callbacks, _) = record_locked(&mut shared.lock(), job, start, results);
+        let callbacks = {
+            let mut st = shared.lock();
+            let (callbacks, _) = record_locked(&mut st, job, start, results);
+            // No handler flushes a waiting iterator's batch: every iterator is woken below,
+            // so what waited for a flush is simply dropped.
+            st.flush_deferred(Instant::now());
+            callbacks
+        };
         // Every recording wakes the waiters: there is no handler to flush an iterator's batch.
         shared.changed.notify_all();
         run_callbacks(callbacks);
