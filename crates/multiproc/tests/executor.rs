@@ -187,3 +187,27 @@ mod thread_pool {
         executors::cancel(pool.pool());
     }
 }
+
+/// Dropping a lazy iterator takes the items it submitted that have not started out of the
+/// line: the executor is free for the next task at once, not after the iterator's read-ahead.
+fn dropping_an_imap_cancels_what_has_not_started<E: multiproc::Executor>(ex: &E) {
+    use std::time::Instant;
+    let mut it = ex.imap(&executors::nap, std::iter::repeat(50u64));
+    assert_eq!(it.next().unwrap().unwrap(), 50);
+    drop(it);
+    // Without cancelling, the read-ahead (128 items per worker, 50 ms each) would run first.
+    let t = Instant::now();
+    assert_eq!(ex.apply(&executors::square, 3).unwrap(), 9);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[multiproc::test]
+fn dropping_an_imap_cancels_its_unstarted_items_on_processes() {
+    let _leaks = LeakCheck::new();
+    dropping_an_imap_cancels_what_has_not_started(&processes(multiproc::get_start_method(), 1));
+}
+
+#[test]
+fn dropping_an_imap_cancels_its_unstarted_items_on_threads() {
+    dropping_an_imap_cancels_what_has_not_started(&threads(1));
+}

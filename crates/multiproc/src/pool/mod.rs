@@ -526,6 +526,14 @@ impl Core {
         Ok(MapResult::new(self.shared.clone(), job))
     }
 
+    /// Fails job `job`'s tasks that have not started with [`TaskError::Cancelled`].
+    pub(crate) fn cancel_job_pending(&self, job: u64) {
+        let callbacks = self.shared.lock().cancel_pending_of(job);
+        if !callbacks.is_empty() {
+            state::run_callbacks(callbacks);
+        }
+    }
+
     /// Fails every task that has not started with [`TaskError::Cancelled`].
     pub(crate) fn cancel_pending(&self) {
         let callbacks = self.shared.lock().cancel_pending();

@@ -336,6 +336,8 @@ impl<R> Drop for MapResult<R> {
 /// iterator's first items) is yielded once, after the results of every item submitted before
 /// it, and then the iterator ends. A pool closed while an iterator runs waits for it: the
 /// iterator submits the rest of its input, and `join` returns after it ends (or is dropped).
+/// Dropping it takes the items it submitted that have not started out of the line (they never
+/// run); the running ones finish.
 ///
 /// ```
 /// #[multiproc::func]
@@ -669,6 +671,8 @@ impl<R, I> Drop for Imap<'_, R, I> {
             if !self.exhausted {
                 self.pool.end_stream();
             }
+            // Nobody will read what has not started: it leaves the line.
+            self.pool.cancel_job_pending(job);
             abandon(self.pool.shared(), job);
         }
     }

@@ -846,6 +846,11 @@ impl State {
         record_locked(self, id, base, failed).0
     }
 
+    /// Fails job `id`'s items still in line with `Cancelled` (a dropped lazy iterator's).
+    pub(crate) fn cancel_pending_of(&mut self, id: u64) -> Vec<(OnDone, ItemResult)> {
+        self.cancel_where(|c| c.job == id)
+    }
+
     /// Fails every item still in line with `Cancelled` (shutdown with `cancel_pending`).
     pub(crate) fn cancel_pending(&mut self) -> Vec<(OnDone, ItemResult)> {
         self.cancel_where(|_| true)
