@@ -543,6 +543,15 @@ impl Core {
 }
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`). See the [module](self) docs.
+///
+/// As an [`Executor`](crate::Executor) beside [`ThreadPool`] and the cluster pool: tasks run
+/// isolated in other processes (any start method; closures only in a
+/// [`build_closure`](PoolBuilder::build_closure) pool, whose workers are forks), so a task
+/// that kills its process fails alone ([`TaskError::WorkerDied`], `MemoryLimit`,
+/// `CpuTimeLimit`) and a timed-out one is killed. A round trip costs a process wake-up (tens
+/// of microseconds). The broker's failures (`DeadLetter`, `Expired`, `BrokerLost`, `Broker`)
+/// cannot occur. A task sent to a worker counts as started for
+/// [`AsyncResult::cancel`]: a worker holds a few chunks ahead of the one it runs.
 pub struct Pool {
     core: Core,
     handler: Mutex<Option<JoinHandle<()>>>,
