@@ -249,6 +249,45 @@ fn wait_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 #[multiproc::test]
+fn cluster_results_are_awaited_in_a_tokio_program() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start();
+    let url = redis.url();
+    let _worker = Worker::start(&url, "aw", "");
+    let pool = ClusterPool::connect(&url, "aw", KEY).unwrap();
+    for multi_thread in [false, true] {
+        let rt = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .unwrap();
+        rt.block_on(async {
+            // No thread per await: the handles are the core's Futures, woken by the reply.
+            let tasks: Vec<_> = (0..50u64)
+                .map(|x| tokio::spawn(pool.apply_async(&square, x).unwrap()))
+                .collect();
+            for (x, t) in tasks.into_iter().enumerate() {
+                let got = tokio::time::timeout(T, t).await.expect("in time");
+                assert_eq!(got.unwrap().unwrap(), (x * x) as u64);
+            }
+            let all = pool.map_async(&square, 0..100u64).unwrap();
+            let all = tokio::time::timeout(T, all)
+                .await
+                .expect("in time")
+                .unwrap();
+            assert_eq!(all[99], 99 * 99);
+        });
+    }
+}
+
+#[multiproc::test]
 fn map_over_three_workers_started_as_commands() {
     if !redis_available() {
         return;

@@ -121,3 +121,26 @@ fn imap_streams_in_order_and_as_completed() {
         assert_eq!(failed, 1);
     });
 }
+
+#[test]
+fn a_thread_pool_result_is_awaited_like_a_process_pool_result() {
+    // The executors share one result type: awaiting it works whoever runs the task.
+    let pool = multiproc::ThreadPool::new(2).unwrap();
+    both_runtimes(|| async {
+        let tasks: Vec<_> = (0..200u64)
+            .map(|x| tokio::spawn(pool.apply_async(&sleep_ms, x % 3).unwrap()))
+            .collect();
+        for (x, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), x as u64 % 3);
+        }
+        let failed = pool.apply_async(&maybe_panic, 3).unwrap().await;
+        assert!(matches!(failed, Err(PoolError::Panicked(_))), "{failed:?}");
+        let mut s = pool.imap_unordered(&square, 0..50u64).into_stream();
+        let mut got = Vec::new();
+        while let Some(r) = next(&mut s).await {
+            got.push(r.unwrap());
+        }
+        got.sort();
+        assert_eq!(got, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    });
+}

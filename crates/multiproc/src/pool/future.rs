@@ -15,8 +15,9 @@ use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::super::state::Shared;
 use super::super::state::pickup;
-use super::{AsyncResult, Imap, SPIN};
+use super::{AsyncResult, Imap, MapResult, SPIN};
 use crate::error::PoolError;
 use crate::spin::Spinner;
 
@@ -41,36 +42,69 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let mut st = this.shared.lock();
-        let wake = pickup(&mut st);
-        let done = st.job_done(this.job);
-        let mut spun = None;
-        if let Some(j) = st.job_mut(this.job) {
-            let spin = j.spin.get_or_insert_with(|| Spinner::new(SPIN));
-            if done {
-                spun = j.spin.take();
-            } else if spin.keep_going() {
-                // A small task's result is usually reported within microseconds, and a
-                // wake-up through the handler costs two: look again soon, as a synchronous
-                // `get` spins, but through the runtime's queue, so other tasks run meanwhile.
-                cx.waker().wake_by_ref();
-            } else {
-                j.wake_on_change(cx.waker());
-            }
-        }
-        drop(st);
-        if wake {
-            this.shared.changed.notify_all();
-        }
-        if done {
-            if let Some(spin) = spun {
-                spin.hit();
-            }
-            Poll::Ready(this.take_one())
-        } else {
-            Poll::Pending
+        match poll_done(&this.shared, this.job, cx) {
+            true => Poll::Ready(this.take_one()),
+            false => Poll::Pending,
         }
     }
+}
+
+/// `pool.map_async(&f, items)?.await`: every item's result, as [`MapResult::get`] gives them
+/// (the first failing item's error), without blocking a thread.
+///
+/// **Cancel safety**: dropping the future drops the handle (the tasks still run; their
+/// results are discarded). Polling again after the results were returned is a
+/// [`PoolError::Invalid`].
+///
+/// ```
+/// #[multiproc::func]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> multiproc::Result<()> {
+/// let pool = multiproc::Pool::new(2)?;
+/// assert_eq!(pool.map_async(&square, 0..4u64)?.await?, [0, 1, 4, 9]);
+/// # Ok(()) }
+/// ```
+impl<R: DeserializeOwned> Future for MapResult<R> {
+    type Output = Result<Vec<R>, PoolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match poll_done(&this.shared, this.job, cx) {
+            true => Poll::Ready(this.take_all()),
+            false => Poll::Pending,
+        }
+    }
+}
+
+/// Whether job `job` is done; if not, `cx`'s waker is left to be woken when it may be.
+fn poll_done(shared: &Shared, job: u64, cx: &mut Context<'_>) -> bool {
+    let mut st = shared.lock();
+    let wake = pickup(&mut st);
+    let done = st.job_done(job);
+    let mut spun = None;
+    if let Some(j) = st.job_mut(job) {
+        let spin = j.spin.get_or_insert_with(|| Spinner::new(SPIN));
+        if done {
+            spun = j.spin.take();
+        } else if spin.keep_going() {
+            // A small task's result is usually reported within microseconds, and a
+            // wake-up through the handler costs two: look again soon, as a synchronous
+            // `get` spins, but through the runtime's queue, so other tasks run meanwhile.
+            cx.waker().wake_by_ref();
+        } else {
+            j.wake_on_change(cx.waker());
+        }
+    }
+    drop(st);
+    if wake {
+        shared.changed.notify_all();
+    }
+    if done && let Some(spin) = spun {
+        spin.hit();
+    }
+    done
 }
 
 /// The stream of an [`Imap`]: [`Imap::into_stream`].

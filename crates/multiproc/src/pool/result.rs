@@ -276,10 +276,17 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// Waits for every item; the first failing item's error is returned.
     pub fn get(self) -> Result<Vec<R>, PoolError> {
         wait_done(&self.shared, self.job, None);
-        take(&self.shared, self.job)
-            .into_iter()
-            .map(decode)
-            .collect()
+        self.take_all()
+    }
+
+    /// Takes the results of the finished job: the first failing item's error, or them all
+    /// ([`PoolError::Invalid`] if they were taken already: a future polled after it ended).
+    pub(crate) fn take_all(&self) -> Result<Vec<R>, PoolError> {
+        let job = self.shared.lock().take_job(self.job);
+        let Some(job) = job else {
+            return Err(PoolError::Invalid("the results were already taken".into()));
+        };
+        job.into_results().into_iter().map(decode).collect()
     }
 
     /// [`get`](MapResult::get) waiting at most `timeout`.
