@@ -392,6 +392,7 @@ fn expand_managed(imp: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
         .ident;
     let proxy = format_ident!("{}Proxy", ident);
     let mut methods = Vec::new();
+    let mut async_methods = Vec::new();
     let mut arms = Vec::new();
     for item in &imp.items {
         let ImplItem::Fn(f) = item else { continue };
@@ -442,6 +443,16 @@ fn expand_managed(imp: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
                 ::multiproc::manager::ProxyType::proxy(self).call(#method, &(#(#names,)*))
             }
         });
+        let async_name = format_ident!("{}_async", name);
+        let async_doc = format!(
+            "[`{method}`](Self::{method}) awaited, without blocking a thread (feature `tokio` of \
+             multiproc). Cancel safety as [`Proxy::call_async`](::multiproc::manager::Proxy::call_async): \
+             a dropped future closes the call's connection; the method ran or not."
+        );
+        async_methods.push(quote! {
+            #[doc = #async_doc]
+            #vis fn #async_name(&self, #(#params),*) -> #ret { #method (#(#names),*) }
+        });
         arms.push(quote! {
             #method => {
                 let (#(#names,)*): (#(#owned,)*) = ::multiproc::manager::__args(__args)?;
@@ -461,6 +472,12 @@ fn expand_managed(imp: &ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
 
         impl #proxy {
             #(#methods)*
+        }
+
+        ::multiproc::__managed_async! {
+            impl #proxy {
+                #(#async_methods)*
+            }
         }
 
         impl ::multiproc::manager::ProxyType for #proxy {

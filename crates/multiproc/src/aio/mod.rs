@@ -14,26 +14,28 @@
 
 mod tokio;
 
-pub(crate) use self::tokio::{Watch, until};
+pub(crate) use self::tokio::{Gate, Watch, detach, task_number, until};
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A [`Watch`] made on first use and kept: descriptors that live as long as their owner (a
 /// connection's socket, a queue's doorbell, a process's pidfd) are registered with the
-/// reactor once, not per wait. The first async use ties it to that runtime's reactor.
+/// reactor once, not per wait. A use under another runtime than the registration's (the
+/// first one ended, or the owner moved: a manager's pooled connections serve every runtime
+/// of the process) registers the descriptor again with that runtime's reactor.
 #[derive(Debug, Default)]
-pub(crate) struct LazyWatch(OnceLock<Watch>);
+pub(crate) struct LazyWatch(Mutex<Option<Arc<Watch>>>);
 
 impl LazyWatch {
-    /// The watch of `fd`, registering it on first use. `fd` must be the same descriptor on
-    /// every call.
-    pub(crate) fn get(&self, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<&Watch> {
-        if let Some(w) = self.0.get() {
-            return Ok(w);
+    /// The watch of `fd` in the current runtime, registering it on first use there. `fd`
+    /// must be the same descriptor on every call.
+    pub(crate) fn get(&self, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Arc<Watch>> {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = slot.as_ref().filter(|w| w.in_current_runtime()) {
+            return Ok(w.clone());
         }
-        let w = Watch::new(fd)?;
-        // Two first uses at once: one registration wins, the other is dropped (each watches a
-        // duplicate of its own).
-        Ok(self.0.get_or_init(|| w))
+        let w = Arc::new(Watch::new(fd)?);
+        *slot = Some(w.clone());
+        Ok(w)
     }
 }

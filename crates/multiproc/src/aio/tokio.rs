@@ -9,23 +9,28 @@ use tokio::io::unix::AsyncFd;
 /// A descriptor registered with the runtime's reactor (edge-triggered), so tasks can wait
 /// until it is readable or writable. Any number of tasks may wait on one watch at once.
 #[derive(Debug)]
-pub(crate) struct Watch(AsyncFd<OwnedFd>);
+pub(crate) struct Watch(AsyncFd<OwnedFd>, ::tokio::runtime::Id);
 
 impl Watch {
     /// Registers `fd` with the reactor of the runtime this is called in; an error outside
     /// one. The watch registers a duplicate it owns (same open file, so the same readiness),
     /// so it may outlive `fd`.
     pub(crate) fn new(fd: BorrowedFd<'_>) -> io::Result<Watch> {
-        if ::tokio::runtime::Handle::try_current().is_err() {
+        let Ok(runtime) = ::tokio::runtime::Handle::try_current() else {
             return Err(io::Error::other(
                 "an async method of multiproc was polled outside a tokio runtime",
             ));
-        }
+        };
         let owned = fd.try_clone_to_owned()?;
         // Deprecated for descriptors an `AsyncFd` does not own; this one owns its duplicate,
         // which stays open exactly as long as the registration.
         #[allow(deprecated)]
-        AsyncFd::new(owned).map(Watch)
+        AsyncFd::new(owned).map(|a| Watch(a, runtime.id()))
+    }
+
+    /// Whether this was registered with the reactor of the runtime polling now.
+    pub(crate) fn in_current_runtime(&self) -> bool {
+        ::tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.1)
     }
 
     /// Runs `op` until it is ready, waiting for the descriptor to become readable after each
@@ -67,4 +72,49 @@ pub(crate) async fn until<F: std::future::Future>(
     fut: F,
 ) -> Option<F::Output> {
     ::tokio::time::timeout_at(deadline.into(), fut).await.ok()
+}
+
+/// A number for the task being polled, distinct from every other task's of this process
+/// (tokio's task ids come from one process-wide counter); `None` outside a spawned task
+/// (a `block_on`'s own future stays on its thread). A task moves between worker threads,
+/// so what it owns (a manager lock) is owned by the task, not the thread.
+pub(crate) fn task_number() -> Option<u64> {
+    ::tokio::task::try_id().map(|id| {
+        let text = id.to_string();
+        text.parse().unwrap_or(0)
+    })
+}
+
+/// Runs `fut` to its end on the current runtime, without anyone awaiting it; `false` (and
+/// `fut` dropped) outside a runtime.
+pub(crate) fn detach(fut: impl std::future::Future<Output = ()> + Send + 'static) -> bool {
+    match ::tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            drop(h.spawn(fut));
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// At most a fixed number of holders at once; more wait in line (first come, first
+/// served). A waiter dropped in line gives its place up; a permit dropped lets the next in.
+#[derive(Debug)]
+pub(crate) struct Gate(::tokio::sync::Semaphore);
+
+/// A place through a [`Gate`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Pass<'a>(#[allow(dead_code)] ::tokio::sync::SemaphorePermit<'a>);
+
+impl Gate {
+    /// A gate for `n` holders at once.
+    pub(crate) const fn new(n: usize) -> Gate {
+        Gate(::tokio::sync::Semaphore::const_new(n))
+    }
+
+    /// Waits for a place.
+    pub(crate) async fn enter(&self) -> Pass<'_> {
+        // The semaphore is never closed.
+        Pass(self.0.acquire().await.expect("a gate is never closed"))
+    }
 }

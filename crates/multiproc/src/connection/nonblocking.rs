@@ -224,7 +224,7 @@ impl AsyncSide {
 }
 
 impl Connection {
-    fn watch(&self) -> Result<&crate::aio::Watch, ConnectionError> {
+    fn watch(&self) -> Result<std::sync::Arc<crate::aio::Watch>, ConnectionError> {
         Ok(self.async_side.watch.get(self.as_fd())?)
     }
 
@@ -328,7 +328,8 @@ impl Connection {
     ) -> Result<(), ConnectionError> {
         let mut x = Exchange::start(self, machine, timeout)?;
         let deadline = x.deadline();
-        let run = self.watch()?.readable(|| match x.advance(self) {
+        let watch = self.watch()?;
+        let run = watch.readable(|| match x.advance(self) {
             Ok(true) => Poll::Ready(Ok(())),
             Ok(false) => Poll::Pending,
             Err(e) => Poll::Ready(Err(e)),

@@ -73,6 +73,8 @@
 pub mod cpython;
 mod entry;
 mod managed;
+#[cfg(feature = "tokio")]
+mod nonblocking;
 mod objects;
 mod proxy;
 mod server;
@@ -501,4 +503,32 @@ impl Manager {
         self.session
             .request(&Request::Unpublish { name }, None, |_| Ok(()))
     }
+}
+
+/// The `…_async` twins of a [`#[multiproc::managed]`](crate::managed) type's proxy methods,
+/// which the attribute writes through this macro: each awaits
+/// [`Proxy::call_async`] (feature `tokio`; without it there are none).
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __managed_async {
+    (impl $proxy:ident { $(
+        $(#[$m:meta])*
+        $vis:vis fn $name:ident(&self, $($a:ident: $t:ty),*) -> $ret:ty { $method:literal ($($n:ident),*) }
+    )* }) => {
+        impl $proxy { $(
+            $(#[$m])*
+            $vis async fn $name(&self, $($a: $t),*) -> ::std::result::Result<$ret, $crate::ManagerError> {
+                $crate::manager::ProxyType::proxy(self).call_async($method, &($($n,)*)).await
+            }
+        )* }
+    };
+}
+
+/// Without the `tokio` feature, managed proxies have no async twins.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __managed_async {
+    ($($t:tt)*) => {};
 }

@@ -92,7 +92,7 @@ impl Proxy {
     }
 
     /// The session to talk through: ours, or in a forked child a fresh one of its own.
-    fn session(&self) -> Result<Arc<Session>, ManagerError> {
+    pub(super) fn session(&self) -> Result<Arc<Session>, ManagerError> {
         let s = &self.inner.session;
         if s.is_current() {
             Ok(s.clone())

@@ -22,13 +22,13 @@ use crate::sys;
 
 /// Extra time a timed call waits for its reply beyond its own timeout before the
 /// connection is considered lost.
-const REPLY_GRACE: Duration = Duration::from_secs(30);
+pub(super) const REPLY_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a call polls for its reply before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// At most this many idle connections are kept per session.
-const MAX_IDLE: usize = 16;
+pub(super) const MAX_IDLE: usize = 16;
 
 /// The sessions of this process, by manager address.
 static SESSIONS: Mutex<Vec<(Address, Weak<Session>)>> = Mutex::new(Vec::new());
@@ -36,16 +36,19 @@ static SESSIONS: Mutex<Vec<(Address, Weak<Session>)>> = Mutex::new(Vec::new());
 pub(crate) struct Session {
     pub address: Address,
     pub authkey: Vec<u8>,
-    id: u128,
+    pub(super) id: u128,
     /// The process that opened the session; a forked child must not use its sockets.
     pub opened_by: u32,
     pub server_pid: u32,
-    max_message: u64,
+    pub(super) max_message: u64,
     _anchor: Connection,
-    idle: Mutex<Vec<Connection>>,
+    pub(super) idle: Mutex<Vec<Connection>>,
     /// The server process when this process started it.
     owned: Mutex<Option<Process<Result<(), String>>>>,
-    closed: AtomicBool,
+    pub(super) closed: AtomicBool,
+    /// Bounds the connections of awaited calls that do not wait on the server.
+    #[cfg(feature = "tokio")]
+    pub(super) gate: crate::aio::Gate,
 }
 
 impl std::fmt::Debug for Session {
@@ -62,7 +65,7 @@ thread_local! {
 }
 
 /// A number for the calling thread, unique in this process (lock ownership on the server).
-fn thread_id() -> u64 {
+pub(super) fn thread_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     THREAD_ID.with(|t| {
         if t.get() == 0 {
@@ -72,7 +75,7 @@ fn thread_id() -> u64 {
     })
 }
 
-fn transport(e: ConnectionError) -> ManagerError {
+pub(super) fn transport(e: ConnectionError) -> ManagerError {
     match e {
         ConnectionError::Closed => ManagerError::Closed,
         ConnectionError::Io(ref io)
@@ -131,6 +134,8 @@ impl Session {
             idle: Mutex::new(vec![first]),
             owned: Mutex::new(Some(server)),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "tokio")]
+            gate: crate::aio::Gate::new(MAX_IDLE),
         });
         lock(&SESSIONS).push((address, Arc::downgrade(&s)));
         s
@@ -150,6 +155,8 @@ impl Session {
             idle: Mutex::new(Vec::new()),
             owned: Mutex::new(None),
             closed: AtomicBool::new(false),
+            #[cfg(feature = "tokio")]
+            gate: crate::aio::Gate::new(MAX_IDLE),
         })
     }
 
@@ -179,6 +186,15 @@ impl Session {
         timeout: Option<Duration>,
         decode: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
     ) -> Result<R, ManagerError> {
+        let bytes = self.encode_request(req)?;
+        let reply = self
+            .exchange(&bytes, timeout)
+            .inspect_err(|e| self.note(e))?;
+        decode_reply(&reply, decode)
+    }
+
+    /// `req` encoded, if the session is open and it fits in a message.
+    pub(super) fn encode_request(&self, req: &Request<'_>) -> Result<Vec<u8>, ManagerError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(ManagerError::Closed);
         }
@@ -189,14 +205,23 @@ impl Session {
                 limit: self.max_message,
             });
         }
-        let reply = self.exchange(&bytes, timeout).inspect_err(|e| {
-            if matches!(e, ManagerError::Closed) {
-                // The server is gone: later calls fail at once, and a new `connect` to
-                // the address opens a new session.
-                self.closed.store(true, Ordering::Relaxed);
-            }
-        })?;
-        decode_reply(&reply, decode)
+        Ok(bytes)
+    }
+
+    /// Notes a call's error: after `Closed` (the server is gone) later calls fail at once,
+    /// and a new `connect` to the address opens a new session.
+    pub(super) fn note(&self, e: &ManagerError) {
+        if matches!(e, ManagerError::Closed) {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives a connection that completed its exchange back to the pool.
+    pub(super) fn give_back(&self, conn: Connection) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
     }
 
     /// Sends one encoded request on a pooled connection and returns the encoded reply.
@@ -211,10 +236,7 @@ impl Session {
         let deadline = timeout.map(|t| std::time::Instant::now() + t.saturating_add(REPLY_GRACE));
         let reply = conn.recv_sole(SPIN, deadline).map_err(transport)?;
         // Only a connection that completed its exchange goes back to the pool.
-        let mut idle = lock(&self.idle);
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
+        self.give_back(conn);
         Ok(reply)
     }
 

@@ -22,29 +22,29 @@ pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<ByteBuf, Manage
 }
 
 /// Decodes a reply payload that is a plain value (a length, a flag).
-fn plain<R: DeserializeOwned>(payload: &[u8]) -> Result<R, ManagerError> {
+pub(super) fn plain<R: DeserializeOwned>(payload: &[u8]) -> Result<R, ManagerError> {
     Ok(codec::decode(payload)?)
 }
 
 /// Decodes a reply payload that is a count.
-fn count(payload: &[u8]) -> Result<usize, ManagerError> {
+pub(super) fn count(payload: &[u8]) -> Result<usize, ManagerError> {
     plain::<u64>(payload).map(|n| n as usize)
 }
 
 /// Decodes a reply payload that is one encoded item.
-fn item<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ManagerError> {
+pub(super) fn item<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ManagerError> {
     let bytes: &Bytes = codec::decode_borrowed(payload)?;
     Ok(codec::decode(bytes)?)
 }
 
 /// Decodes a reply payload that is an optional encoded item.
-fn opt_item<T: DeserializeOwned>(payload: &[u8]) -> Result<Option<T>, ManagerError> {
+pub(super) fn opt_item<T: DeserializeOwned>(payload: &[u8]) -> Result<Option<T>, ManagerError> {
     let bytes: Option<&Bytes> = codec::decode_borrowed(payload)?;
     Ok(bytes.map(|b| codec::decode(b)).transpose()?)
 }
 
 /// Decodes a reply payload that is a list of encoded items.
-fn items<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, ManagerError> {
+pub(super) fn items<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, ManagerError> {
     let all: Vec<&Bytes> = codec::decode_borrowed(payload)?;
     all.into_iter().map(|b| Ok(codec::decode(b)?)).collect()
 }
