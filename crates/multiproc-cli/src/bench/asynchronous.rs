@@ -1,12 +1,14 @@
 //! The `async` group: the async methods (feature `tokio`, on a current-thread runtime) next
 //! to their synchronous forms, measured in turns in the same run: a pool `apply_async` round
 //! trip awaited vs `get`, a `Connection` round trip with `send_async`/`recv_async` vs
-//! `send`/`recv`, queue put/get throughput with `put_async`/`get_async` vs `put`/`get`, and
-//! the threads of the process while 10,000 pool results are awaited at once.
+//! `send`/`recv`, queue put/get throughput with `put_async`/`get_async` vs `put`/`get`, a
+//! manager dict `set_async` awaited vs `set`, and the threads of the process while 10,000
+//! pool results are awaited at once.
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Connection, Func, Pool, Queue, pipe};
+use multiproc::manager::DictProxy;
+use multiproc::{Connection, Func, Manager, Pool, Queue, pipe};
 
 use super::pipe::conn_echo;
 use super::place::Cpu;
@@ -112,6 +114,31 @@ fn queue_rate(rt: &tokio::runtime::Runtime, n: u64, asynchronous: bool) -> multi
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Seconds per manager dict `set` (one round trip to the server process), awaited or not.
+fn dict_set(
+    rt: &tokio::runtime::Runtime,
+    d: &DictProxy<u64, u64>,
+    n: u32,
+    budget: Duration,
+    asynchronous: bool,
+) -> multiproc::Result<f64> {
+    if !asynchronous {
+        return Ok(per_call(n, budget, |i| d.set(&u64::from(i % 64), &7))?);
+    }
+    rt.block_on(async {
+        let t = Instant::now();
+        let mut done = 0u32;
+        while done < n.max(1) {
+            d.set_async(&u64::from(done % 64), &7).await?;
+            done += 1;
+            if t.elapsed() > budget {
+                break;
+            }
+        }
+        Ok(t.elapsed().as_secs_f64() / f64::from(done))
+    })
+}
+
 /// The threads of this process now (`Threads` of `/proc/self/status`).
 fn threads() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -159,6 +186,8 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     let pool = Pool::new(2)?;
     let (ours, theirs) = pipe(true)?;
     let echo = conn_echo.spawn((Cpu(None), theirs))?;
+    let mgr = Manager::start()?;
+    let dict = mgr.dict::<u64, u64>()?;
     let [
         mut pool_sync,
         mut pool_async,
@@ -166,10 +195,13 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         mut conn_async,
         mut q_sync,
         mut q_async,
-    ]: [Vec<f64>; 6] = Default::default();
+        mut mgr_sync,
+        mut mgr_async,
+    ]: [Vec<f64>; 8] = Default::default();
     // Warm up both forms, then measure in turns.
     pool_rt_async(&rt, &pool, 100, budget / 10)?;
     conn_rt(&rt, &ours, 100, budget / 10, true)?;
+    dict_set(&rt, &dict, 100, budget / 10, true)?;
     for _ in 0..reps {
         pool_sync.push(per_call(n_rt, budget, |i| -> multiproc::Result<()> {
             pool.apply_async(&ident, u64::from(i))?.get()?;
@@ -180,7 +212,11 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         conn_async.push(conn_rt(&rt, &ours, n_rt, budget, true)?);
         q_sync.push(queue_rate(&rt, n_q, false)?);
         q_async.push(queue_rate(&rt, n_q, true)?);
+        mgr_sync.push(dict_set(&rt, &dict, n_rt, budget, false)?);
+        mgr_async.push(dict_set(&rt, &dict, n_rt, budget, true)?);
     }
+    drop(dict);
+    mgr.shutdown()?;
     let (before, during) = threads_while_awaiting(&rt, &pool, 10_000)?;
     drop(ours);
     echo.join()?;
@@ -191,8 +227,10 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         conn_async,
         q_sync,
         q_async,
+        mgr_sync,
+        mgr_async,
     ] = [
-        pool_sync, pool_async, conn_sync, conn_async, q_sync, q_async,
+        pool_sync, pool_async, conn_sync, conn_async, q_sync, q_async, mgr_sync, mgr_async,
     ]
     .map(Samples);
     r.row(
@@ -221,6 +259,20 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         "Connection round trip, typed u64: send/recv",
         Unit::Secs,
         &conn_sync,
+        &[],
+    );
+    r.row(
+        "async",
+        "manager dict set, one round trip to the server: set_async",
+        Unit::Secs,
+        &mgr_async,
+        &[("set()", Some(mgr_sync.median()))],
+    );
+    r.row(
+        "async",
+        "manager dict set, one round trip to the server: set()",
+        Unit::Secs,
+        &mgr_sync,
         &[],
     );
     r.row(

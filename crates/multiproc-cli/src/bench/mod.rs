@@ -75,7 +75,7 @@ pub(crate) const GROUPS: [(&str, &str); 13] = [
     ("pool", "Pool throughput and latency, per CPU placement"),
     (
         "async",
-        "async methods (tokio) vs their synchronous forms: round trips, queue throughput, threads",
+        "async methods (tokio) vs their synchronous forms: round trips (pool, Connection, manager dict), queue throughput, threads",
     ),
     (
         "manager",
