@@ -69,6 +69,14 @@
 //!   proxy, or dies — even by `SIGKILL`.
 //! - Concurrency: each client connection is served by its own thread; each object
 //!   serializes its own methods, so a slow call never stalls other objects.
+//! - Async (feature `tokio`): [`Proxy::call_async`], `…_async` twins of `#[managed]` proxy
+//!   methods and of the built-in proxies' blocking calls, waiting in the runtime's reactor on
+//!   the session's connections (no thread per call). A dropped call closes its connection, so
+//!   no later call reads its reply; the server gives up a waiting call whose caller left, and
+//!   what such a call had already taken (a lock, a semaphore unit, a queue item) is given back
+//!   by a task left on the runtime. Locks taken by an awaited call made from a spawned task
+//!   belong to that task, whichever worker thread it runs on: release them with the
+//!   `release_async` of the same task.
 
 pub mod cpython;
 mod entry;

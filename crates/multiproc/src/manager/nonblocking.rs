@@ -205,9 +205,9 @@ impl Session {
         conn.send_bytes_async(&hello).await.map_err(transport)?;
         let reply = aio::until(Instant::now() + REPLY_GRACE, conn.recv_bytes_async())
             .await
-            .ok_or_else(|| {
-                ManagerError::Connection(ConnectionError::Timeout(crate::TimedOut(REPLY_GRACE)))
-            })?
+            .ok_or(ManagerError::Connection(ConnectionError::Timeout(
+                crate::TimedOut(REPLY_GRACE),
+            )))?
             .map_err(transport)?;
         let _: Hello = decode_reply(&reply, |b| Ok(codec::decode(b)?))?;
         Ok(conn)
@@ -289,7 +289,8 @@ impl Proxy {
     /// **Cancel safety**: the call's connection is closed when the future is dropped before
     /// the reply is in, so no later call can receive this call's reply. Dropped before the
     /// request went out, the method does not run; after, it may have run (as a request lost
-    /// in the network). See the [module notes](self) on ownership.
+    /// in the network). Locks taken by awaited calls belong to the calling task (see
+    /// [the module notes](crate::manager)).
     pub async fn call_async<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         method: &str,
