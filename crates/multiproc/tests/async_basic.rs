@@ -296,3 +296,17 @@ fn a_silent_server_times_the_async_handshake_out() {
         );
     });
 }
+
+#[test]
+fn a_runtime_without_its_io_driver_is_an_error_not_a_panic() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (a, b) = multiproc::pipe(true).unwrap();
+    let got = rt.block_on(async { b.recv_bytes_async().await });
+    let err = got.unwrap_err();
+    assert!(err.to_string().contains("enable_io"), "{err}");
+    // The connection is still usable the plain way.
+    a.send_bytes(b"after").unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"after");
+}

@@ -76,25 +76,33 @@ fn conn_rt(
 
 /// Items per second through a queue, a producer task and a consumer task in this process
 /// (threads for the synchronous form, tasks of one runtime for the async one).
-fn queue_rate(rt: &tokio::runtime::Runtime, n: u64, asynchronous: bool) -> multiproc::Result<f64> {
+fn queue_rate(n: u64, asynchronous: bool) -> multiproc::Result<f64> {
     let q = Queue::<u64>::bounded(1024)?;
     let t = Instant::now();
     if asynchronous {
-        rt.block_on(async {
-            let producer = async {
+        // Two tasks on a runtime of two worker threads, as the synchronous form has two
+        // threads: the same parallelism on both sides.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(multiproc::Error::Io)?;
+        let (qp, qc) = (q.clone(), q.clone());
+        rt.block_on(async move {
+            let producer = tokio::spawn(async move {
                 for i in 0..n {
-                    q.put_async(&i).await?;
+                    qp.put_async(&i).await?;
                 }
                 Ok::<_, multiproc::QueueError>(())
-            };
-            let consumer = async {
+            });
+            let consumer = tokio::spawn(async move {
                 for _ in 0..n {
-                    std::hint::black_box(q.get_async().await?);
+                    std::hint::black_box(qc.get_async().await?);
                 }
                 Ok::<_, multiproc::QueueError>(())
-            };
-            let (p, c) = tokio::join!(producer, consumer);
-            p.and(c)
+            });
+            let (p, c) = (producer.await, consumer.await);
+            p.expect("producer task").and(c.expect("consumer task"))
         })?;
     } else {
         std::thread::scope(|s| -> multiproc::Result<()> {
@@ -180,7 +188,7 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     );
     let budget = r.size.budget();
     r.group(&format!(
-        "async: the async methods on a current-thread tokio runtime vs their synchronous forms, same run, median of {reps}"
+        "async: the async methods (a current-thread tokio runtime; the queue row two worker threads) vs their synchronous forms, same run, median of {reps}"
     ));
     let rt = runtime()?;
     let pool = Pool::new(2)?;
@@ -210,8 +218,8 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
         pool_async.push(pool_rt_async(&rt, &pool, n_rt, budget)?);
         conn_sync.push(conn_rt(&rt, &ours, n_rt, budget, false)?);
         conn_async.push(conn_rt(&rt, &ours, n_rt, budget, true)?);
-        q_sync.push(queue_rate(&rt, n_q, false)?);
-        q_async.push(queue_rate(&rt, n_q, true)?);
+        q_sync.push(queue_rate(n_q, false)?);
+        q_async.push(queue_rate(n_q, true)?);
         mgr_sync.push(dict_set(&rt, &dict, n_rt, budget, false)?);
         mgr_async.push(dict_set(&rt, &dict, n_rt, budget, true)?);
     }
@@ -277,14 +285,14 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
     );
     r.row(
         "async",
-        "bounded queue put/get, one producer and one consumer: put_async/get_async (tasks)",
+        "bounded queue put/get, one producer and one consumer: put_async/get_async (2 tasks, 2 runtime threads)",
         Unit::Rate,
         &q_async,
         &[("put/get (threads)", Some(q_sync.median()))],
     );
     r.row(
         "async",
-        "bounded queue put/get, one producer and one consumer: put/get (threads)",
+        "bounded queue put/get, one producer and one consumer: put/get (2 threads)",
         Unit::Rate,
         &q_sync,
         &[],

@@ -6,6 +6,10 @@ use std::task::Poll;
 
 use tokio::io::unix::AsyncFd;
 
+/// How long an awaited read looks for its data before it sleeps in the reactor, when
+/// spinning pays (the synchronous receive's budget).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// A descriptor registered with the runtime's reactor (edge-triggered), so tasks can wait
 /// until it is readable or writable. Any number of tasks may wait on one watch at once.
 #[derive(Debug)]
@@ -24,8 +28,17 @@ impl Watch {
         let owned = fd.try_clone_to_owned()?;
         // Deprecated for descriptors an `AsyncFd` does not own; this one owns its duplicate,
         // which stays open exactly as long as the registration.
+        // tokio panics on a runtime built without its I/O driver: say so as an error.
         #[allow(deprecated)]
-        AsyncFd::new(owned).map(|a| Watch(a, runtime.id()))
+        let registered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| AsyncFd::new(owned)));
+        match registered {
+            Ok(r) => r.map(|a| Watch(a, runtime.id())),
+            Err(_) => Err(io::Error::other(
+                "an async method of multiproc needs a tokio runtime with its I/O driver \
+                 (`enable_io()` or `enable_all()` on the runtime builder)",
+            )),
+        }
     }
 
     /// Whether this was registered with the reactor of the runtime polling now.
@@ -41,6 +54,23 @@ impl Watch {
     pub(crate) async fn readable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
         if let Poll::Ready(r) = op() {
             return Ok(r);
+        }
+        // As a synchronous receive does: look again for a short while, as the library's
+        // waiting policy allows, before sleeping in the reactor (a peer on another CPU
+        // usually answers within microseconds; a wake-up through the reactor costs tens).
+        // Each look yields to the runtime first, so other tasks run meanwhile.
+        let mut spin = crate::spin::Spinner::new(SPIN);
+        if spin.spinning() {
+            loop {
+                ::tokio::task::yield_now().await;
+                if let Poll::Ready(r) = op() {
+                    spin.hit();
+                    return Ok(r);
+                }
+                if !spin.keep_going() {
+                    break;
+                }
+            }
         }
         loop {
             let mut guard = self.0.readable().await?;
