@@ -223,145 +223,84 @@ pub trait Executor {
     }
 }
 
-impl Executor for Pool {
-    type Imap<'a, R, I>
-        = Imap<'a, R, I>
-    where
-        R: DeserializeOwned,
-        I: Iterator<Item: Serialize>;
+/// The process pool and the thread pool are executors through their own methods (they share
+/// one core): one forwarding impl for both, `$workers` naming the method that counts them.
+macro_rules! local_executor {
+    ($pool:ident, $workers:ident) => {
+        impl Executor for $pool {
+            type Imap<'a, R, I>
+                = Imap<'a, R, I>
+            where
+                R: DeserializeOwned,
+                I: Iterator<Item: Serialize>;
 
-    fn workers(&self) -> usize {
-        self.processes()
-    }
+            fn workers(&self) -> usize {
+                self.$workers()
+            }
 
-    fn apply_async<F: Func<M>, M>(
-        &self,
-        f: &F,
-        args: F::Args,
-    ) -> Result<AsyncResult<F::Output>, TaskError> {
-        Pool::apply_async(self, f, args)
-    }
+            fn apply_async<F: Func<M>, M>(
+                &self,
+                f: &F,
+                args: F::Args,
+            ) -> Result<AsyncResult<F::Output>, TaskError> {
+                $pool::apply_async(self, f, args)
+            }
 
-    fn map_async<F: Func<M>, M>(
-        &self,
-        f: &F,
-        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<MapResult<F::Output>, TaskError> {
-        Pool::map_async(self, f, items)
-    }
+            fn map_async<F: Func<M>, M>(
+                &self,
+                f: &F,
+                items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+            ) -> Result<MapResult<F::Output>, TaskError> {
+                $pool::map_async(self, f, items)
+            }
 
-    fn map_async_chunked<F: Func<M>, M>(
-        &self,
-        f: &F,
-        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-        chunksize: usize,
-    ) -> Result<MapResult<F::Output>, TaskError> {
-        Pool::map_async_chunked(self, f, items, chunksize)
-    }
+            fn map_async_chunked<F: Func<M>, M>(
+                &self,
+                f: &F,
+                items: impl IntoIterator<Item = impl AsArg<F::Args>>,
+                chunksize: usize,
+            ) -> Result<MapResult<F::Output>, TaskError> {
+                $pool::map_async_chunked(self, f, items, chunksize)
+            }
 
-    fn imap_chunked<F: Func<M>, M, I>(
-        &self,
-        f: &F,
-        items: I,
-        chunksize: usize,
-        ordered: bool,
-    ) -> Imap<'_, F::Output, I::IntoIter>
-    where
-        I: IntoIterator<Item: AsArg<F::Args>>,
-    {
-        match ordered {
-            true => Pool::imap(self, f, items),
-            false => Pool::imap_unordered(self, f, items),
+            fn imap_chunked<F: Func<M>, M, I>(
+                &self,
+                f: &F,
+                items: I,
+                chunksize: usize,
+                ordered: bool,
+            ) -> Imap<'_, F::Output, I::IntoIter>
+            where
+                I: IntoIterator<Item: AsArg<F::Args>>,
+            {
+                match ordered {
+                    true => $pool::imap(self, f, items),
+                    false => $pool::imap_unordered(self, f, items),
+                }
+                .chunksize(chunksize)
+            }
+
+            fn close(&self) {
+                $pool::close(self)
+            }
+
+            fn terminate(&self) {
+                $pool::terminate(self)
+            }
+
+            fn join(&self) -> Result<(), TaskError> {
+                $pool::join(self)
+            }
+
+            fn cancel_pending(&self) {
+                self.core().cancel_pending()
+            }
         }
-        .chunksize(chunksize)
-    }
-
-    fn close(&self) {
-        Pool::close(self)
-    }
-
-    fn terminate(&self) {
-        Pool::terminate(self)
-    }
-
-    fn join(&self) -> Result<(), TaskError> {
-        Pool::join(self)
-    }
-
-    fn cancel_pending(&self) {
-        self.core().cancel_pending()
-    }
+    };
 }
 
-impl Executor for ThreadPool {
-    type Imap<'a, R, I>
-        = Imap<'a, R, I>
-    where
-        R: DeserializeOwned,
-        I: Iterator<Item: Serialize>;
-
-    fn workers(&self) -> usize {
-        self.threads()
-    }
-
-    fn apply_async<F: Func<M>, M>(
-        &self,
-        f: &F,
-        args: F::Args,
-    ) -> Result<AsyncResult<F::Output>, TaskError> {
-        ThreadPool::apply_async(self, f, args)
-    }
-
-    fn map_async<F: Func<M>, M>(
-        &self,
-        f: &F,
-        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-    ) -> Result<MapResult<F::Output>, TaskError> {
-        ThreadPool::map_async(self, f, items)
-    }
-
-    fn map_async_chunked<F: Func<M>, M>(
-        &self,
-        f: &F,
-        items: impl IntoIterator<Item = impl AsArg<F::Args>>,
-        chunksize: usize,
-    ) -> Result<MapResult<F::Output>, TaskError> {
-        ThreadPool::map_async_chunked(self, f, items, chunksize)
-    }
-
-    fn imap_chunked<F: Func<M>, M, I>(
-        &self,
-        f: &F,
-        items: I,
-        chunksize: usize,
-        ordered: bool,
-    ) -> Imap<'_, F::Output, I::IntoIter>
-    where
-        I: IntoIterator<Item: AsArg<F::Args>>,
-    {
-        match ordered {
-            true => ThreadPool::imap(self, f, items),
-            false => ThreadPool::imap_unordered(self, f, items),
-        }
-        .chunksize(chunksize)
-    }
-
-    fn close(&self) {
-        ThreadPool::close(self)
-    }
-
-    fn terminate(&self) {
-        ThreadPool::terminate(self)
-    }
-
-    fn join(&self) -> Result<(), TaskError> {
-        ThreadPool::join(self)
-    }
-
-    fn cancel_pending(&self) {
-        self.core().cancel_pending()
-    }
-}
+local_executor!(Pool, processes);
+local_executor!(ThreadPool, threads);
 
 /// Completions of a group of handles, in the order they happen: the index of each handle
 /// once, through the handles' done callbacks.

@@ -69,7 +69,7 @@
 //!   proxy, or dies — even by `SIGKILL`.
 //! - Concurrency: each client connection is served by its own thread; each object
 //!   serializes its own methods, so a slow call never stalls other objects.
-//! - Async (feature `tokio`): [`Proxy::call_async`], `…_async` twins of `#[managed]` proxy
+//! - Async (feature `tokio`): `Proxy::call_async`, `…_async` twins of `#[managed]` proxy
 //!   methods and of the built-in proxies' blocking calls, waiting in the runtime's reactor on
 //!   the session's connections (no thread per call). A dropped call closes its connection, so
 //!   no later call reads its reply; the server gives up a waiting call whose caller left, and
