@@ -453,22 +453,33 @@ impl Connection {
         }
     }
 
-    /// Looks for a message without sleeping for as long as the library's waiting policy
-    /// allows (see `crate::spin`): a peer on another CPU usually answers within microseconds,
-    /// and a sleep and wake-up across CPUs costs tens of them.
-    fn spin_until_readable(&self) {
+    /// Looks for the first bytes of a message without sleeping for as long as the library's
+    /// waiting policy allows (see `crate::spin`): a peer on another CPU usually answers within
+    /// microseconds, and a sleep and wake-up across CPUs costs tens of them. Each look is a
+    /// non-blocking receive into `buf`, so the one that finds the message has read its start
+    /// too (one system call, where a readiness poll and a receive are two). Returns how many
+    /// bytes it read: 0 when the spin ended with nothing.
+    fn spin_for(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, ConnectionError> {
         let mut spin = crate::spin::Spinner::new(RECV_SPIN);
         if !spin.spinning() {
-            return;
+            return Ok(0);
         }
         loop {
-            let ready = sys::poll_readable(&[self.fd.as_fd()], Some(Duration::ZERO));
-            if matches!(ready.as_deref(), Ok([true])) {
-                spin.hit();
-                return;
+            match sys::recv_with_fds_now(self.fd.as_fd(), buf) {
+                Ok((0, _)) => return Err(ConnectionError::Closed),
+                Ok((n, got)) => {
+                    fds.extend(got);
+                    spin.hit();
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(ConnectionError::Closed);
+                }
+                Err(e) => return Err(e.into()),
             }
             if !spin.keep_going() {
-                return;
+                return Ok(0);
             }
         }
     }
@@ -524,8 +535,7 @@ impl Connection {
                 n
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.spin_until_readable();
-                0
+                self.spin_for(&mut h[..4], &mut fds)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                 return Err(ConnectionError::Closed);
@@ -544,7 +554,12 @@ impl Connection {
             }
         };
         let mut payload = Vec::with_capacity(size.min(GROW_STEP));
-        if deadline.is_none() {
+        if size <= FIRST_STEP {
+            // A small message is usually all there: one receive (zeroing this much ahead of
+            // what arrived is the step `fill_payload` allows anyway).
+            payload.resize(size, 0);
+            self.fill(&mut payload, &mut fds, deadline, false)?;
+        } else if deadline.is_none() {
             // Reads into spare capacity; the vector grows with what actually arrives.
             let got = std::io::Read::read_to_end(
                 &mut std::io::Read::take(&self.fd, size as u64),
