@@ -144,3 +144,48 @@ fn a_thread_pool_result_is_awaited_like_a_process_pool_result() {
         assert_eq!(got, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
     });
 }
+
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Item 0 ends after 50 ms; the others wait until the gate opens.
+#[multiproc::func]
+fn behind_gate(x: u64) -> u64 {
+    if x == 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    } else {
+        while !GATE_OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    x
+}
+
+#[test]
+fn a_thread_pool_stream_yields_a_result_while_the_next_one_waits() {
+    // A stream waits for a batch of results; a thread pool has no timer to flush a batch that
+    // does not fill, so it must hand over what it has at once (item 1 waits for the consumer).
+    let pool = multiproc::ThreadPool::new(1).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut s = pool.imap(&behind_gate, 0..100u64).into_stream();
+        let t0 = std::time::Instant::now();
+        let first = tokio::time::timeout(Duration::from_secs(5), next(&mut s)).await;
+        let waited = t0.elapsed();
+        GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(first, Ok(Some(Ok(0)))), "{first:?}");
+        // Woken by the result, not by the time limit's last look.
+        assert!(
+            waited < Duration::from_secs(2),
+            "item 0 came after {waited:?}"
+        );
+        let mut n = 1;
+        while let Some(r) = next(&mut s).await {
+            assert_eq!(r.unwrap(), n);
+            n += 1;
+        }
+        assert_eq!(n, 100);
+    });
+}

@@ -15,7 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::handler::ClosureRunner;
-use super::state::{Chunk, Inner, ItemResult, State, Wake, record_locked, run_callbacks};
+use super::state::{
+    Chunk, FLUSH_AFTER, Inner, ItemResult, State, Wake, record_locked, run_callbacks,
+};
 use super::wire::{Batch, Failure};
 use super::worker::{Task, closure_or_registered, registered};
 use super::{AsArg, AsyncResult, ClosurePool, Core, Imap, MapResult};
@@ -440,6 +442,22 @@ impl Crew {
                 }
                 now.item = Some((chunk.clone(), i, Instant::now()));
             }
+            if slot.is_some() {
+                // Under a time limit each item is recorded as it ends: the watch may give the
+                // rest of the chunk to another thread, and what this one finished must not
+                // wait for an item that never returns.
+                let mut one = Vec::new();
+                let failure = task(chunk.args.item(i), &mut one);
+                let failures = failure.map(|f| vec![(0, Failure::Task(f))]);
+                let end = one.len() as u32;
+                let batch = Batch {
+                    data: serde_bytes::ByteBuf::from(one),
+                    ends: vec![end],
+                };
+                let results = super::state::split_results(batch, failures.unwrap_or_default());
+                self.record(chunk.job, chunk.start + i as u64, results);
+                continue;
+            }
             let failure = task(chunk.args.item(i), &mut out);
             ends.push(out.len() as u32);
             if let Some(f) = failure {
@@ -450,6 +468,8 @@ impl Crew {
             let mut now = lock(&s.now);
             now.item = None;
             kept &= !now.abandoned;
+            // Every item was recorded as it ended.
+            return kept;
         }
         let results = super::state::split_results(
             Batch {
@@ -467,9 +487,9 @@ impl Crew {
         let callbacks = {
             let mut st = shared.lock();
             let (callbacks, _) = record_locked(&mut st, job, start, results);
-            // No handler flushes a waiting iterator's batch: every iterator is woken below,
-            // so what waited for a flush is simply dropped.
-            st.flush_deferred(Instant::now());
+            // No handler flushes a waiting iterator's batch on a timer here: every deferred
+            // batch is flushed now (its async tasks woken; sync iterators are woken below).
+            st.flush_deferred(Instant::now() + FLUSH_AFTER);
             callbacks
         };
         // Every recording wakes the waiters: there is no handler to flush an iterator's batch.
@@ -508,6 +528,7 @@ impl Crew {
                         chunk.start + index as u64,
                         vec![Err(TaskError::Timeout(timeout))],
                     );
+                    st.flush_deferred(Instant::now() + FLUSH_AFTER);
                     let seq = st.seq();
                     if let Some(tail) = chunk.tail(index + 1, seq) {
                         st.requeue(tail);

@@ -161,6 +161,17 @@ pub fn task_timeout<E: Executor>(ex: &E) {
         matches!(each[..], [Ok(10), Err(TaskError::Timeout(_)), Ok(10)]),
         "{each:?}"
     );
+    // In one chunk: what finished before the late item is delivered, what follows it runs
+    // elsewhere, and nothing waits for the late item to return.
+    let each = ex
+        .map_async_chunked(&nap, [10u64, 20_000, 10], 3)
+        .unwrap()
+        .get_each_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("a chunk with a late item waited for it: {e}"));
+    assert!(
+        matches!(each[..], [Ok(10), Err(TaskError::Timeout(_)), Ok(10)]),
+        "{each:?}"
+    );
     assert_eq!(ex.apply(&square, 5).unwrap(), 25, "the executor goes on");
 }
 
