@@ -70,7 +70,38 @@ per_start_method!(
     imap_yields_what_it_submitted_before_an_item_that_does_not_encode,
     a_pool_closed_during_an_imap_finishes_the_imap,
     imap_yields_a_result_without_waiting_for_a_batch,
+    a_worker_that_cannot_be_replaced_fails_the_waiting_tasks,
 );
+
+/// The number of descriptors this process has open.
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
+}
+
+/// When a dead worker cannot be replaced (here: this process may open no more descriptors),
+/// the pool is broken and says so to every task that waits, instead of leaving them waiting.
+fn a_worker_that_cannot_be_replaced_fails_the_waiting_tasks(method: StartMethod) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let pool = pool(method, 1).build().unwrap();
+    assert_eq!(pool.apply(&square, 3).unwrap(), 9);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, open_fds(), hard).unwrap();
+    let dying = pool.apply_async(&abort_on_5, 5).unwrap();
+    let waiting = pool.apply_async(&square, 4).unwrap();
+    let died = dying.get_timeout(Duration::from_secs(10));
+    let got = waiting.get_timeout(Duration::from_secs(10));
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    assert!(
+        matches!(died, Err(PoolError::WorkerDied { .. })),
+        "{died:?}"
+    );
+    assert!(
+        !matches!(got, Err(PoolError::WaitTimeout(_))),
+        "the task behind the dead worker waited for ever: {got:?}"
+    );
+    assert!(got.is_err(), "{got:?}");
+    pool.terminate();
+}
 
 /// Sleeps 10 ms on item 0, 3 s on the others.
 #[multiproc::func]

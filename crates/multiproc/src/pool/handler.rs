@@ -607,6 +607,9 @@ impl Handler {
                 Ok(w) => self.workers.push(w),
                 Err(e) => {
                     self.shared.lock().break_with(e);
+                    // The next round fails what waits: without a busy worker to report,
+                    // nothing else would wake this thread for it.
+                    self.shared.poke();
                     break;
                 }
             }
