@@ -5,29 +5,13 @@
 //! Without `python3` these tests skip with a message, except under `CI=true`.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use multiproc::{Address, Client, ConnectionError, Listener};
-
-fn python() -> Option<&'static str> {
-    let ok = Command::new("python3")
-        .arg("-c")
-        .arg("import multiprocessing.connection")
-        .status();
-    match ok {
-        Ok(s) if s.success() => Some("python3"),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "python3 is required under CI=true"
-            );
-            eprintln!("skipping: python3 with multiprocessing is not available");
-            None
-        }
-    }
-}
 
 /// Runs a Python script with args; stdout is piped.
 fn run_py(py: &str, script: &str, args: &[&str]) -> Child {
@@ -120,7 +104,9 @@ fn echo_until_bye(listener: &Listener) -> Result<usize, ConnectionError> {
 
 #[test]
 fn python_client_talks_to_our_listener() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.connection") else {
+        return;
+    };
     for (key, mode) in [("", "plain"), ("s3cret", "native"), ("s3cret", "modern")] {
         let listener =
             Listener::bind("127.0.0.1:0", (!key.is_empty()).then_some(key.as_bytes())).unwrap();
@@ -137,7 +123,9 @@ fn python_client_talks_to_our_listener() {
 
 #[test]
 fn python_client_with_wrong_key_is_refused_on_both_ends() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.connection") else {
+        return;
+    };
     let listener = Listener::bind("127.0.0.1:0", Some(b"right")).unwrap();
     let (host, port) = tcp(listener.address());
     let script = PY_CLIENT.replace("exec(MODERN)", "pass");
@@ -197,7 +185,9 @@ fn start_py_listener(
 
 #[test]
 fn our_client_talks_to_a_python_listener() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.connection") else {
+        return;
+    };
     for (key, mode) in [("", "plain"), ("s3cret", "native"), ("s3cret", "modern")] {
         let (child, addr, mut out) = start_py_listener(py, key, mode);
         let conn =
@@ -223,7 +213,9 @@ fn our_client_talks_to_a_python_listener() {
 
 #[test]
 fn our_client_with_wrong_key_gets_an_authentication_error() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.connection") else {
+        return;
+    };
     let (child, addr, mut out) = start_py_listener(py, "right", "native");
     let err = Client::connect(addr.as_str(), Some(b"wrong")).unwrap_err();
     assert!(
@@ -238,7 +230,9 @@ fn our_client_with_wrong_key_gets_an_authentication_error() {
 
 #[test]
 fn python_send_handle_interoperates() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.connection") else {
+        return;
+    };
     // Python sends a descriptor with multiprocessing.reduction.send_handle over a Unix socket.
     let path = std::env::temp_dir().join(format!("mp-py-handle-{}.sock", std::process::id()));
     let listener = Listener::bind(path.to_str().unwrap(), None).unwrap();

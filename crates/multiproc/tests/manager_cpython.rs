@@ -5,29 +5,13 @@
 //! with a message, except under `CI=true`.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use multiproc::manager::{Manager, PyValue};
-
-fn python() -> Option<&'static str> {
-    let ok = Command::new("python3")
-        .arg("-c")
-        .arg("import multiprocessing.managers")
-        .status();
-    match ok {
-        Ok(s) if s.success() => Some("python3"),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "python3 is required under CI=true"
-            );
-            eprintln!("skipping: python3 with multiprocessing is not available");
-            None
-        }
-    }
-}
 
 /// The helpers every script starts with: `connect()` to the manager named by argv.
 const PRELUDE: &str = r#"
@@ -95,7 +79,9 @@ fn serve(key: &str) -> (multiproc::manager::Server, String) {
 
 #[test]
 fn the_issue_example_runs_against_our_server() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("secret");
     let out = run_ok(
         py,
@@ -213,7 +199,9 @@ print('all ok', m._number_of_objects() > 0 if hasattr(m, '_number_of_objects') e
 
 #[test]
 fn every_sync_manager_type_and_method_works_from_python() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("k1");
     let out = run_ok(py, EVERY_TYPE, &address, "k1");
     assert!(out.starts_with("all ok"), "{out}");
@@ -224,7 +212,9 @@ fn every_sync_manager_type_and_method_works_from_python() {
 /// and wake up when another client acts.
 #[test]
 fn blocking_calls_time_out_and_wake_up() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("k2");
     let out = run_ok(
         py,
@@ -280,7 +270,9 @@ print('set', *took(ev.wait, 10))
 /// lock: no increment is lost.
 #[test]
 fn python_and_rust_clients_share_one_lock_and_counter() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("k3");
     let mgr = Manager::connect(&address, b"k3").unwrap();
     let lock = mgr.lock().unwrap();
@@ -323,7 +315,9 @@ print('done')
 /// `PyValue` both ways, and a proxy Python sends names its object for Rust too.
 #[test]
 fn rust_published_objects_are_python_typeids() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("k4");
     let mgr = Manager::connect(&address, b"k4").unwrap();
     let jobs = mgr.queue::<PyValue>().unwrap();
@@ -397,7 +391,9 @@ except Exception as e: print(type(e).__name__, 'published name' in str(e))
 
 #[test]
 fn a_wrong_key_is_refused_and_the_server_goes_on() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("right");
     let (ok, out, err) = finish(spawn_py(
         py,
@@ -419,7 +415,9 @@ fn a_wrong_key_is_refused_and_the_server_goes_on() {
 /// A Python client killed while it holds a lock releases it, as a Rust client does.
 #[test]
 fn a_killed_python_client_releases_its_lock() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("k5");
     let mgr = Manager::connect(&address, b"k5").unwrap();
     let lock = mgr.lock().unwrap();
@@ -456,7 +454,9 @@ m = connect(); l = m.the_lock(); l.acquire(); print('held', flush=True); time.sl
 /// and the server serves the next request.
 #[test]
 fn hostile_pickles_are_refused_and_nothing_runs() {
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (server, address) = serve("k6");
     let dir = std::env::temp_dir().join(format!("mp-pickle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -580,7 +580,9 @@ fn stop(mut child: Child) {
 fn rust_client_uses_a_cpython_server() {
     use multiproc::manager::PyManager;
     use multiproc::{ManagerError, QueueError};
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let (child, address) = cpython_server(py, "py-key");
     assert!(matches!(
         PyManager::connect(address.as_str(), b"wrong"),
@@ -664,7 +666,9 @@ fn rust_client_uses_a_cpython_server() {
 #[test]
 fn rust_client_runs_nothing_a_server_sends() {
     use multiproc::manager::PyManager;
-    let Some(py) = python() else { return };
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("mp-evil-server-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let marker = dir.join("ran");

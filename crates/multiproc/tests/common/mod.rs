@@ -247,3 +247,24 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status");
     kib * 1024
 }
+
+/// `python3` when the machine's can import `module` (a part of CPython's `multiprocessing`),
+/// for the tests that drive CPython; `None` (the test skips, saying so) otherwise, which
+/// `CI=true` does not allow.
+pub fn python(module: &str) -> Option<&'static str> {
+    let ok = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("import {module}"))
+        .status();
+    match ok {
+        Ok(s) if s.success() => Some("python3"),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "python3 is required under CI=true"
+            );
+            eprintln!("skipping: python3 with multiprocessing is not available");
+            None
+        }
+    }
+}
