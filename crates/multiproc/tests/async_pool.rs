@@ -189,3 +189,32 @@ fn a_thread_pool_stream_yields_a_result_while_the_next_one_waits() {
         assert_eq!(n, 100);
     });
 }
+
+per_start_method!(multiproc::test; awaited_results_under_every_start_method);
+
+/// The awaited forms (a result, a map, a stream) with the pool's workers started by `method`,
+/// under both runtimes.
+fn awaited_results_under_every_start_method(method: multiproc::StartMethod) {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .build()
+        .unwrap();
+    both_runtimes(|| async {
+        let tasks: Vec<_> = (0..200u64)
+            .map(|x| tokio::spawn(pool.apply_async(&square, x).unwrap()))
+            .collect();
+        for (x, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap(), (x * x) as u64);
+        }
+        let all = pool.map_async(&square, 0..100u64).unwrap().await.unwrap();
+        assert_eq!(all[99], 99 * 99);
+        let mut s = pool.imap(&sleep_ms, [3u64, 0, 1, 0]).into_stream();
+        let mut got = Vec::new();
+        while let Some(r) = next(&mut s).await {
+            got.push(r.unwrap());
+        }
+        assert_eq!(got, [3, 0, 1, 0]);
+    });
+}

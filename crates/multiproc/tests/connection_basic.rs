@@ -915,3 +915,42 @@ fn at_the_bound_of_pending_handshakes_the_oldest_gives_way() {
     assert!(dropped.contains("to make room"), "{dropped}");
     drop(silent);
 }
+
+/// Echoes `times` byte messages back.
+#[multiproc::func]
+fn echo_bytes_through(conn: Connection, times: u32) {
+    for _ in 0..times {
+        let m = conn.recv_bytes().unwrap();
+        conn.send_bytes(&m).unwrap();
+    }
+}
+
+per_start_method!(multiproc::test; messages_of_every_size_round_trip_with_a_child);
+
+/// Round trips with a child under each start method, back to back (so that a receive finds
+/// its message while it spins, or sleeps for it), at the sizes where a receive changes how it
+/// reads: empty, tiny, at and past the one-receive limit of a small message, and large.
+fn messages_of_every_size_round_trip_with_a_child(method: multiproc::StartMethod) {
+    let _leaks = LeakCheck::new();
+    let sizes = [0usize, 1, 13, 4096, 64 << 10, (64 << 10) + 1, 3 << 20];
+    let rounds = |size: usize| if size > 1 << 20 { 5u32 } else { 100 };
+    let total = sizes.iter().map(|&s| rounds(s)).sum();
+    let (ours, theirs) = pipe(true).unwrap();
+    let p = multiproc::Process::builder()
+        .start_method(method)
+        .start(&echo_bytes_through, (theirs, total))
+        .unwrap();
+    for &size in &sizes {
+        for r in 0..rounds(size) {
+            let m: Vec<u8> = (0..size).map(|i| (i as u32 ^ r) as u8).collect();
+            ours.send_bytes(&m).unwrap();
+            let back = ours.recv_bytes().unwrap();
+            assert!(
+                back == m,
+                "size {size}, round {r}: {} bytes back",
+                back.len()
+            );
+        }
+    }
+    p.join().unwrap();
+}
