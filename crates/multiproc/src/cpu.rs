@@ -21,6 +21,71 @@ pub fn cpu_count() -> usize {
     quota.map_or(affinity, |q| affinity.min(q)).max(1)
 }
 
+/// The number of CPUs this process and its peers can run on at the same time: the machine's
+/// online CPUs, lowered to the cgroup's CPU set and CPU quota. Unlike [`cpu_count`] it leaves
+/// this process's affinity mask out: a process pinned to one CPU may wait for a peer that
+/// runs on another, and whether that peer can answer while this one waits is decided by the
+/// CPUs of them both (the waiting policy of `crate::spin` asks this).
+pub(crate) fn shared_cpu_count() -> usize {
+    let online = crate::sys::online_cpu_count()
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok();
+    let root = Path::new("/sys/fs/cgroup");
+    let set = cgroup.as_deref().and_then(|t| cgroup_cpuset(t, root));
+    let quota = cgroup.as_deref().and_then(|t| cgroup_quota(t, root));
+    [Some(online), set, quota]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The number of CPUs in the cgroup's CPU set (v2 `cpuset.cpus.effective`, v1
+/// `cpuset.effective_cpus`), when the cpuset controller is there.
+fn cgroup_cpuset(proc_self_cgroup: &str, root: &Path) -> Option<usize> {
+    for line in proc_self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let file = if controllers.is_empty() {
+            root.join(path.trim_start_matches('/'))
+                .join("cpuset.cpus.effective")
+        } else if controllers.split(',').any(|c| c == "cpuset") {
+            root.join("cpuset")
+                .join(path.trim_start_matches('/'))
+                .join("cpuset.effective_cpus")
+        } else {
+            continue;
+        };
+        if let Some(n) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| parse_cpu_list(&t))
+        {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// How many CPUs a kernel CPU list names (`"0-3,6,8-9"` → 7); `None` when empty or garbled.
+fn parse_cpu_list(text: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    (n > 0).then_some(n)
+}
+
 /// The tightest CPU quota over the cgroup and its ancestors, in whole CPUs rounded up.
 fn cgroup_quota(proc_self_cgroup: &str, root: &Path) -> Option<usize> {
     let mut best: Option<usize> = None;
@@ -111,6 +176,50 @@ mod test {
         assert_eq!(parse_cpu_max("400000 100000"), Some(4));
         assert_eq!(parse_cpu_max("garbage"), None);
         assert_eq!(parse_cpu_max(""), None);
+    }
+
+    #[test]
+    fn cpu_list_parsing() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(parse_cpu_list("5"), Some(1));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("\n"), None);
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x-2"), None);
+    }
+
+    #[test]
+    fn cpuset_from_fake_v1_and_v2_trees() {
+        let root = std::env::temp_dir().join(format!("multiproc-cpuset-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("cpuset/job")).unwrap();
+        std::fs::write(root.join("cpuset/job/cpuset.effective_cpus"), "2-3\n").unwrap();
+        assert_eq!(cgroup_cpuset("3:cpuset:/job\n", &root), Some(2));
+        std::fs::create_dir_all(root.join("svc")).unwrap();
+        std::fs::write(root.join("svc/cpuset.cpus.effective"), "0\n").unwrap();
+        assert_eq!(cgroup_cpuset("0::/svc\n", &root), Some(1));
+        assert_eq!(cgroup_cpuset("0::/other\n", &root), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn shared_cpus_ignore_this_process_affinity() {
+        // The count a pinned process spins by is that of the machine (and cgroup), not of
+        // its mask: pin this test's thread (affinity is per thread) to one CPU and ask.
+        use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+        use nix::unistd::Pid;
+        let before = shared_cpu_count();
+        let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let first = (0..CpuSet::count())
+            .find(|&i| mask.is_set(i).unwrap_or(false))
+            .unwrap();
+        let mut one = CpuSet::new();
+        one.set(first).unwrap();
+        sched_setaffinity(Pid::from_raw(0), &one).unwrap();
+        let (pinned_shared, pinned_own) = (shared_cpu_count(), cpu_count());
+        sched_setaffinity(Pid::from_raw(0), &mask).unwrap();
+        assert_eq!(pinned_own, 1);
+        assert_eq!(pinned_shared, before);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! first then saves most of a round trip. But a spinner is a runnable task. When the machine has
 //! more runnable tasks than CPUs, the spinner takes the CPU the process it waits for needs, and
 //! every wait gets longer. So spinning is allowed only while it pays:
-//! - never on a single CPU (the event cannot come while this task holds the CPU);
-//! - on a crowded machine (more runnable tasks than this process may use CPUs, sampled from
+//! - never on a single CPU (the event cannot come while this task holds the CPU). The count is
+//!   the machine's CPUs as the cgroup limits them, not this process's affinity mask: a process
+//!   pinned to one CPU may wait for a peer pinned to another;
+//! - on a crowded machine (more runnable tasks than those CPUs, sampled from
 //!   `/proc/loadavg` at most every [`SAMPLE_EVERY`] by whichever waiter finds the sample
 //!   stale), only while spins have been paying: a running score of hits counts, and below
 //!   [`CROWDED_SCORE`] one wait in [`PROBE_EVERY`] still spins, so the score can recover. A
@@ -38,9 +40,12 @@ const MISSES_TO_BACK_OFF: u32 = 8;
 /// spins anyway to measure it again.
 const CROWDED_SCORE: u32 = 600;
 const PROBE_EVERY: u32 = 32;
+/// A yield that takes this long (ns) ran another task on this CPU meanwhile; one that finds
+/// nothing else to run returns in about a microsecond.
+const CEDED: u64 = 3_000;
 /// The first back-off, and the longest.
 const MIN_BACKOFF: u64 = 2_000_000;
-const MAX_BACKOFF: u64 = 256_000_000;
+const MAX_BACKOFF: u64 = 32_000_000;
 
 /// When waiters of this library spin before they sleep (see [`set_spin_policy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +95,7 @@ fn mode() -> SpinPolicy {
 
 fn cpus() -> usize {
     static CPUS: OnceLock<usize> = OnceLock::new();
-    *CPUS.get_or_init(crate::cpu::cpu_count)
+    *CPUS.get_or_init(crate::cpu::shared_cpu_count)
 }
 
 /// When the runnable count was last read, and whether it exceeded the CPUs.
@@ -193,13 +198,19 @@ pub(crate) struct Spinner {
     /// When the spin ends (`monotonic_ns`); `None`: no spinning for this wait.
     end: Option<u64>,
     looks: u32,
+    /// Whether a pause of this spin gave the CPU to another task (see [`CEDED`]).
+    ceded: bool,
 }
 
 impl Spinner {
     /// A spin of at most `max` if the policy allows one now.
     pub(crate) fn new(max: Duration) -> Spinner {
         let end = (!max.is_zero() && may_spin()).then(|| monotonic_ns() + max.as_nanos() as u64);
-        Spinner { end, looks: 0 }
+        Spinner {
+            end,
+            looks: 0,
+            ceded: false,
+        }
     }
 
     /// After a look that found nothing: whether to look again (after a pause), or sleep. Once
@@ -219,16 +230,26 @@ impl Spinner {
             std::hint::spin_loop();
         }
         // Now and then let a task that shares this CPU run: it may be the one we wait for.
+        // A yield that took long ran another task here.
         if self.looks.is_multiple_of(4) {
+            let before = monotonic_ns();
             std::thread::yield_now();
+            self.ceded |= monotonic_ns().saturating_sub(before) >= CEDED;
         }
         true
     }
 
-    /// The event came: if it came while spinning, the spin paid.
+    /// The event came: if it came while spinning, the spin paid — unless this spin had given
+    /// its CPU to another task meanwhile: then the event may have come because it did (the
+    /// peer shares this CPU, or a task crowds it), which a plain sleep does as well without
+    /// the spin's cost, so it counts as a miss.
     pub(crate) fn hit(self) {
         if self.end.is_some() && self.looks > 0 {
-            record_hit();
+            if self.ceded {
+                record_miss();
+            } else {
+                record_hit();
+            }
         }
     }
 

@@ -526,22 +526,10 @@ impl Connection {
         }
         let mut fds = Vec::new();
         let mut h = [0u8; 12];
-        // What has arrived already, without waiting; if nothing, a short spin (when it pays)
-        // before the receive that sleeps.
-        let have = match sys::recv_with_fds_now(self.fd.as_fd(), &mut h[..4]) {
-            Ok((0, _)) => return Err(ConnectionError::Closed),
-            Ok((n, got)) => {
-                fds.extend(got);
-                n
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.spin_for(&mut h[..4], &mut fds)?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Err(ConnectionError::Closed);
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // A short spin (when it pays) before the receive that sleeps; when it does not, the
+        // receive that sleeps is the first look (one system call for a message already there
+        // or one that comes later).
+        let have = self.spin_for(&mut h[..4], &mut fds)?;
         self.fill(&mut h[have..4], &mut fds, deadline, have == 0)?;
         let size = match frame_header(&h[..4], limit)? {
             Some((_, size)) => size,

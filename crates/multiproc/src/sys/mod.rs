@@ -17,7 +17,7 @@
 //! - processes ([`process`]): [`spawn_self`], [`fork_then`], [`CHILD_BOOTSTRAP_FD`],
 //!   [`take_inherited_fd`], [`close_inline`], [`pidfd_open`], [`try_wait`], [`ExitStatus`],
 //!   [`process_alive`], [`getpid`], [`gettid`], [`getppid`], [`exit_now`], [`at_exit`],
-//!   [`remove_env`], [`affinity_cpu_count`];
+//!   [`remove_env`], [`affinity_cpu_count`], [`online_cpu_count`];
 //! - limits and the child's surroundings ([`limits`]): [`Resource`], [`set_rlimit`],
 //!   [`UNLIMITED`], [`allow_cpu_time`], [`resident_bytes`], [`set_nice`], [`change_dir`], [`edit_env`], [`is_root`], [`set_user`],
 //!   [`set_group`], [`redirect`], [`pipe`], [`report_alloc_failure_on_abort`];
@@ -68,8 +68,8 @@ pub(crate) use net::{
 };
 pub(crate) use process::{
     CHILD_BOOTSTRAP_FD, ExitStatus, affinity_cpu_count, at_exit, close_inline, exit_now, fork_then,
-    getpid, getppid, gettid, pidfd_open, process_alive, remove_env, spawn_self, take_inherited_fd,
-    try_wait,
+    getpid, getppid, gettid, online_cpu_count, pidfd_open, process_alive, remove_env, spawn_self,
+    take_inherited_fd, try_wait,
 };
 pub(crate) use shm::{Region, memfd_with};
 pub(crate) use signal::{

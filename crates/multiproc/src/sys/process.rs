@@ -246,6 +246,12 @@ pub(crate) fn close_inline(fd: OwnedFd) {
     unsafe { rustix::io::close(fd.into_raw_fd()) }
 }
 
+/// CPUs online on this machine.
+pub(crate) fn online_cpu_count() -> Option<usize> {
+    let n = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN).ok()??;
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
 /// CPUs this process may run on (its affinity mask).
 pub(crate) fn affinity_cpu_count() -> Option<usize> {
     let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok()?;
