@@ -580,3 +580,57 @@ fn an_unregistered_closure_is_told_the_ways_that_run_closures() {
     let msg = pool.apply(&plain, 1).unwrap_err().to_string();
     assert!(msg.contains("add `#[multiproc::func]`"), "{msg}");
 }
+
+/// A caller that spins for its result takes every worker's reports itself and keeps the
+/// workers from waking the pool's handler; one-at-a-time callers reuse the worker they just
+/// heard from. Meanwhile another thread's callbacks and a map must still be served promptly:
+/// what the spinning caller took for them wakes the handler.
+fn spinning_callers_leave_callbacks_and_maps_served(method: multiproc::StartMethod) {
+    let _leaks = LeakCheck::new();
+    // Spinning whatever the load, so that the caller watches the rings nearly all the time.
+    multiproc::set_spin_policy(multiproc::SpinPolicy::Always);
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .build()
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let spinner = s.spawn(|| {
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) && i < 2_000_000 {
+                let v = pool.apply_async(&square, i).unwrap();
+                assert_eq!(v.get_timeout(Duration::from_secs(20)).unwrap(), i * i);
+                i += 1;
+            }
+            i
+        });
+        // The spinning thread stops when this one ends, failed or not.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = Stop(&done);
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..300u64 {
+            let tx = tx.clone();
+            let handle = pool.apply_async(&square, i).unwrap().callback(move |v| {
+                let _ = tx.send(v);
+            });
+            // Each callback comes while the other thread spins for its own results.
+            let got = rx.recv_timeout(Duration::from_secs(10));
+            assert_eq!(got, Ok(i * i), "callback {i} did not come");
+            drop(handle);
+            if i % 50 == 0 {
+                let m = pool.map(&square, 0..20u64).unwrap();
+                assert_eq!(m, (0..20u64).map(|x| x * x).collect::<Vec<_>>());
+            }
+        }
+        drop(stop);
+        assert!(spinner.join().unwrap() > 0);
+    });
+}
+
+per_start_method!(multiproc::test; spinning_callers_leave_callbacks_and_maps_served);

@@ -24,6 +24,13 @@ fn abort_on_5(x: u64) -> u64 {
     x
 }
 
+/// Sleeps `ms`, then aborts its worker.
+#[multiproc::func]
+fn abort_after(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::abort();
+}
+
 /// Sleeps 20 ms, or 30 s on item 5.
 #[multiproc::func]
 fn stall_on_5(x: u64) -> u64 {
@@ -86,7 +93,10 @@ fn a_worker_that_cannot_be_replaced_fails_the_waiting_tasks(method: StartMethod)
     assert_eq!(pool.apply(&square, 3).unwrap(), 9);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, open_fds(), hard).unwrap();
-    let dying = pool.apply_async(&abort_on_5, 5).unwrap();
+    // The worker dies only after the second task waits behind the first (a worker that
+    // takes its task at once could die before the second one is submitted, and a broken
+    // pool refuses new tasks).
+    let dying = pool.apply_async(&abort_after, 300).unwrap();
     let waiting = pool.apply_async(&square, 4).unwrap();
     let died = dying.get_timeout(Duration::from_secs(10));
     let got = waiting.get_timeout(Duration::from_secs(10));

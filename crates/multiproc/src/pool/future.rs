@@ -81,7 +81,7 @@ impl<R: DeserializeOwned> Future for MapResult<R> {
 /// Whether job `job` is done; if not, `cx`'s waker is left to be woken when it may be.
 fn poll_done(shared: &Shared, job: u64, cx: &mut Context<'_>) -> bool {
     let mut st = shared.lock();
-    let wake = pickup(&mut st);
+    let wake = pickup(shared, &mut st);
     let done = st.job_done(job);
     let mut spun = None;
     if let Some(j) = st.job_mut(job) {
@@ -151,7 +151,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
     fn poll_fill(&mut self, job: u64, cx: &mut Context<'_>) -> Poll<Option<()>> {
         let shared = self.pool.shared().clone();
         let mut st = shared.lock();
-        let wake = pickup(&mut st);
+        let wake = pickup(&shared, &mut st);
         let Some(j) = st.job_mut(job) else {
             return Poll::Ready(None);
         };

@@ -6,7 +6,7 @@
 //! the state lock so that the handler counts them before anything else: a caller with a single
 //! chunk sends it to an idle worker the handler lent out (`State::lent`, `State::direct`), and a
 //! caller waiting for its result takes reports out of the rings itself (`state::pickup`,
-//! `State::picked`). Deaths, time limits and respawns stay with the handler.
+//! `State::picked`), lending that worker out again when it sent it the chunk. Deaths, time limits and respawns stay with the handler.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -501,6 +501,7 @@ impl Handler {
     fn dispatch(&mut self) -> (Next, Vec<(usize, Vec<u8>)>) {
         let mut sends = Vec::new();
         let mut st = self.shared.lock();
+        st.asleep = false;
         absorb(&mut st, &self.cfg, &mut self.workers, &mut self.callbacks);
         if st.is_terminated() {
             st.lend_none();
@@ -638,6 +639,7 @@ impl Handler {
             let mut st = self.shared.lock();
             let (flushed, due) = st.flush_deferred(Instant::now());
             let look = st.callers_acted() || self.workers.iter().any(|w| w.reports.pending());
+            st.asleep = !look;
             (look, flushed, due)
         };
         if flushed {
@@ -655,9 +657,9 @@ impl Handler {
             fds.push(w.conn.as_fd());
             fds.push(w.process.sentinel());
         }
-        // No busy-polling here: measured, a spinning handler (or worker) takes the CPU the
-        // task, the caller or a broker needs on a small machine (apply_async 22 µs without,
-        // 50-150 µs with); the caller's short spin in `wait_done` is what pays.
+        // No busy-polling here: measured, a spinning handler takes the CPU the task, the
+        // caller or a broker needs on a small machine (apply_async 22 µs without, 50-150 µs
+        // with); the caller's short spin in `wait_done`, and the idle worker's, are what pay.
         let ready = wait(&fds, timeout).unwrap_or_default();
         drop(fds);
         for w in &self.workers {

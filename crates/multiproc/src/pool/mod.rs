@@ -336,7 +336,9 @@ impl PoolBuilder {
             .set_nonblocking(true)
             .map_err(TaskError::io("cannot make the pool's doorbell"))?;
         let shared: Shared = Arc::new(Inner {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::relending(
+                cfg.maxtasks == 0 && cfg.task_timeout.is_none(),
+            )),
             changed: Condvar::new(),
             wake: Wake::Handler(Mutex::new(wake_w)),
         });
@@ -475,7 +477,7 @@ impl Core {
             // A worker that is going away: its death reaches the handler as usual.
             return Some(chunk);
         }
-        st.sent_directly(lent.worker, chunk);
+        st.sent_directly(lent, chunk);
         None
     }
 

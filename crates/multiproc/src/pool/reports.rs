@@ -16,6 +16,13 @@
 //! report, or the worker sees the flag and rings the doorbell (a `Wake` frame on its
 //! connection), which ends the poll. After the poll the handler
 //! [`disarm`](Reports::disarm)s, and reports go back to costing no system call.
+//!
+//! A caller that spins for its result [`watch`](Reports::watch)es the rings meanwhile: it takes
+//! the reports itself, so the worker leaves the doorbell alone (no wake-up of the handler on the
+//! caller's CPU in the middle of a round trip). When it stops it
+//! [`unwatch`](Reports::unwatch)es, then looks once more (the same two orders as above: it
+//! sees the report, or the worker sees no watcher and rings); what it took that the handler
+//! must act on wakes the handler then (see `state::pickup`).
 
 use std::sync::atomic::{Ordering, fence};
 
@@ -26,6 +33,11 @@ use crate::connection::Connection;
 use crate::error::{PoolError, QueueError};
 use crate::process::Outcome;
 use crate::shm::{Blocking, Ring, Tally};
+
+/// The ring's flag word: bit 0 is set while the handler sleeps; the rest counts the callers
+/// watching the ring (in units of [`WATCHER`]).
+const ARMED: u32 = 1;
+const WATCHER: u32 = 2;
 
 /// One worker's reports: both ends share it (it travels to the worker as its memfd).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -53,8 +65,8 @@ impl Reports {
             }
             Err(_) => return Err(()),
         }
-        // See the module docs: `put` ended with a SeqCst fence.
-        if self.ring.flag().load(Ordering::SeqCst) != 0 {
+        // See the module docs: `put` ended with a SeqCst fence. Armed, and nobody watching.
+        if self.ring.flag().load(Ordering::SeqCst) == ARMED {
             conn.send_untagged(&FromWorker::Wake).map_err(drop)?;
         }
         Ok(())
@@ -63,13 +75,23 @@ impl Reports {
     /// Handler, before it sleeps: from now on the worker rings the doorbell after a report.
     /// Look at [`pending`](Reports::pending) afterwards (see the module docs).
     pub(crate) fn arm(&self) {
-        self.ring.flag().store(1, Ordering::SeqCst);
+        self.ring.flag().fetch_or(ARMED, Ordering::SeqCst);
         fence(Ordering::SeqCst);
     }
 
     /// Handler, awake again: reports need no doorbell.
     pub(crate) fn disarm(&self) {
-        self.ring.flag().store(0, Ordering::Relaxed);
+        self.ring.flag().fetch_and(!ARMED, Ordering::SeqCst);
+    }
+
+    /// Caller, before it spins for a result: it takes the reports itself, no doorbell needed.
+    pub(crate) fn watch(&self) {
+        self.ring.flag().fetch_add(WATCHER, Ordering::SeqCst);
+    }
+
+    /// Caller, done spinning: look at the rings once more afterwards (see the module docs).
+    pub(crate) fn unwatch(&self) {
+        self.ring.flag().fetch_sub(WATCHER, Ordering::SeqCst);
     }
 
     /// Whether reports wait in the ring.

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use super::Core;
 use std::collections::VecDeque;
 
+use super::reports::Reports;
 use super::state::{ItemResult, Reader, Shared};
 use super::wire::Batch;
 use crate::error::PoolError;
@@ -32,20 +33,30 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
     // sleeping on the condition variable (a wake-up from another CPU costs more), while the
     // library's waiting policy says that spinning pays.
     let mut spin = crate::spin::Spinner::new(SPIN);
+    // While spinning, the workers need not wake the handler for their reports: this caller
+    // takes them (see `reports`).
+    let watched = if spin.spinning() {
+        let rings = shared.lock().rings();
+        rings.iter().for_each(Reports::watch);
+        rings
+    } else {
+        Vec::new()
+    };
+    let mut hit = false;
     while spin.spinning() {
         let (done, wake) = {
             let mut st = shared.lock();
             // Take the reports ourselves rather than wait for the handler to wake for
             // them: one wake-up less on a round trip.
-            let wake = super::state::pickup(&mut st);
+            let wake = super::state::pickup(shared, &mut st);
             (st.job_done(id), wake)
         };
         if wake {
             shared.changed.notify_all();
         }
         if done {
-            spin.hit();
-            return true;
+            hit = true;
+            break;
         }
         if !spin.keep_going() {
             break;
@@ -53,6 +64,17 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
         std::thread::yield_now();
     }
     let mut st = shared.lock();
+    if !watched.is_empty() {
+        // A report written while this caller watched rang no doorbell: take it now.
+        watched.iter().for_each(Reports::unwatch);
+        if super::state::pickup(shared, &mut st) {
+            shared.changed.notify_all();
+        }
+    }
+    if hit {
+        spin.hit();
+        return true;
+    }
     loop {
         if st.job_done(id) {
             return true;
@@ -591,7 +613,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
         let mut spin = crate::spin::Spinner::new(SPIN);
         let mut st = shared.lock();
         loop {
-            let wake = spin.spinning() && super::state::pickup(&mut st);
+            let wake = spin.spinning() && super::state::pickup(&shared, &mut st);
             let j = st.job_mut(job)?;
             self.take_ready(j);
             let got = !self.ready.is_empty();

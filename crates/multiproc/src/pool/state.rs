@@ -336,6 +336,17 @@ pub(crate) struct State {
     lent: Vec<Lent>,
     /// Chunks callers sent to lent workers, in order, for the handler's bookkeeping.
     direct: Vec<(u64, Chunk)>,
+    /// Workers a caller sent a chunk to, while the handler has not changed what it lends
+    /// since: the caller that takes such a worker's report lends it again at once (see
+    /// [`pickup`]), so that one-at-a-time tasks keep going past the handler. Emptied
+    /// whenever the handler changes the lent workers (it may have sent them work itself).
+    on_loan: Vec<Lent>,
+    /// Whether callers may lend a worker again themselves: not when workers retire after a
+    /// number of tasks or tasks have a time limit (the handler must count and time them).
+    relend: bool,
+    /// Whether the handler sleeps (set under the lock before it sleeps, cleared when it next
+    /// takes the lock): a caller that took reports the handler must act on wakes it.
+    pub(crate) asleep: bool,
     /// Lazy iterators that may still submit items: a closed pool does not finish before they
     /// end (their input may still hold items).
     open_streams: usize,
@@ -345,6 +356,15 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The state of a process pool whose callers may lend a worker again themselves when
+    /// `relend` (see [`State::sent_directly`]).
+    pub(crate) fn relending(relend: bool) -> State {
+        State {
+            relend,
+            ..State::default()
+        }
+    }
+
     /// Whether items may be submitted now: to a new job (`None`), or more items of a lazy
     /// iterator's job, which a closed pool still takes (`close` means no new jobs).
     pub(crate) fn accepting(&self, job: Option<u64>) -> Result<(), PoolError> {
@@ -490,8 +510,8 @@ impl State {
     /// The workers the handler lends out now (see [`State::lend_one`]); none while chunks
     /// wait in line (the handler hands those out itself) or once the pool stops.
     pub(crate) fn lend(&mut self, idle: impl Iterator<Item = Lent> + Clone) {
-        if !self.pending.is_empty() || self.closed || self.terminated || self.broken.is_some() {
-            self.lent.clear();
+        if !self.lending() {
+            self.lend_none();
             return;
         }
         if !idle
@@ -500,12 +520,20 @@ impl State {
             .eq(self.lent.iter().map(|l| l.worker))
         {
             self.lent = idle.collect();
+            self.on_loan.clear();
         }
+    }
+
+    /// Whether workers may be lent now: not while chunks wait in line, nor once the pool
+    /// stops.
+    fn lending(&self) -> bool {
+        self.pending.is_empty() && !self.closed && !self.terminated && self.broken.is_none()
     }
 
     /// Takes every lent worker back.
     pub(crate) fn lend_none(&mut self) {
         self.lent.clear();
+        self.on_loan.clear();
     }
 
     /// A caller takes a lent worker to send it a chunk itself.
@@ -513,9 +541,32 @@ impl State {
         self.lent.pop()
     }
 
-    /// A caller sent `chunk` to lent worker `worker`: the handler counts it when it next looks.
-    pub(crate) fn sent_directly(&mut self, worker: u64, chunk: Chunk) {
-        self.direct.push((worker, chunk));
+    /// A caller sent `chunk` to lent worker `lent`: the handler counts it when it next looks.
+    pub(crate) fn sent_directly(&mut self, lent: Lent, chunk: Chunk) {
+        self.direct.push((lent.worker, chunk));
+        if self.relend {
+            self.on_loan.push(lent);
+        }
+    }
+
+    /// A caller recorded the report that ended worker `worker`'s chunk: if a caller had sent
+    /// it (and the handler has sent it nothing since), the worker is idle again and is lent
+    /// again at once.
+    /// Returns whether it was lent again (the handler has nothing to do for it).
+    fn chunk_ended(&mut self, worker: u64) -> bool {
+        if let Some(i) = self.on_loan.iter().position(|l| l.worker == worker) {
+            let lent = self.on_loan.swap_remove(i);
+            if self.lending() {
+                self.lent.push(lent);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The rings callers take reports from, to [`watch`](Reports::watch) while spinning.
+    pub(crate) fn rings(&self) -> Vec<Reports> {
+        self.rings.iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// Chunks callers sent to lent workers since the handler last looked, in order.
@@ -576,6 +627,7 @@ impl State {
     /// Workers that are gone: nobody may send to them or read their rings any more.
     pub(crate) fn forget_workers(&mut self, gone: &[u64]) {
         self.lent.retain(|l| !gone.contains(&l.worker));
+        self.on_loan.retain(|l| !gone.contains(&l.worker));
         self.rings.retain(|(id, _)| !gone.contains(id));
     }
 }
@@ -687,20 +739,36 @@ pub(crate) fn drain_reports(st: &mut State, reports: &Reports) -> (bool, Vec<Rec
 /// leaving the workers' bookkeeping and the callbacks to the handler (`State::picked`): a
 /// caller waiting for a small task gets its result without waiting for the handler to wake.
 /// Returns whether waiters should be woken.
-pub(crate) fn pickup(st: &mut State) -> bool {
+///
+/// A report the handler must act on (callbacks to run, a chunk it sent, a result held back for
+/// a batch) wakes it if it sleeps: a caller that [`watch`](Reports::watch)es the rings keeps the
+/// workers from ringing for it. So does a long backlog of what callers did.
+pub(crate) fn pickup(shared: &Inner, st: &mut State) -> bool {
     let rings = std::mem::take(&mut st.rings);
-    let mut wake = false;
+    let (mut wake, mut for_handler) = (false, false);
     for (worker, ring) in &rings {
         let (w, done) = drain_reports(st, ring);
         wake |= w;
-        st.picked.extend(done.into_iter().map(|report| Picked {
-            worker: *worker,
-            report,
-        }));
+        for report in done {
+            let relent = report.ends_chunk && st.chunk_ended(*worker);
+            for_handler |= !relent || !report.callbacks.is_empty();
+            st.picked.push(Picked {
+                worker: *worker,
+                report,
+            });
+        }
     }
     st.rings = rings;
+    for_handler |= !st.deferred.is_empty() || st.picked.len() + st.direct.len() >= BACKLOG;
+    if for_handler && st.asleep {
+        st.asleep = false;
+        shared.poke();
+    }
     wake
 }
+
+/// What callers did past a sleeping handler that makes them wake it (its bookkeeping grows).
+const BACKLOG: usize = 64;
 
 /// What callers and the handler share.
 pub(crate) struct Inner {

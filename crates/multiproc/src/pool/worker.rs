@@ -101,9 +101,11 @@ pub(crate) fn serve(
     let mut done = 0u64;
     // Tasks come pipelined: one receive takes in every one that has arrived.
     let mut reader = crate::connection::FrameReader::default();
-    // No busy-polling for the next task: a spinning worker takes the CPU its parent needs
-    // to send it (see the handler).
-    while let Ok(frame) = reader.next(conn, std::time::Duration::ZERO) {
+    // A short look for the next task before sleeping, as the library's waiting policy
+    // allows: a caller on another CPU that sends its next task within microseconds (an
+    // `apply_async` round trip) is served without a cross-CPU wake-up; a spin that keeps
+    // missing, or that had to yield its CPU to the parent, stops it for a while.
+    while let Ok(frame) = reader.next(conn, NEXT_TASK_SPIN) {
         let Ok(ToWorker::Run {
             seq,
             job,
@@ -254,6 +256,9 @@ fn connection_intact(conn: &Connection) -> bool {
     use std::os::fd::AsFd;
     nix::fcntl::fcntl(conn.as_fd(), nix::fcntl::FcntlArg::F_GETFD).is_ok()
 }
+
+/// How long an idle worker looks for its next task before it sleeps, when spinning pays.
+const NEXT_TASK_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// The worker of a pool of registered functions.
 #[multiproc_macros::func]
