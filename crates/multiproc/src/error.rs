@@ -604,6 +604,23 @@ pub enum ManagerError {
     /// Connecting or talking to the manager failed (wrong authkey, refused, ...).
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// A value did not convert between a Rust type and a Python value, on a manager reached
+    /// over CPython's protocol: what a CPython server sent does not fit the proxy's Rust type
+    /// (a `str` where a `u64` was expected, an `int` past `u8`), or a Rust value has no
+    /// Python form (an enum variant holding data). The object is unchanged by a value that
+    /// could not be sent.
+    #[error("cannot convert between the Rust type and the Python value: {0}")]
+    PyConversion(String),
+    /// What this manager cannot do: a manager reached over CPython's protocol offers dicts,
+    /// lists, queues and locks to Rust programs, and none of the multiproc-only parts
+    /// (the other kinds, user types, published names, statistics, stopping the server).
+    #[error("{what} is not available: {reason}")]
+    Unsupported {
+        /// What was asked for (`"Manager::namespace"`).
+        what: String,
+        /// Why not.
+        reason: String,
+    },
     /// A CPython manager raised an exception with no variant of its own here (its class and
     /// message), or sent a traceback (class `"RemoteError"`).
     #[error("the CPython manager raised {class}: {message}")]

@@ -95,6 +95,20 @@ pub(super) fn transport(e: ConnectionError) -> ManagerError {
 impl Session {
     /// The session of this process with the manager at `address`, opened if needed.
     pub(crate) fn connect(address: &Address, authkey: &[u8]) -> Result<Arc<Session>, ManagerError> {
+        Self::connect_any(address, authkey)?.ok_or_else(|| ManagerError::Unsupported {
+            what: format!("a multiproc session with {address}"),
+            reason: "the server there is a CPython manager: reach it with `Manager::connect`, \
+                     whose proxies cannot be sent to other processes"
+                .into(),
+        })
+    }
+
+    /// As [`connect`](Self::connect); `None` when the server there is a CPython manager
+    /// (it answered the hello with its `#TRACEBACK` pickle and closed the connection).
+    pub(crate) fn connect_any(
+        address: &Address,
+        authkey: &[u8],
+    ) -> Result<Option<Arc<Session>>, ManagerError> {
         let pid = sys::getpid();
         let mut table = lock(&SESSIONS);
         table.retain(|(_, w)| w.upgrade().is_some_and(|s| s.opened_by == pid));
@@ -106,11 +120,14 @@ impl Session {
             // right one.
             .find(|s| s.authkey == authkey && !s.closed.load(Ordering::Relaxed))
         {
-            return Ok(s);
+            return Ok(Some(s));
         }
-        let s = Arc::new(Session::open(address.clone(), authkey.to_vec())?);
+        let Some(s) = Session::open(address.clone(), authkey.to_vec())? else {
+            return Ok(None);
+        };
+        let s = Arc::new(s);
         table.push((address.clone(), Arc::downgrade(&s)));
-        Ok(s)
+        Ok(Some(s))
     }
 
     /// The session of the process that started the manager `server`, over connections
@@ -141,10 +158,13 @@ impl Session {
         s
     }
 
-    fn open(address: Address, authkey: Vec<u8>) -> Result<Session, ManagerError> {
+    /// A new session; `None` when the server is a CPython manager.
+    fn open(address: Address, authkey: Vec<u8>) -> Result<Option<Session>, ManagerError> {
         let id = new_id()?;
-        let (anchor, hello) = Self::dial(&address, &authkey, id)?;
-        Ok(Session {
+        let Some((anchor, hello)) = Self::dial_any(&address, &authkey, id)? else {
+            return Ok(None);
+        };
+        Ok(Some(Session {
             address,
             authkey,
             id,
@@ -157,7 +177,7 @@ impl Session {
             closed: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
             gate: crate::aio::Gate::new(MAX_IDLE),
-        })
+        }))
     }
 
     /// Connects, authenticates and joins session `id`.
@@ -166,12 +186,35 @@ impl Session {
         authkey: &[u8],
         id: u128,
     ) -> Result<(Connection, Hello), ManagerError> {
+        Self::dial_any(address, authkey, id)?.ok_or_else(|| {
+            ManagerError::Connection(ConnectionError::BadFrame(
+                "the manager at this address is now a CPython manager".into(),
+            ))
+        })
+    }
+
+    /// As [`dial`](Self::dial); `None` when a CPython manager answered.
+    ///
+    /// The hello is the first request a CPython server sees too: its first byte (the
+    /// variant, 0) is no pickle opcode, so CPython's unpickler refuses it at once, and the
+    /// server answers with a pickled `('#TRACEBACK', text)` and closes the connection. That
+    /// reply (a pickle starts with `PROTO`, 0x80, which no reply of ours does) is decoded by
+    /// the checked pickle decoder and must be exactly that pair. Only a reply that is not
+    /// ours is looked at, so this costs a multiproc server nothing.
+    fn dial_any(
+        address: &Address,
+        authkey: &[u8],
+        id: u128,
+    ) -> Result<Option<(Connection, Hello)>, ManagerError> {
         let conn = Client::default().authkey(authkey).open(address)?;
         let hello = codec::encode(&Request::Hello { session: id })?;
         conn.send_bytes(&hello).map_err(transport)?;
         let reply = conn.recv_bytes_timeout(REPLY_GRACE).map_err(transport)?;
-        let hello: Hello = decode_reply(&reply, |b| Ok(codec::decode(b)?))?;
-        Ok((conn, hello))
+        match decode_reply(&reply, |b| Ok(codec::decode::<Hello>(b)?)) {
+            Ok(hello) => Ok(Some((conn, hello))),
+            Err(_) if super::cpython::is_refused_request(&reply) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) fn is_current(&self) -> bool {

@@ -95,6 +95,22 @@ fn transport(e: ConnectionError) -> ManagerError {
     }
 }
 
+/// Whether `reply` is what a CPython manager server answers to a first request it cannot
+/// unpickle: a pickled `('#TRACEBACK', text)` (decoded by the checked decoder, so nothing in
+/// it runs).
+pub(in crate::manager) fn is_refused_request(reply: &[u8]) -> bool {
+    if reply.first() != Some(&0x80) {
+        return false;
+    }
+    match pickle::decode(reply) {
+        Ok(PyValue::Tuple(parts)) => matches!(
+            parts.as_slice(),
+            [PyValue::Str(kind), PyValue::Str(_)] if kind == "#TRACEBACK"
+        ),
+        _ => false,
+    }
+}
+
 /// What a reply carried.
 enum Answer {
     Value(PyValue),
@@ -192,6 +208,28 @@ impl PyManager {
         Ok(PyManager { inner })
     }
 
+    /// A client of the CPython manager at `address` that already answered as one (after
+    /// the handshake with `authkey`), without asking again.
+    pub(in crate::manager) fn answered(address: Address, authkey: &[u8]) -> PyManager {
+        PyManager {
+            inner: Arc::new(Inner {
+                address,
+                authkey: authkey.to_vec(),
+                threads: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The address of the server.
+    pub fn address(&self) -> &Address {
+        &self.inner.address
+    }
+
+    /// The authkey.
+    pub fn authkey(&self) -> &[u8] {
+        &self.inner.authkey
+    }
+
     /// Creates an object of `typeid` (a SyncManager type id such as `"dict"`, `"Queue"`,
     /// `"Lock"`, or one the server registered) from `args`; its proxy.
     pub fn create(&self, typeid: &str, args: Vec<PyValue>) -> Result<PyProxy, ManagerError> {
@@ -242,9 +280,21 @@ impl PyManager {
         Ok(PyQueue(self.create("Queue", Vec::new())?))
     }
 
+    /// A new queue holding at most `maxsize` items (`0`: unbounded).
+    pub fn queue_bounded(&self, maxsize: u64) -> Result<PyQueue, ManagerError> {
+        let maxsize = PyValue::Int(maxsize.into());
+        Ok(PyQueue(self.create("Queue", vec![maxsize])?))
+    }
+
     /// A new lock (`threading.Lock` on the server).
     pub fn lock(&self) -> Result<PyLock, ManagerError> {
         Ok(PyLock(self.create("Lock", Vec::new())?))
+    }
+
+    /// A new reentrant lock (`threading.RLock` on the server: the thread that acquired it,
+    /// here this thread's connection, releases it).
+    pub fn rlock(&self) -> Result<PyLock, ManagerError> {
+        Ok(PyLock(self.create("RLock", Vec::new())?))
     }
 
     /// The number of objects the server holds.
@@ -353,6 +403,27 @@ fn int(v: PyValue) -> Result<u64, ManagerError> {
         .ok_or_else(|| refused(format!("expected an int, got a {}", v.type_name())))
 }
 
+/// `value` as a `bool` reply of `method`.
+fn flag(method: &str, value: PyValue) -> Result<bool, ManagerError> {
+    match value {
+        PyValue::Bool(b) => Ok(b),
+        v => Err(refused(format!("{method}() gave a {}", v.type_name()))),
+    }
+}
+
+/// The items of a `list` (or `tuple`) reply of `method`.
+fn sequence(method: &str, value: PyValue) -> Result<Vec<PyValue>, ManagerError> {
+    match value {
+        PyValue::List(items) | PyValue::Tuple(items) => Ok(items),
+        v => Err(refused(format!("{method}() gave a {}", v.type_name()))),
+    }
+}
+
+/// `slice(None, None, None)`: the whole of a list.
+fn whole() -> PyValue {
+    PyValue::Slice(Box::new([PyValue::None, PyValue::None, PyValue::None]))
+}
+
 /// A dict of a CPython manager.
 #[derive(Clone, Debug)]
 pub struct PyDict(pub PyProxy);
@@ -377,10 +448,38 @@ impl PyDict {
             .map(drop)
     }
 
-    /// `d.pop(key, None)`.
+    /// `d.pop(key)`, `None` when absent (a value that is Python's `None` is `Some`).
     pub fn remove(&self, key: impl Into<PyValue>) -> Result<Option<PyValue>, ManagerError> {
-        let v = self.0.call("pop", vec![key.into(), PyValue::None])?;
-        Ok((v != PyValue::None).then_some(v))
+        match self.0.call("pop", vec![key.into()]) {
+            Err(ManagerError::KeyNotFound) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// `key in d`.
+    pub fn contains(&self, key: impl Into<PyValue>) -> Result<bool, ManagerError> {
+        flag("__contains__", self.0.call("__contains__", vec![key.into()])?)
+    }
+
+    /// `d.setdefault(key, default)`.
+    pub fn setdefault(
+        &self,
+        key: impl Into<PyValue>,
+        default: impl Into<PyValue>,
+    ) -> Result<PyValue, ManagerError> {
+        self.0.call("setdefault", vec![key.into(), default.into()])
+    }
+
+    /// `d.update(entries)`, in one call.
+    pub fn update(&self, entries: Vec<(PyValue, PyValue)>) -> Result<(), ManagerError> {
+        self.0
+            .call("update", vec![PyValue::Dict(entries)])
+            .map(drop)
+    }
+
+    /// `d.clear()`.
+    pub fn clear(&self) -> Result<(), ManagerError> {
+        self.0.call("clear", Vec::new()).map(drop)
     }
 
     /// `len(d)`.
@@ -412,9 +511,48 @@ impl PyList {
         self.0.call("append", vec![value.into()]).map(drop)
     }
 
+    /// `l.extend(values)`, in one call.
+    pub fn extend(&self, values: Vec<PyValue>) -> Result<(), ManagerError> {
+        self.0.call("extend", vec![PyValue::List(values)]).map(drop)
+    }
+
+    /// `l.insert(index, value)`.
+    pub fn insert(&self, index: i64, value: impl Into<PyValue>) -> Result<(), ManagerError> {
+        self.0
+            .call("insert", vec![index.into(), value.into()])
+            .map(drop)
+    }
+
     /// `l[index]` (negative from the end).
     pub fn get(&self, index: i64) -> Result<PyValue, ManagerError> {
         self.0.call("__getitem__", vec![index.into()])
+    }
+
+    /// `l[index] = value`.
+    pub fn set(&self, index: i64, value: impl Into<PyValue>) -> Result<(), ManagerError> {
+        self.0
+            .call("__setitem__", vec![index.into(), value.into()])
+            .map(drop)
+    }
+
+    /// `l.pop(index)` (`-1`: the last item).
+    pub fn pop(&self, index: i64) -> Result<PyValue, ManagerError> {
+        self.0.call("pop", vec![index.into()])
+    }
+
+    /// `value in l`.
+    pub fn contains(&self, value: impl Into<PyValue>) -> Result<bool, ManagerError> {
+        flag("__contains__", self.0.call("__contains__", vec![value.into()])?)
+    }
+
+    /// `l[:]`: all items.
+    pub fn to_vec(&self) -> Result<Vec<PyValue>, ManagerError> {
+        sequence("__getitem__", self.0.call("__getitem__", vec![whole()])?)
+    }
+
+    /// `del l[:]` (a list proxy has no `clear`).
+    pub fn clear(&self) -> Result<(), ManagerError> {
+        self.0.call("__delitem__", vec![whole()]).map(drop)
     }
 
     /// `len(l)`.
@@ -432,22 +570,53 @@ impl PyList {
 #[derive(Clone, Debug)]
 pub struct PyQueue(pub PyProxy);
 
+/// `block, timeout` of a queue call: `None` waits for ever, zero does not wait.
+fn blocking(timeout: Option<Duration>) -> [PyValue; 2] {
+    match timeout {
+        Some(t) if t.is_zero() => [PyValue::Bool(false), PyValue::None],
+        t => [PyValue::Bool(true), seconds(t)],
+    }
+}
+
 impl PyQueue {
     /// `q.put(item)`.
     pub fn put(&self, item: impl Into<PyValue>) -> Result<(), ManagerError> {
-        self.0.call("put", vec![item.into()]).map(drop)
+        self.put_timeout(item, None)
+    }
+
+    /// `q.put(item, timeout=...)`: [`QueueError::Full`] when there was no room in time
+    /// (`None`: wait for ever; zero: `put_nowait`).
+    pub fn put_timeout(
+        &self,
+        item: impl Into<PyValue>,
+        timeout: Option<Duration>,
+    ) -> Result<(), ManagerError> {
+        let [block, t] = blocking(timeout);
+        self.0
+            .call_with("put", vec![item.into(), block, t], Vec::new(), timeout)
+            .map(drop)
     }
 
     /// `q.get(timeout=...)`: [`QueueError::Empty`] when nothing came in time (`None`: wait
-    /// for ever).
+    /// for ever; zero: `get_nowait`).
     pub fn get(&self, timeout: Option<Duration>) -> Result<PyValue, ManagerError> {
-        let kwds = vec![("timeout".to_string(), seconds(timeout))];
-        self.0.call_with("get", Vec::new(), kwds, timeout)
+        let [block, t] = blocking(timeout);
+        self.0.call_with("get", vec![block, t], Vec::new(), timeout)
     }
 
     /// `q.qsize()`.
     pub fn qsize(&self) -> Result<u64, ManagerError> {
         int(self.0.call("qsize", Vec::new())?)
+    }
+
+    /// `q.empty()`.
+    pub fn empty(&self) -> Result<bool, ManagerError> {
+        flag("empty", self.0.call("empty", Vec::new())?)
+    }
+
+    /// `q.full()`.
+    pub fn full(&self) -> Result<bool, ManagerError> {
+        flag("full", self.0.call("full", Vec::new())?)
     }
 }
 
@@ -456,16 +625,15 @@ impl PyQueue {
 pub struct PyLock(pub PyProxy);
 
 impl PyLock {
-    /// Acquires the lock within `timeout` (`None`: for ever); whether it was acquired.
+    /// Acquires the lock within `timeout` (`None`: for ever; zero: without waiting);
+    /// whether it was acquired.
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-        let mut args = vec![PyValue::Bool(true)];
-        if let Some(t) = timeout {
-            args.push(PyValue::Float(t.as_secs_f64()));
-        }
-        match self.0.call_with("acquire", args, Vec::new(), timeout)? {
-            PyValue::Bool(b) => Ok(b),
-            v => Err(refused(format!("acquire() gave a {}", v.type_name()))),
-        }
+        let args = match timeout {
+            Some(t) if t.is_zero() => vec![PyValue::Bool(false)],
+            Some(t) => vec![PyValue::Bool(true), PyValue::Float(t.as_secs_f64())],
+            None => vec![PyValue::Bool(true)],
+        };
+        flag("acquire", self.0.call_with("acquire", args, Vec::new(), timeout)?)
     }
 
     /// Releases the lock.

@@ -6,11 +6,13 @@
 //! received is executed: [`pickle`] decodes only checked data.
 
 mod client;
+pub mod convert;
 mod methods;
 pub mod pickle;
 mod serve;
 mod value;
 
+pub(super) use client::is_refused_request;
 pub(super) use serve::serve;
 
 pub use client::{PyDict, PyList, PyLock, PyManager, PyProxy, PyQueue};
