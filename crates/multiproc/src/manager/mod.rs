@@ -124,7 +124,24 @@ use wire::{Call, New, Request};
 /// the owner dies.
 #[derive(Clone, Debug)]
 pub struct Manager {
-    session: Arc<Session>,
+    backend: Backend,
+}
+
+/// The server a [`Manager`] talks to.
+#[derive(Clone, Debug)]
+enum Backend {
+    /// A multiproc manager, in its own protocol.
+    Native(Arc<Session>),
+    /// A CPython manager server, in CPython's protocol.
+    CPython(PyManager),
+}
+
+/// Why a [`Manager`] reached over CPython's protocol refuses `what`.
+fn on_cpython(what: impl Into<String>, reason: &str) -> ManagerError {
+    ManagerError::Unsupported {
+        what: what.into(),
+        reason: format!("the manager is a CPython server, {reason}"),
+    }
 }
 
 /// Configures a local manager: `Manager::builder().start_method(StartMethod::Spawn).start()`.
@@ -218,7 +235,9 @@ impl ManagerBuilder {
             )
             .map_err(|e| ManagerError::Start(e.to_string()))?;
         let session = Session::owned(address, authkey, session, process, anchor, first);
-        Ok(Manager { session })
+        Ok(Manager {
+            backend: Backend::Native(session),
+        })
     }
 }
 
@@ -276,50 +295,119 @@ impl Manager {
         Server::start(listener)
     }
 
-    /// Connects to a manager serving on `address` (wrong key: a connection error).
+    /// Connects to a manager serving on `address` (wrong key: a connection error): a
+    /// multiproc manager ([`Manager::serve`], `multiproc manager serve`, a started one), or a
+    /// stock CPython `multiprocessing` manager server such as `SyncManager`'s.
+    ///
+    /// Which one answered is told by the reply to the first request, at no extra cost: a
+    /// CPython server answers multiproc's hello with a pickled traceback (read by the
+    /// checked pickle decoder, so nothing it sends is run), and the manager then speaks
+    /// CPython's protocol. On a CPython server, [`dict`](Manager::dict),
+    /// [`list`](Manager::list), [`queue`](Manager::queue) and
+    /// [`queue_bounded`](Manager::queue_bounded), [`lock`](Manager::lock) and
+    /// [`rlock`](Manager::rlock) create Python objects there and return the usual typed
+    /// proxies: keys, values and items go to and from Python values through
+    /// [`convert`](cpython::convert) (`String` as `str`, integers as `int`, structs as
+    /// `dict`, ...), so Python clients of the same server see them as Python data, and a
+    /// value that does not fit the Rust type is [`ManagerError::PyConversion`]. What CPython
+    /// cannot do is [`ManagerError::Unsupported`]: the other kinds, user types, published
+    /// names, [`stats`](Manager::stats), [`shutdown`](Manager::shutdown), sending such a
+    /// proxy to another process, and awaited calls.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use multiproc::manager::Manager;
+    /// # fn main() -> Result<(), multiproc::ManagerError> {
+    /// // python3 -c "from multiprocessing.managers import SyncManager as S; \
+    /// //             S(('127.0.0.1', 5000), b'secret').get_server().serve_forever()"
+    /// let mgr = Manager::connect("127.0.0.1:5000", b"secret")?;
+    /// let jobs = mgr.dict::<String, u64>()?; // a Python dict on the server
+    /// jobs.set(&"build".into(), &3)?;
+    /// assert_eq!(jobs.get(&"build".into())?, Some(3));
+    /// let q = mgr.queue::<(String, f64)>()?; // tuples as Python tuples
+    /// q.put(&("a".into(), 1.5))?;
+    /// assert_eq!(q.get_timeout(Duration::from_secs(5))?, ("a".into(), 1.5));
+    /// let _held = mgr.lock()?.lock()?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect(address: impl ToAddress, authkey: &[u8]) -> Result<Manager, ManagerError> {
         let address = address.to_address()?;
-        Ok(Manager {
-            session: Session::connect(&address, authkey)?,
-        })
+        let backend = match Session::connect_any(&address, authkey)? {
+            Some(session) => Backend::Native(session),
+            None => Backend::CPython(PyManager::answered(address, authkey)),
+        };
+        Ok(Manager { backend })
+    }
+
+    /// The multiproc session, or the error for `what` on a CPython server.
+    fn session(&self, what: &str) -> Result<&Arc<Session>, ManagerError> {
+        match &self.backend {
+            Backend::Native(s) => Ok(s),
+            Backend::CPython(_) => Err(on_cpython(
+                format!("`Manager::{what}`"),
+                "whose protocol has no such request",
+            )),
+        }
     }
 
     /// The address of the server.
     pub fn address(&self) -> &Address {
-        &self.session.address
+        match &self.backend {
+            Backend::Native(s) => &s.address,
+            Backend::CPython(py) => py.address(),
+        }
     }
 
     /// The authkey (what a process needs, with the address, to connect).
     pub fn authkey(&self) -> &[u8] {
-        &self.session.authkey
+        match &self.backend {
+            Backend::Native(s) => &s.authkey,
+            Backend::CPython(py) => py.authkey(),
+        }
     }
 
-    /// The server's process id.
+    /// The server's process id (0 for a CPython server, whose protocol does not tell it).
     pub fn pid(&self) -> u32 {
-        self.session.server_pid
+        match &self.backend {
+            Backend::Native(s) => s.server_pid,
+            Backend::CPython(_) => 0,
+        }
+    }
+
+    /// Whether the server is a CPython manager ([`Manager::connect`] tells).
+    pub fn is_cpython(&self) -> bool {
+        matches!(self.backend, Backend::CPython(_))
     }
 
     /// What the server holds now.
     pub fn stats(&self) -> Result<ManagerStats, ManagerError> {
-        self.session
+        self.session("stats")?
             .request(&Request::Stats, None, |b| Ok(codec::decode(b)?))
     }
 
     /// Stops the server (any authorized client may): every proxy of every process then gets
     /// [`ManagerError::Closed`]. For a started manager, waits for its process to exit.
+    /// A CPython server is not this client's to stop ([`ManagerError::Unsupported`]).
     pub fn shutdown(&self) -> Result<(), ManagerError> {
-        self.session.shutdown()
+        self.session("shutdown")?.shutdown()
     }
 
     /// Creates an object of `kind` from its encoded `init`; its proxy.
     fn create_kind<P: ProxyType>(&self, kind: &str, init: &[u8]) -> Result<P, ManagerError> {
-        let id = self
-            .session
-            .request(&Request::Create { kind, init }, None, |b| {
-                Ok(codec::decode::<u64>(b)?)
-            })?;
+        let session = match &self.backend {
+            Backend::Native(s) => s,
+            Backend::CPython(_) => {
+                return Err(on_cpython(
+                    format!("a `{kind}` object"),
+                    "which creates only dicts, lists, queues and locks for Rust programs",
+                ));
+            }
+        };
+        let id = session.request(&Request::Create { kind, init }, None, |b| {
+            Ok(codec::decode::<u64>(b)?)
+        })?;
         Ok(P::from_proxy(Proxy::adopt(
-            self.session.clone(),
+            session.clone(),
             id,
             kind.to_string(),
         )))
@@ -327,6 +415,19 @@ impl Manager {
 
     /// Creates a built-in object.
     fn create_builtin<P: ProxyType>(&self, new: New) -> Result<P, ManagerError> {
+        if let Backend::CPython(py) = &self.backend {
+            // SyncManager's type ids for the kinds a CPython server has.
+            let (typeid, args) = match &new {
+                New::Dict => ("dict", vec![]),
+                New::List => ("list", vec![]),
+                New::Queue { maxsize } => ("Queue", vec![PyValue::Int((*maxsize).into())]),
+                New::Lock => ("Lock", vec![]),
+                New::RLock => ("RLock", vec![]),
+                _ => return self.create_kind(new.name(), &[]),
+            };
+            let proxy = py.create(typeid, args)?;
+            return Ok(P::from_proxy(Proxy::cpython(proxy, new.name())));
+        }
         self.create_kind(new.name(), &new.encode_args()?)
     }
 
@@ -429,7 +530,7 @@ impl Manager {
     /// [`ManagerError::NameTaken`] when the name is in use.
     pub fn publish<P: ProxyType>(&self, name: &str, proxy: &P) -> Result<(), ManagerError> {
         let id = proxy.proxy().id();
-        self.session
+        self.session("publish")?
             .request(&Request::Publish { name, id }, None, |_| Ok(()))
     }
 
@@ -453,10 +554,9 @@ impl Manager {
         let id: u64 = sent.token.id.parse().map_err(|_| {
             ManagerError::Invalid(format!("{:?} is not an object id", sent.token.id))
         })?;
-        let kind: String = self
-            .session
-            .request(&Request::Adopt { id }, None, |b| Ok(codec::decode(b)?))?;
-        let proxy = Proxy::adopt(self.session.clone(), id, kind);
+        let session = self.session("adopt")?;
+        let kind: String = session.request(&Request::Adopt { id }, None, |b| Ok(codec::decode(b)?))?;
+        let proxy = Proxy::adopt(session.clone(), id, kind);
         let expected = P::kind();
         if !proxy::kind_fits(&expected, proxy.kind()) {
             return Err(ManagerError::WrongKind {
@@ -471,10 +571,10 @@ impl Manager {
     /// The object published as `name`, through a proxy of type `P`
     /// ([`ManagerError::NameNotFound`], [`ManagerError::WrongKind`]).
     pub fn lookup<P: ProxyType>(&self, name: &str) -> Result<P, ManagerError> {
+        let session = self.session("lookup")?;
         let (id, kind): (u64, String) =
-            self.session
-                .request(&Request::Lookup { name }, None, |b| Ok(codec::decode(b)?))?;
-        let proxy = Proxy::adopt(self.session.clone(), id, kind);
+            session.request(&Request::Lookup { name }, None, |b| Ok(codec::decode(b)?))?;
+        let proxy = Proxy::adopt(session.clone(), id, kind);
         let expected = P::kind();
         if !proxy::kind_fits(&expected, proxy.kind()) {
             return Err(ManagerError::WrongKind {
@@ -508,7 +608,7 @@ impl Manager {
 
     /// Removes a published name (the object lives on while proxies to it exist).
     pub fn unpublish(&self, name: &str) -> Result<(), ManagerError> {
-        self.session
+        self.session("unpublish")?
             .request(&Request::Unpublish { name }, None, |_| Ok(()))
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::cpython::PyProxy;
 use super::session::Session;
 use super::wire::{Call, Request};
 use crate::codec;
@@ -26,7 +27,16 @@ use crate::error::ManagerError;
 /// receiver always finds it.
 #[derive(Clone)]
 pub struct Proxy {
-    inner: Arc<Inner>,
+    target: Target,
+}
+
+/// Where the object lives.
+#[derive(Clone)]
+enum Target {
+    /// On a multiproc manager.
+    Native(Arc<Inner>),
+    /// On a CPython manager server: `kind` is the built-in kind it stands for.
+    CPython { proxy: PyProxy, kind: &'static str },
 }
 
 struct Inner {
@@ -50,11 +60,19 @@ impl Drop for Inner {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("kind", &self.inner.kind)
-            .field("id", &self.inner.id)
-            .field("manager", &self.inner.session.address)
-            .finish()
+        match &self.target {
+            Target::Native(inner) => f
+                .debug_struct("Proxy")
+                .field("kind", &inner.kind)
+                .field("id", &inner.id)
+                .field("manager", &inner.session.address)
+                .finish(),
+            Target::CPython { proxy, kind } => f
+                .debug_struct("Proxy")
+                .field("kind", kind)
+                .field("cpython", proxy)
+                .finish(),
+        }
     }
 }
 
@@ -72,28 +90,64 @@ impl Proxy {
     /// A proxy for a reference `session` already holds.
     pub(crate) fn adopt(session: Arc<Session>, id: u64, kind: String) -> Proxy {
         Proxy {
-            inner: Arc::new(Inner {
+            target: Target::Native(Arc::new(Inner {
                 session,
                 id,
                 kind,
                 pinned: AtomicBool::new(false),
-            }),
+            })),
         }
     }
 
-    /// The object's id on the server.
+    /// A proxy for an object of a CPython manager, standing for the built-in `kind`.
+    pub(crate) fn cpython(proxy: PyProxy, kind: &'static str) -> Proxy {
+        Proxy {
+            target: Target::CPython { proxy, kind },
+        }
+    }
+
+    /// The CPython manager's proxy, when the object lives on one.
+    pub(crate) fn on_cpython(&self) -> Option<&PyProxy> {
+        match &self.target {
+            Target::Native(_) => None,
+            Target::CPython { proxy, .. } => Some(proxy),
+        }
+    }
+
+    /// The object's id on the server (on a CPython manager, its hexadecimal id read as a
+    /// number).
     pub fn id(&self) -> u64 {
-        self.inner.id
+        match &self.target {
+            Target::Native(inner) => inner.id,
+            Target::CPython { proxy, .. } => u64::from_str_radix(proxy.id(), 16).unwrap_or(0),
+        }
     }
 
     /// The object's kind (`"dict"`, `"queue"`, `"user:path::Type"`).
     pub fn kind(&self) -> &str {
-        &self.inner.kind
+        match &self.target {
+            Target::Native(inner) => &inner.kind,
+            Target::CPython { kind, .. } => kind,
+        }
+    }
+
+    /// The native object, or the error for a call only a multiproc manager answers.
+    fn native(&self) -> Result<&Arc<Inner>, ManagerError> {
+        match &self.target {
+            Target::Native(inner) => Ok(inner),
+            Target::CPython { kind, .. } => Err(ManagerError::Unsupported {
+                what: format!("this call on a `{kind}` proxy"),
+                reason: "its object lives on a CPython manager server, which offers the \
+                         methods the Python object has and no awaited calls (see \
+                         `Manager::connect`)"
+                    .into(),
+            }),
+        }
     }
 
     /// The session to talk through: ours, or in a forked child a fresh one of its own.
     pub(super) fn session(&self) -> Result<Arc<Session>, ManagerError> {
-        let s = &self.inner.session;
+        let s = &self.native()?.session;
         if s.is_current() {
             Ok(s.clone())
         } else {
@@ -110,7 +164,7 @@ impl Proxy {
     ) -> Result<R, ManagerError> {
         let session = self.session()?;
         let args = codec::encode(args)?;
-        session.call(self.inner.id, method, &args, None, |b| {
+        session.call(self.id(), method, &args, None, |b| {
             Ok(codec::decode(b)?)
         })
     }
@@ -134,25 +188,31 @@ impl Proxy {
     ) -> Result<R, ManagerError> {
         let session = self.session()?;
         let args = call.encode_args()?;
-        session.call(self.inner.id, call.name(), &args, timeout, decode)
+        session.call(self.id(), call.name(), &args, timeout, decode)
     }
 }
 
 impl Serialize for Proxy {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error;
-        let s = &self.inner.session;
-        if !self.inner.pinned.load(Ordering::Relaxed) {
+        let inner = self.native().map_err(|_| {
+            S::Error::custom(
+                "cannot send the proxy: its object lives on a CPython manager server; \
+                 the receiving process connects to it with `Manager::connect` itself",
+            )
+        })?;
+        let s = &inner.session;
+        if !inner.pinned.load(Ordering::Relaxed) {
             self.session()
-                .and_then(|s| s.request(&Request::Pin { id: self.inner.id }, None, |_| Ok(())))
+                .and_then(|s| s.request(&Request::Pin { id: inner.id }, None, |_| Ok(())))
                 .map_err(|e| S::Error::custom(format!("cannot send the proxy: {e}")))?;
-            self.inner.pinned.store(true, Ordering::Relaxed);
+            inner.pinned.store(true, Ordering::Relaxed);
         }
         Wire {
             address: s.address.to_string(),
             authkey: s.authkey.clone(),
-            id: self.inner.id,
-            kind: self.inner.kind.clone(),
+            id: inner.id,
+            kind: inner.kind.clone(),
         }
         .serialize(serializer)
     }

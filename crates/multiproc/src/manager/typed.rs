@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::{ByteBuf, Bytes};
 
+use super::cpython::convert::{from_py, to_py};
+use super::cpython::{PyDict, PyList, PyLock, PyQueue, PyValue};
 use super::proxy::{Proxy, ProxyType};
 use super::wire::{
     BarrierCall, ConditionCall, DictCall, EventCall, JoinableCall, ListCall, LockCall,
@@ -47,6 +49,50 @@ pub(super) fn opt_item<T: DeserializeOwned>(payload: &[u8]) -> Result<Option<T>,
 pub(super) fn items<T: DeserializeOwned>(payload: &[u8]) -> Result<Vec<T>, ManagerError> {
     let all: Vec<&Bytes> = codec::decode_borrowed(payload)?;
     all.into_iter().map(|b| Ok(codec::decode(b)?)).collect()
+}
+
+/// The proxy's dict, when it lives on a CPython manager.
+fn py_dict(proxy: &Proxy) -> Option<PyDict> {
+    proxy.on_cpython().cloned().map(PyDict)
+}
+
+/// The proxy's list, when it lives on a CPython manager.
+fn py_list(proxy: &Proxy) -> Option<PyList> {
+    proxy.on_cpython().cloned().map(PyList)
+}
+
+/// The proxy's queue, when it lives on a CPython manager.
+fn py_queue(proxy: &Proxy) -> Option<PyQueue> {
+    proxy.on_cpython().cloned().map(PyQueue)
+}
+
+/// The proxy's lock, when it lives on a CPython manager.
+fn py_lock(proxy: &Proxy) -> Option<PyLock> {
+    proxy.on_cpython().cloned().map(PyLock)
+}
+
+/// A Python reply that is optional, as a `T`.
+fn from_py_opt<T: DeserializeOwned>(value: Option<PyValue>) -> Result<Option<T>, ManagerError> {
+    value.map(from_py).transpose()
+}
+
+/// A list index as Python's.
+fn py_index(index: usize) -> Result<i64, ManagerError> {
+    i64::try_from(index).map_err(|_| ManagerError::Invalid(format!("index {index} is too large")))
+}
+
+/// A CPython list's `IndexError` as [`ManagerError::IndexOutOfRange`] (with the length the
+/// list has when asked right after).
+fn py_index_error<R>(list: &PyList, index: usize, r: Result<R, ManagerError>) -> Result<R, ManagerError> {
+    match r {
+        Err(ManagerError::Python { class, .. }) if class == "IndexError" => {
+            Err(ManagerError::IndexOutOfRange {
+                index: index as u64,
+                len: list.len()?,
+            })
+        }
+        other => other,
+    }
 }
 
 /// Defines a typed proxy: the struct and its `ProxyType`, `Clone`, `Debug` and serde impls
@@ -118,12 +164,18 @@ typed_proxy! {
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
     /// The value of `key`, if any.
     pub fn get(&self, key: &K) -> Result<Option<V>, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return from_py_opt(d.get(to_py(key)?)?);
+        }
         let key = encode(key)?;
         self.proxy.send(DictCall::Get { key }, opt_item)
     }
 
     /// Sets `key` to `value` (without fetching the old value: one round trip, no copy back).
     pub fn set(&self, key: &K, value: &V) -> Result<(), ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d.set(to_py(key)?, to_py(value)?);
+        }
         let (key, value) = (encode(key)?, encode(value)?);
         self.proxy.send(DictCall::Set { key, value }, plain)
     }
@@ -136,24 +188,36 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// The value of `key`, inserting `default` first when absent (Python's `setdefault`).
     pub fn setdefault(&self, key: &K, default: &V) -> Result<V, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return from_py(d.setdefault(to_py(key)?, to_py(default)?)?);
+        }
         let (key, default) = (encode(key)?, encode(default)?);
         self.proxy.send(DictCall::SetDefault { key, default }, item)
     }
 
     /// Removes `key` and returns its value.
     pub fn remove(&self, key: &K) -> Result<Option<V>, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return from_py_opt(d.remove(to_py(key)?)?);
+        }
         let key = encode(key)?;
         self.proxy.send(DictCall::Remove { key }, opt_item)
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> Result<bool, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d.contains(to_py(key)?);
+        }
         let key = encode(key)?;
         self.proxy.send(DictCall::Contains { key }, plain)
     }
 
     /// The number of entries.
     pub fn len(&self) -> Result<usize, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d.len().map(|n| n as usize);
+        }
         self.proxy.send(DictCall::Len, count)
     }
 
@@ -164,6 +228,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// Removes every entry.
     pub fn clear(&self) -> Result<(), ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d.clear();
+        }
         self.proxy.send(DictCall::Clear, plain)
     }
 
@@ -176,6 +243,13 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         K: 'a,
         V: 'a,
     {
+        if let Some(d) = py_dict(&self.proxy) {
+            let entries = entries
+                .into_iter()
+                .map(|(k, v)| Ok((to_py(k)?, to_py(v)?)))
+                .collect::<Result<_, ManagerError>>()?;
+            return d.update(entries);
+        }
         let entries = entries
             .into_iter()
             .map(|(k, v)| Ok((encode(k)?, encode(v)?)))
@@ -185,16 +259,29 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// The keys, in insertion order.
     pub fn keys(&self) -> Result<Vec<K>, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d.items()?.into_iter().map(|(k, _)| from_py(k)).collect();
+        }
         self.proxy.send(DictCall::Keys, items)
     }
 
     /// The values, in insertion order.
     pub fn values(&self) -> Result<Vec<V>, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d.items()?.into_iter().map(|(_, v)| from_py(v)).collect();
+        }
         self.proxy.send(DictCall::Values, items)
     }
 
     /// The entries, in insertion order.
     pub fn items(&self) -> Result<Vec<(K, V)>, ManagerError> {
+        if let Some(d) = py_dict(&self.proxy) {
+            return d
+                .items()?
+                .into_iter()
+                .map(|(k, v)| Ok((from_py(k)?, from_py(v)?)))
+                .collect();
+        }
         self.proxy.send(DictCall::Items, |p| {
             let all: Vec<(&Bytes, &Bytes)> = codec::decode_borrowed(p)?;
             all.into_iter()
@@ -221,6 +308,9 @@ macro_rules! sequence_methods {
         impl<T: Serialize + DeserializeOwned> $name<T> {
             /// The number of items.
             pub fn len(&self) -> Result<usize, ManagerError> {
+                if let Some(l) = py_list(&self.proxy) {
+                    return l.len().map(|n| n as usize);
+                }
                 self.proxy.send(SeqCall::Len, count)
             }
 
@@ -231,23 +321,37 @@ macro_rules! sequence_methods {
 
             /// Item `index` ([`ManagerError::IndexOutOfRange`] past the end).
             pub fn get(&self, index: usize) -> Result<T, ManagerError> {
+                if let Some(l) = py_list(&self.proxy) {
+                    let got = l.get(py_index(index)?);
+                    return from_py(py_index_error(&l, index, got)?);
+                }
                 let index = index as u64;
                 self.proxy.send(SeqCall::Get { index }, item)
             }
 
             /// Replaces item `index`.
             pub fn set(&self, index: usize, value: &T) -> Result<(), ManagerError> {
+                if let Some(l) = py_list(&self.proxy) {
+                    let done = l.set(py_index(index)?, to_py(value)?);
+                    return py_index_error(&l, index, done);
+                }
                 let (index, value) = (index as u64, encode(value)?);
                 self.proxy.send(SeqCall::Set { index, value }, plain)
             }
 
             /// All items.
             pub fn to_vec(&self) -> Result<Vec<T>, ManagerError> {
+                if let Some(l) = py_list(&self.proxy) {
+                    return l.to_vec()?.into_iter().map(from_py).collect();
+                }
                 self.proxy.send(SeqCall::ToVec, items)
             }
 
             /// Whether an item equal to `value` (by encoding) is present.
             pub fn contains(&self, value: &T) -> Result<bool, ManagerError> {
+                if let Some(l) = py_list(&self.proxy) {
+                    return l.contains(to_py(value)?);
+                }
                 let value = encode(value)?;
                 self.proxy.send(SeqCall::Contains { value }, plain)
             }
@@ -261,23 +365,49 @@ sequence_methods!(ArrayProxy);
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Appends `value` (Python's `append`).
     pub fn push(&self, value: &T) -> Result<(), ManagerError> {
+        if let Some(l) = py_list(&self.proxy) {
+            return l.append(to_py(value)?);
+        }
         let value = encode(value)?;
         self.proxy.send(ListCall::Push { value }, plain)
     }
 
     /// Removes and returns the last item.
     pub fn pop(&self) -> Result<Option<T>, ManagerError> {
+        if let Some(l) = py_list(&self.proxy) {
+            return match l.pop(-1) {
+                Err(ManagerError::Python { class, .. }) if class == "IndexError" => Ok(None),
+                other => from_py(other?).map(Some),
+            };
+        }
         self.proxy.send(ListCall::Pop, opt_item)
     }
 
     /// Inserts `value` before `index` (`index == len` appends).
     pub fn insert(&self, index: usize, value: &T) -> Result<(), ManagerError> {
+        if let Some(l) = py_list(&self.proxy) {
+            // Python's insert appends past the end: refused here, as on a multiproc server
+            // (the length is read first, so a list another client shrinks meanwhile may still
+            // see an append).
+            let len = l.len()?;
+            if index as u64 > len {
+                return Err(ManagerError::IndexOutOfRange {
+                    index: index as u64,
+                    len,
+                });
+            }
+            return l.insert(py_index(index)?, to_py(value)?);
+        }
         let (index, value) = (index as u64, encode(value)?);
         self.proxy.send(ListCall::Insert { index, value }, plain)
     }
 
     /// Removes and returns item `index`.
     pub fn remove(&self, index: usize) -> Result<T, ManagerError> {
+        if let Some(l) = py_list(&self.proxy) {
+            let got = l.pop(py_index(index)?);
+            return from_py(py_index_error(&l, index, got)?);
+        }
         let index = index as u64;
         self.proxy.send(ListCall::Remove { index }, item)
     }
@@ -287,12 +417,19 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     where
         T: 'a,
     {
+        if let Some(l) = py_list(&self.proxy) {
+            let items = values.into_iter().map(to_py).collect::<Result<_, _>>()?;
+            return l.extend(items);
+        }
         let items = values.into_iter().map(encode).collect::<Result<_, _>>()?;
         self.proxy.send(ListCall::Extend { items }, plain)
     }
 
     /// Removes every item.
     pub fn clear(&self) -> Result<(), ManagerError> {
+        if let Some(l) = py_list(&self.proxy) {
+            return l.clear();
+        }
         self.proxy.send(ListCall::Clear, plain)
     }
 }
@@ -310,12 +447,18 @@ typed_proxy! {
 
 impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     fn put_with(&self, value: &T, timeout: Option<Duration>) -> Result<(), ManagerError> {
+        if let Some(q) = py_queue(&self.proxy) {
+            return q.put_timeout(to_py(value)?, timeout);
+        }
         let item = encode(value)?;
         self.proxy
             .send_timed(QueueCall::Put { item, timeout }, timeout, plain)
     }
 
     fn get_with(&self, timeout: Option<Duration>) -> Result<T, ManagerError> {
+        if let Some(q) = py_queue(&self.proxy) {
+            return from_py(q.get(timeout)?);
+        }
         self.proxy
             .send_timed(QueueCall::Get { timeout }, timeout, item)
     }
@@ -354,16 +497,25 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 
     /// The number of items queued.
     pub fn qsize(&self) -> Result<usize, ManagerError> {
+        if let Some(q) = py_queue(&self.proxy) {
+            return q.qsize().map(|n| n as usize);
+        }
         self.proxy.send(QueueCall::QSize, count)
     }
 
     /// Whether the queue is empty.
     pub fn empty(&self) -> Result<bool, ManagerError> {
+        if let Some(q) = py_queue(&self.proxy) {
+            return q.empty();
+        }
         self.proxy.send(QueueCall::Empty, plain)
     }
 
     /// Whether a bounded queue is full.
     pub fn full(&self) -> Result<bool, ManagerError> {
+        if let Some(q) = py_queue(&self.proxy) {
+            return q.full();
+        }
         self.proxy.send(QueueCall::Full, plain)
     }
 }
@@ -488,6 +640,9 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 macro_rules! acquire_methods {
     ($what:literal, $call:ident) => {
         fn acquire_with(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+            if let Some(l) = py_lock(&self.proxy) {
+                return l.acquire(timeout);
+            }
             self.proxy
                 .send_timed($call::Acquire { timeout }, timeout, plain)
         }
@@ -519,6 +674,9 @@ macro_rules! lock_methods {
             acquire_methods!("the lock", $call);
 
             fn release_of(proxy: &Proxy) -> Result<(), ManagerError> {
+                if let Some(l) = py_lock(proxy) {
+                    return py_release(&l);
+                }
                 proxy.send($call::Release, plain)
             }
 
@@ -537,6 +695,20 @@ macro_rules! lock_methods {
             }
         }
     };
+}
+
+/// Releases a CPython manager's lock, with its `RuntimeError`s as this crate's errors.
+fn py_release(lock: &PyLock) -> Result<(), ManagerError> {
+    match lock.release() {
+        Err(ManagerError::Python { class, message }) if class == "RuntimeError" => {
+            Err(if message.contains("un-acquired") {
+                SyncError::NotOwner.into()
+            } else {
+                SyncError::NotLocked.into()
+            })
+        }
+        other => other,
+    }
 }
 
 /// Releases a manager lock or condition when dropped ([`LockProxy::lock`]). A release that

@@ -335,6 +335,11 @@ impl PyProxy {
         &self.inner.typeid
     }
 
+    /// The object's id on the server (hexadecimal, as CPython writes it).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
     /// The methods the server exposes for it.
     pub fn exposed(&self) -> &[String] {
         &self.inner.exposed
