@@ -710,3 +710,192 @@ with Listener(('127.0.0.1', 0), authkey=b'k') as l:
     assert!(!marker.exists(), "the payload ran");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `Manager::connect` to a stock CPython `SyncManager` server: the typed proxies Rust
+/// programs use on multiproc managers, on Python objects a Python client of the same server
+/// reads and writes too.
+#[test]
+fn manager_connect_gives_typed_proxies_on_a_cpython_server() {
+    use multiproc::manager::{DictProxy, ProxyType};
+    use multiproc::{ManagerError, QueueError, SyncError};
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Job {
+        name: String,
+        tries: u8,
+        tags: Vec<String>,
+    }
+    let Some(py) = common::python("multiprocessing.managers") else {
+        return;
+    };
+    let (child, address) = cpython_server(py, "py-key");
+    assert!(matches!(
+        Manager::connect(address.as_str(), b"wrong"),
+        Err(ManagerError::Connection(_))
+    ));
+    let mgr = Manager::connect(address.as_str(), b"py-key").unwrap();
+    assert!(mgr.is_cpython());
+    assert_eq!(mgr.address().to_string(), address);
+
+    // Dict.
+    let d = mgr.dict::<String, u64>().unwrap();
+    d.set(&"apples".into(), &3).unwrap();
+    d.update([(&"pears".into(), &u64::MAX)]).unwrap();
+    assert_eq!(d.get(&"apples".into()).unwrap(), Some(3));
+    assert_eq!(d.get(&"plums".into()).unwrap(), None);
+    assert!(d.contains_key(&"pears".into()).unwrap());
+    assert_eq!(d.setdefault(&"plums".into(), &5).unwrap(), 5);
+    assert_eq!(d.setdefault(&"plums".into(), &6).unwrap(), 5);
+    assert_eq!(d.len().unwrap(), 3);
+    assert_eq!(d.keys().unwrap(), ["apples", "pears", "plums"]);
+    assert_eq!(d.remove(&"plums".into()).unwrap(), Some(5));
+    assert_eq!(d.remove(&"plums".into()).unwrap(), None);
+    assert_eq!(
+        d.items().unwrap(),
+        [("apples".to_string(), 3), ("pears".to_string(), u64::MAX)]
+    );
+    let jobs = mgr.dict::<u32, Job>().unwrap();
+    let job = Job {
+        name: "build".into(),
+        tries: 2,
+        tags: vec!["ci".into()],
+    };
+    jobs.set(&1, &job).unwrap();
+    assert_eq!(jobs.get(&1).unwrap(), Some(job));
+
+    // List.
+    let l = mgr.list::<String>().unwrap();
+    l.push(&"a".into()).unwrap();
+    l.extend([&"b".to_string(), &"c".to_string()]).unwrap();
+    l.set(0, &"A".into()).unwrap();
+    assert_eq!((l.len().unwrap(), l.get(1).unwrap()), (3, "b".to_string()));
+    assert!(matches!(
+        l.get(7),
+        Err(ManagerError::IndexOutOfRange { index: 7, len: 3 })
+    ));
+    assert_eq!(l.pop().unwrap(), Some("c".to_string()));
+    assert_eq!(l.to_vec().unwrap(), ["A", "b"]);
+
+    // Queue: items, time-outs, a bounded queue's room.
+    let q = mgr.queue::<(String, i64)>().unwrap();
+    q.put(&("rust".into(), -1)).unwrap();
+    assert_eq!(q.qsize().unwrap(), 1);
+    assert_eq!(
+        q.get_timeout(Duration::from_secs(5)).unwrap(),
+        ("rust".to_string(), -1)
+    );
+    assert!(q.empty().unwrap());
+    let t = Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(300)),
+        Err(ManagerError::Queue(QueueError::Empty))
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(290));
+    assert!(matches!(
+        q.get_nowait(),
+        Err(ManagerError::Queue(QueueError::Empty))
+    ));
+    let small = mgr.queue_bounded::<u8>(1).unwrap();
+    small.put_nowait(&1).unwrap();
+    assert!(small.full().unwrap());
+    assert!(matches!(
+        small.put_timeout(&2, Duration::from_millis(100)),
+        Err(ManagerError::Queue(QueueError::Full))
+    ));
+    assert!(matches!(
+        small.put_nowait(&2),
+        Err(ManagerError::Queue(QueueError::Full))
+    ));
+
+    // Lock: another thread (its own connection) times out while this one holds it.
+    let lock = mgr.lock().unwrap();
+    {
+        let _held = lock.lock().unwrap();
+        let other = lock.clone();
+        let t = Instant::now();
+        let got = std::thread::spawn(move || other.acquire_timeout(Duration::from_millis(200)))
+            .join()
+            .unwrap();
+        assert!(matches!(got, Err(ManagerError::Sync(SyncError::Timeout(_)))));
+        assert!(t.elapsed() >= Duration::from_millis(190));
+        assert!(!lock.clone().try_acquire().unwrap());
+    }
+    assert!(lock.try_acquire().unwrap());
+    lock.release().unwrap();
+    assert!(matches!(
+        lock.release(),
+        Err(ManagerError::Sync(SyncError::NotLocked))
+    ));
+    let rlock = mgr.rlock().unwrap();
+    rlock.acquire().unwrap();
+    rlock.acquire().unwrap();
+    rlock.release().unwrap();
+    rlock.release().unwrap();
+
+    // A Python client of the same server reads what Rust wrote and writes back.
+    let script = format!(
+        r#"
+from multiprocessing.managers import Token, DictProxy, ListProxy, MakeProxyType
+host, port = sys.argv[1].rsplit(':', 1)
+addr, key = (host, int(port)), sys.argv[2].encode()
+d = DictProxy(Token('dict', addr, '{d:x}'), 'pickle', authkey=key)
+jobs = DictProxy(Token('dict', addr, '{jobs:x}'), 'pickle', authkey=key)
+l = ListProxy(Token('list', addr, '{l:x}'), 'pickle', authkey=key)
+q = MakeProxyType('Q', ('put', 'get'))(Token('Queue', addr, '{q:x}'), 'pickle', authkey=key)
+assert d.copy() == {{'apples': 3, 'pears': 2**64 - 1}}, d.copy()
+assert jobs[1] == {{'name': 'build', 'tries': 2, 'tags': ['ci']}}, jobs[1]
+assert l[:] == ['A', 'b'], l[:]
+d['from python'] = 7
+d['not a number'] = 'seven'
+l.append('from python')
+q.put(('python', 2**40))
+q.put(['python', 'two'])
+print('ok')
+"#,
+        d = d.proxy().id(),
+        jobs = jobs.proxy().id(),
+        l = l.proxy().id(),
+        q = q.proxy().id(),
+    );
+    assert_eq!(run_ok(py, &script, &address, "py-key").trim(), "ok");
+    assert_eq!(d.get(&"from python".into()).unwrap(), Some(7));
+    assert_eq!(l.get(2).unwrap(), "from python");
+    assert_eq!(
+        q.get_timeout(Duration::from_secs(5)).unwrap(),
+        ("python".to_string(), 1 << 40)
+    );
+
+    // What does not fit the Rust type is a typed error, and the proxy goes on.
+    let err = d.get(&"not a number".into()).unwrap_err();
+    assert!(matches!(err, ManagerError::PyConversion(_)), "{err:?}");
+    let err = q.get_timeout(Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, ManagerError::PyConversion(_)), "{err:?}");
+    let bytes = mgr.dict::<String, u8>().unwrap();
+    bytes.set(&"x".into(), &1).unwrap();
+    let wide: DictProxy<String, u8> = DictProxy::from_proxy(d.proxy().clone());
+    let err = wide.get(&"pears".into()).unwrap_err();
+    assert!(err.to_string().contains("18446744073709551615"), "{err}");
+    assert_eq!(d.len().unwrap(), 4);
+
+    // What CPython's server cannot do is refused, by name.
+    let unsupported = |r: Result<(), ManagerError>| match r {
+        Err(e @ ManagerError::Unsupported { .. }) => e.to_string(),
+        other => panic!("not refused: {other:?}"),
+    };
+    let m = unsupported(mgr.namespace().map(drop));
+    assert!(m.contains("namespace") && m.contains("CPython"), "{m}");
+    unsupported(mgr.joinable_queue::<u8>().map(drop));
+    unsupported(mgr.event().map(drop));
+    unsupported(mgr.value(&1u8).map(drop));
+    unsupported(mgr.publish("d", &d));
+    unsupported(mgr.lookup::<DictProxy<String, u64>>("d").map(drop));
+    unsupported(mgr.stats().map(drop));
+    unsupported(mgr.shutdown());
+    unsupported(d.insert(&"apples".into(), &4).map(drop));
+    unsupported(lock.locked().map(drop));
+    let err = multiproc::codec::encode(&d).unwrap_err();
+    assert!(err.to_string().contains("CPython"), "{err}");
+    assert_eq!(d.get(&"apples".into()).unwrap(), Some(3));
+
+    drop((d, jobs, l, q, small, lock, rlock, bytes, wide));
+    stop(child);
+}
