@@ -661,8 +661,8 @@ fn rust_client_uses_a_cpython_server() {
     stop(child);
 }
 
-/// A hostile "server" answering with a `GLOBAL os.system` + `REDUCE` pickle: refused, and
-/// nothing runs on this side.
+/// A hostile "server" answering with a `GLOBAL os.system` + `REDUCE` pickle, to
+/// `PyManager::connect` and to `Manager::connect`: refused, and nothing runs on this side.
 #[test]
 fn rust_client_runs_nothing_a_server_sends() {
     use multiproc::manager::PyManager;
@@ -683,9 +683,10 @@ class Evil:
 import pickle
 with Listener(('127.0.0.1', 0), authkey=b'k') as l:
     print('%s:%d' % l.address, flush=True)
-    with l.accept() as c:
-        c.recv_bytes()
-        c.send_bytes(pickle.dumps(('#RETURN', Evil())))
+    for answer in ['#RETURN', '#TRACEBACK']:
+        with l.accept() as c:
+            c.recv_bytes()
+            c.send_bytes(pickle.dumps((answer, Evil())))
 "#,
         )
         .args(["x", marker.to_str().unwrap()])
@@ -705,6 +706,13 @@ with Listener(('127.0.0.1', 0), authkey=b'k') as l:
         err.to_string()
             .contains("global posix.system is not allowed"),
         "{err}"
+    );
+    // `Manager::connect` reads the reply to its hello through the same decoder: a
+    // `#TRACEBACK` whose text is a payload is no CPython server's answer, and is refused.
+    let err = Manager::connect(address.as_str(), b"k").unwrap_err();
+    assert!(
+        matches!(err, multiproc::ManagerError::Connection(_)),
+        "{err:?}"
     );
     let _ = finish(child);
     assert!(!marker.exists(), "the payload ran");

@@ -646,3 +646,26 @@ impl PyLock {
         self.0.call("release", Vec::new()).map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(kind: &str, value: PyValue) -> Vec<u8> {
+        pickle::encode(&PyValue::Tuple(vec![kind.into(), value])).unwrap()
+    }
+
+    #[test]
+    fn only_a_pickled_traceback_is_a_cpython_servers_refusal() {
+        assert!(is_refused_request(&pair(
+            "#TRACEBACK",
+            "UnpicklingError: invalid load key".into()
+        )));
+        assert!(!is_refused_request(&pair("#RETURN", PyValue::None)));
+        assert!(!is_refused_request(&pair("#TRACEBACK", PyValue::Int(1))));
+        // A reply of multiproc's own protocol, bytes that only start like a pickle, nothing.
+        assert!(!is_refused_request(&[0, 1, 2]));
+        assert!(!is_refused_request(&[0x80, 4, 0xff]));
+        assert!(!is_refused_request(&[]));
+    }
+}
