@@ -823,7 +823,10 @@ fn manager_connect_gives_typed_proxies_on_a_cpython_server() {
         let got = std::thread::spawn(move || other.acquire_timeout(Duration::from_millis(200)))
             .join()
             .unwrap();
-        assert!(matches!(got, Err(ManagerError::Sync(SyncError::Timeout(_)))));
+        assert!(matches!(
+            got,
+            Err(ManagerError::Sync(SyncError::Timeout(_)))
+        ));
         assert!(t.elapsed() >= Duration::from_millis(190));
         assert!(!lock.clone().try_acquire().unwrap());
     }

@@ -555,7 +555,8 @@ impl Manager {
             ManagerError::Invalid(format!("{:?} is not an object id", sent.token.id))
         })?;
         let session = self.session("adopt")?;
-        let kind: String = session.request(&Request::Adopt { id }, None, |b| Ok(codec::decode(b)?))?;
+        let kind: String =
+            session.request(&Request::Adopt { id }, None, |b| Ok(codec::decode(b)?))?;
         let proxy = Proxy::adopt(session.clone(), id, kind);
         let expected = P::kind();
         if !proxy::kind_fits(&expected, proxy.kind()) {

@@ -164,9 +164,7 @@ impl Proxy {
     ) -> Result<R, ManagerError> {
         let session = self.session()?;
         let args = codec::encode(args)?;
-        session.call(self.id(), method, &args, None, |b| {
-            Ok(codec::decode(b)?)
-        })
+        session.call(self.id(), method, &args, None, |b| Ok(codec::decode(b)?))
     }
 
     /// Makes a built-in method's `call`, decoding the result with `decode`.

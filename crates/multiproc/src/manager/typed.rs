@@ -83,7 +83,11 @@ fn py_index(index: usize) -> Result<i64, ManagerError> {
 
 /// A CPython list's `IndexError` as [`ManagerError::IndexOutOfRange`] (with the length the
 /// list has when asked right after).
-fn py_index_error<R>(list: &PyList, index: usize, r: Result<R, ManagerError>) -> Result<R, ManagerError> {
+fn py_index_error<R>(
+    list: &PyList,
+    index: usize,
+    r: Result<R, ManagerError>,
+) -> Result<R, ManagerError> {
     match r {
         Err(ManagerError::Python { class, .. }) if class == "IndexError" => {
             Err(ManagerError::IndexOutOfRange {

@@ -463,7 +463,10 @@ impl PyDict {
 
     /// `key in d`.
     pub fn contains(&self, key: impl Into<PyValue>) -> Result<bool, ManagerError> {
-        flag("__contains__", self.0.call("__contains__", vec![key.into()])?)
+        flag(
+            "__contains__",
+            self.0.call("__contains__", vec![key.into()])?,
+        )
     }
 
     /// `d.setdefault(key, default)`.
@@ -547,7 +550,10 @@ impl PyList {
 
     /// `value in l`.
     pub fn contains(&self, value: impl Into<PyValue>) -> Result<bool, ManagerError> {
-        flag("__contains__", self.0.call("__contains__", vec![value.into()])?)
+        flag(
+            "__contains__",
+            self.0.call("__contains__", vec![value.into()])?,
+        )
     }
 
     /// `l[:]`: all items.
@@ -638,7 +644,10 @@ impl PyLock {
             Some(t) => vec![PyValue::Bool(true), PyValue::Float(t.as_secs_f64())],
             None => vec![PyValue::Bool(true)],
         };
-        flag("acquire", self.0.call_with("acquire", args, Vec::new(), timeout)?)
+        flag(
+            "acquire",
+            self.0.call_with("acquire", args, Vec::new(), timeout)?,
+        )
     }
 
     /// Releases the lock.

@@ -146,9 +146,11 @@ impl ser::Serializer for ToPy {
         Ok(PyValue::Int(v.into()))
     }
     fn serialize_u128(self, v: u128) -> Result<PyValue, Refused> {
-        i128::try_from(v)
-            .map(PyValue::Int)
-            .map_err(|_| Refused(format!("{v} is past the 128-bit signed range of PyValue::Int")))
+        i128::try_from(v).map(PyValue::Int).map_err(|_| {
+            Refused(format!(
+                "{v} is past the 128-bit signed range of PyValue::Int"
+            ))
+        })
     }
     fn serialize_f32(self, v: f32) -> Result<PyValue, Refused> {
         Ok(PyValue::Float(v.into()))
@@ -252,7 +254,8 @@ impl Seq {
     }
 
     fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.items.push(value.serialize(ToPy { depth: self.depth })?);
+        self.items
+            .push(value.serialize(ToPy { depth: self.depth })?);
         Ok(())
     }
 
@@ -408,7 +411,10 @@ impl<'de> de::MapAccess<'de> for MapOf {
             None => Ok(None),
         }
     }
-    fn next_value_seed<S: de::DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, Refused> {
+    fn next_value_seed<S: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, Refused> {
         let value = self
             .value
             .take()
@@ -424,7 +430,11 @@ impl<'de> de::MapAccess<'de> for MapOf {
 }
 
 impl FromPy {
-    fn seq<'de, V: Visitor<'de>>(items: Vec<PyValue>, depth: usize, visitor: V) -> Result<V::Value, Refused> {
+    fn seq<'de, V: Visitor<'de>>(
+        items: Vec<PyValue>,
+        depth: usize,
+        visitor: V,
+    ) -> Result<V::Value, Refused> {
         let mut access = SeqOf {
             items: items.into_iter(),
             depth: deeper(depth)?,
@@ -578,7 +588,10 @@ mod tests {
 
     #[test]
     fn plain_values_are_their_python_values() {
-        assert_eq!(round_trip("héllo".to_string()), PyValue::Str("héllo".into()));
+        assert_eq!(
+            round_trip("héllo".to_string()),
+            PyValue::Str("héllo".into())
+        );
         assert_eq!(round_trip(-7i64), PyValue::Int(-7));
         assert_eq!(round_trip(u64::MAX), PyValue::Int(u64::MAX.into()));
         assert_eq!(round_trip(i128::MIN), PyValue::Int(i128::MIN));
@@ -633,8 +646,11 @@ mod tests {
             from_py::<Vec<u8>>(PyValue::Set(vec![PyValue::Int(1)])).unwrap(),
             vec![1]
         );
-        let m: HashMap<i64, bool> =
-            from_py(PyValue::Dict(vec![(PyValue::Int(-1), PyValue::Bool(false))])).unwrap();
+        let m: HashMap<i64, bool> = from_py(PyValue::Dict(vec![(
+            PyValue::Int(-1),
+            PyValue::Bool(false),
+        )]))
+        .unwrap();
         assert_eq!(m, [(-1, false)].into());
         let b: serde_bytes::ByteBuf = from_py(PyValue::ByteArray(vec![1])).unwrap();
         assert_eq!(b.into_vec(), vec![1]);
