@@ -327,7 +327,8 @@ impl Manager {
     /// let q = mgr.queue::<(String, f64)>()?; // tuples as Python tuples
     /// q.put(&("a".into(), 1.5))?;
     /// assert_eq!(q.get_timeout(Duration::from_secs(5))?, ("a".into(), 1.5));
-    /// let _held = mgr.lock()?.lock()?;
+    /// let lock = mgr.lock()?; // a threading.Lock there
+    /// let _held = lock.lock()?; // released when dropped
     /// # Ok(()) }
     /// ```
     pub fn connect(address: impl ToAddress, authkey: &[u8]) -> Result<Manager, ManagerError> {
