@@ -17,7 +17,15 @@
 //!   request/reply client among more clients than CPUs stops (it misses);
 //! - not for a while after spins keep missing: [`MISSES_TO_BACK_OFF`] misses in a row stop
 //!   spinning in this process for a back-off that doubles (up to [`MAX_BACKOFF`]) while misses
-//!   continue, and a hit resets it.
+//!   continue, and a hit resets it. A spin that lost its CPU before the event came counts as a
+//!   miss too: the event may have come because another task ran here (the peer shares this
+//!   CPU), which a sleep does as well for less. It lost it when a yield ran another task
+//!   ([`CEDED`]) or the clock jumped between two looks ([`PREEMPTED`]).
+//!
+//! A spin yields now and then, so that a peer on the same CPU can run (a producer then fills
+//! the queue its consumer looks at). A yield that ran a CPU-bound task for its time slice
+//! ([`HOGGED`]) stops yields in the process for [`NO_YIELD_FOR`]: beside such a task each yield
+//! cost a round trip hundreds of microseconds.
 //!
 //! `MULTIPROC_SPIN=off` (or `0`) turns spinning off in a process and its children, `on` (or
 //! `1`) keeps it on whatever the load; the default is the adaptive policy above.
@@ -43,6 +51,15 @@ const PROBE_EVERY: u32 = 32;
 /// A yield that takes this long (ns) ran another task on this CPU meanwhile; one that finds
 /// nothing else to run returns in about a microsecond.
 const CEDED: u64 = 3_000;
+/// A yield that takes this long (ns) ran a task that kept the CPU for a time slice: no
+/// yields in this process for [`NO_YIELD_FOR`] after one.
+const HOGGED: u64 = 50_000;
+const NO_YIELD_FOR: u64 = 50_000_000;
+/// Until when spins in this process do not yield (see [`HOGGED`]).
+static YIELD_AGAIN_AT: AtomicU64 = AtomicU64::new(0);
+/// A spin that went this long (ns) between two looks at the clock (at most 8 looks apart, a
+/// few microseconds) lost its CPU to another task meanwhile.
+const PREEMPTED: u64 = 20_000;
 /// The first back-off, and the longest.
 const MIN_BACKOFF: u64 = 2_000_000;
 const MAX_BACKOFF: u64 = 32_000_000;
@@ -59,6 +76,13 @@ pub enum SpinPolicy {
     /// Always spin briefly, whatever the load (the fastest round trips on an idle machine).
     Always,
 }
+
+/// How long a waiter for a reply (a round trip's other half, a task's result, the next request
+/// or task) looks before it sleeps, when spinning pays: a few times what a reply from a peer
+/// running on another CPU takes, and about what a sleep and a wake-up from another CPU cost
+/// together on a virtual machine (measured: 20 µs made pool round trips slower and less
+/// steady, the next task often came later than that).
+pub(crate) const REPLY_SPIN: Duration = Duration::from_micros(50);
 
 /// The policy in force: 0 until first asked, then 1 + the policy's index.
 static MODE: AtomicU8 = AtomicU8::new(0);
@@ -198,18 +222,29 @@ pub(crate) struct Spinner {
     /// When the spin ends (`monotonic_ns`); `None`: no spinning for this wait.
     end: Option<u64>,
     looks: u32,
-    /// Whether a pause of this spin gave the CPU to another task (see [`CEDED`]).
-    ceded: bool,
+    /// The clock at the last look at it, and whether the spin lost its CPU meanwhile (a
+    /// yield that ran another task, see [`CEDED`], or a gap of [`PREEMPTED`]).
+    last: u64,
+    preempted: bool,
 }
 
 impl Spinner {
     /// A spin of at most `max` if the policy allows one now.
     pub(crate) fn new(max: Duration) -> Spinner {
-        let end = (!max.is_zero() && may_spin()).then(|| monotonic_ns() + max.as_nanos() as u64);
+        if max.is_zero() || !may_spin() {
+            return Spinner {
+                end: None,
+                looks: 0,
+                last: 0,
+                preempted: false,
+            };
+        }
+        let now = monotonic_ns();
         Spinner {
-            end,
+            end: Some(now + max.as_nanos() as u64),
             looks: 0,
-            ceded: false,
+            last: now,
+            preempted: false,
         }
     }
 
@@ -221,7 +256,7 @@ impl Spinner {
         };
         self.looks += 1;
         // The clock costs more than a pause: read it every few looks.
-        if self.looks.is_multiple_of(8) && monotonic_ns() >= end {
+        if self.looks.is_multiple_of(8) && self.clock() >= end {
             self.end = None;
             record_miss();
             return false;
@@ -229,23 +264,41 @@ impl Spinner {
         for _ in 0..16 {
             std::hint::spin_loop();
         }
-        // Now and then let a task that shares this CPU run: it may be the one we wait for.
-        // A yield that took long ran another task here.
-        if self.looks.is_multiple_of(4) {
+        // Now and then let a task that shares this CPU run: it may be the one we wait for (a
+        // producer on this CPU then fills a queue while its consumer looks). But a yield that
+        // took long ran a CPU-bound task for its time slice (a round trip beside one took
+        // 200 µs instead of 12): then this process stops yielding for a while.
+        if self.looks.is_multiple_of(4) && monotonic_ns() >= YIELD_AGAIN_AT.load(Ordering::Relaxed)
+        {
             let before = monotonic_ns();
             std::thread::yield_now();
-            self.ceded |= monotonic_ns().saturating_sub(before) >= CEDED;
+            let now = monotonic_ns();
+            let took = now.saturating_sub(before);
+            self.preempted |= took >= CEDED;
+            if took >= HOGGED {
+                YIELD_AGAIN_AT.store(now + NO_YIELD_FOR, Ordering::Relaxed);
+            }
+            self.last = now;
         }
         true
     }
 
-    /// The event came: if it came while spinning, the spin paid — unless this spin had given
-    /// its CPU to another task meanwhile: then the event may have come because it did (the
-    /// peer shares this CPU, or a task crowds it), which a plain sleep does as well without
-    /// the spin's cost, so it counts as a miss.
-    pub(crate) fn hit(self) {
+    /// Reads the clock, noting whether the spin lost its CPU since the last read.
+    fn clock(&mut self) -> u64 {
+        let now = monotonic_ns();
+        self.preempted |= now.saturating_sub(self.last) >= PREEMPTED;
+        self.last = now;
+        now
+    }
+
+    /// The event came: if it came while spinning, the spin paid — unless the spin lost its
+    /// CPU to another task meanwhile: then the event may have come because it did (the peer
+    /// shares this CPU, or a task crowds it), which a plain sleep does as well without the
+    /// spin's cost, so it counts as a miss.
+    pub(crate) fn hit(mut self) {
         if self.end.is_some() && self.looks > 0 {
-            if self.ceded {
+            self.clock();
+            if self.preempted {
                 record_miss();
             } else {
                 record_hit();

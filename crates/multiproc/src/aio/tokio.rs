@@ -8,7 +8,7 @@ use tokio::io::unix::AsyncFd;
 
 /// How long an awaited read looks for its data before it sleeps in the reactor, when
 /// spinning pays (the synchronous receive's budget).
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN: std::time::Duration = crate::spin::REPLY_SPIN;
 
 /// A descriptor registered with the runtime's reactor (edge-triggered), so tasks can wait
 /// until it is readable or writable. Any number of tasks may wait on one watch at once.

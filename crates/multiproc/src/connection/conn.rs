@@ -624,7 +624,7 @@ pub(crate) fn frame_header(
 
 /// Whether busy-polling can help: another CPU can answer while this one polls.
 /// How long a receive looks for a message before it sleeps, when spinning pays.
-const RECV_SPIN: Duration = Duration::from_micros(50);
+const RECV_SPIN: Duration = crate::spin::REPLY_SPIN;
 
 pub(super) fn map_send(e: std::io::Error) -> ConnectionError {
     match e.kind() {

@@ -26,7 +26,7 @@ use crate::sys;
 const MAX_CONNECTIONS: usize = 4096;
 
 /// How long a connection thread polls for the next request before it sleeps.
-pub(super) const SPIN: Duration = Duration::from_micros(50);
+pub(super) const SPIN: Duration = crate::spin::REPLY_SPIN;
 
 /// How long a stopping server waits for its connection threads.
 const STOP_GRACE: Duration = Duration::from_secs(2);

@@ -25,7 +25,7 @@ use crate::sys;
 pub(super) const REPLY_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a call polls for its reply before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
+const SPIN: Duration = crate::spin::REPLY_SPIN;
 
 /// At most this many idle connections are kept per session.
 pub(super) const MAX_IDLE: usize = 16;

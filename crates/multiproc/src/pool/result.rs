@@ -26,7 +26,7 @@ fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
 
 /// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
 /// How long a caller looks for its result before it sleeps.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const SPIN: std::time::Duration = crate::spin::REPLY_SPIN;
 
 fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
     // A small task's result is usually there within microseconds: look a few times before
@@ -61,7 +61,6 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
         if !spin.keep_going() {
             break;
         }
-        std::thread::yield_now();
     }
     let mut st = shared.lock();
     if !watched.is_empty() {
@@ -632,8 +631,8 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
                 return Some(());
             }
             if spin.spinning() {
+                // Between looks the handler may take the lock.
                 drop(st);
-                std::thread::yield_now();
                 st = shared.lock();
                 continue;
             }

@@ -258,7 +258,7 @@ fn connection_intact(conn: &Connection) -> bool {
 }
 
 /// How long an idle worker looks for its next task before it sleeps, when spinning pays.
-const NEXT_TASK_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const NEXT_TASK_SPIN: std::time::Duration = crate::spin::REPLY_SPIN;
 
 /// The worker of a pool of registered functions.
 #[multiproc_macros::func]

@@ -20,7 +20,7 @@ use crate::manager::objects::lock;
 const REPLY_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a call polls for its reply before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
+const SPIN: Duration = crate::spin::REPLY_SPIN;
 
 /// A connection to a CPython manager server (`multiprocessing.managers.SyncManager` or any
 /// `BaseManager` serving the same type ids).
