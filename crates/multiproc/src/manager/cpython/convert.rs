@@ -268,38 +268,27 @@ impl Seq {
     }
 }
 
-impl ser::SerializeSeq for Seq {
-    type Ok = PyValue;
-    type Error = Refused;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.push(value)
-    }
-    fn end(self) -> Result<PyValue, Refused> {
-        Ok(self.done())
-    }
+/// The serde traits that hand `Seq` one value after another, all alike.
+macro_rules! seq_of_values {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl ser::$trait for Seq {
+            type Ok = PyValue;
+            type Error = Refused;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
+                self.push(value)
+            }
+            fn end(self) -> Result<PyValue, Refused> {
+                Ok(self.done())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Seq {
-    type Ok = PyValue;
-    type Error = Refused;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.push(value)
-    }
-    fn end(self) -> Result<PyValue, Refused> {
-        Ok(self.done())
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq {
-    type Ok = PyValue;
-    type Error = Refused;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.push(value)
-    }
-    fn end(self) -> Result<PyValue, Refused> {
-        Ok(self.done())
-    }
-}
+seq_of_values!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 impl Map {
     fn new(depth: usize, len: Option<usize>) -> Result<Map, Refused> {
