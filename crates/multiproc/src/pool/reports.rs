@@ -20,8 +20,9 @@
 //! A caller that spins for its result [`watch`](Reports::watch)es the rings meanwhile: it takes
 //! the reports itself, so the worker leaves the doorbell alone (no wake-up of the handler on the
 //! caller's CPU in the middle of a round trip). When it stops it
-//! [`unwatch`](Reports::unwatch)es, then looks once more (the same two orders as above: it
-//! sees the report, or the worker sees no watcher and rings); what it took that the handler
+//! [`unwatch`](Reports::unwatch)es (a read-modify-write, then a `SeqCst` fence, as `arm`),
+//! then looks once more (the same two orders as above: it sees the report, or the worker sees
+//! no watcher and rings), also when it unwinds; what it took that the handler
 //! must act on wakes the handler then (see `state::pickup`).
 
 use std::sync::atomic::{Ordering, fence};
@@ -92,6 +93,7 @@ impl Reports {
     /// Caller, done spinning: look at the rings once more afterwards (see the module docs).
     pub(crate) fn unwatch(&self) {
         self.ring.flag().fetch_sub(WATCHER, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Whether reports wait in the ring.

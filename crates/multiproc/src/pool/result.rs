@@ -35,13 +35,7 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
     let mut spin = crate::spin::Spinner::new(SPIN);
     // While spinning, the workers need not wake the handler for their reports: this caller
     // takes them (see `reports`).
-    let watched = if spin.spinning() {
-        let rings = shared.lock().rings();
-        rings.iter().for_each(Reports::watch);
-        rings
-    } else {
-        Vec::new()
-    };
+    let watching = spin.spinning().then(|| Watching::new(shared));
     let mut hit = false;
     while spin.spinning() {
         let (done, wake) = {
@@ -62,14 +56,8 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
             break;
         }
     }
+    drop(watching);
     let mut st = shared.lock();
-    if !watched.is_empty() {
-        // A report written while this caller watched rang no doorbell: take it now.
-        watched.iter().for_each(Reports::unwatch);
-        if super::state::pickup(shared, &mut st) {
-            shared.changed.notify_all();
-        }
-    }
     if hit {
         spin.hit();
         return true;
@@ -82,6 +70,32 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
         st = g;
         if !more {
             return st.job_done(id);
+        }
+    }
+}
+
+/// A caller watching the workers' report rings while it spins (see `reports`): the workers
+/// ring no doorbell meanwhile. Ending the watch (also on unwinding) takes what came while it
+/// watched, which rang no doorbell, and wakes whoever must act on it.
+struct Watching<'a> {
+    shared: &'a Shared,
+    rings: Vec<Reports>,
+}
+
+impl<'a> Watching<'a> {
+    fn new(shared: &'a Shared) -> Watching<'a> {
+        let rings = shared.lock().rings();
+        rings.iter().for_each(Reports::watch);
+        Watching { shared, rings }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        self.rings.iter().for_each(Reports::unwatch);
+        if super::state::pickup(self.shared, &mut st) {
+            self.shared.changed.notify_all();
         }
     }
 }
@@ -616,7 +630,7 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
             let j = st.job_mut(job)?;
             self.take_ready(j);
             let got = !self.ready.is_empty();
-            if !got && !spin.keep_going() {
+            if !got && !spin.spinning() {
                 // Woken for a batch: a quarter of what is in flight, so the workers still
                 // have most of it queued when this wakes (at most 64; results that wait
                 // are delivered within FLUSH_AFTER anyway).
@@ -631,8 +645,10 @@ impl<'p, R: DeserializeOwned, A: Serialize, I: Iterator<Item = A>> Imap<'p, R, I
                 return Some(());
             }
             if spin.spinning() {
-                // Between looks the handler may take the lock.
+                // The pause between looks without the lock: the handler and other callers
+                // take it meanwhile.
                 drop(st);
+                spin.keep_going();
                 st = shared.lock();
                 continue;
             }

@@ -514,11 +514,13 @@ impl State {
             self.lend_none();
             return;
         }
-        if !idle
-            .clone()
-            .map(|l| l.worker)
-            .eq(self.lent.iter().map(|l| l.worker))
-        {
+        // The same workers in another order (callers lend them back as their tasks end)
+        // are no change.
+        let same = idle.clone().count() == self.lent.len()
+            && idle
+                .clone()
+                .all(|l| self.lent.iter().any(|m| m.worker == l.worker));
+        if !same {
             self.lent = idle.collect();
             self.on_loan.clear();
         }
@@ -556,7 +558,9 @@ impl State {
     fn chunk_ended(&mut self, worker: u64) -> bool {
         if let Some(i) = self.on_loan.iter().position(|l| l.worker == worker) {
             let lent = self.on_loan.swap_remove(i);
-            if self.lending() {
+            // Not past a backlog the handler has yet to count (it may be busy awake, with
+            // a long callback or a dead worker): the report then goes its way.
+            if self.lending() && self.picked.len() + self.direct.len() < BACKLOG {
                 self.lent.push(lent);
                 return true;
             }
@@ -746,6 +750,7 @@ pub(crate) fn drain_reports(st: &mut State, reports: &Reports) -> (bool, Vec<Rec
 pub(crate) fn pickup(shared: &Inner, st: &mut State) -> bool {
     let rings = std::mem::take(&mut st.rings);
     let (mut wake, mut for_handler) = (false, false);
+    let deferred = st.deferred.len();
     for (worker, ring) in &rings {
         let (w, done) = drain_reports(st, ring);
         wake |= w;
@@ -759,7 +764,9 @@ pub(crate) fn pickup(shared: &Inner, st: &mut State) -> bool {
         }
     }
     st.rings = rings;
-    for_handler |= !st.deferred.is_empty() || st.picked.len() + st.direct.len() >= BACKLOG;
+    // A result held back for a batch is the handler's to flush in time (one held back
+    // before this pickup has its timer already).
+    for_handler |= st.deferred.len() > deferred || st.picked.len() + st.direct.len() >= BACKLOG;
     if for_handler && st.asleep {
         st.asleep = false;
         shared.poke();
