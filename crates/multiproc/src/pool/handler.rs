@@ -117,11 +117,12 @@ impl Worker {
         self.process.pid()
     }
 
-    /// Counts the report of the chunk it was running: the next one starts its clock.
-    fn finished_one(&mut self, cfg: &Config) {
+    /// Counts the report of the chunk it was running, taken at `at` (by the handler or by a
+    /// caller, counted later): the next one starts its clock then.
+    fn finished_one(&mut self, cfg: &Config, at: Instant) {
         self.busy.pop_front();
-        let took = self.last_report.elapsed();
-        self.last_report = Instant::now();
+        let took = at.saturating_duration_since(self.last_report);
+        self.last_report = at;
         self.avg = (self.avg * 7 + took) / 8;
         if let Some(next) = self.busy.front_mut() {
             next.deadline = deadline_for(cfg, &next.chunk);
@@ -139,8 +140,12 @@ fn absorb(
     workers: &mut [Worker],
     callbacks: &mut Vec<(OnDone, ItemResult)>,
 ) {
-    for (id, chunk) in st.take_sent_directly() {
+    for (id, chunk, sent) in st.take_sent_directly() {
         if let Some(w) = workers.iter_mut().find(|w| w.id == id) {
+            if w.busy.is_empty() {
+                // It started about when the caller sent it, not when the handler looks.
+                w.last_report = sent;
+            }
             let deadline = if w.busy.is_empty() {
                 deadline_for(cfg, &chunk)
             } else {
@@ -153,7 +158,7 @@ fn absorb(
         if p.report.ends_chunk
             && let Some(w) = workers.iter_mut().find(|w| w.id == p.worker)
         {
-            w.finished_one(cfg);
+            w.finished_one(cfg, p.at);
         }
         callbacks.extend(p.report.callbacks);
     }
@@ -237,7 +242,7 @@ fn take_reports(
         wake |= wk;
         for report in done {
             if report.ends_chunk {
-                w.finished_one(cfg);
+                w.finished_one(cfg, Instant::now());
             }
             callbacks.extend(report.callbacks);
         }

@@ -334,8 +334,9 @@ pub(crate) struct State {
     /// Idle workers the handler lends to callers: a caller with a one-chunk job sends it to
     /// one of them itself (see `Pool::submit_limited`), without waking the handler.
     lent: Vec<Lent>,
-    /// Chunks callers sent to lent workers, in order, for the handler's bookkeeping.
-    direct: Vec<(u64, Chunk)>,
+    /// Chunks callers sent to lent workers (worker, chunk, when), in order, for the
+    /// handler's bookkeeping.
+    direct: Vec<(u64, Chunk, Instant)>,
     /// Workers a caller sent a chunk to, while the handler has not changed what it lends
     /// since: the caller that takes such a worker's report lends it again at once (see
     /// [`pickup`]), so that one-at-a-time tasks keep going past the handler. Emptied
@@ -545,7 +546,7 @@ impl State {
 
     /// A caller sent `chunk` to lent worker `lent`: the handler counts it when it next looks.
     pub(crate) fn sent_directly(&mut self, lent: Lent, chunk: Chunk) {
-        self.direct.push((lent.worker, chunk));
+        self.direct.push((lent.worker, chunk, Instant::now()));
         if self.relend {
             self.on_loan.push(lent);
         }
@@ -574,7 +575,7 @@ impl State {
     }
 
     /// Chunks callers sent to lent workers since the handler last looked, in order.
-    pub(crate) fn take_sent_directly(&mut self) -> Vec<(u64, Chunk)> {
+    pub(crate) fn take_sent_directly(&mut self) -> Vec<(u64, Chunk, Instant)> {
         std::mem::take(&mut self.direct)
     }
 
@@ -639,6 +640,8 @@ impl State {
 /// One report a caller took from worker `worker`'s ring and recorded.
 pub(crate) struct Picked {
     pub(crate) worker: u64,
+    /// When it was taken (the chunk's end, for the handler's average chunk time).
+    pub(crate) at: Instant,
     pub(crate) report: Recorded,
 }
 
@@ -759,6 +762,7 @@ pub(crate) fn pickup(shared: &Inner, st: &mut State) -> bool {
             for_handler |= !relent || !report.callbacks.is_empty();
             st.picked.push(Picked {
                 worker: *worker,
+                at: Instant::now(),
                 report,
             });
         }
