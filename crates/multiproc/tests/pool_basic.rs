@@ -633,4 +633,62 @@ fn spinning_callers_leave_callbacks_and_maps_served(method: multiproc::StartMeth
     });
 }
 
-per_start_method!(multiproc::test; spinning_callers_leave_callbacks_and_maps_served);
+/// A caller that does not spin sleeps on the doorbell of the worker it sent its task to, and
+/// the worker's report wakes it directly. Whatever else ends the task wakes it too: a time
+/// limit on the wait, the worker's death (the handler fails the task), a result taken by
+/// another thread.
+fn a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task(
+    method: multiproc::StartMethod,
+) {
+    let _leaks = LeakCheck::new();
+    multiproc::set_spin_policy(multiproc::SpinPolicy::Never);
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .build()
+        .unwrap();
+    for i in 0..300u64 {
+        let r = pool.apply_async(&square, i).unwrap();
+        assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), i * i);
+    }
+    // The wait ends at its time limit; the task still ends later.
+    let slow = pool.apply_async(&slow_pid, 300).unwrap();
+    let t0 = Instant::now();
+    assert!(matches!(
+        slow.get_timeout(Duration::from_millis(50)),
+        Err(PoolError::WaitTimeout(_))
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(slow.get_timeout(Duration::from_secs(20)).is_ok());
+    // The worker dies while the caller sleeps on its doorbell: the handler fails the task.
+    let dying = pool.apply_async(&die_on, 5).unwrap();
+    let t0 = Instant::now();
+    assert!(matches!(
+        dying.get_timeout(Duration::from_secs(30)),
+        Err(PoolError::WorkerDied { .. })
+    ));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the death was told after {:?}",
+        t0.elapsed()
+    );
+    // The pool goes on, one caller per thread.
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                for i in 0..100u64 {
+                    let r = pool.apply_async(&square, t * 1000 + i).unwrap();
+                    let want = (t * 1000 + i) * (t * 1000 + i);
+                    assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), want);
+                }
+            });
+        }
+    });
+}
+
+per_start_method!(
+    multiproc::test;
+    spinning_callers_leave_callbacks_and_maps_served,
+    a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task
+);

@@ -96,6 +96,17 @@ impl Reports {
         fence(Ordering::SeqCst);
     }
 
+    /// Caller, before it sleeps in `poll` on the ring's own doorbell (see
+    /// `result::sleep_on_worker`): every report rings it from now on, until
+    /// [`unwatch_bell`](Reports::unwatch_bell).
+    pub(crate) fn watch_bell(&self) -> &crate::shm::Bell {
+        self.ring.watch_bell()
+    }
+
+    pub(crate) fn unwatch_bell(&self) {
+        self.ring.unwatch_bell();
+    }
+
     /// Whether reports wait in the ring.
     pub(crate) fn pending(&self) -> bool {
         self.ring.len() > 0

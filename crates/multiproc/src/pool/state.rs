@@ -121,9 +121,12 @@ pub(crate) struct Job {
     /// A result can be taken but the iterator was not woken for it yet (see
     /// [`State::flush_deferred`]).
     deferred: bool,
-    /// Async tasks waiting for this job (`pool::future`): woken wherever the condition
-    /// variable's waiters would find something new for it.
+    /// Async tasks waiting for this job (`pool::future`), and callers asleep on a worker's
+    /// doorbell (`result::sleep_on_worker`): woken wherever the condition variable's waiters
+    /// would find something new for it.
     wakers: Vec<Waker>,
+    /// The worker a caller sent this job's only chunk to itself, if one did.
+    sent_to: Option<u64>,
     /// An awaited result's look-again-soon while the waiting policy allows (see
     /// `pool::future`).
     #[cfg(feature = "tokio")]
@@ -196,7 +199,6 @@ impl Job {
 
     /// Wakes `waker` at the job's next change that a waiter of the condition variable would
     /// act on (a result recorded for it, its end, a deferred batch).
-    #[cfg(feature = "tokio")]
     pub(crate) fn wake_on_change(&mut self, waker: &Waker) {
         if !self.wakers.iter().any(|w| w.will_wake(waker)) {
             self.wakers.push(waker.clone());
@@ -546,6 +548,9 @@ impl State {
 
     /// A caller sent `chunk` to lent worker `lent`: the handler counts it when it next looks.
     pub(crate) fn sent_directly(&mut self, lent: Lent, chunk: Chunk) {
+        if let Some(j) = self.jobs.get_mut(&chunk.job) {
+            j.sent_to = Some(lent.worker);
+        }
         self.direct.push((lent.worker, chunk, Instant::now()));
         if self.relend {
             self.on_loan.push(lent);
@@ -567,6 +572,13 @@ impl State {
             }
         }
         false
+    }
+
+    /// The worker a caller sent job `id` to itself, and its report ring.
+    pub(crate) fn sent_to(&self, id: u64) -> Option<(u64, Reports)> {
+        let worker = self.jobs.get(&id)?.sent_to?;
+        let ring = self.rings.iter().find(|(w, _)| *w == worker)?.1.clone();
+        Some((worker, ring))
     }
 
     /// The rings callers take reports from, to [`watch`](Reports::watch) while spinning.

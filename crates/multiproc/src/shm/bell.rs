@@ -63,6 +63,34 @@ impl Bell {
         self.fd.as_fd()
     }
 
+    /// For a thread that sleeps in `poll` on the bell: its descriptor (count the thread in
+    /// the watchers word meanwhile, see the module docs).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Silences the bell before a sleeper's look at the structure (a change after the look
+    /// rings it again).
+    pub(crate) fn silence(&self) {
+        sys::silence_doorbell(self.fd.as_fd());
+    }
+
+    /// A waker that rings the bell: something other than the structure's changes wakes a
+    /// sleeper on it too.
+    pub(crate) fn waker(&self) -> std::task::Waker {
+        /// Rings `0` when woken.
+        struct Ringer(Bell);
+        impl std::task::Wake for Ringer {
+            fn wake(self: Arc<Self>) {
+                sys::ring_doorbell(self.0.fd.as_fd());
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                sys::ring_doorbell(self.0.fd.as_fd());
+            }
+        }
+        std::task::Waker::from(Arc::new(Ringer(self.clone())))
+    }
+
     /// Found nothing to take: silences the bell for `poll` users, then rings it again if
     /// `still()` says there is something after all (a change between the look and the
     /// silencing).

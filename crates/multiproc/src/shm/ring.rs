@@ -646,6 +646,18 @@ impl Ring {
         self.u32(UNFINISHED).load(Ordering::SeqCst) == 0
     }
 
+    /// For a thread that sleeps in `poll` on the ring's doorbell: counts it as a watcher
+    /// (every change rings the bell while it counts; `SeqCst`, so look at the ring after this)
+    /// and hands out the bell. End with [`unwatch_bell`](Ring::unwatch_bell).
+    pub(crate) fn watch_bell(&self) -> &Bell {
+        self.u32(BELL_WATCHERS).fetch_add(1, Ordering::SeqCst);
+        &self.bell
+    }
+
+    pub(crate) fn unwatch_bell(&self) {
+        self.u32(BELL_WATCHERS).fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// The ring's doorbell for `poll`: readable when an item may have come (or the ring was
     /// closed). Every process's changes ring it from now on.
     pub(crate) fn bell_for_poll(&self) -> std::os::fd::BorrowedFd<'_> {
