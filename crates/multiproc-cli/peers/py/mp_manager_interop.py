@@ -10,7 +10,10 @@ see the same machine noise):
   py.interop.cpython.get.<r>  us, same, CPython's server
   py.interop.<server>.raw.<r>  us, the same set as pre-pickled bytes on a connection of its
                               own (send_bytes + recv_bytes): the client's transport floor
-Usage: python3 mp_manager_interop.py HOST:PORT AUTHKEY"""
+Usage: python3 mp_manager_interop.py HOST:PORT AUTHKEY [CLIENT_CPU SERVER_CPU]
+With CPUs ('-' for none), this process runs on CLIENT_CPU and CPython's server on SERVER_CPU
+(the multiproc server was placed by the caller)."""
+import os
 import pickle
 import statistics
 import sys
@@ -36,10 +39,17 @@ def median_us(fn, n):
 def main():
     host, port = sys.argv[1].rsplit(":", 1)
     key = sys.argv[2].encode()
+    cpu = lambda i: int(sys.argv[i]) if len(sys.argv) > i and sys.argv[i] != "-" else None
+    client_cpu, server_cpu = cpu(3), cpu(4)
     ours = SyncManager(address=(host, int(port)), authkey=key)
     ours.connect()
     theirs = SyncManager(address=("127.0.0.1", 0), authkey=key)
+    # The server process (and every thread it starts) inherits the CPU set at its start.
+    if server_cpu is not None:
+        os.sched_setaffinity(0, {server_cpu})
     theirs.start()
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
     try:
         dicts = {"ours": ours.dict(), "cpython": theirs.dict()}
         raw = {}

@@ -84,16 +84,19 @@ fn spin_policy(p: u8) -> multiproc::SpinPolicy {
     }
 }
 
-/// Child side: pins itself to `cpu`, serves a manager (its threads take the CPU), sends the
-/// address through `ready`, and serves until a client shuts it down.
+/// Child side: pins itself to `cpu`, serves a manager at `address` (`None`: a fresh abstract
+/// Unix address; its threads take the CPU), sends the address through `ready`, and serves
+/// until a client shuts it down.
 #[multiproc::func]
-pub(crate) fn pinned_server(cpu: Cpu, ready: Connection) -> Result<(), String> {
+pub(crate) fn pinned_server(
+    cpu: Cpu,
+    ready: Connection,
+    address: Option<String>,
+) -> Result<(), String> {
     cpu.pin().map_err(|e| e.to_string())?;
-    let server = Manager::serve(
-        format!("@multiproc-bench-placed-{}", std::process::id()).as_str(),
-        AUTHKEY,
-    )
-    .map_err(|e| e.to_string())?;
+    let address =
+        address.unwrap_or_else(|| format!("@multiproc-bench-placed-{}", std::process::id()));
+    let server = Manager::serve(address.as_str(), AUTHKEY).map_err(|e| e.to_string())?;
     ready
         .send(&server.address().to_string())
         .map_err(|e| e.to_string())?;
@@ -122,7 +125,7 @@ fn placed(
     budget: Duration,
 ) -> multiproc::Result<Placed> {
     let (ready, theirs) = pipe(true)?;
-    let server = super::helper(&pinned_server, (ends.there, theirs))?;
+    let server = super::helper(&pinned_server, (ends.there, theirs, None))?;
     let address: String = ready.recv()?;
     let mgr = Manager::connect(address.as_str(), AUTHKEY)?;
     let d = mgr.dict::<String, u64>()?;
@@ -301,29 +304,57 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
 }
 
 /// A stock CPython `SyncManager` client's dict operations against this crate's server and
-/// against CPython's own, measured by one Python process in the same run.
+/// against CPython's own, measured by one Python process in the same run, in each placement:
+/// the client on one end's CPU, both servers on the other's.
 fn interop(r: &mut Report) -> multiproc::Result<()> {
-    let key = b"multiproc-bench-interop";
-    // A server process of its own, as CPython's is (a server inside this process would
-    // compete with a spinning client of this process for the CPUs).
-    let server = Manager::builder()
-        .address("127.0.0.1:0")?
-        .authkey(key.to_vec())
-        .start()?;
-    let address = server.address().to_string();
-    let figures = match super::python::run_with(
-        "mp_manager_interop.py",
-        r.size,
-        r.python,
-        &[&address, std::str::from_utf8(key).unwrap_or_default()],
-    ) {
-        Ok(f) => f,
-        Err(note) => {
-            r.note(note);
-            server.shutdown()?;
-            return Ok(());
-        }
-    };
+    if !r.python {
+        return Ok(());
+    }
+    for ends in r.placements() {
+        // A server process of its own, as CPython's is (a server inside this process would
+        // compete with a spinning client of this process for the CPUs).
+        let (ready, theirs) = pipe(true)?;
+        let server = super::helper(
+            &pinned_server,
+            (ends.there, theirs, Some("127.0.0.1:0".to_string())),
+        )?;
+        let address: String = ready.recv()?;
+        let cpu = |c: Cpu| c.0.map_or_else(|| "-".to_string(), |c| c.to_string());
+        let figures = super::python::run_with(
+            "mp_manager_interop.py",
+            r.size,
+            r.python,
+            &[
+                &address,
+                std::str::from_utf8(AUTHKEY).unwrap_or_default(),
+                &cpu(ends.here),
+                &cpu(ends.there),
+            ],
+        );
+        let done = match figures {
+            Ok(figures) => interop_rows(r, &ends, &figures, &address),
+            Err(note) => {
+                r.note(note);
+                Ok(())
+            }
+        };
+        Manager::connect(address.as_str(), AUTHKEY)?.shutdown()?;
+        server
+            .join()?
+            .map_err(|e| multiproc::Error::from(multiproc::ManagerError::Invalid(e)))?;
+        done?;
+    }
+    Ok(())
+}
+
+/// The rows of one placement's Python clients (and, unpinned, the Rust client of CPython's
+/// server).
+fn interop_rows(
+    r: &mut Report,
+    ends: &Ends,
+    figures: &super::python::Figures,
+    address: &str,
+) -> multiproc::Result<()> {
     let series = |name: &str| {
         let mut v: Vec<(usize, f64)> = figures
             .iter()
@@ -335,7 +366,7 @@ fn interop(r: &mut Report) -> multiproc::Result<()> {
         v.sort_by_key(|e| e.0);
         Samples(v.into_iter().map(|e| e.1).collect())
     };
-    r.section_unpinned("stock CPython clients (TCP, unpinned)");
+    r.section_named("stock CPython clients (TCP)", ends);
     for op in ["set", "get", "raw"] {
         let ours = series(&format!("py.interop.ours.{op}"));
         let theirs = series(&format!("py.interop.cpython.{op}"));
@@ -362,10 +393,10 @@ fn interop(r: &mut Report) -> multiproc::Result<()> {
             &[],
         );
     }
-    let ours = PyManager::connect(address.as_str(), key)?;
-    rust_on_cpython(r, &figures, &ours)?;
-    drop(ours);
-    server.shutdown()?;
+    if ends.placement == Placement::Unpinned {
+        let ours = PyManager::connect(address, AUTHKEY)?;
+        rust_on_cpython(r, figures, &ours)?;
+    }
     Ok(())
 }
 

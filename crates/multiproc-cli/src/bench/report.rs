@@ -221,10 +221,11 @@ impl Report {
         self.placement = ends.placement;
     }
 
-    /// Starts a section of unpinned rows under `title`.
-    pub(crate) fn section_unpinned(&mut self, title: &str) {
-        println!("-- {title} --");
-        self.placement = Placement::Unpinned;
+    /// Prints the heading of `what` in `ends`'s placement; the rows recorded from now on are
+    /// in it.
+    pub(crate) fn section_named(&mut self, what: &str, ends: &Ends) {
+        println!("-- {what}, {} --", ends.title());
+        self.placement = ends.placement;
     }
 
     /// The figures of CPython peer `script` (run once per bench run), or why there are none.
