@@ -45,12 +45,7 @@ pub(crate) fn shared_cpu_count() -> usize {
 /// The number of CPUs in the cgroup's CPU set (v2 `cpuset.cpus.effective`, v1
 /// `cpuset.effective_cpus`), when the cpuset controller is there.
 fn cgroup_cpuset(proc_self_cgroup: &str, root: &Path) -> Option<usize> {
-    for line in proc_self_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
+    for (controllers, path) in cgroups(proc_self_cgroup) {
         let file = if controllers.is_empty() {
             root.join(path.trim_start_matches('/'))
                 .join("cpuset.cpus.effective")
@@ -69,6 +64,16 @@ fn cgroup_cpuset(proc_self_cgroup: &str, root: &Path) -> Option<usize> {
         }
     }
     None
+}
+
+/// The lines of `/proc/self/cgroup` as (controllers, path): `id:controllers:path`, the
+/// controllers empty for cgroup v2.
+fn cgroups(proc_self_cgroup: &str) -> impl Iterator<Item = (&str, &str)> {
+    proc_self_cgroup.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        parts.next()?;
+        Some((parts.next()?, parts.next()?))
+    })
 }
 
 /// How many CPUs a kernel CPU list names (`"0-3,6,8-9"` → 7); `None` when empty or garbled.
@@ -94,12 +99,7 @@ fn cgroup_quota(proc_self_cgroup: &str, root: &Path) -> Option<usize> {
             best = Some(best.map_or(q, |b| b.min(q)));
         }
     };
-    for line in proc_self_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
+    for (controllers, path) in cgroups(proc_self_cgroup) {
         if controllers.is_empty() {
             // cgroup v2: one hierarchy at the root.
             for dir in ancestors(root, path) {

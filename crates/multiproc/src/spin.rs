@@ -268,9 +268,10 @@ impl Spinner {
         // producer on this CPU then fills a queue while its consumer looks). But a yield that
         // took long ran a CPU-bound task for its time slice (a round trip beside one took
         // 200 µs instead of 12): then this process stops yielding for a while.
-        if self.looks.is_multiple_of(4) && monotonic_ns() >= YIELD_AGAIN_AT.load(Ordering::Relaxed)
+        if self.looks.is_multiple_of(4)
+            && let before = monotonic_ns()
+            && before >= YIELD_AGAIN_AT.load(Ordering::Relaxed)
         {
-            let before = monotonic_ns();
             std::thread::yield_now();
             let now = monotonic_ns();
             let took = now.saturating_sub(before);

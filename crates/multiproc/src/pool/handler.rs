@@ -142,11 +142,9 @@ fn absorb(
 ) {
     for (id, chunk, sent) in st.take_sent_directly() {
         if let Some(w) = workers.iter_mut().find(|w| w.id == id) {
-            if w.busy.is_empty() {
+            let deadline = if w.busy.is_empty() {
                 // It started about when the caller sent it, not when the handler looks.
                 w.last_report = sent;
-            }
-            let deadline = if w.busy.is_empty() {
                 deadline_for(cfg, &chunk)
             } else {
                 None

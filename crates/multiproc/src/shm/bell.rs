@@ -82,7 +82,7 @@ impl Bell {
         struct Ringer(Bell);
         impl std::task::Wake for Ringer {
             fn wake(self: Arc<Self>) {
-                sys::ring_doorbell(self.0.fd.as_fd());
+                self.wake_by_ref();
             }
             fn wake_by_ref(self: &Arc<Self>) {
                 sys::ring_doorbell(self.0.fd.as_fd());
