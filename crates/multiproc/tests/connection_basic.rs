@@ -925,7 +925,9 @@ fn echo_bytes_through(conn: Connection, times: u32) {
     }
 }
 
-per_start_method!(multiproc::test; messages_of_every_size_round_trip_with_a_child);
+per_start_method!(multiproc::test;
+    messages_of_every_size_round_trip_with_a_child,
+    a_connection_takes_the_messages_it_had_received_to_a_child);
 
 /// Round trips with a child under each start method, back to back (so that a receive finds
 /// its message while it spins, or sleeps for it), at the sizes where a receive changes how it
@@ -951,6 +953,51 @@ fn messages_of_every_size_round_trip_with_a_child(method: multiproc::StartMethod
                 back.len()
             );
         }
+    }
+    p.join().unwrap();
+}
+
+/// Receives every message left on `conn` after `ends` (and up to it), and sends them back
+/// as one list; then sends a burst of `burst` messages of growing sizes.
+#[multiproc::func]
+fn collect_then_burst(conn: Connection, ends: Vec<u8>, burst: u32) {
+    let mut got = Vec::new();
+    loop {
+        let m = conn.recv_bytes().unwrap();
+        let last = m == ends;
+        got.push(m);
+        if last {
+            break;
+        }
+    }
+    conn.send(&got).unwrap();
+    for i in 0..burst {
+        conn.send_bytes(&vec![i as u8; (i as usize * 97) % 5000])
+            .unwrap();
+    }
+}
+
+/// A burst of messages is taken in by one receive; those not yet handed out go with the
+/// connection when it is handed to a child (under each start method), and a burst from the
+/// child comes back whole and in order.
+fn a_connection_takes_the_messages_it_had_received_to_a_child(method: multiproc::StartMethod) {
+    let _leaks = LeakCheck::new();
+    let (feed, relay) = pipe(true).unwrap();
+    for m in [&b"one"[..], b"two", b"three"] {
+        feed.send_bytes(m).unwrap();
+    }
+    // "two" and "three" came in with "one": they are in `relay` now, not in its socket.
+    assert_eq!(relay.recv_bytes().unwrap(), b"one");
+    let p = multiproc::Process::builder()
+        .start_method(method)
+        .start(&collect_then_burst, (relay, b"four".to_vec(), 200u32))
+        .unwrap();
+    feed.send_bytes(b"four").unwrap();
+    let got: Vec<Vec<u8>> = feed.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(got, [&b"two"[..], b"three", b"four"]);
+    for i in 0..200u32 {
+        let m = feed.recv_bytes_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(m, vec![i as u8; (i as usize * 97) % 5000], "message {i}");
     }
     p.join().unwrap();
 }

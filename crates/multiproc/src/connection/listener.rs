@@ -14,13 +14,14 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::address::{Address, ToAddress};
 use super::auth::{Exchange, Handshake};
 use super::conn::{Connection, DEFAULT_MAX_MESSAGE};
+use super::lock;
 use crate::error::ConnectionError;
 use crate::sys;
 
@@ -339,10 +340,6 @@ impl Drop for Listener {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Waits until `fd` is readable, or until `deadline` (when, and the time limit it comes

@@ -13,7 +13,7 @@
 mod address;
 mod auth;
 mod conn;
-mod frames;
+mod inbox;
 mod listener;
 #[cfg(feature = "tokio")]
 mod nonblocking;
@@ -23,7 +23,6 @@ use std::time::Duration;
 
 pub use address::{Address, ToAddress};
 pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
-pub(crate) use frames::FrameReader;
 pub use listener::{
     Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES, Listener,
     ListenerBuilder,
@@ -31,6 +30,12 @@ pub use listener::{
 
 use crate::error::ConnectionError;
 use crate::sys;
+
+/// Locks `m`; a panic elsewhere while it was held leaves state that is still whole (every
+/// update under these locks is a single step).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A pair of connected [`Connection`]s (Python's `Pipe`). With `duplex`, both ends send and
 /// receive; without, the first end only receives and the second only sends.
@@ -104,7 +109,16 @@ pub fn wait(
     objects: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> Result<Vec<usize>, ConnectionError> {
-    let ready = sys::poll_readable(objects, timeout)?;
+    // A connection holding a message it received already (behind another) is ready, and
+    // then the others are only looked at.
+    let ready = match inbox::ready_among(objects) {
+        None => sys::poll_readable(objects, timeout)?,
+        Some(buffered) => sys::poll_readable(objects, Some(Duration::ZERO))?
+            .into_iter()
+            .zip(buffered)
+            .map(|(a, b)| a || b)
+            .collect(),
+    };
     Ok(ready
         .iter()
         .enumerate()

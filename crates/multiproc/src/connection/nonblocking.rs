@@ -9,15 +9,17 @@
 
 use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::auth::{Exchange, Handshake};
-use super::conn::{FIRST_STEP, GROW_STEP, frame_header, header, map_send};
+use super::conn::{header, map_send};
+use super::inbox::Frame;
+use super::lock;
 use super::{Address, Client, Connection, Listener, ToAddress};
 use crate::codec;
 use crate::error::ConnectionError;
@@ -27,149 +29,12 @@ use crate::sys;
 #[derive(Debug, Default)]
 pub(super) struct AsyncSide {
     watch: crate::aio::LazyWatch,
-    incoming: Mutex<Incoming>,
     /// The rest of a frame whose first bytes went out (its send was dropped, or is waiting
     /// for room), and how much of it went.
     outgoing: Mutex<Option<(Vec<u8>, usize)>>,
 }
 
-/// A frame being received: its header, then its payload.
-#[derive(Debug, Default)]
-struct Incoming {
-    head: [u8; 12],
-    have: usize,
-    size: Option<usize>,
-    payload: Vec<u8>,
-    filled: usize,
-    fds: Vec<OwnedFd>,
-}
-
-/// A received frame: the payload and the descriptors that came with it.
-type Frame = (Vec<u8>, Vec<OwnedFd>);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Incoming {
-    fn started(&self) -> bool {
-        self.have > 0
-    }
-
-    /// Receives what has arrived of the frame, without waiting: `Ready` with the frame once
-    /// it is whole (or an error: the frame is then dropped), `Pending` when the socket has
-    /// nothing more now.
-    fn advance(&mut self, fd: BorrowedFd<'_>, limit: u64) -> Poll<Result<Frame, ConnectionError>> {
-        let r = self.advance_inner(fd, limit);
-        if matches!(r, Poll::Ready(Err(_))) {
-            *self = Incoming::default();
-        }
-        r
-    }
-
-    fn advance_inner(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        limit: u64,
-    ) -> Poll<Result<Frame, ConnectionError>> {
-        loop {
-            let Some(size) = self.size else {
-                let want = if self.have < 4 { 4 } else { 12 };
-                let n = match recv_now(fd, &mut self.head[self.have..want], &mut self.fds) {
-                    Ok(Some(0)) if self.have == 0 => {
-                        return Poll::Ready(Err(ConnectionError::Closed));
-                    }
-                    Ok(Some(0)) => return Poll::Ready(Err(cut_short())),
-                    Ok(Some(n)) => n,
-                    Ok(None) => return Poll::Pending,
-                    Err(e) => return Poll::Ready(Err(e)),
-                };
-                self.have += n;
-                if self.have >= 4 {
-                    match frame_header(&self.head[..self.have], limit) {
-                        Ok(Some((_, size))) => {
-                            self.size = Some(size);
-                            self.payload = Vec::with_capacity(size.min(GROW_STEP));
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
-                continue;
-            };
-            if self.filled == size {
-                let mut payload = std::mem::take(&mut self.payload);
-                payload.truncate(size);
-                let fds = std::mem::take(&mut self.fds);
-                *self = Incoming::default();
-                return Poll::Ready(Ok((payload, fds)));
-            }
-            if self.payload.len() == self.filled {
-                // Zeroed a step ahead of what arrived: memory follows the bytes that come,
-                // not the size announced (as `Connection::fill_payload`).
-                let step = (size - self.filled).min(self.filled.clamp(FIRST_STEP, GROW_STEP));
-                self.payload.resize(self.filled + step, 0);
-            }
-            match recv_now(fd, &mut self.payload[self.filled..], &mut self.fds) {
-                Ok(Some(0)) => return Poll::Ready(Err(cut_short())),
-                Ok(Some(n)) => self.filled += n,
-                Ok(None) => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-fn cut_short() -> ConnectionError {
-    ConnectionError::BadFrame("the peer closed the connection in the middle of a message".into())
-}
-
-/// One receive that does not wait: `None` when nothing has arrived, `Some(0)` at the end of
-/// the stream.
-fn recv_now(
-    fd: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Result<Option<usize>, ConnectionError> {
-    match sys::recv_with_fds_now(fd, buf) {
-        Ok((n, got)) => {
-            fds.extend(got);
-            Ok(Some(n))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(Some(0)),
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl AsyncSide {
-    /// Sync receive: whether an async receive was dropped part way through a frame (the
-    /// next receive must finish that frame).
-    pub(super) fn recv_started(&self) -> bool {
-        lock(&self.incoming).started()
-    }
-
-    /// Sync receive: finishes the frame an async receive started, waiting in `poll` until
-    /// `deadline`.
-    pub(super) fn finish_recv(
-        &self,
-        fd: BorrowedFd<'_>,
-        deadline: Option<Instant>,
-        limit: u64,
-    ) -> Result<Frame, ConnectionError> {
-        loop {
-            if let Poll::Ready(r) = lock(&self.incoming).advance(fd, limit) {
-                return r;
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if sys::poll_readable(&[fd], left)? != [true] {
-                return Err(ConnectionError::Timeout(crate::TimedOut(
-                    left.unwrap_or_default(),
-                )));
-            }
-        }
-    }
-
     /// Sync send: sends the rest of a frame an async send started, waiting as long as it
     /// takes, so that the next frame does not land inside it.
     pub(super) fn finish_send(&self, fd: BorrowedFd<'_>) -> Result<(), ConnectionError> {
@@ -230,10 +95,7 @@ impl Connection {
 
     /// Receives one frame, waiting in the reactor.
     async fn recv_frame_async(&self, limit: u64) -> Result<Frame, ConnectionError> {
-        let fd = self.as_fd();
-        self.watch()?
-            .readable(|| lock(&self.async_side.incoming).advance(fd, limit))
-            .await?
+        self.watch()?.readable(|| self.advance_recv(limit)).await?
     }
 
     /// Sends one frame (header included), waiting in the reactor for room.

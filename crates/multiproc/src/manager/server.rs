@@ -505,7 +505,7 @@ fn requests(core: &Core, conn: &Connection, session: u128) {
     let peer_gone = || peer_gone(core, conn);
     loop {
         // Clients often send the next request right after a reply: catch it awake.
-        let Ok(bytes) = conn.recv_sole(SPIN, None) else {
+        let Ok(bytes) = conn.recv_spinning(SPIN, None) else {
             return;
         };
         let result = match codec::decode_borrowed::<Request<'_>>(&bytes) {

@@ -277,7 +277,7 @@ impl Session {
         conn.send_bytes(bytes).map_err(transport)?;
         // Most replies come within microseconds: wait for them awake.
         let deadline = timeout.map(|t| std::time::Instant::now() + t.saturating_add(REPLY_GRACE));
-        let reply = conn.recv_sole(SPIN, deadline).map_err(transport)?;
+        let reply = conn.recv_spinning(SPIN, deadline).map_err(transport)?;
         // Only a connection that completed its exchange goes back to the pool.
         self.give_back(conn);
         Ok(reply)

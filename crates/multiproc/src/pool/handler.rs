@@ -24,7 +24,7 @@ use super::state::{
 };
 use super::wire::{FromWorker, ToWorker};
 use super::worker::{WorkerLimits, multiproc_pool_worker};
-use crate::connection::{Connection, FrameReader, pipe, wait};
+use crate::connection::{Connection, pipe, wait};
 use crate::error::TaskError;
 use crate::process::setup::Setup;
 use crate::process::{Outcome, Process, StartMethod};
@@ -86,8 +86,6 @@ pub(crate) struct Worker {
     /// Moving average of the time a chunk takes, from the worker's reports.
     avg: Duration,
     last_report: Instant,
-    /// Start-up messages and doorbells come several per receive.
-    reader: FrameReader,
     /// The worker's reports.
     reports: Reports,
     /// How far it got in the chunk it runs.
@@ -109,7 +107,6 @@ impl Worker {
             tasks: 0,
             avg: Duration::from_millis(1),
             last_report: Instant::now(),
-            reader: FrameReader::default(),
         }
     }
 
@@ -685,7 +682,7 @@ impl Handler {
             // (`Ready` comes before any report), then the report ring.
             if conn_ready || ended {
                 loop {
-                    let msg = match w.reader.try_next(&w.conn) {
+                    let msg = match w.conn.try_recv_bytes() {
                         Ok(Some(frame)) => crate::codec::decode::<FromWorker>(&frame)
                             .map_err(crate::error::ConnectionError::from),
                         Ok(None) => break,

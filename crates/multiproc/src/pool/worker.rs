@@ -99,13 +99,13 @@ pub(crate) fn serve(
         return;
     }
     let mut done = 0u64;
-    // Tasks come pipelined: one receive takes in every one that has arrived.
-    let mut reader = crate::connection::FrameReader::default();
+    // Tasks come pipelined: one receive takes in every one that has arrived (the
+    // connection keeps the rest for the next receives).
     // A short look for the next task before sleeping, as the library's waiting policy
     // allows: a caller on another CPU that sends its next task within microseconds (an
     // `apply_async` round trip) is served without a cross-CPU wake-up; a spin that keeps
     // missing, or that had to yield its CPU to the parent, stops it for a while.
-    while let Ok(frame) = reader.next(conn, NEXT_TASK_SPIN) {
+    while let Ok(frame) = conn.recv_spinning(NEXT_TASK_SPIN, None) {
         let Ok(ToWorker::Run {
             seq,
             job,

@@ -135,7 +135,7 @@ impl Inner {
         // Most replies come within microseconds: wait for them awake, as the manager's own
         // client does (within the library's waiting policy).
         let deadline = timeout.map(|t| std::time::Instant::now() + t.saturating_add(REPLY_GRACE));
-        let reply = conn.recv_sole(SPIN, deadline).map_err(transport)?;
+        let reply = conn.recv_spinning(SPIN, deadline).map_err(transport)?;
         let reply = pickle::decode(&reply).map_err(refused)?;
         let PyValue::Tuple(parts) = reply else {
             return Err(refused("not a (kind, result) pair"));

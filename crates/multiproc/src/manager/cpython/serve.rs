@@ -335,7 +335,7 @@ impl Client<'_> {
 
     /// Serves method calls until the client closes the connection.
     fn calls(&mut self) {
-        while let Ok(bytes) = self.conn.recv_sole(SPIN, None) {
+        while let Ok(bytes) = self.conn.recv_spinning(SPIN, None) {
             let reply = match request(&bytes) {
                 Ok((Some(ident), method, args, kwds)) => self
                     .method(&ident, &method, args, kwds)

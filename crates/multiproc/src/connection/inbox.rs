@@ -1,0 +1,470 @@
+//! `Inbox`: what a connection has received and not yet handed out.
+//!
+//! A receive takes in as much as has arrived, up to [`READ_AHEAD`] bytes, so a small message
+//! costs one system call (the header and the payload together) and a burst of small messages
+//! costs one for all of them. On a stream the bytes of the next messages may come along: they
+//! wait here for the next receive, and whatever asks whether a message is there
+//! ([`Connection::poll`](super::Connection::poll), [`wait`](super::wait), the async receive)
+//! looks here before it looks at the socket.
+//!
+//! A message longer than the buffer is received straight into its own vector (never more
+//! than the message, so nothing of the next one), which grows with the bytes that arrive, not
+//! with the length announced.
+//!
+//! Descriptors (`SCM_RIGHTS`) come with the receive that reads the first byte of the message
+//! they were sent with, and the kernel ends that receive with the bytes of that send: so they
+//! belong to the message holding the last byte the receive read. Each batch is kept with that
+//! byte's offset in the stream and handed out with the message (or the
+//! [`recv_handle`](super::Connection::recv_handle) byte) that holds it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::conn::{FIRST_STEP, GROW_STEP, frame_header};
+use super::lock;
+use crate::error::ConnectionError;
+use crate::sys;
+
+/// The most one receive takes in (the buffer's size, allocated at the first receive).
+pub(crate) const READ_AHEAD: usize = 16 * 1024;
+
+/// A received message: its payload and the descriptors that came with it.
+pub(super) type Frame = (Vec<u8>, Vec<OwnedFd>);
+
+/// How a receive waits for bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Not at all: a socket with nothing to read gives `Ok(false)`.
+    Now,
+    /// In the receive, as long as it takes.
+    Block,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub(super) struct Inbox {
+    /// Received bytes not yet handed out live in `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The stream offset of `buf[start]`.
+    offset: u64,
+    /// Descriptors that came with received bytes, with the stream offset of the last byte of
+    /// the receive that brought them, oldest first.
+    fds: VecDeque<(u64, Vec<OwnedFd>)>,
+    /// A message longer than the buffer, part received.
+    long: Option<Long>,
+    /// The descriptor under which this inbox is listed in [`READY`] (it holds a whole
+    /// message), if it is.
+    listed: Option<RawFd>,
+}
+
+#[derive(Debug)]
+struct Long {
+    size: usize,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+fn cut_short() -> ConnectionError {
+    ConnectionError::BadFrame("the peer closed the connection in the middle of a message".into())
+}
+
+impl Inbox {
+    /// An inbox holding `bytes` received before (a connection handed over with them).
+    pub(super) fn with_bytes(bytes: Vec<u8>) -> Inbox {
+        let mut inbox = Inbox::default();
+        inbox.end = bytes.len();
+        inbox.buf = bytes;
+        inbox
+    }
+
+    /// The received bytes not yet handed out, when that is all there is (no descriptors, no
+    /// part of a long message): what a connection handed to another process takes along.
+    pub(super) fn plain_bytes(&self) -> Option<&[u8]> {
+        (self.long.is_none() && self.fds.is_empty()).then(|| &self.buf[self.start..self.end])
+    }
+
+    /// Whether a receive would return at once: a whole message (or a header that is an
+    /// error) is here.
+    pub(super) fn ready(&self, limit: u64) -> bool {
+        if let Some(l) = &self.long {
+            return l.payload.len() == l.size;
+        }
+        match frame_header(&self.buf[self.start..self.end], limit) {
+            Ok(Some((hlen, size))) => self.end - self.start >= hlen + size,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Takes the descriptors that came with bytes before stream offset `until`.
+    fn take_fds(&mut self, until: u64) -> Vec<OwnedFd> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.fds.front() {
+            if *at >= until {
+                break;
+            }
+            out.extend(self.fds.pop_front().map(|(_, f)| f).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Hands out `n` buffered bytes' worth of stream: moves the start and the offset.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.offset += n as u64;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// The next whole message, if it is here. A header that is an error (negative, over
+    /// `limit`) is consumed with the error.
+    pub(super) fn next(&mut self, limit: u64) -> Result<Option<Frame>, ConnectionError> {
+        if let Some(l) = &self.long {
+            if l.payload.len() < l.size {
+                return Ok(None);
+            }
+            let l = self.long.take().expect("checked");
+            return Ok(Some((l.payload, l.fds)));
+        }
+        let avail = self.end - self.start;
+        let (hlen, size) = match frame_header(&self.buf[self.start..self.end], limit) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let bad = avail.min(if self.buf[self.start..].starts_with(&[0xff; 4]) {
+                    12
+                } else {
+                    4
+                });
+                let _ = self.take_fds(self.offset + bad as u64);
+                self.consume(bad);
+                return Err(e);
+            }
+        };
+        if avail >= hlen + size {
+            let at = self.start + hlen;
+            let payload = self.buf[at..at + size].to_vec();
+            let fds = self.take_fds(self.offset + (hlen + size) as u64);
+            self.consume(hlen + size);
+            return Ok(Some((payload, fds)));
+        }
+        if hlen + size > self.buf.len().max(READ_AHEAD) {
+            // Too long for the buffer: it goes on in a vector of its own, which takes what
+            // is here (all of it belongs to this message).
+            let mut payload = Vec::with_capacity(size.min(GROW_STEP));
+            payload.extend_from_slice(&self.buf[self.start + hlen..self.end]);
+            let fds = self.take_fds(u64::MAX);
+            self.consume(avail);
+            self.long = Some(Long { size, payload, fds });
+        }
+        Ok(None)
+    }
+
+    /// One receive from `sock`: into the buffer, or into the long message being received
+    /// (never past its end). `Ok(false)`: nothing has arrived (`Wait::Now` only). The end of
+    /// the stream is `Closed` between messages, a `BadFrame` inside one.
+    pub(super) fn receive(&mut self, sock: &File, wait: Wait) -> Result<bool, ConnectionError> {
+        if let Some(l) = &mut self.long {
+            return receive_long(l, sock, wait);
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0; READ_AHEAD];
+        } else if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let got = match wait {
+            Wait::Now => sys::recv_with_fds_now(sock.as_fd(), &mut self.buf[self.end..]),
+            Wait::Block => sys::recv_with_fds(sock.as_fd(), &mut self.buf[self.end..]),
+        };
+        let (n, fds) = match got {
+            Ok(got) => got,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => (0, Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(if self.end > self.start {
+                cut_short()
+            } else {
+                ConnectionError::Closed
+            });
+        }
+        self.end += n;
+        if !fds.is_empty() {
+            let last = self.offset + (self.end - self.start) as u64 - 1;
+            self.fds.push_back((last, fds));
+        }
+        Ok(true)
+    }
+
+    /// The one-byte message of a `send_handle` and its descriptor, if the byte is here.
+    pub(super) fn next_handle(&mut self) -> Option<(u8, Vec<OwnedFd>)> {
+        if self.long.is_some() || self.start == self.end {
+            return None;
+        }
+        let byte = self.buf[self.start];
+        let fds = self.take_fds(self.offset + 1);
+        self.consume(1);
+        Some((byte, fds))
+    }
+
+    /// Lists this inbox in [`READY`] under `fd` while it holds a whole message, so that
+    /// [`wait`](super::wait) sees it; called after every change.
+    pub(super) fn relist(&mut self, fd: RawFd, limit: u64) {
+        let ready = self.ready(limit);
+        if ready == self.listed.is_some() {
+            return;
+        }
+        let mut list = lock(&READY.list);
+        if ready {
+            list.push(fd);
+            self.listed = Some(fd);
+        } else if let Some(fd) = self.listed.take()
+            && let Some(i) = list.iter().position(|f| *f == fd)
+        {
+            list.swap_remove(i);
+        }
+        READY.count.store(list.len(), Ordering::Release);
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        if let Some(fd) = self.listed.take() {
+            let mut list = lock(&READY.list);
+            if let Some(i) = list.iter().position(|f| *f == fd) {
+                list.swap_remove(i);
+            }
+            READY.count.store(list.len(), Ordering::Release);
+        }
+    }
+}
+
+/// One receive into a long message: as much as has arrived of its rest (blocking: all of it).
+fn receive_long(l: &mut Long, sock: &File, wait: Wait) -> Result<bool, ConnectionError> {
+    let have = l.payload.len();
+    let rest = l.size - have;
+    if wait == Wait::Block {
+        // Straight into the vector's spare capacity (no zeroing first); it grows with what
+        // actually arrives.
+        let got =
+            std::io::Read::read_to_end(&mut std::io::Read::take(sock, rest as u64), &mut l.payload);
+        return match got {
+            Ok(_) if l.payload.len() == l.size => Ok(true),
+            Ok(_) => Err(cut_short()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    // Zeroed a step ahead of what arrived (see `FIRST_STEP`): memory follows the bytes that
+    // come, not the length announced.
+    let step = rest.min(have.clamp(FIRST_STEP, GROW_STEP));
+    l.payload.resize(have + step, 0);
+    let got = sys::recv_with_fds_now(sock.as_fd(), &mut l.payload[have..]);
+    let n = match got {
+        Ok((0, _)) => None,
+        Ok((n, fds)) => {
+            l.fds.extend(fds);
+            Some(n)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(0),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => {
+            l.payload.truncate(have);
+            return Err(e.into());
+        }
+    };
+    let Some(n) = n else {
+        l.payload.truncate(have);
+        return Err(cut_short());
+    };
+    l.payload.truncate(have + n);
+    Ok(n > 0)
+}
+
+/// The inboxes that hold a whole message, by their connection's descriptor: what
+/// [`wait`](super::wait) adds to what the sockets say. `count` lets a wait skip the lock
+/// while there are none (nearly always: only a burst of messages leaves one behind).
+struct Ready {
+    list: Mutex<Vec<RawFd>>,
+    count: AtomicUsize,
+}
+
+static READY: Ready = Ready {
+    list: Mutex::new(Vec::new()),
+    count: AtomicUsize::new(0),
+};
+
+/// Which of `fds` belong to connections holding a whole message already received; `None`
+/// when none does.
+pub(super) fn ready_among(fds: &[std::os::fd::BorrowedFd<'_>]) -> Option<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    if READY.count.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let list = lock(&READY.list);
+    let ready: Vec<bool> = fds.iter().map(|f| list.contains(&f.as_raw_fd())).collect();
+    ready.contains(&true).then_some(ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
+
+    use crate::{Connection, ConnectionError, Fd};
+
+    /// The inode of a descriptor: which file it is, whatever its number.
+    fn inode(fd: impl AsFd) -> u64 {
+        std::fs::File::from(fd.as_fd().try_clone_to_owned().unwrap())
+            .metadata()
+            .unwrap()
+            .ino()
+    }
+
+    #[test]
+    fn a_burst_of_messages_of_any_size_comes_whole_and_in_order() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let sizes = [
+            0usize,
+            1,
+            3,
+            4,
+            100,
+            70_000,
+            5,
+            super::READ_AHEAD - 4,
+            200_000,
+            2,
+        ];
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (i, &n) in sizes.iter().enumerate() {
+                    a.send_bytes(&vec![i as u8; n]).unwrap();
+                }
+            });
+            for (i, &n) in sizes.iter().enumerate() {
+                assert_eq!(b.recv_bytes().unwrap(), vec![i as u8; n]);
+            }
+        });
+        assert_eq!(b.try_recv_bytes().unwrap(), None);
+        drop(a);
+        assert!(matches!(b.recv_bytes(), Err(ConnectionError::Closed)));
+        // A negative length is a bad frame, and the end inside a message says so.
+        let (a, b) = crate::pipe(true).unwrap();
+        nix::unistd::write(a.as_fd(), &(-5i32).to_be_bytes()).unwrap();
+        assert!(matches!(b.recv_bytes(), Err(ConnectionError::BadFrame(_))));
+        nix::unistd::write(a.as_fd(), &[0, 0, 0, 9, 1, 2]).unwrap();
+        drop(a);
+        assert!(matches!(b.recv_bytes(), Err(ConnectionError::BadFrame(_))));
+    }
+
+    #[test]
+    fn poll_and_wait_see_a_message_received_behind_another() {
+        let (a, b) = crate::pipe(true).unwrap();
+        a.send_bytes(b"first").unwrap();
+        a.send_bytes(b"second").unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), b"first");
+        // "second" came with "first": the socket is empty, the connection is not.
+        assert!(!crate::sys::poll_readable(&[b.as_fd()], Some(Duration::ZERO)).unwrap()[0]);
+        let (idle, _other) = crate::pipe(true).unwrap();
+        let ready = crate::wait(&[idle.as_fd(), b.as_fd()], Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(ready, [1]);
+        assert!(b.poll(Some(Duration::ZERO)).unwrap());
+        assert_eq!(b.recv_bytes().unwrap(), b"second");
+        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+        assert!(
+            crate::wait(&[b.as_fd()], Some(Duration::ZERO))
+                .unwrap()
+                .is_empty()
+        );
+        // A connection dropped with a message inside is no longer listed.
+        a.send_bytes(b"x").unwrap();
+        a.send_bytes(b"y").unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), b"x");
+        let raw = b.as_raw_fd();
+        drop(b);
+        let (c, _d) = crate::pipe(true).unwrap();
+        if c.as_raw_fd() == raw {
+            assert!(
+                crate::wait(&[c.as_fd()], Some(Duration::ZERO))
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn descriptors_in_a_burst_come_with_their_own_message() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let files: Vec<std::fs::File> = (0..3).map(|_| tempfile()).collect();
+        // Plain, with a descriptor, a handle outside the framing, plain, with a descriptor.
+        a.send_bytes(b"plain").unwrap();
+        a.send(&Fd::from(files[0].as_fd().try_clone_to_owned().unwrap()))
+            .unwrap();
+        a.send_handle(files[1].as_fd()).unwrap();
+        a.send_bytes(b"plain again").unwrap();
+        a.send(&(
+            7u8,
+            Fd::from(files[2].as_fd().try_clone_to_owned().unwrap()),
+        ))
+        .unwrap();
+        // Nothing has been received yet: all of it is in the socket.
+        assert_eq!(b.recv_bytes().unwrap(), b"plain");
+        assert_eq!(inode(b.recv::<Fd>().unwrap()), inode(&files[0]));
+        assert_eq!(inode(b.recv_handle().unwrap()), inode(&files[1]));
+        assert_eq!(b.recv_bytes().unwrap(), b"plain again");
+        let (n, fd) = b.recv::<(u8, Fd)>().unwrap();
+        assert_eq!((n, inode(fd)), (7, inode(&files[2])));
+        assert_eq!(b.try_recv_bytes().unwrap(), None);
+    }
+
+    #[test]
+    fn a_connection_sent_on_takes_the_messages_it_had_received() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let (carrier_in, carrier_out) = crate::pipe(true).unwrap();
+        for m in [&b"one"[..], b"two", b"three"] {
+            a.send_bytes(m).unwrap();
+        }
+        assert_eq!(b.recv_bytes().unwrap(), b"one");
+        carrier_in.send(&b).unwrap();
+        drop(b);
+        let moved: Connection = carrier_out.recv().unwrap();
+        assert_eq!(moved.recv_bytes().unwrap(), b"two");
+        assert_eq!(moved.recv_bytes().unwrap(), b"three");
+        a.send_bytes(b"four").unwrap();
+        assert_eq!(moved.recv_bytes().unwrap(), b"four");
+    }
+
+    fn tempfile() -> std::fs::File {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!(
+            "multiproc-inbox-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let f = std::fs::File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+}
