@@ -184,6 +184,14 @@ pub enum ConnectionError {
     /// The peer sent bytes that are not a message: a truncated or impossible frame.
     #[error("bad frame from the peer: {0}")]
     BadFrame(String),
+    /// File descriptors sent with the message could not all be taken (this process is at
+    /// its limit of open files, or the peer sent more than one message may carry): the
+    /// message is dropped, the connection stays in step for the next one.
+    #[error(
+        "the file descriptors sent with a message could not be received (too many open files?); \
+         the message was dropped"
+    )]
+    DescriptorsLost,
     /// The handshake broke down: the peer sent something that is not part of the handshake
     /// (a peer without an authkey talking to one with), closed the connection in the middle,
     /// asked for a digest this build lacks, or was dropped unfinished to make room for

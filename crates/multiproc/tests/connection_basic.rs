@@ -927,7 +927,8 @@ fn echo_bytes_through(conn: Connection, times: u32) {
 
 per_start_method!(multiproc::test;
     messages_of_every_size_round_trip_with_a_child,
-    a_connection_takes_the_messages_it_had_received_to_a_child);
+    a_connection_takes_the_messages_it_had_received_to_a_child,
+    a_message_whose_descriptors_are_lost_is_dropped_and_the_others_come);
 
 /// Round trips with a child under each start method, back to back (so that a receive finds
 /// its message while it spins, or sleeps for it), at the sizes where a receive changes how it
@@ -999,5 +1000,52 @@ fn a_connection_takes_the_messages_it_had_received_to_a_child(method: multiproc:
         let m = feed.recv_bytes_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(m, vec![i as u8; (i as usize * 97) % 5000], "message {i}");
     }
+    p.join().unwrap();
+}
+
+/// At its limit of open files, receives what comes on `conn` and reports each outcome.
+#[multiproc::func]
+fn receive_at_the_descriptor_limit(conn: Connection, report: Connection) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // Room for nothing more: the next descriptor this process would take fails.
+    let next = std::fs::File::open("/dev/null").unwrap();
+    let limit = std::os::fd::AsRawFd::as_raw_fd(&next) as u64;
+    drop(next);
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, limit, hard).unwrap();
+    let outcomes: Vec<String> = (0..3)
+        .map(|_| match conn.recv_bytes() {
+            Ok(m) => String::from_utf8_lossy(&m).into_owned(),
+            Err(ConnectionError::DescriptorsLost) => "lost".to_string(),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect();
+    report.send(&outcomes).unwrap();
+}
+
+/// A message with a descriptor the receiver cannot take (at its limit of open files) is
+/// dropped with a typed error; the messages around it, taken in by the same receive, still
+/// come whole and in order.
+fn a_message_whose_descriptors_are_lost_is_dropped_and_the_others_come(
+    method: multiproc::StartMethod,
+) {
+    let _leaks = LeakCheck::new();
+    let (feed, theirs) = pipe(true).unwrap();
+    let (report_rx, report_tx) = pipe(true).unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    feed.send_bytes(b"before").unwrap();
+    let fd = multiproc::Fd::from(
+        std::os::fd::AsFd::as_fd(&file)
+            .try_clone_to_owned()
+            .unwrap(),
+    );
+    feed.send(&fd).unwrap();
+    feed.send_bytes(b"after").unwrap();
+    let p = multiproc::Process::builder()
+        .start_method(method)
+        .start(&receive_at_the_descriptor_limit, (theirs, report_tx))
+        .unwrap();
+    let outcomes: Vec<String> = report_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(outcomes, ["before", "lost", "after"]);
     p.join().unwrap();
 }

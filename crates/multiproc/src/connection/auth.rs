@@ -291,6 +291,13 @@ impl Exchange {
         machine: Handshake,
         timeout: Duration,
     ) -> Result<Exchange, ConnectionError> {
+        // The handshake reads the socket itself: messages received before it would be
+        // skipped (and it would wait for a challenge that came with them).
+        if !conn.received_nothing() {
+            return Err(protocol_error(
+                "messages were received on this connection before the handshake",
+            ));
+        }
         let mut x = Exchange {
             machine,
             frame: Vec::with_capacity(MAX_HEADER),

@@ -23,10 +23,10 @@ pub const DEFAULT_MAX_MESSAGE: u64 = 256 * 1024 * 1024;
 /// are read straight into their final buffer.
 pub(super) const GROW_STEP: usize = 1 << 20;
 
-/// A receive that zeroes its buffer before reading into it (one with a time limit, the
-/// manager's) zeroes this much beyond what has arrived at first, then as much as has arrived
-/// (at most [`GROW_STEP`]): a peer that announces a huge message and sends little costs
-/// little memory, whatever it announced.
+/// A receive of a long message that zeroes its buffer before reading into it (one that must
+/// not block: with a time limit, async, spinning) zeroes this much beyond what has arrived at
+/// first, then as much as has arrived (at most [`GROW_STEP`]): a peer that announces a huge
+/// message and sends little costs little memory, whatever it announced.
 pub(super) const FIRST_STEP: usize = 64 * 1024;
 
 /// One end of a connection: a pipe from [`pipe`](super::pipe), or a socket from a
@@ -78,11 +78,12 @@ pub struct Connection {
     /// What async sends and receives keep between steps (see `nonblocking`).
     #[cfg(feature = "tokio")]
     pub(super) async_side: super::nonblocking::AsyncSide,
+    /// What has been received and not yet handed out (see `inbox`). Before `fd`: dropped
+    /// first, so it is no longer listed for `wait` when the descriptor's number is freed.
+    inbox: Mutex<Inbox>,
     /// The socket. A `File` only for its `Read` implementation, which reads large payloads
     /// straight into a vector's spare capacity (no zero-filling first).
     fd: std::fs::File,
-    /// What has been received and not yet handed out (see `inbox`).
-    inbox: Mutex<Inbox>,
     readable: bool,
     writable: bool,
     max_message: u64,
@@ -116,8 +117,8 @@ impl Connection {
         Connection {
             #[cfg(feature = "tokio")]
             async_side: Default::default(),
-            fd: std::fs::File::from(fd),
             inbox: Mutex::default(),
+            fd: std::fs::File::from(fd),
             readable,
             writable,
             max_message,
@@ -149,6 +150,7 @@ impl Connection {
     /// [`ConnectionError::MessageTooLarge`] before anything is allocated for it.
     pub fn set_max_message_size(&mut self, limit: u64) {
         self.max_message = limit;
+        self.with_inbox(|_| ());
     }
 
     pub(super) fn check_writable(&self) -> Result<(), ConnectionError> {
@@ -395,6 +397,12 @@ impl Connection {
         r
     }
 
+    /// Whether nothing has been received yet (and kept): the handshake reads the socket
+    /// itself.
+    pub(super) fn received_nothing(&self) -> bool {
+        lock(&self.inbox).is_empty()
+    }
+
     /// Receives one message for the crate's own request/reply and task links: polls for it
     /// up to `spin` without sleeping (as the library's waiting policy allows: a peer on
     /// another CPU that answers within that time is served without a sleep and a cross-CPU
@@ -532,10 +540,22 @@ pub(crate) fn frame_header(
     if size > limit {
         return Err(ConnectionError::MessageTooLarge { size, limit });
     }
+    // Whatever the limit, a length this machine could never hold is refused before any
+    // arithmetic on it.
+    if size > MAX_FRAME {
+        return Err(ConnectionError::MessageTooLarge {
+            size,
+            limit: MAX_FRAME,
+        });
+    }
     let size =
         usize::try_from(size).map_err(|_| ConnectionError::MessageTooLarge { size, limit })?;
     Ok(Some((hlen, size)))
 }
+
+/// The longest message any connection takes, whatever its limit: far beyond what fits in
+/// memory, and far enough below `usize::MAX` that a header plus a length never overflows.
+const MAX_FRAME: u64 = (isize::MAX as u64) / 2;
 
 /// A message up to this size (header included) without descriptors is copied into one
 /// buffer and sent with a plain `send`.

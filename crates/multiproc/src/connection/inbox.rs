@@ -50,11 +50,12 @@ pub(super) struct Inbox {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The stream offset of `buf[start]`.
+    /// A count of the bytes that went through the buffer, at `buf[start]`: the position that
+    /// descriptors are kept by.
     offset: u64,
-    /// Descriptors that came with received bytes, with the stream offset of the last byte of
-    /// the receive that brought them, oldest first.
-    fds: VecDeque<(u64, Vec<OwnedFd>)>,
+    /// Descriptors that came with received bytes, with the `offset` of the last byte of the
+    /// receive that brought them, oldest first.
+    fds: VecDeque<(u64, Batch)>,
     /// A message longer than the buffer, part received.
     long: Option<Long>,
     /// The descriptor under which this inbox is listed in [`READY`] (it holds a whole
@@ -62,11 +63,22 @@ pub(super) struct Inbox {
     listed: Option<RawFd>,
 }
 
+/// The descriptors of one receive.
+#[derive(Debug)]
+enum Batch {
+    Fds(Vec<OwnedFd>),
+    /// Some could not be taken (see `sys::Received`): the message they came with is lost.
+    Lost,
+}
+
 #[derive(Debug)]
 struct Long {
     size: usize,
+    /// `payload[..filled]` has arrived; the rest of its length is zeroed room.
     payload: Vec<u8>,
+    filled: usize,
     fds: Vec<OwnedFd>,
+    fds_lost: bool,
 }
 
 fn cut_short() -> ConnectionError {
@@ -75,11 +87,17 @@ fn cut_short() -> ConnectionError {
 
 impl Inbox {
     /// An inbox holding `bytes` received before (a connection handed over with them).
-    pub(super) fn with_bytes(bytes: Vec<u8>) -> Inbox {
+    pub(super) fn with_bytes(mut bytes: Vec<u8>) -> Inbox {
         let mut inbox = Inbox::default();
         inbox.end = bytes.len();
+        bytes.resize(bytes.len().max(READ_AHEAD), 0);
         inbox.buf = bytes;
         inbox
+    }
+
+    /// Whether nothing at all has been received and kept.
+    pub(super) fn is_empty(&self) -> bool {
+        self.start == self.end && self.long.is_none() && self.fds.is_empty()
     }
 
     /// The received bytes not yet handed out, when that is all there is (no descriptors, no
@@ -92,7 +110,7 @@ impl Inbox {
     /// error) is here.
     pub(super) fn ready(&self, limit: u64) -> bool {
         if let Some(l) = &self.long {
-            return l.payload.len() == l.size;
+            return l.filled == l.size;
         }
         match frame_header(&self.buf[self.start..self.end], limit) {
             Ok(Some((hlen, size))) => self.end - self.start >= hlen + size,
@@ -101,16 +119,21 @@ impl Inbox {
         }
     }
 
-    /// Takes the descriptors that came with bytes before stream offset `until`.
-    fn take_fds(&mut self, until: u64) -> Vec<OwnedFd> {
-        let mut out = Vec::new();
+    /// Takes the descriptors that came with bytes before `offset` `until`, and whether some
+    /// of them were lost.
+    fn take_fds(&mut self, until: u64) -> (Vec<OwnedFd>, bool) {
+        let (mut out, mut lost) = (Vec::new(), false);
         while let Some((at, _)) = self.fds.front() {
             if *at >= until {
                 break;
             }
-            out.extend(self.fds.pop_front().map(|(_, f)| f).unwrap_or_default());
+            match self.fds.pop_front().map(|(_, b)| b) {
+                Some(Batch::Fds(f)) => out.extend(f),
+                Some(Batch::Lost) => lost = true,
+                None => {}
+            }
         }
-        out
+        (out, lost)
     }
 
     /// Hands out `n` buffered bytes' worth of stream: moves the start and the offset.
@@ -124,13 +147,18 @@ impl Inbox {
     }
 
     /// The next whole message, if it is here. A header that is an error (negative, over
-    /// `limit`) is consumed with the error.
+    /// `limit`) is consumed with the error; so is a message whose descriptors were lost
+    /// ([`ConnectionError::DescriptorsLost`]).
     pub(super) fn next(&mut self, limit: u64) -> Result<Option<Frame>, ConnectionError> {
         if let Some(l) = &self.long {
-            if l.payload.len() < l.size {
+            if l.filled < l.size {
                 return Ok(None);
             }
-            let l = self.long.take().expect("checked");
+            let mut l = self.long.take().expect("checked");
+            if l.fds_lost {
+                return Err(ConnectionError::DescriptorsLost);
+            }
+            l.payload.truncate(l.size);
             return Ok(Some((l.payload, l.fds)));
         }
         let avail = self.end - self.start;
@@ -148,28 +176,40 @@ impl Inbox {
                 return Err(e);
             }
         };
-        if avail >= hlen + size {
+        // `frame_header` bounds `size` well below `usize::MAX`: no overflow here.
+        let whole = hlen + size;
+        if avail >= whole {
             let at = self.start + hlen;
             let payload = self.buf[at..at + size].to_vec();
-            let fds = self.take_fds(self.offset + (hlen + size) as u64);
-            self.consume(hlen + size);
+            let (fds, lost) = self.take_fds(self.offset + whole as u64);
+            self.consume(whole);
+            if lost {
+                return Err(ConnectionError::DescriptorsLost);
+            }
             return Ok(Some((payload, fds)));
         }
-        if hlen + size > self.buf.len().max(READ_AHEAD) {
+        if whole > self.buf.len().max(READ_AHEAD) {
             // Too long for the buffer: it goes on in a vector of its own, which takes what
             // is here (all of it belongs to this message).
             let mut payload = Vec::with_capacity(size.min(GROW_STEP));
             payload.extend_from_slice(&self.buf[self.start + hlen..self.end]);
-            let fds = self.take_fds(u64::MAX);
+            let (fds, fds_lost) = self.take_fds(u64::MAX);
             self.consume(avail);
-            self.long = Some(Long { size, payload, fds });
+            self.long = Some(Long {
+                size,
+                filled: payload.len(),
+                payload,
+                fds,
+                fds_lost,
+            });
         }
         Ok(None)
     }
 
     /// One receive from `sock`: into the buffer, or into the long message being received
-    /// (never past its end). `Ok(false)`: nothing has arrived (`Wait::Now` only). The end of
-    /// the stream is `Closed` between messages, a `BadFrame` inside one.
+    /// (never past its end). `Ok(false)`: nothing has arrived (`Wait::Now` only; a blocking
+    /// receive on a socket someone made non-blocking waits in `poll`). The end of the stream
+    /// is `Closed` between messages, a `BadFrame` inside one.
     pub(super) fn receive(&mut self, sock: &File, wait: Wait) -> Result<bool, ConnectionError> {
         if let Some(l) = &mut self.long {
             return receive_long(l, sock, wait);
@@ -181,38 +221,54 @@ impl Inbox {
             self.end -= self.start;
             self.start = 0;
         }
-        let got = match wait {
-            Wait::Now => sys::recv_with_fds_now(sock.as_fd(), &mut self.buf[self.end..]),
-            Wait::Block => sys::recv_with_fds(sock.as_fd(), &mut self.buf[self.end..]),
+        if self.end == self.buf.len() {
+            // Cannot happen (a frame that fits the buffer leaves room until it is whole, a
+            // longer one leaves it), and a receive into no room would read as the end.
+            return Err(ConnectionError::BadFrame("no room to receive into".into()));
+        }
+        let got = loop {
+            match sys::recv_keeping(sock.as_fd(), &mut self.buf[self.end..], wait == Wait::Now) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if wait == Wait::Now {
+                        return Ok(false);
+                    }
+                    sys::poll_readable(&[sock.as_fd()], None)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    break sys::Received {
+                        n: 0,
+                        fds: Vec::new(),
+                        fds_lost: false,
+                    };
+                }
+                Err(e) => return Err(e.into()),
+                Ok(got) => break got,
+            }
         };
-        let (n, fds) = match got {
-            Ok(got) => got,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => (0, Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
+        if got.n == 0 {
             return Err(if self.end > self.start {
                 cut_short()
             } else {
                 ConnectionError::Closed
             });
         }
-        self.end += n;
-        if !fds.is_empty() {
-            let last = self.offset + (self.end - self.start) as u64 - 1;
-            self.fds.push_back((last, fds));
+        self.end += got.n;
+        let last = self.offset + (self.end - self.start) as u64 - 1;
+        if got.fds_lost {
+            self.fds.push_back((last, Batch::Lost));
+        } else if !got.fds.is_empty() {
+            self.fds.push_back((last, Batch::Fds(got.fds)));
         }
         Ok(true)
     }
 
-    /// The one-byte message of a `send_handle` and its descriptor, if the byte is here.
+    /// The one-byte message of a `send_handle` and its descriptors, if the byte is here.
     pub(super) fn next_handle(&mut self) -> Option<(u8, Vec<OwnedFd>)> {
         if self.long.is_some() || self.start == self.end {
             return None;
         }
         let byte = self.buf[self.start];
-        let fds = self.take_fds(self.offset + 1);
+        let (fds, _) = self.take_fds(self.offset + 1);
         self.consume(1);
         Some((byte, fds))
     }
@@ -251,43 +307,45 @@ impl Drop for Inbox {
 
 /// One receive into a long message: as much as has arrived of its rest (blocking: all of it).
 fn receive_long(l: &mut Long, sock: &File, wait: Wait) -> Result<bool, ConnectionError> {
-    let have = l.payload.len();
-    let rest = l.size - have;
     if wait == Wait::Block {
         // Straight into the vector's spare capacity (no zeroing first); it grows with what
         // actually arrives.
-        let got =
-            std::io::Read::read_to_end(&mut std::io::Read::take(sock, rest as u64), &mut l.payload);
-        return match got {
-            Ok(_) if l.payload.len() == l.size => Ok(true),
-            Ok(_) => Err(cut_short()),
-            Err(e) => Err(e.into()),
-        };
+        l.payload.truncate(l.filled);
+        loop {
+            let rest = (l.size - l.payload.len()) as u64;
+            let got =
+                std::io::Read::read_to_end(&mut std::io::Read::take(sock, rest), &mut l.payload);
+            l.filled = l.payload.len();
+            match got {
+                Ok(_) if l.filled == l.size => return Ok(true),
+                Ok(_) => return Err(cut_short()),
+                // A socket someone made non-blocking: what came is kept; wait for the rest.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    sys::poll_readable(&[sock.as_fd()], None)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
-    // Zeroed a step ahead of what arrived (see `FIRST_STEP`): memory follows the bytes that
-    // come, not the length announced.
-    let step = rest.min(have.clamp(FIRST_STEP, GROW_STEP));
-    l.payload.resize(have + step, 0);
-    let got = sys::recv_with_fds_now(sock.as_fd(), &mut l.payload[have..]);
-    let n = match got {
-        Ok((0, _)) => None,
-        Ok((n, fds)) => {
-            l.fds.extend(fds);
-            Some(n)
+    // Zeroed a step ahead of what arrived, once (see `FIRST_STEP`): memory follows the bytes
+    // that come, not the length announced.
+    let have = l.filled;
+    if l.payload.len() == have {
+        let step = (l.size - have).min(have.clamp(FIRST_STEP, GROW_STEP));
+        l.payload.resize(have + step, 0);
+    }
+    match sys::recv_keeping(sock.as_fd(), &mut l.payload[have..], true) {
+        Ok(got) if got.n == 0 => Err(cut_short()),
+        Ok(got) => {
+            l.filled += got.n;
+            l.fds.extend(got.fds);
+            l.fds_lost |= got.fds_lost;
+            Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(0),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
-        Err(e) => {
-            l.payload.truncate(have);
-            return Err(e.into());
-        }
-    };
-    let Some(n) = n else {
-        l.payload.truncate(have);
-        return Err(cut_short());
-    };
-    l.payload.truncate(have + n);
-    Ok(n > 0)
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(cut_short()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The inboxes that hold a whole message, by their connection's descriptor: what
@@ -443,6 +501,93 @@ mod tests {
         assert_eq!(moved.recv_bytes().unwrap(), b"three");
         a.send_bytes(b"four").unwrap();
         assert_eq!(moved.recv_bytes().unwrap(), b"four");
+    }
+
+    #[test]
+    fn a_connection_handed_over_with_part_of_a_message_receives_the_rest() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let (carrier_in, carrier_out) = crate::pipe(true).unwrap();
+        a.send_bytes(b"one").unwrap();
+        // The whole frame is exactly the buffer's size: the first receive takes "one" and
+        // all of this but its last bytes, or all of it.
+        let big = vec![7u8; super::READ_AHEAD - 4];
+        std::thread::scope(|s| {
+            s.spawn(|| a.send_bytes(&big).unwrap());
+            assert_eq!(b.recv_bytes().unwrap(), b"one");
+            carrier_in.send(&b).unwrap();
+        });
+        drop(b);
+        let moved: Connection = carrier_out.recv().unwrap();
+        assert_eq!(moved.recv_bytes().unwrap(), big);
+        a.send_bytes(b"next").unwrap();
+        assert_eq!(moved.recv_bytes().unwrap(), b"next");
+    }
+
+    #[test]
+    fn an_impossible_length_is_an_error_not_a_panic() {
+        let (a, b) = crate::pipe(true).unwrap();
+        // -1, then a 64-bit length of 2^64 - 1, on a connection without a size limit.
+        nix::unistd::write(a.as_fd(), &[0xffu8; 12]).unwrap();
+        assert!(matches!(
+            b.recv_bytes(),
+            Err(ConnectionError::MessageTooLarge { .. })
+        ));
+        a.send_bytes(b"after").unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), b"after");
+    }
+
+    #[test]
+    fn a_blocking_receive_on_a_socket_made_non_blocking_sleeps() {
+        let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
+        y.set_nonblocking(true).unwrap();
+        let (a, b) = (
+            Connection::from_socket(x.into()),
+            Connection::from_socket(y.into()),
+        );
+        // CPU time of the receiving thread, in ns (schedstat's first field).
+        let cpu = || -> u64 {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let long = vec![3u8; 3 * super::READ_AHEAD];
+        std::thread::scope(|s| {
+            let receiver = s.spawn(|| {
+                let before = cpu();
+                assert_eq!(b.recv_bytes().unwrap(), b"late");
+                // A long message whose rest comes late: read straight into its vector.
+                assert_eq!(b.recv_bytes().unwrap(), long);
+                cpu() - before
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            a.send_bytes(b"late").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let frame = [&(long.len() as i32).to_be_bytes()[..], &long].concat();
+            nix::unistd::write(a.as_fd(), &frame[..100]).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            nix::unistd::write(a.as_fd(), &frame[100..]).unwrap();
+            let spent = receiver.join().unwrap();
+            assert!(spent < 100_000_000, "{spent} ns of CPU to wait 700 ms");
+        });
+    }
+
+    #[test]
+    fn a_handshake_after_messages_were_received_is_refused() {
+        let (a, b) = crate::pipe(true).unwrap();
+        a.send_bytes(b"one").unwrap();
+        a.send_bytes(b"two").unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), b"one");
+        let err = b
+            .authenticate_server(b"key", Duration::from_millis(100))
+            .unwrap_err();
+        assert!(
+            matches!(err, ConnectionError::Authentication(ref m) if m.contains("before the handshake")),
+            "{err}"
+        );
     }
 
     fn tempfile() -> std::fs::File {

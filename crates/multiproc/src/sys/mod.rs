@@ -11,7 +11,7 @@
 //!   [`send_packet`], [`recv_packet`], [`send_all`], [`try_send`], [`recv_exact`],
 //!   [`read_some`], [`recv_plain`], [`set_nonblocking`], [`poll`], [`poll_readable`];
 //! - descriptors that travel with a message ([`fd_passing`]): [`send_with_fds`],
-//!   [`recv_with_fds`], [`recv_with_fds_now`], [`MAX_FDS_PER_MESSAGE`];
+//!   [`recv_with_fds`], [`recv_keeping`], [`MAX_FDS_PER_MESSAGE`];
 //! - listening and connecting sockets ([`net`]): [`SockTarget`], [`listen`], [`connect`],
 //!   [`accept`], [`local_tcp_address`], [`shutdown`], [`send_parts`], [`try_send_parts`];
 //! - processes ([`process`]): [`spawn_self`], [`fork_then`], [`CHILD_BOOTSTRAP_FD`],
@@ -54,7 +54,9 @@ mod socket;
 mod time;
 
 pub(crate) use doorbell::{doorbell, ring as ring_doorbell, silence as silence_doorbell};
-pub(crate) use fd_passing::{MAX_FDS_PER_MESSAGE, recv_with_fds, recv_with_fds_now, send_with_fds};
+pub(crate) use fd_passing::{
+    MAX_FDS_PER_MESSAGE, Received, recv_keeping, recv_with_fds, send_with_fds,
+};
 pub(crate) use futex::{futex_wait, futex_wake};
 pub use limits::Resource;
 pub(crate) use limits::{
