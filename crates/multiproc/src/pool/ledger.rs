@@ -2,7 +2,7 @@
 //! executors whose tasks run elsewhere (the cluster pool), so that their handles are the very
 //! handles of the local pools.
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -53,7 +53,7 @@ impl Ledger {
         Ledger {
             shared: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                changed: Condvar::new(),
+                changed: Default::default(),
                 wake: Wake::Elsewhere(OnceLock::new()),
             }),
         }

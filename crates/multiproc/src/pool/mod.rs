@@ -49,7 +49,7 @@ mod worker;
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -339,7 +339,7 @@ impl PoolBuilder {
             state: Mutex::new(State::relending(
                 cfg.maxtasks == 0 && cfg.task_timeout.is_none(),
             )),
-            changed: Condvar::new(),
+            changed: Default::default(),
             wake: Wake::Handler(Mutex::new(wake_w)),
         });
         let mut workers = Vec::with_capacity(processes);

@@ -98,10 +98,19 @@ fn sleep_on_worker(shared: &Shared, id: u64, deadline: Option<Instant>) -> Optio
     }
     let _unwatch = Unwatch(&ring);
     let waker = bell.waker();
+    let mut woken = false;
     let done = loop {
-        bell.silence();
+        if woken {
+            // Emptied only after a wake-up: what rang before this wait began costs at most
+            // one more look, and a wait that need not sleep makes no system call here.
+            bell.silence();
+        }
         let left = {
             let mut st = shared.lock();
+            // This caller's own pickup must not ring the bell it is about to look at.
+            if let Some(job) = st.job_mut(id) {
+                job.forget_waker(&waker);
+            }
             if super::state::pickup(shared, &mut st) {
                 shared.changed.notify_all();
             }
@@ -123,6 +132,7 @@ fn sleep_on_worker(shared: &Shared, id: u64, deadline: Option<Instant>) -> Optio
             drop(watching);
             return None;
         }
+        woken = true;
     };
     drop(watching);
     Some(done)

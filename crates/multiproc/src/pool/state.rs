@@ -205,6 +205,11 @@ impl Job {
         }
     }
 
+    /// Undoes [`wake_on_change`](Job::wake_on_change) for `waker`.
+    pub(crate) fn forget_waker(&mut self, waker: &Waker) {
+        self.wakers.retain(|w| !w.will_wake(waker));
+    }
+
     fn wake_tasks(&mut self) {
         for w in self.wakers.drain(..) {
             w.wake();
@@ -796,9 +801,29 @@ const BACKLOG: usize = 64;
 /// What callers and the handler share.
 pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
-    pub(crate) changed: Condvar,
+    pub(crate) changed: Changed,
     /// How the ones that run the line are woken (new work, close, terminate).
     pub(crate) wake: Wake,
+}
+
+/// The condition variable callers wait on for their results: a notification nobody waits for
+/// makes no system call (std's `notify_all` always makes one, and a caller that took its own
+/// result notifies on every round trip).
+#[derive(Debug, Default)]
+pub(crate) struct Changed {
+    cv: Condvar,
+    /// Threads in [`Inner::wait`]; counted under the state lock, before they wait.
+    waiters: std::sync::atomic::AtomicUsize,
+}
+
+impl Changed {
+    /// Wakes every waiter, if there is one. Called after changing the state under its lock,
+    /// so a waiter either saw the change before it waited or is counted here.
+    pub(crate) fn notify_all(&self) {
+        if self.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
+    }
 }
 
 /// Who runs a pool's line of chunks, and so how [`Inner::poke`] wakes them.
@@ -870,22 +895,31 @@ impl Inner {
         guard: MutexGuard<'a, State>,
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, State>, bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let waiters = &self.changed.waiters;
         match deadline {
-            None => (
-                self.changed
+            None => {
+                waiters.fetch_add(1, SeqCst);
+                let g = self
+                    .changed
+                    .cv
                     .wait(guard)
-                    .unwrap_or_else(PoisonError::into_inner),
-                true,
-            ),
+                    .unwrap_or_else(PoisonError::into_inner);
+                waiters.fetch_sub(1, SeqCst);
+                (g, true)
+            }
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     return (guard, false);
                 }
+                waiters.fetch_add(1, SeqCst);
                 let (g, _) = self
                     .changed
+                    .cv
                     .wait_timeout(guard, d - now)
                     .unwrap_or_else(PoisonError::into_inner);
+                waiters.fetch_sub(1, SeqCst);
                 (g, true)
             }
         }

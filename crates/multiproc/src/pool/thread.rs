@@ -99,7 +99,7 @@ impl ThreadPoolBuilder {
         }
         let shared = Arc::new(Inner {
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            changed: Default::default(),
             wake: Wake::Threads(Condvar::new()),
         });
         let crew = Arc::new(Crew {

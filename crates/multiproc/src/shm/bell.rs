@@ -27,6 +27,11 @@ use crate::sys;
 /// Set in the watchers word once the bell was handed out for `poll`: rung for good.
 const POLLED: u32 = 1 << 31;
 
+/// One watcher that waits only for something to come (a pool caller sleeping on a worker's
+/// report ring), counted from this bit up: a change that only makes room does not ring for
+/// it. The watchers below this bit (async waiters) wait for either.
+pub(crate) const ARRIVALS_ONLY: u32 = 1 << 16;
+
 /// A structure's doorbell (see the module docs). Clones share the descriptor.
 #[derive(Debug, Clone)]
 pub(crate) struct Bell {
@@ -52,6 +57,14 @@ impl Bell {
     /// first): rings if anyone watches.
     pub(crate) fn ring_if_watched(&self, watchers: &AtomicU32) {
         if watchers.load(Ordering::SeqCst) != 0 {
+            sys::ring_doorbell(self.fd.as_fd());
+        }
+    }
+
+    /// After publishing a change that only made room (the caller's `SeqCst` fence or
+    /// read-modify-write comes first): rings if anyone watches for room.
+    pub(crate) fn ring_if_watched_for_room(&self, watchers: &AtomicU32) {
+        if watchers.load(Ordering::SeqCst) & (POLLED | (ARRIVALS_ONLY - 1)) != 0 {
             sys::ring_doorbell(self.fd.as_fd());
         }
     }

@@ -441,7 +441,11 @@ impl Ring {
             self.u32(word).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(word), n);
         }
-        self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
+        if word == NOT_FULL {
+            self.bell.ring_if_watched_for_room(self.u32(BELL_WATCHERS));
+        } else {
+            self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
+        }
     }
 
     /// Sleeps on `word` until woken, unless `ready()` already holds once registered as a
@@ -646,16 +650,19 @@ impl Ring {
         self.u32(UNFINISHED).load(Ordering::SeqCst) == 0
     }
 
-    /// For a thread that sleeps in `poll` on the ring's doorbell: counts it as a watcher
-    /// (every change rings the bell while it counts; `SeqCst`, so look at the ring after this)
-    /// and hands out the bell. End with [`unwatch_bell`](Ring::unwatch_bell).
+    /// For a thread that sleeps in `poll` on the ring's doorbell until an item comes: counts
+    /// it as a watcher (every item put, and the close, ring the bell while it counts;
+    /// `SeqCst`, so look at the ring after this) and hands out the bell. End with
+    /// [`unwatch_bell`](Ring::unwatch_bell).
     pub(crate) fn watch_bell(&self) -> &Bell {
-        self.u32(BELL_WATCHERS).fetch_add(1, Ordering::SeqCst);
+        self.u32(BELL_WATCHERS)
+            .fetch_add(crate::shm::bell::ARRIVALS_ONLY, Ordering::SeqCst);
         &self.bell
     }
 
     pub(crate) fn unwatch_bell(&self) {
-        self.u32(BELL_WATCHERS).fetch_sub(1, Ordering::SeqCst);
+        self.u32(BELL_WATCHERS)
+            .fetch_sub(crate::shm::bell::ARRIVALS_ONLY, Ordering::SeqCst);
     }
 
     /// The ring's doorbell for `poll`: readable when an item may have come (or the ring was
