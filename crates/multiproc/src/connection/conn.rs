@@ -600,6 +600,10 @@ impl Serialize for Connection {
     /// handed out (see `inbox`), so that the next messages are not lost on the way. One with
     /// part of a long message, or with descriptors received and not yet handed out, or that
     /// another thread is receiving on, cannot travel (an error).
+    ///
+    /// As in CPython, the copy and this end then share one stream: receive on one of them
+    /// only (usually this end is dropped once sent). Messages this end had taken in are in
+    /// both, as the bytes after them are in whichever receives first.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error, SerializeTuple};
         struct Descriptor<'a>(BorrowedFd<'a>);
