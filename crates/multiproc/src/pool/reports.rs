@@ -96,15 +96,32 @@ impl Reports {
         fence(Ordering::SeqCst);
     }
 
-    /// Caller, before it sleeps in `poll` on the ring's own doorbell (see
-    /// `result::sleep_on_worker`): every report rings it from now on, until
-    /// [`unwatch_bell`](Reports::unwatch_bell).
-    pub(crate) fn watch_bell(&self) -> &crate::shm::Bell {
-        self.ring.watch_bell()
+    /// Caller, watching (see [`watch`](Reports::watch)): sleeps until a report comes or the
+    /// [`arrival_waker`](Reports::arrival_waker) is woken, unless `ready()` holds once
+    /// registered (see `Ring::sleep_for_arrival`); `false` once `deadline` has passed.
+    pub(crate) fn sleep_for_arrival(
+        &self,
+        ready: impl Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
+        self.ring.sleep_for_arrival(ready, deadline)
     }
 
-    pub(crate) fn unwatch_bell(&self) {
-        self.ring.unwatch_bell();
+    /// A waker that ends every [`sleep_for_arrival`](Reports::sleep_for_arrival) on this ring:
+    /// what completes a job other than its report (the handler, another caller) wakes the
+    /// caller sleeping for it.
+    pub(crate) fn arrival_waker(&self) -> std::task::Waker {
+        /// Wakes the ring's arrival sleepers when woken.
+        struct Arrival(Ring);
+        impl std::task::Wake for Arrival {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.wake_by_ref();
+            }
+            fn wake_by_ref(self: &std::sync::Arc<Self>) {
+                self.0.wake_arrival_sleepers();
+            }
+        }
+        std::task::Waker::from(std::sync::Arc::new(Arrival(self.ring.clone())))
     }
 
     /// Whether reports wait in the ring.

@@ -78,61 +78,46 @@ fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
 }
 
 /// Sleeps until job `id` is done (`Some(true)`) or `deadline` passes (`Some(false)`) on the
-/// doorbell of the worker the caller sent the job to itself: the worker's report wakes the
-/// caller directly, not through the handler (two wake-ups a round trip instead of three; on
-/// one CPU that is most of its cost). The caller takes that worker's reports meanwhile (the
-/// worker rings the handler for none of them), and whatever else completes the job (the
-/// handler failing it, another caller taking its report) rings the same doorbell through the
-/// job's wakers. `None`: the job did not go to a worker this way (the caller sleeps on the
-/// condition variable).
+/// report ring of the worker the caller sent the job to itself: the worker's report wakes the
+/// caller directly (a futex in the ring's shared memory), not through the handler (two
+/// wake-ups a round trip instead of three; on one CPU that is most of its cost). The caller
+/// takes that worker's reports meanwhile (the worker rings the handler for none of them), and
+/// whatever else completes the job (the handler failing it, another caller taking its report)
+/// wakes the same futex through the job's wakers. `None`: the job did not go to a worker this
+/// way (the caller sleeps on the condition variable).
 fn sleep_on_worker(shared: &Shared, id: u64, deadline: Option<Instant>) -> Option<bool> {
-    let (_, ring) = shared.lock().sent_to(id)?;
-    let watching = Watching::of(shared, vec![ring.clone()]);
-    let bell = ring.watch_bell();
-    /// Stops counting as a watcher of the bell.
-    struct Unwatch<'a>(&'a Reports);
-    impl Drop for Unwatch<'_> {
-        fn drop(&mut self) {
-            self.0.unwatch_bell();
-        }
-    }
-    let _unwatch = Unwatch(&ring);
-    let waker = bell.waker();
-    let mut woken = false;
+    let (_, reports) = shared.lock().sent_to(id)?;
+    let watching = Watching::of(shared, vec![reports.clone()]);
+    let waker = reports.arrival_waker();
+    let outcome = std::cell::Cell::new(None);
     let done = loop {
-        if woken {
-            // Emptied only after a wake-up: what rang before this wait began costs at most
-            // one more look, and a wait that need not sleep makes no system call here.
-            bell.silence();
+        // Looked at once registered as a sleeper: a report put meanwhile, or a waker, ends
+        // the sleep at once.
+        let slept = reports.sleep_for_arrival(
+            || {
+                let mut st = shared.lock();
+                // This caller's own pickup must not wake it again.
+                if let Some(job) = st.job_mut(id) {
+                    job.forget_waker(&waker);
+                }
+                if super::state::pickup(shared, &mut st) {
+                    shared.changed.notify_all();
+                }
+                match st.job_mut(id).filter(|j| j.remaining > 0) {
+                    None => outcome.set(Some(true)),
+                    // Woken (and dropped) at each change: registered again before every sleep.
+                    Some(job) => job.wake_on_change(&waker),
+                }
+                outcome.get().is_some()
+            },
+            deadline,
+        );
+        if let Some(done) = outcome.get() {
+            break done;
         }
-        let left = {
-            let mut st = shared.lock();
-            // This caller's own pickup must not ring the bell it is about to look at.
-            if let Some(job) = st.job_mut(id) {
-                job.forget_waker(&waker);
-            }
-            if super::state::pickup(shared, &mut st) {
-                shared.changed.notify_all();
-            }
-            let Some(job) = st.job_mut(id).filter(|j| j.remaining > 0) else {
-                break true;
-            };
-            // Woken (and dropped) at each change: registered again before every sleep.
-            job.wake_on_change(&waker);
-            match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => break false,
-                },
-                None => None,
-            }
-        };
-        if crate::sys::poll_readable(&[bell.fd()], left).is_err() {
-            // Not a wait this can do: the condition variable's, after the watch ends.
-            drop(watching);
-            return None;
+        if !slept {
+            break false;
         }
-        woken = true;
     };
     drop(watching);
     Some(done)

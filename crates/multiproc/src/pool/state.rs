@@ -122,8 +122,8 @@ pub(crate) struct Job {
     /// [`State::flush_deferred`]).
     deferred: bool,
     /// Async tasks waiting for this job (`pool::future`), and callers asleep on a worker's
-    /// doorbell (`result::sleep_on_worker`): woken wherever the condition variable's waiters
-    /// would find something new for it.
+    /// report ring (`result::sleep_on_worker`): woken wherever the condition variable's
+    /// waiters would find something new for it.
     wakers: Vec<Waker>,
     /// The worker a caller sent this job's only chunk to itself, if one did.
     sent_to: Option<u64>,

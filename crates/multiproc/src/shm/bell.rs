@@ -27,11 +27,6 @@ use crate::sys;
 /// Set in the watchers word once the bell was handed out for `poll`: rung for good.
 const POLLED: u32 = 1 << 31;
 
-/// One watcher that waits only for something to come (a pool caller sleeping on a worker's
-/// report ring), counted from this bit up: a change that only makes room does not ring for
-/// it. The watchers below this bit (async waiters) wait for either.
-pub(crate) const ARRIVALS_ONLY: u32 = 1 << 16;
-
 /// A structure's doorbell (see the module docs). Clones share the descriptor.
 #[derive(Debug, Clone)]
 pub(crate) struct Bell {
@@ -61,47 +56,11 @@ impl Bell {
         }
     }
 
-    /// After publishing a change that only made room (the caller's `SeqCst` fence or
-    /// read-modify-write comes first): rings if anyone watches for room.
-    pub(crate) fn ring_if_watched_for_room(&self, watchers: &AtomicU32) {
-        if watchers.load(Ordering::SeqCst) & (POLLED | (ARRIVALS_ONLY - 1)) != 0 {
-            sys::ring_doorbell(self.fd.as_fd());
-        }
-    }
-
     /// The descriptor for `poll` (`multiproc::wait`): from now on every change rings it, in
     /// every process.
     pub(crate) fn for_poll(&self, watchers: &AtomicU32) -> BorrowedFd<'_> {
         watchers.fetch_or(POLLED, Ordering::SeqCst);
         self.fd.as_fd()
-    }
-
-    /// For a thread that sleeps in `poll` on the bell: its descriptor (count the thread in
-    /// the watchers word meanwhile, see the module docs).
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Silences the bell before a sleeper's look at the structure (a change after the look
-    /// rings it again).
-    pub(crate) fn silence(&self) {
-        sys::silence_doorbell(self.fd.as_fd());
-    }
-
-    /// A waker that rings the bell: something other than the structure's changes wakes a
-    /// sleeper on it too.
-    pub(crate) fn waker(&self) -> std::task::Waker {
-        /// Rings `0` when woken.
-        struct Ringer(Bell);
-        impl std::task::Wake for Ringer {
-            fn wake(self: Arc<Self>) {
-                self.wake_by_ref();
-            }
-            fn wake_by_ref(self: &Arc<Self>) {
-                sys::ring_doorbell(self.0.fd.as_fd());
-            }
-        }
-        std::task::Waker::from(Arc::new(Ringer(self.clone())))
     }
 
     /// Found nothing to take: silences the bell for `poll` users, then rings it again if

@@ -441,11 +441,7 @@ impl Ring {
             self.u32(word).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(word), n);
         }
-        if word == NOT_FULL {
-            self.bell.ring_if_watched_for_room(self.u32(BELL_WATCHERS));
-        } else {
-            self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
-        }
+        self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
     }
 
     /// Sleeps on `word` until woken, unless `ready()` already holds once registered as a
@@ -650,19 +646,24 @@ impl Ring {
         self.u32(UNFINISHED).load(Ordering::SeqCst) == 0
     }
 
-    /// For a thread that sleeps in `poll` on the ring's doorbell until an item comes: counts
-    /// it as a watcher (every item put, and the close, ring the bell while it counts;
-    /// `SeqCst`, so look at the ring after this) and hands out the bell. End with
-    /// [`unwatch_bell`](Ring::unwatch_bell).
-    pub(crate) fn watch_bell(&self) -> &Bell {
-        self.u32(BELL_WATCHERS)
-            .fetch_add(crate::shm::bell::ARRIVALS_ONLY, Ordering::SeqCst);
-        &self.bell
+    /// Sleeps (on the futex an item's put wakes, as a `get` does) until an item is put or
+    /// [`wake_arrival_sleepers`](Ring::wake_arrival_sleepers) is called, unless `ready()`,
+    /// looked at once registered as a sleeper, already holds; `false` once `deadline` has
+    /// passed (then `ready` is not called). A put wakes one sleeper per item: a sleeper that
+    /// takes what others wait for must wake them.
+    pub(crate) fn sleep_for_arrival(
+        &self,
+        ready: impl Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        self.sleep(GET_SLEEPERS, NOT_EMPTY, ready, deadline)
     }
 
-    pub(crate) fn unwatch_bell(&self) {
-        self.u32(BELL_WATCHERS)
-            .fetch_sub(crate::shm::bell::ARRIVALS_ONLY, Ordering::SeqCst);
+    /// Wakes every thread in [`sleep_for_arrival`](Ring::sleep_for_arrival), in any process,
+    /// as an arrival would.
+    pub(crate) fn wake_arrival_sleepers(&self) {
+        self.u32(NOT_EMPTY).fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(self.u32(NOT_EMPTY), u32::MAX);
     }
 
     /// The ring's doorbell for `poll`: readable when an item may have come (or the ring was
