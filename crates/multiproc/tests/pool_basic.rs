@@ -633,10 +633,10 @@ fn spinning_callers_leave_callbacks_and_maps_served(method: multiproc::StartMeth
     });
 }
 
-/// A caller that does not spin sleeps on the doorbell of the worker it sent its task to, and
-/// the worker's report wakes it directly. Whatever else ends the task wakes it too: a time
+/// A caller that does not spin sleeps on the report ring of the worker it sent its task to,
+/// and the worker's report wakes it directly. Whatever else ends the task wakes it too: a time
 /// limit on the wait, the worker's death (the handler fails the task), a result taken by
-/// another thread.
+/// another thread. A task already done is done at any time limit, even one already passed.
 fn a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task(
     method: multiproc::StartMethod,
 ) {
@@ -651,6 +651,10 @@ fn a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task(
         let r = pool.apply_async(&square, i).unwrap();
         assert_eq!(r.get_timeout(Duration::from_secs(20)).unwrap(), i * i);
     }
+    let done = pool.apply_async(&square, 7).unwrap();
+    assert!(eventually(Duration::from_secs(10), || done.ready()));
+    assert!(done.wait(Some(Duration::ZERO)), "a done task said not done");
+    assert_eq!(done.get_timeout(Duration::ZERO).unwrap(), 49);
     // The wait ends at its time limit; the task still ends later.
     let slow = pool.apply_async(&slow_pid, 300).unwrap();
     let t0 = Instant::now();
@@ -660,7 +664,7 @@ fn a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task(
     ));
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(slow.get_timeout(Duration::from_secs(20)).is_ok());
-    // The worker dies while the caller sleeps on its doorbell: the handler fails the task.
+    // The worker dies while the caller sleeps on its ring: the handler fails the task.
     let dying = pool.apply_async(&die_on, 5).unwrap();
     let t0 = Instant::now();
     assert!(matches!(

@@ -119,8 +119,14 @@ fn sleep_on_worker(shared: &Shared, id: u64, deadline: Option<Instant>) -> Optio
             break false;
         }
     };
+    // Ending the watch takes what came meanwhile: a report that came during the last sleep
+    // completes the job even when its time is up. The waker goes with the wait.
     drop(watching);
-    Some(done)
+    let mut st = shared.lock();
+    if let Some(job) = st.job_mut(id) {
+        job.forget_waker(&waker);
+    }
+    Some(done || st.job_done(id))
 }
 
 /// A caller watching the workers' report rings while it spins (see `reports`): the workers

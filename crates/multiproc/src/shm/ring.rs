@@ -457,12 +457,22 @@ impl Ring {
         if left == Some(Duration::ZERO) {
             return false;
         }
+        /// Counts a sleeper while it lives (also when `ready` unwinds).
+        struct Sleeper<'a>(&'a AtomicU32);
+        impl Drop for Sleeper<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.u32(sleepers).fetch_add(1, Ordering::SeqCst);
+        let _sleeper = Sleeper(self.u32(sleepers));
         let seq = self.u32(word).load(Ordering::SeqCst);
+        // Pairs with the fence in `notify`: `ready` sees the change, or the changer sees this
+        // sleeper (whatever `ready` reads and however it reads it).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !ready() {
             sys::futex_wait(self.u32(word), seq, left);
         }
-        self.u32(sleepers).fetch_sub(1, Ordering::SeqCst);
         true
     }
 
