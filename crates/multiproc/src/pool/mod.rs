@@ -430,7 +430,11 @@ impl Core {
             });
         }
         if chunks.len() == 1
-            && let Some(chunk) = Self::send_to_lent(&mut st, chunks.pop_front().expect("one chunk"))
+            && let Some(chunk) = Self::send_to_lent(
+                &self.shared,
+                &mut st,
+                chunks.pop_front().expect("one chunk"),
+            )
         {
             chunks.push_back(chunk);
         }
@@ -461,24 +465,44 @@ impl Core {
     /// Sends a lone chunk straight to an idle worker the handler lent out, if there is one:
     /// a round trip then wakes the worker only, not the handler first (the handler counts
     /// the chunk from `State::direct` when it next looks). Gives the chunk back otherwise.
-    fn send_to_lent(st: &mut state::State, chunk: Chunk) -> Option<Chunk> {
+    ///
+    /// The worker's report ring is watched while the send may hand this CPU to the worker:
+    /// on a CPU they share, the worker the send wakes runs at once and reports before this
+    /// caller could watch for it, and with the handler asleep it would ring the handler's
+    /// doorbell (a wake-up of the handler in the middle of the round trip). Watched, it rings
+    /// nothing; after the send this caller stops watching and takes what came (the same
+    /// two orders as every watch, see `reports`), which often completes the task before its
+    /// result is asked for.
+    fn send_to_lent(shared: &state::Inner, st: &mut state::State, chunk: Chunk) -> Option<Chunk> {
         if chunk.timeout.is_some() {
             return Some(chunk); // the handler must see it start to time it
         }
         let Some(lent) = st.lend_one() else {
             return Some(chunk);
         };
+        let ring = st.ring_of(lent.worker);
+        if let Some(r) = &ring {
+            r.watch();
+        }
         // Lent only while no time limit is set (see `handler::publish`): no clock to keep.
         let sent = chunk
             .run_message(progress::Clock::Off)
             .ok()
             .is_some_and(|bytes| lent.conn.send_many(&[bytes]).is_ok());
-        if !sent {
+        let back = if sent {
+            st.sent_directly(lent, chunk);
+            None
+        } else {
             // A worker that is going away: its death reaches the handler as usual.
-            return Some(chunk);
+            Some(chunk)
+        };
+        if let Some(r) = &ring {
+            r.unwatch();
+            if state::pickup(shared, st) {
+                shared.changed.notify_all();
+            }
         }
-        st.sent_directly(lent, chunk);
-        None
+        back
     }
 
     /// Encodes every item into one batch.

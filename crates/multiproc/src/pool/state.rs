@@ -582,8 +582,12 @@ impl State {
     /// The worker a caller sent job `id` to itself, and its report ring.
     pub(crate) fn sent_to(&self, id: u64) -> Option<(u64, Reports)> {
         let worker = self.jobs.get(&id)?.sent_to?;
-        let ring = self.rings.iter().find(|(w, _)| *w == worker)?.1.clone();
-        Some((worker, ring))
+        Some((worker, self.ring_of(worker)?))
+    }
+
+    /// Worker `worker`'s report ring.
+    pub(crate) fn ring_of(&self, worker: u64) -> Option<Reports> {
+        Some(self.rings.iter().find(|(w, _)| *w == worker)?.1.clone())
     }
 
     /// The rings callers take reports from, to [`watch`](Reports::watch) while spinning.
