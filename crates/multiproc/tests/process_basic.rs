@@ -238,6 +238,7 @@ per_start_method!(
     orphan_sees_its_parent_end,
     dropped_handles_are_reaped_when_their_children_end,
     a_child_reaps_the_children_it_dropped,
+    a_daemon_that_closes_its_descriptors_lives_while_its_parent_does,
 );
 
 fn typed_result_and_identity(method: StartMethod) {
@@ -759,4 +760,27 @@ fn fork_child_does_not_hang_on_stdout_held_by_another_thread() {
     }
     stop.store(true, Ordering::Relaxed);
     holder.join().unwrap();
+}
+
+/// Closes every descriptor from 3 up (as a task may), waits, then exits with `code`.
+#[multiproc::func]
+fn close_every_fd_then_exit(code: i32) {
+    for fd in 3..1024 {
+        let _ = nix::unistd::close(fd);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::exit(code);
+}
+
+/// A daemon ends when its parent does, watched through a descriptor of the parent. A daemon
+/// that closes every descriptor (a task in a pool worker may) closes that one too: it must
+/// not take that for its parent's end and kill itself.
+fn a_daemon_that_closes_its_descriptors_lives_while_its_parent_does(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let p = builder(method)
+        .daemon(true)
+        .start(&close_every_fd_then_exit, 7)
+        .unwrap();
+    assert!(p.join_timeout(Duration::from_secs(30)).unwrap());
+    assert_eq!(p.exitcode(), Some(7));
 }

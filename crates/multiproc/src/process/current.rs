@@ -96,7 +96,7 @@ pub(crate) fn become_child(
             let _ = sys::send_signal(sys::getpid(), sys::SIGKILL);
         }
         if let ParentWatch::Pidfd(fd) = &watch {
-            watch_parent(fd.clone());
+            watch_parent(fd.clone(), parent_pid);
         }
     }
     *slot = Some(Me {
@@ -116,15 +116,31 @@ pub(crate) fn become_child(
 }
 
 /// A daemonic child ends (SIGKILL) as soon as its parent does, however the parent ended.
-fn watch_parent(pidfd: Arc<OwnedFd>) {
+///
+/// It watches the parent through `pidfd`. A task may close every descriptor of its process,
+/// that one too (the poll then returns at once, as for an ended parent): a wake-up while the
+/// parent still runs opens a fresh descriptor, or, when none can be had, looks every 100 ms.
+fn watch_parent(pidfd: Arc<OwnedFd>, parent: u32) {
     let spawned = std::thread::Builder::new()
         .name("multiproc-parent-watch".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            while !matches!(
-                sys::poll_readable(&[pidfd.as_fd()], None).as_deref(),
-                Ok([true])
-            ) {}
+            let mut watched = Some(pidfd);
+            loop {
+                match &watched {
+                    Some(fd) => {
+                        let _ = sys::poll_readable(&[fd.as_fd()], None);
+                    }
+                    None => std::thread::sleep(std::time::Duration::from_millis(100)),
+                }
+                if !sys::process_alive(parent) {
+                    break;
+                }
+                // Closed under us: its number may belong to another file by now, so it is
+                // never closed here again.
+                std::mem::forget(watched.take());
+                watched = sys::pidfd_open(parent).ok().map(Arc::new);
+            }
             let _ = sys::send_signal(sys::getpid(), sys::SIGKILL);
         });
     if spawned.is_err() {
