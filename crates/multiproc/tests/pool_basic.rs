@@ -691,8 +691,57 @@ fn a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task(
     });
 }
 
+/// Pins the calling thread (and threads and processes it starts afterwards) to CPU 0.
+fn pin_to_cpu0() {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+/// Pool initializer: pins the worker to CPU 0.
+#[multiproc::func]
+fn pin_worker_to_cpu0() {
+    pin_to_cpu0();
+}
+
+/// The caller, the pool's threads and its worker on one CPU, so that the worker a caller's
+/// send wakes runs at once and reports while the caller still sends (the caller takes that
+/// report itself, after the send). Whatever the handler must act on still gets done: every
+/// callback runs, a lazy iterator gets its held-back results, the worker goes on serving.
+fn a_caller_on_its_workers_cpu_leaves_callbacks_and_iterators_served(
+    method: multiproc::StartMethod,
+) {
+    let _leaks = LeakCheck::new();
+    multiproc::set_spin_policy(multiproc::SpinPolicy::Never);
+    pin_to_cpu0();
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(method)
+        .initializer(&pin_worker_to_cpu0, ())
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for round in 0..20u64 {
+        for i in 0..20u64 {
+            let x = round * 100 + i;
+            assert_eq!(pool.apply_async(&square, x).unwrap().get().unwrap(), x * x);
+        }
+        let tx = tx.clone();
+        let _handle = pool
+            .apply_async(&square, round)
+            .unwrap()
+            .callback(move |v| {
+                let _ = tx.send(v);
+            });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(round * round));
+        let got: Vec<u64> = pool.imap(&square, 0..7u64).map(|r| r.unwrap()).collect();
+        assert_eq!(got, (0..7u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+}
+
 per_start_method!(
     multiproc::test;
     spinning_callers_leave_callbacks_and_maps_served,
-    a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task
+    a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task,
+    a_caller_on_its_workers_cpu_leaves_callbacks_and_iterators_served
 );

@@ -43,6 +43,10 @@ pub(super) const FIRST_STEP: usize = 64 * 1024;
 /// A `Connection` is itself a handle that can be passed to a child process as an argument,
 /// or sent through another connection.
 ///
+/// A receive takes in every message that has arrived (one system call for a small message
+/// or a burst): the next messages wait in the connection, where [`poll`](Connection::poll) and
+/// [`wait`](super::wait) see them, but a bare `poll`/`epoll` on [`as_fd`](AsFd::as_fd) does not.
+///
 /// ```
 /// let (a, b) = multiproc::pipe(true)?;
 /// a.send(&("hello", 42u32))?;
@@ -421,10 +425,18 @@ impl Connection {
     /// with it are closed).
     pub(crate) fn try_recv_bytes(&self) -> Result<Option<Vec<u8>>, ConnectionError> {
         self.check_readable()?;
+        Ok(self
+            .try_frame(self.max_message)?
+            .map(|(payload, _)| payload))
+    }
+
+    /// The next message (of at most `limit` bytes) if what has arrived completes one, without
+    /// waiting.
+    pub(super) fn try_frame(&self, limit: u64) -> Result<Option<Frame>, ConnectionError> {
         self.with_inbox(|inbox| {
             loop {
-                if let Some((payload, _)) = inbox.next(self.max_message)? {
-                    return Ok(Some(payload));
+                if let Some(frame) = inbox.next(limit)? {
+                    return Ok(Some(frame));
                 }
                 if !inbox.receive(&self.fd, Wait::Now)? {
                     return Ok(None);
@@ -486,29 +498,6 @@ impl Connection {
     /// Reads one frame: its payload and the descriptors that came with it.
     fn recv_frame(&self, deadline: Option<Instant>, limit: u64) -> Result<Frame, ConnectionError> {
         self.receive(RECV_SPIN, deadline, limit)
-    }
-
-    /// Async receive: the next message if what has arrived completes one, without waiting.
-    #[cfg(feature = "tokio")]
-    pub(super) fn advance_recv(
-        &self,
-        limit: u64,
-    ) -> std::task::Poll<Result<Frame, ConnectionError>> {
-        use std::task::Poll;
-        self.with_inbox(|inbox| {
-            loop {
-                match inbox.next(limit) {
-                    Ok(Some(frame)) => return Poll::Ready(Ok(frame)),
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-                match inbox.receive(&self.fd, Wait::Now) {
-                    Ok(true) => {}
-                    Ok(false) => return Poll::Pending,
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            }
-        })
     }
 }
 
@@ -573,6 +562,11 @@ pub(super) fn map_send(e: std::io::Error) -> ConnectionError {
     }
 }
 
+/// The socket, for [`wait`](super::wait) beside other descriptors, or for a poll loop of one's
+/// own. A receive takes in every message that has arrived, so a message may wait in the
+/// connection while its socket has nothing to read: `wait` and [`Connection::poll`] know
+/// (ask them, or `poll(Some(Duration::ZERO))` after a receive), a bare `poll`/`epoll` on the
+/// descriptor does not.
 impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -612,9 +606,20 @@ impl Serialize for Connection {
                 codec::serialize_fd(self.0, serializer)
             }
         }
-        let inbox = self.inbox.try_lock().map_err(|_| {
-            S::Error::custom("a connection cannot be sent while another thread receives on it")
-        })?;
+        // A receive, `poll` or `try_recv` elsewhere holds the inbox only briefly; one that
+        // blocks in another thread holds it until its message comes.
+        let inbox = (0..1000)
+            .find_map(|_| match self.inbox.try_lock() {
+                Ok(inbox) => Some(inbox),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::yield_now();
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                S::Error::custom("a connection cannot be sent while another thread receives on it")
+            })?;
         let received = inbox.plain_bytes().ok_or_else(|| {
             S::Error::custom(
                 "a connection cannot be sent with part of a long message, or descriptors, \

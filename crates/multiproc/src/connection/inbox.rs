@@ -280,21 +280,18 @@ impl Inbox {
         if ready == self.listed.is_some() {
             return;
         }
-        let mut list = lock(&READY.list);
         if ready {
+            let mut list = lock(&READY.list);
             list.push(fd);
             self.listed = Some(fd);
-        } else if let Some(fd) = self.listed.take()
-            && let Some(i) = list.iter().position(|f| *f == fd)
-        {
-            list.swap_remove(i);
+            READY.count.store(list.len(), Ordering::Release);
+        } else {
+            self.unlist();
         }
-        READY.count.store(list.len(), Ordering::Release);
     }
-}
 
-impl Drop for Inbox {
-    fn drop(&mut self) {
+    /// Takes this inbox off [`READY`], if it is listed.
+    fn unlist(&mut self) {
         if let Some(fd) = self.listed.take() {
             let mut list = lock(&READY.list);
             if let Some(i) = list.iter().position(|f| *f == fd) {
@@ -302,6 +299,12 @@ impl Drop for Inbox {
             }
             READY.count.store(list.len(), Ordering::Release);
         }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.unlist();
     }
 }
 

@@ -95,7 +95,13 @@ impl Connection {
 
     /// Receives one frame, waiting in the reactor.
     async fn recv_frame_async(&self, limit: u64) -> Result<Frame, ConnectionError> {
-        self.watch()?.readable(|| self.advance_recv(limit)).await?
+        self.watch()?
+            .readable(|| {
+                self.try_frame(limit)
+                    .transpose()
+                    .map_or(Poll::Pending, Poll::Ready)
+            })
+            .await?
     }
 
     /// Sends one frame (header included), waiting in the reactor for room.

@@ -480,8 +480,27 @@ impl Core {
         let Some(lent) = st.lend_one() else {
             return Some(chunk);
         };
-        let ring = st.ring_of(lent.worker);
-        if let Some(r) = &ring {
+        /// The watch during the send. Ended by `end_watch` after a send that went out; on a
+        /// send that failed, or unwinding, it stops watching and wakes the handler, which
+        /// looks at the rings itself (no pickup here: the chunk is not back in line yet, and
+        /// the worker must not be lent again ahead of it).
+        struct Send<'a> {
+            shared: &'a state::Inner,
+            ring: Option<reports::Reports>,
+        }
+        impl Drop for Send<'_> {
+            fn drop(&mut self) {
+                if let Some(r) = self.ring.take() {
+                    r.unwatch();
+                    self.shared.poke();
+                }
+            }
+        }
+        let mut watch = Send {
+            shared,
+            ring: st.ring_of(lent.worker),
+        };
+        if let Some(r) = &watch.ring {
             r.watch();
         }
         // Lent only while no time limit is set (see `handler::publish`): no clock to keep.
@@ -489,20 +508,15 @@ impl Core {
             .run_message(progress::Clock::Off)
             .ok()
             .is_some_and(|bytes| lent.conn.send_many(&[bytes]).is_ok());
-        let back = if sent {
-            st.sent_directly(lent, chunk);
-            None
-        } else {
+        if !sent {
             // A worker that is going away: its death reaches the handler as usual.
-            Some(chunk)
-        };
-        if let Some(r) = &ring {
-            r.unwatch();
-            if state::pickup(shared, st) {
-                shared.changed.notify_all();
-            }
+            return Some(chunk);
         }
-        back
+        st.sent_directly(lent, chunk);
+        if let Some(r) = watch.ring.take() {
+            state::end_watch(shared, st, &[r]);
+        }
+        None
     }
 
     /// Encodes every item into one batch.

@@ -3,9 +3,9 @@
 //!
 //! A worker puts each report (a [`FromWorker::Done`]) in its ring and goes on: while the
 //! handler is awake, a report costs no system call on either side, and it is safe the moment
-//! it is written, even if the worker dies right after (the ring is the pool's memory). Three
-//! parties take reports out: the handler, and callers waiting for a result (they record it
-//! themselves under the pool's lock, one wake-up less on a round trip; see `state::pickup`).
+//! it is written, even if the worker dies right after (the ring is the pool's memory). Two
+//! kinds of party take reports out: the handler, and callers (they record them themselves
+//! under the pool's lock, one wake-up less on a round trip; see `state::pickup`).
 //!
 //! # Why no report is ever missed
 //! The handler sleeps in `poll` on the workers' connections, not on the ring. Before it sleeps
@@ -17,9 +17,11 @@
 //! connection), which ends the poll. After the poll the handler
 //! [`disarm`](Reports::disarm)s, and reports go back to costing no system call.
 //!
-//! A caller that spins for its result [`watch`](Reports::watch)es the rings meanwhile: it takes
-//! the reports itself, so the worker leaves the doorbell alone (no wake-up of the handler on the
-//! caller's CPU in the middle of a round trip). When it stops it
+//! A caller [`watch`](Reports::watch)es the rings while it spins for its result, while it
+//! sleeps on the ring of the worker it sent its task to (`result::sleep_on_worker`), and while
+//! it sends a task straight to a worker (`Pool::send_to_lent`): it takes the reports itself,
+//! so the worker leaves the doorbell alone (no wake-up of the handler on the caller's CPU in
+//! the middle of a round trip). When it stops it
 //! [`unwatch`](Reports::unwatch)es (a read-modify-write, then a `SeqCst` fence, as `arm`),
 //! then looks once more (the same two orders as above: it sees the report, or the worker sees
 //! no watcher and rings), also when it unwinds; what it took that the handler
@@ -85,12 +87,14 @@ impl Reports {
         self.ring.flag().fetch_and(!ARMED, Ordering::SeqCst);
     }
 
-    /// Caller, before it spins for a result: it takes the reports itself, no doorbell needed.
+    /// Caller, before it spins or sleeps for a result, or sends a task straight to the
+    /// worker: it takes the reports itself, no doorbell needed.
     pub(crate) fn watch(&self) {
         self.ring.flag().fetch_add(WATCHER, Ordering::SeqCst);
     }
 
-    /// Caller, done spinning: look at the rings once more afterwards (see the module docs).
+    /// Caller, done watching: look at the rings once more afterwards (see the module docs,
+    /// and `state::end_watch`).
     pub(crate) fn unwatch(&self) {
         self.ring.flag().fetch_sub(WATCHER, Ordering::SeqCst);
         fence(Ordering::SeqCst);

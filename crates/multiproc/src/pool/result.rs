@@ -24,14 +24,15 @@ fn decode<R: DeserializeOwned>(r: ItemResult) -> Result<R, PoolError> {
     Ok(crate::codec::decode(r?.bytes())?)
 }
 
-/// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
 /// How long a caller looks for its result before it sleeps.
 const SPIN: std::time::Duration = crate::spin::REPLY_SPIN;
 
+/// Waits until job `id` has no item left, at most until `deadline`; `false` on timeout.
 fn wait_done(shared: &Shared, id: u64, deadline: Option<Instant>) -> bool {
     // A small task's result is usually there within microseconds: look a few times before
-    // sleeping on the condition variable (a wake-up from another CPU costs more), while the
-    // library's waiting policy says that spinning pays.
+    // sleeping (on the report ring of the worker this caller sent the task to, or on the
+    // condition variable; a wake-up from another CPU costs more), while the library's
+    // waiting policy says that spinning pays.
     let mut spin = crate::spin::Spinner::new(SPIN);
     // While spinning, the workers need not wake the handler for their reports: this caller
     // takes them (see `reports`).
@@ -151,11 +152,7 @@ impl<'a> Watching<'a> {
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        self.rings.iter().for_each(Reports::unwatch);
-        if super::state::pickup(self.shared, &mut st) {
-            self.shared.changed.notify_all();
-        }
+        super::state::end_watch(self.shared, &mut self.shared.lock(), &self.rings);
     }
 }
 

@@ -605,7 +605,6 @@ impl State {
         std::mem::take(&mut self.picked)
     }
 
-    /// Whether callers did something the handler has not counted yet.
     /// Wakes the iterators that left a result untaken for [`FLUSH_AFTER`] (their batch did
     /// not fill): returns whether any must be woken (notify `changed`), and when the next one
     /// is due.
@@ -630,6 +629,7 @@ impl State {
         (wake, next)
     }
 
+    /// Whether callers did something the handler has not counted yet.
     pub(crate) fn callers_acted(&self) -> bool {
         !self.picked.is_empty() || !self.direct.is_empty()
     }
@@ -797,6 +797,16 @@ pub(crate) fn pickup(shared: &Inner, st: &mut State) -> bool {
         shared.poke();
     }
     wake
+}
+
+/// A caller stops watching `rings` (see `reports`: the read-modify-write and fence of
+/// [`Reports::unwatch`]), then looks once more, under the lock: what came while it watched
+/// rang no doorbell, so it takes it (and wakes the handler if that must act on it).
+pub(crate) fn end_watch(shared: &Inner, st: &mut State, rings: &[Reports]) {
+    rings.iter().for_each(Reports::unwatch);
+    if pickup(shared, st) {
+        shared.changed.notify_all();
+    }
 }
 
 /// What callers did past a sleeping handler that makes them wake it (its bookkeeping grows).

@@ -434,8 +434,8 @@ impl Ring {
     /// After publishing a change: wakes up to `n` sleepers of `word`, if there are any. No
     /// system call (and no shared write) when nobody sleeps.
     fn notify(&self, sleepers: usize, word: usize, n: u32) {
-        // Pairs with the fence-free SeqCst sequence in `sleep`: either the sleeper sees our
-        // change in its last check, or we see it registered and wake it.
+        // Pairs with the sleeper's registration and fence in `sleep`: either the sleeper sees
+        // our change in its last check, or we see it registered and wake it.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.u32(sleepers).load(Ordering::SeqCst) > 0 {
             self.u32(word).fetch_add(1, Ordering::SeqCst);
@@ -599,7 +599,8 @@ impl Ring {
     }
 
     /// A shared word the ring does not use itself, for a protocol on top of it (the pool
-    /// marks there that its handler sleeps in `poll` rather than on this ring's futex).
+    /// marks there that its handler sleeps in `poll` rather than on this ring's futex, and
+    /// counts the callers watching the ring).
     pub(crate) fn flag(&self) -> &AtomicU32 {
         self.u32(FLAG)
     }

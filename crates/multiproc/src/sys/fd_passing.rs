@@ -47,10 +47,11 @@ pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
-    whole(recv_keeping(fd, buf, false)?)
+    refuse_lost_fds(recv_keeping(fd, buf, false)?)
 }
 
-fn whole(got: Received) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// A receive's bytes and descriptors, or an error when descriptors sent with them were lost.
+fn refuse_lost_fds(got: Received) -> io::Result<(usize, Vec<OwnedFd>)> {
     if got.fds_lost {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
