@@ -344,6 +344,8 @@ pub(crate) struct State {
     /// Chunks callers sent to lent workers (worker, chunk, when), in order, for the
     /// handler's bookkeeping.
     direct: Vec<(u64, Chunk, Instant)>,
+    /// The argument bytes those chunks hold (kept until the handler counts them).
+    direct_bytes: usize,
     /// Workers a caller sent a chunk to, while the handler has not changed what it lends
     /// since: the caller that takes such a worker's report lends it again at once (see
     /// [`pickup`]), so that one-at-a-time tasks keep going past the handler. Emptied
@@ -556,6 +558,7 @@ impl State {
         if let Some(j) = self.jobs.get_mut(&chunk.job) {
             j.sent_to = Some(lent.worker);
         }
+        self.direct_bytes += chunk.args.data.len();
         self.direct.push((lent.worker, chunk, Instant::now()));
         if self.relend {
             self.on_loan.push(lent);
@@ -571,7 +574,7 @@ impl State {
             let lent = self.on_loan.swap_remove(i);
             // Not past a backlog the handler has yet to count (it may be busy awake, with
             // a long callback or a dead worker): the report then goes its way.
-            if self.lending() && self.picked.len() + self.direct.len() < BACKLOG {
+            if self.lending() && !self.backlogged() {
                 self.lent.push(lent);
                 return true;
             }
@@ -597,6 +600,7 @@ impl State {
 
     /// Chunks callers sent to lent workers since the handler last looked, in order.
     pub(crate) fn take_sent_directly(&mut self) -> Vec<(u64, Chunk, Instant)> {
+        self.direct_bytes = 0;
         std::mem::take(&mut self.direct)
     }
 
@@ -791,7 +795,7 @@ pub(crate) fn pickup(shared: &Inner, st: &mut State) -> bool {
     st.rings = rings;
     // A result held back for a batch is the handler's to flush in time (one held back
     // before this pickup has its timer already).
-    for_handler |= st.deferred.len() > deferred || st.picked.len() + st.direct.len() >= BACKLOG;
+    for_handler |= st.deferred.len() > deferred || st.backlogged();
     if for_handler && st.asleep {
         st.asleep = false;
         shared.poke();
@@ -810,7 +814,18 @@ pub(crate) fn end_watch(shared: &Inner, st: &mut State, rings: &[Reports]) {
 }
 
 /// What callers did past a sleeping handler that makes them wake it (its bookkeeping grows).
-const BACKLOG: usize = 64;
+const BACKLOG: usize = 256;
+/// The same for the argument bytes of the chunks callers sent (the handler keeps a chunk
+/// until it has counted it, to run it again if its worker dies).
+const BACKLOG_BYTES: usize = 4 << 20;
+
+impl State {
+    /// Whether callers did so much past the handler that it must count it now (see
+    /// [`BACKLOG`]).
+    fn backlogged(&self) -> bool {
+        self.picked.len() + self.direct.len() >= BACKLOG || self.direct_bytes >= BACKLOG_BYTES
+    }
+}
 
 /// What callers and the handler share.
 pub(crate) struct Inner {
