@@ -122,8 +122,8 @@ fn sleep_on_worker(shared: &Shared, id: u64, deadline: Option<Instant>) -> Optio
     };
     // Ending the watch takes what came meanwhile: a report that came during the last sleep
     // completes the job even when its time is up. The waker goes with the wait.
-    drop(watching);
     let mut st = shared.lock();
+    watching.end(&mut st);
     if let Some(job) = st.job_mut(id) {
         job.forget_waker(&waker);
     }
@@ -135,7 +135,8 @@ fn sleep_on_worker(shared: &Shared, id: u64, deadline: Option<Instant>) -> Optio
 /// watched, which rang no doorbell, and wakes whoever must act on it.
 struct Watching<'a> {
     shared: &'a Shared,
-    rings: Vec<Reports>,
+    /// `None` once ended.
+    rings: Option<Vec<Reports>>,
 }
 
 impl<'a> Watching<'a> {
@@ -146,13 +147,25 @@ impl<'a> Watching<'a> {
 
     fn of(shared: &'a Shared, rings: Vec<Reports>) -> Watching<'a> {
         rings.iter().for_each(Reports::watch);
-        Watching { shared, rings }
+        Watching {
+            shared,
+            rings: Some(rings),
+        }
+    }
+
+    /// Ends the watch under the lock the caller holds already.
+    fn end(mut self, st: &mut super::state::State) {
+        if let Some(rings) = self.rings.take() {
+            super::state::end_watch(self.shared, st, &rings);
+        }
     }
 }
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
-        super::state::end_watch(self.shared, &mut self.shared.lock(), &self.rings);
+        if let Some(rings) = self.rings.take() {
+            super::state::end_watch(self.shared, &mut self.shared.lock(), &rings);
+        }
     }
 }
 
