@@ -18,6 +18,7 @@ per_start_method!(
     array_increments_under_get_lock_are_not_lost,
     semaphore_permit_hand_over_between_processes,
     semaphore_permit_returns_when_a_child_panics_holding_it,
+    a_waiter_with_no_time_limit_takes_over_from_a_holder_killed_while_it_sleeps,
 );
 
 fn builder(method: StartMethod) -> multiproc::Builder {
@@ -367,6 +368,105 @@ fn killed_holder_gives_owner_died_not_a_deadlock() {
     }
     // Recovered: the lock works normally again.
     drop(lock.acquire_timeout(Duration::from_secs(1)).unwrap());
+}
+
+/// Waits for `lock` with no time limit (after setting `waiting`); returns the pid of the dead
+/// holder it took the lock over from, 0 if it was released normally.
+#[multiproc::func]
+fn wait_for_lock(lock: Lock, waiting: Event) -> u32 {
+    waiting.set();
+    match lock.acquire() {
+        Ok(_guard) => 0,
+        Err(AcquireError::OwnerDied { pid, guard }) => {
+            drop(guard);
+            pid
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Starts a holder of `lock` with `method`, and returns it once it holds the lock.
+fn start_holder(method: StartMethod, lock: &Lock) -> Process<()> {
+    let ready = Event::new().unwrap();
+    let p = builder(method)
+        .start(&hold_lock_forever, (lock.clone(), ready.clone()))
+        .unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(20)));
+    p
+}
+
+/// A waiter with no deadline sleeps without a time limit, watched by its process's watcher
+/// thread: it must still notice the holder's death, in this process and in a child started
+/// after this process's watcher ran (a forked child has no watcher thread until it starts
+/// its own).
+fn a_waiter_with_no_time_limit_takes_over_from_a_holder_killed_while_it_sleeps(
+    method: StartMethod,
+) {
+    let _leaks = LeakCheck::new();
+    let lock = Lock::new().unwrap();
+    let waiting = Event::new().unwrap();
+    // Here.
+    let holder = start_holder(method, &lock);
+    let waiter = {
+        let (lock, waiting) = (lock.clone(), waiting.clone());
+        std::thread::spawn(move || wait_for_lock(lock, waiting))
+    };
+    assert!(waiting.wait_timeout(Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(200)); // asleep, and watched for a while
+    let pid = holder.pid();
+    holder.kill().unwrap();
+    assert!(holder.join_timeout(Duration::from_secs(10)).unwrap());
+    let taken = returns_within(Duration::from_secs(10), move || waiter.join().unwrap());
+    assert_eq!(taken, pid, "the waiter in this process took the lock over");
+    // In a child.
+    waiting.clear();
+    let holder = start_holder(method, &lock);
+    let waiter = builder(method)
+        .start(&wait_for_lock, (lock.clone(), waiting.clone()))
+        .unwrap();
+    assert!(waiting.wait_timeout(Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = holder.pid();
+    holder.kill().unwrap();
+    assert!(holder.join_timeout(Duration::from_secs(10)).unwrap());
+    let taken = join_all_within(vec![waiter], Duration::from_secs(20));
+    assert_eq!(
+        taken[0].as_ref().unwrap(),
+        &pid,
+        "the waiting child took the lock over"
+    );
+    drop(lock.acquire_timeout(Duration::from_secs(1)).unwrap());
+}
+
+/// More waiters than a process can list for its watcher (64): those that find no listing
+/// sleep in slices, and every one of them gets the lock in turn after the holder is killed.
+#[multiproc::test]
+fn more_waiters_than_the_watcher_lists_all_get_a_lock_whose_holder_was_killed() {
+    const WAITERS: usize = 80;
+    let _leaks = LeakCheck::new();
+    let lock = Lock::new().unwrap();
+    let holder = start_holder(multiproc::get_start_method(), &lock);
+    let (taken_tx, taken_rx) = std::sync::mpsc::channel();
+    for _ in 0..WAITERS {
+        let (lock, tx) = (lock.clone(), taken_tx.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(wait_for_lock(lock, Event::new().unwrap()));
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = holder.pid();
+    holder.kill().unwrap();
+    assert!(holder.join_timeout(Duration::from_secs(10)).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let taken: Vec<u32> = (0..WAITERS)
+        .map(|i| {
+            taken_rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .unwrap_or_else(|_| panic!("only {i} of {WAITERS} waiters got the lock"))
+        })
+        .collect();
+    assert_eq!(taken.iter().filter(|&&p| p == pid).count(), 1, "{taken:?}");
+    assert_eq!(taken.iter().filter(|&&p| p == 0).count(), WAITERS - 1);
 }
 
 #[test]

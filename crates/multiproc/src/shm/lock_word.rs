@@ -1,19 +1,23 @@
 //! The futex lock word under `Lock`, `RLock`, `Condition` and the shared objects: `0` when
 //! free, else the owner's pid, with bit 31 set when someone may be sleeping on it.
 //!
-//! A waiter sleeps in slices; after a slice that timed out with the same owner, it checks
-//! that the owner process still runs and takes the lock over if it does not. That is how a
-//! lock held by a process killed with SIGKILL is recovered instead of deadlocking everyone.
+//! A waiter that slept a while with the same owner checks that the owner process still runs
+//! and takes the lock over if it does not. That is how a lock held by a process killed with
+//! SIGKILL is recovered instead of deadlocking everyone. A waiter with a deadline sleeps in
+//! slices for that; one without sleeps without a time limit, and this process's watcher
+//! thread wakes it now and then ([`lock_watch`]), so that its sleep arms no kernel timer.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::lock_watch;
 use crate::sys;
 
 const WAITERS: u32 = 1 << 31;
 /// How long a contended acquire spins before it goes to sleep (when the waiting policy allows).
 const SPIN: Duration = Duration::from_micros(4);
-/// How long a waiter sleeps before it checks whether the owner is still alive.
+/// How long a waiter with a deadline (or with no watcher) sleeps before it checks whether
+/// the owner is still alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(50);
 
 /// How an acquisition ended.
@@ -55,7 +59,9 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
             return Acquired::Yes;
         }
     }
-    loop {
+    // With no deadline, a waiter sleeps without a time limit while the watcher watches
+    // (see `lock_watch`): it wakes it now and then to check the owner.
+    let sleep = |watched: bool| loop {
         let cur = word.load(Ordering::Relaxed);
         if cur & !WAITERS == 0 {
             // Free: take it, keeping the waiters bit since others may sleep.
@@ -74,19 +80,23 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
         {
             continue;
         }
-        let left = match deadline {
+        let t0 = Instant::now();
+        let slice = match deadline {
             Some(d) => {
-                let now = Instant::now();
-                if now >= d {
+                if t0 >= d {
                     return Acquired::TimedOut;
                 }
-                (d - now).min(LIVENESS_SLICE)
+                Some((d - t0).min(LIVENESS_SLICE))
             }
-            None => LIVENESS_SLICE,
+            None if watched => None,
+            None => Some(LIVENESS_SLICE),
         };
-        let t0 = Instant::now();
-        sys::futex_wait(word, cur | WAITERS, Some(left));
-        if t0.elapsed() >= left && word.load(Ordering::Relaxed) == cur | WAITERS {
+        sys::futex_wait(word, cur | WAITERS, slice);
+        // Same owner after a whole slice, or after the watcher's tick: is it alive? (A
+        // shorter sleep that ends with the same owner is a wake-up that lost the race.)
+        if t0.elapsed() >= slice.unwrap_or(lock_watch::TICK)
+            && word.load(Ordering::Relaxed) == cur | WAITERS
+        {
             let owner = cur & !WAITERS;
             if owner != me
                 && !sys::process_alive(owner)
@@ -102,6 +112,10 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
                 return Acquired::FromDead(owner);
             }
         }
+    };
+    match deadline {
+        None => lock_watch::watched(word, sleep),
+        Some(_) => sleep(false),
     }
 }
 

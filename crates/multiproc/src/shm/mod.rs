@@ -7,6 +7,7 @@
 
 pub(crate) mod bell;
 pub(crate) mod block;
+pub(crate) mod lock_watch;
 pub(crate) mod lock_word;
 pub(crate) mod ring;
 

@@ -24,7 +24,9 @@
 //! - signals ([`signal`]): [`send_signal`], [`pidfd_send_signal`], [`signal_name`],
 //!   [`SIGTERM`], [`SIGKILL`], [`SIGINT`], [`SIGXCPU`], [`SIGABRT`], [`ignore_stop_signals`];
 //! - shared memory ([`shm`]): [`Region`], [`memfd_with`];
-//! - futexes ([`futex`]): [`futex_wait`], [`futex_wake`];
+//! - futexes ([`futex`]): [`futex_wait`], [`futex_wake`], and the list of words slept on
+//!   without a time limit: [`while_listed`], [`wake_listed`], [`any_listed`],
+//!   [`forget_listed`], [`LISTED_MAX`];
 //! - doorbells for waiters in a reactor or `poll` ([`doorbell`](mod@doorbell)): [`doorbell()`],
 //!   [`ring_doorbell`], [`silence_doorbell`];
 //! - the shared clock ([`time`]): [`monotonic_ns`].
@@ -57,7 +59,9 @@ pub(crate) use doorbell::{doorbell, ring as ring_doorbell, silence as silence_do
 pub(crate) use fd_passing::{
     MAX_FDS_PER_MESSAGE, Received, recv_keeping, recv_with_fds, send_with_fds,
 };
-pub(crate) use futex::{futex_wait, futex_wake};
+pub(crate) use futex::{
+    LISTED_MAX, any_listed, forget_listed, futex_wait, futex_wake, wake_listed, while_listed,
+};
 pub use limits::Resource;
 pub(crate) use limits::{
     UNLIMITED, allow_cpu_time, change_dir, edit_env, is_root, pipe, redirect,
