@@ -19,6 +19,7 @@ per_start_method!(
     semaphore_permit_hand_over_between_processes,
     semaphore_permit_returns_when_a_child_panics_holding_it,
     a_waiter_with_no_time_limit_takes_over_from_a_holder_killed_while_it_sleeps,
+    waiters_in_several_processes_take_over_soon_after_the_holder_is_killed,
 );
 
 fn builder(method: StartMethod) -> multiproc::Builder {
@@ -436,6 +437,70 @@ fn a_waiter_with_no_time_limit_takes_over_from_a_holder_killed_while_it_sleeps(
         "the waiting child took the lock over"
     );
     drop(lock.acquire_timeout(Duration::from_secs(1)).unwrap());
+}
+
+/// Waiters in three processes, each with its own watcher waking the shared word at its own
+/// ticks: a wake-up from another process's watcher must not keep a waiter from checking the
+/// holder (each used to restart its count at every wake-up, and took seconds to notice).
+fn waiters_in_several_processes_take_over_soon_after_the_holder_is_killed(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let lock = Lock::new().unwrap();
+    let holder = start_holder(method, &lock);
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let waiting = Event::new().unwrap();
+            let p = builder(method)
+                .start(&wait_for_lock, (lock.clone(), waiting.clone()))
+                .unwrap();
+            assert!(waiting.wait_timeout(Duration::from_secs(20)));
+            p
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = holder.pid();
+    holder.kill().unwrap();
+    let killed = std::time::Instant::now();
+    let mut taken: Vec<u32> = join_all_within(waiters, Duration::from_secs(20))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // A watcher's tick is 50 ms; the old behaviour took 1.4-2.9 s in 5 runs of 13.
+    assert!(
+        killed.elapsed() < Duration::from_millis(1000),
+        "took {:?}",
+        killed.elapsed()
+    );
+    taken.sort_unstable();
+    assert_eq!(taken, [0, 0, pid]);
+    assert!(holder.join_timeout(Duration::from_secs(10)).unwrap());
+}
+
+/// A child forked by other means than ours (a C library, a daemonizing crate) that takes a
+/// lock and dies holding it: the lock must name the child, not its parent (whose cached pid
+/// the child inherited), so that the parent takes it over instead of waiting for itself.
+#[multiproc::test]
+fn a_lock_taken_in_a_child_forked_by_other_means_names_that_child() {
+    let lock = Lock::new().unwrap();
+    drop(lock.acquire().unwrap()); // the pid is cached before the fork
+    // SAFETY: the child only takes the lock and ends with `_exit` (no destructor, no
+    // allocation after the fork beyond what `acquire` does on an uncontended lock).
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            std::mem::forget(lock.acquire());
+            // SAFETY: `_exit` takes no pointer and ends the process at once.
+            unsafe { nix::libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            nix::sys::wait::waitpid(child, None).unwrap();
+            match lock.acquire_timeout(Duration::from_secs(5)) {
+                Err(AcquireError::OwnerDied { pid, guard }) => {
+                    assert_eq!(pid, child.as_raw() as u32);
+                    drop(guard);
+                }
+                other => panic!("expected OwnerDied from the child, got {other:?}"),
+            }
+        }
+    }
 }
 
 /// More waiters than a process can list for its watcher (64): those that find no listing

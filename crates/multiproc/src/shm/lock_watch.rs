@@ -10,13 +10,13 @@
 //! nothing is listed (the next listing wakes it), and a forked child starts its own. When it
 //! cannot start, or every listing is taken, waiters sleep in slices as before.
 
+use crate::sys;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::sys;
-
-/// How long a listed sleep lasts at least before the watcher wakes it (at most twice that).
-pub(crate) const TICK: Duration = Duration::from_millis(50);
+/// How long a listed sleep lasts at least before the watcher wakes it (at most twice that):
+/// the slice of a waiter that checks by itself.
+const TICK: Duration = super::lock_word::LIVENESS_SLICE;
 
 /// The process whose watcher runs (its pid), or is starting ([`STARTING`]) or could not
 /// start ([`FAILED`]) in it.
@@ -85,5 +85,53 @@ fn run() {
         while PARKED.load(Ordering::SeqCst) == 1 {
             sys::futex_wait(&PARKED, 1, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use std::sync::atomic::AtomicU32;
+    use std::time::{Duration, Instant};
+
+    use crate::shm::lock_word::{self, Acquired};
+    use crate::sys;
+
+    /// Waits until `f` holds, at most 10 s.
+    fn eventually(f: impl Fn() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn a_waiter_with_no_deadline_is_listed_while_it_sleeps_and_one_with_a_deadline_is_not() {
+        // Held by this process, which is alive: no waiter takes it over.
+        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(sys::getpid())));
+        let timed = std::thread::spawn(|| {
+            lock_word::lock(word, Some(Instant::now() + Duration::from_millis(200)))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !sys::is_listed(word),
+            "a waiter with a deadline sleeps in slices"
+        );
+        assert_eq!(timed.join().unwrap(), Acquired::TimedOut);
+        let waiter = std::thread::spawn(|| lock_word::lock(word, None));
+        assert!(
+            eventually(|| sys::is_listed(word)),
+            "the waiter lists the word"
+        );
+        // Past the watcher's ticks: woken, it finds the holder alive and sleeps again.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(sys::is_listed(word) && !waiter.is_finished());
+        lock_word::unlock(word);
+        assert_eq!(waiter.join().unwrap(), Acquired::Yes);
+        assert!(!sys::is_listed(word));
+        lock_word::unlock(word);
     }
 }

@@ -18,7 +18,7 @@ const WAITERS: u32 = 1 << 31;
 const SPIN: Duration = Duration::from_micros(4);
 /// How long a waiter with a deadline (or with no watcher) sleeps before it checks whether
 /// the owner is still alive.
-const LIVENESS_SLICE: Duration = Duration::from_millis(50);
+pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(50);
 
 /// How an acquisition ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,55 +61,66 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
     }
     // With no deadline, a waiter sleeps without a time limit while the watcher watches
     // (see `lock_watch`): it wakes it now and then to check the owner.
-    let sleep = |watched: bool| loop {
-        let cur = word.load(Ordering::Relaxed);
-        if cur & !WAITERS == 0 {
-            // Free: take it, keeping the waiters bit since others may sleep.
-            if word
-                .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Acquired::Yes;
-            }
-            continue;
-        }
-        if cur & WAITERS == 0
-            && word
-                .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            continue;
-        }
-        let t0 = Instant::now();
-        let slice = match deadline {
-            Some(d) => {
-                if t0 >= d {
-                    return Acquired::TimedOut;
-                }
-                Some((d - t0).min(LIVENESS_SLICE))
-            }
-            None if watched => None,
-            None => Some(LIVENESS_SLICE),
-        };
-        sys::futex_wait(word, cur | WAITERS, slice);
-        // Same owner after a whole slice, or after the watcher's tick: is it alive? (A
-        // shorter sleep that ends with the same owner is a wake-up that lost the race.)
-        if t0.elapsed() >= slice.unwrap_or(lock_watch::TICK)
-            && word.load(Ordering::Relaxed) == cur | WAITERS
-        {
-            let owner = cur & !WAITERS;
-            if owner != me
-                && !sys::process_alive(owner)
-                && word
-                    .compare_exchange(
-                        cur | WAITERS,
-                        me | WAITERS,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
+    let sleep = |watched: bool| {
+        // The value this waiter has slept on, and since when: a holder seen that long is
+        // checked at the next wake-up, whoever wakes it (watchers of other processes that
+        // wait on this word too wake it at their own ticks).
+        let mut seen: Option<(u32, Instant)> = None;
+        loop {
+            let cur = word.load(Ordering::Relaxed);
+            if cur & !WAITERS == 0 {
+                // Free: take it, keeping the waiters bit since others may sleep.
+                if word
+                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
+                {
+                    return Acquired::Yes;
+                }
+                continue;
+            }
+            if cur & WAITERS == 0
+                && word
+                    .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
             {
-                return Acquired::FromDead(owner);
+                continue;
+            }
+            let t0 = Instant::now();
+            let slice = match deadline {
+                Some(d) => {
+                    if t0 >= d {
+                        return Acquired::TimedOut;
+                    }
+                    Some((d - t0).min(LIVENESS_SLICE))
+                }
+                None if watched => None,
+                None => Some(LIVENESS_SLICE),
+            };
+            let since = match seen {
+                Some((v, since)) if v == cur | WAITERS => since,
+                _ => seen.insert((cur | WAITERS, t0)).1,
+            };
+            sys::futex_wait(word, cur | WAITERS, slice);
+            // The same holder for most of a slice (or for the whole of a slice cut short by the
+            // deadline): is it alive? A wake-up sooner than that lost a race for the lock.
+            if (since.elapsed() >= LIVENESS_SLICE * 7 / 8
+                || slice.is_some_and(|s| t0.elapsed() >= s))
+                && word.load(Ordering::Relaxed) == cur | WAITERS
+            {
+                let owner = cur & !WAITERS;
+                if owner != me
+                    && !sys::process_alive(owner)
+                    && word
+                        .compare_exchange(
+                            cur | WAITERS,
+                            me | WAITERS,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    return Acquired::FromDead(owner);
+                }
             }
         }
     };

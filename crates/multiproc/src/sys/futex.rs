@@ -75,7 +75,9 @@ pub(crate) fn while_listed<R>(word: &AtomicU32, f: impl FnOnce(bool) -> R) -> R 
                 {
                     return;
                 }
-                std::thread::yield_now();
+                // Sleep rather than yield: a waiter of a higher scheduling class would
+                // never let the watcher run.
+                std::thread::sleep(Duration::from_micros(20));
             }
         }
     }
@@ -106,22 +108,28 @@ pub(crate) fn while_listed<R>(word: &AtomicU32, f: impl FnOnce(bool) -> R) -> R 
 }
 
 /// Wakes every sleeper on each word listed now under the same listing as at the last call
-/// (`seen` keeps what that call saw); returns whether any word is listed.
+/// (`seen` keeps what that call saw), each word once; returns whether any word is listed.
 pub(crate) fn wake_listed(seen: &mut [u64; LISTED_MAX]) -> bool {
     let mut any = false;
+    let mut woken = [0usize; LISTED_MAX];
+    let mut n = 0;
     for (l, seen) in LISTED.iter().zip(seen.iter_mut()) {
         let st = l.state.load(Ordering::SeqCst);
         any |= st & TAG != FREE;
+        // Many waiters of a lock each list its word: one wake-up reaches them all.
         if st & TAG == SLEEPING
             && st == *seen
+            && !woken[..n].contains(&l.addr.load(Ordering::Relaxed))
             && l.state
                 .compare_exchange(st, st | WAKING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
+            woken[n] = l.addr.load(Ordering::Relaxed);
+            n += 1;
             // SAFETY: the address was stored from a `&AtomicU32` borrowed by the
             // `while_listed` call that listed it; that call cannot return, so the borrow
-            // lasts, until the state leaves WAKING, which only the next line does.
-            let word = unsafe { &*(l.addr.load(Ordering::Relaxed) as *const AtomicU32) };
+            // lasts, until the state leaves WAKING, which only the store below does.
+            let word = unsafe { &*(woken[n - 1] as *const AtomicU32) };
             futex_wake(word, u32::MAX);
             l.state.store(st, Ordering::Release);
         }
@@ -143,4 +151,13 @@ pub(crate) fn forget_listed() {
     for l in &LISTED {
         l.state.store(FREE, Ordering::Relaxed);
     }
+}
+
+/// Whether `word` is listed now (for tests).
+#[cfg(test)]
+pub(crate) fn is_listed(word: &AtomicU32) -> bool {
+    LISTED.iter().any(|l| {
+        l.state.load(Ordering::SeqCst) & TAG != FREE
+            && l.addr.load(Ordering::Relaxed) == word as *const AtomicU32 as usize
+    })
 }

@@ -59,6 +59,8 @@ pub(crate) use doorbell::{doorbell, ring as ring_doorbell, silence as silence_do
 pub(crate) use fd_passing::{
     MAX_FDS_PER_MESSAGE, Received, recv_keeping, recv_with_fds, send_with_fds,
 };
+#[cfg(test)]
+pub(crate) use futex::is_listed;
 pub(crate) use futex::{
     LISTED_MAX, any_listed, forget_listed, futex_wait, futex_wake, wake_listed, while_listed,
 };

@@ -78,11 +78,28 @@ pub(crate) fn getpid() -> u32 {
     use std::sync::atomic::Ordering::Relaxed;
     match PID.load(Relaxed) {
         0 => {
+            forget_pid_when_forked();
             let pid = nix::unistd::getpid().as_raw() as u32;
             PID.store(pid, Relaxed);
             pid
         }
         pid => pid,
+    }
+}
+
+/// Makes a child forked by any means (not only `fork_then`) forget the cached pid: a lock
+/// taken there must name the child, and a process whose pid differs from its watcher's
+/// starts its own (`shm::lock_watch`).
+fn forget_pid_when_forked() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn in_child() {
+        PID.store(0, Relaxed);
+    }
+    if !REGISTERED.swap(true, Relaxed) {
+        // SAFETY: registers a handler that the C library runs in the child after a fork; it
+        // only stores to an atomic (async-signal-safe). Registered once per process image.
+        unsafe { nix::libc::pthread_atfork(None, None, Some(in_child)) };
     }
 }
 
