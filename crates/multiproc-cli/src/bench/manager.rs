@@ -195,7 +195,9 @@ fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplace
     for clients in [1u32, 2, 4, 8] {
         let ops = total_ops / clients;
         let mut by_policy = [Vec::new(), Vec::new(), Vec::new()];
-        for _ in 0..reps.min(3) {
+        // These rows swing ±20% between runs of the same binary: five repetitions in full
+        // mode, so that the ratio to blocking-only means something.
+        for _ in 0..reps.min(5) {
             for (policy, out) in by_policy.iter_mut().enumerate() {
                 let rate = super::helper(&dict_clients, (clients, ops, policy as u8))?
                     .join()?

@@ -35,7 +35,8 @@ pub(crate) const LISTED_MAX: usize = 64;
 
 /// A listing: its state (a sequence number above the two low bits, a tag in them) and the
 /// address of the word its sleeper sleeps on (valid while the tag is [`SLEEPING`] or
-/// [`WAKING`]).
+/// [`WAKING`]). One per cache line: threads that sleep at once list and unlist side by side.
+#[repr(align(64))]
 struct Listing {
     state: AtomicU64,
     addr: AtomicUsize,
