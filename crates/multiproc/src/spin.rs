@@ -76,8 +76,9 @@ const MAX_BACKOFF: u64 = 32_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SpinPolicy {
-    /// Spin while it pays: never on one CPU, not while the machine has more runnable tasks
-    /// than CPUs, and not for a while after spins keep missing. The default.
+    /// Spin while it pays: never on one CPU; while the machine has more runnable tasks than
+    /// CPUs, only while spins keep hitting; while it has twice as many, only a short look (a
+    /// few microseconds); and not for a while after spins keep missing. The default.
     Adaptive,
     /// Never spin: every wait sleeps at once (the least CPU, the slowest wake-ups).
     Never,
@@ -227,6 +228,15 @@ fn record_miss() {
     }
 }
 
+/// How long a wait may look (at most `max`) under `policy`, and whether the look is short:
+/// on a swamped machine, the adaptive policy allows only [`SWAMPED_SPIN`].
+fn budget(max: Duration, policy: SpinPolicy, swamped: bool) -> (Duration, bool) {
+    match policy {
+        SpinPolicy::Adaptive if swamped => (max.min(SWAMPED_SPIN), true),
+        _ => (max, false),
+    }
+}
+
 /// One wait's spin: ask before looking, then [`Spinner::keep_going`] after each look that found
 /// nothing, and [`Spinner::hit`] when the event came.
 #[derive(Debug)]
@@ -238,6 +248,9 @@ pub(crate) struct Spinner {
     /// yield that ran another task, see [`CEDED`], or a gap of [`PREEMPTED`]).
     last: u64,
     preempted: bool,
+    /// A short look (on a swamped machine): the clock is read at every look, and it never
+    /// yields (a yield would hand the CPU to one of the tasks that wait for it).
+    short: bool,
 }
 
 impl Spinner {
@@ -249,18 +262,17 @@ impl Spinner {
                 looks: 0,
                 last: 0,
                 preempted: false,
+                short: false,
             };
         }
         let now = monotonic_ns();
-        let max = match mode() {
-            SpinPolicy::Adaptive if SWAMPED.load(Ordering::Relaxed) => max.min(SWAMPED_SPIN),
-            _ => max,
-        };
+        let (max, short) = budget(max, mode(), SWAMPED.load(Ordering::Relaxed));
         Spinner {
             end: Some(now + max.as_nanos() as u64),
             looks: 0,
             last: now,
             preempted: false,
+            short,
         }
     }
 
@@ -271,8 +283,9 @@ impl Spinner {
             return false;
         };
         self.looks += 1;
-        // The clock costs more than a pause: read it every few looks.
-        if self.looks.is_multiple_of(8) && self.clock() >= end {
+        // The clock costs more than a pause: read it every few looks (at every look of a
+        // short one, which must end on time).
+        if (self.short || self.looks.is_multiple_of(8)) && self.clock() >= end {
             self.end = None;
             record_miss();
             return false;
@@ -284,7 +297,8 @@ impl Spinner {
         // producer on this CPU then fills a queue while its consumer looks). But a yield that
         // took long ran a CPU-bound task for its time slice (a round trip beside one took
         // 200 µs instead of 12): then this process stops yielding for a while.
-        if self.looks.is_multiple_of(4)
+        if !self.short
+            && self.looks.is_multiple_of(4)
             && let before = monotonic_ns()
             && before >= YIELD_AGAIN_AT.load(Ordering::Relaxed)
         {
@@ -353,26 +367,29 @@ mod test {
 
     #[test]
     fn a_swamped_machine_allows_only_a_short_look() {
-        if mode() != SpinPolicy::Adaptive || cpus() < 2 {
-            return;
-        }
-        let look = |swamped: bool| {
-            // As if just sampled (no resampling for SAMPLE_EVERY), with spins paying.
-            SAMPLED_AT.store(monotonic_ns(), Ordering::Relaxed);
-            CROWDED.store(true, Ordering::Relaxed);
-            SWAMPED.store(swamped, Ordering::Relaxed);
-            SCORE.store(1024, Ordering::Relaxed);
-            let spinner = Spinner::new(REPLY_SPIN);
-            // Another test of this binary may have stopped spinning for a while.
-            spinner.end.map(|end| end.saturating_sub(monotonic_ns()))
+        let adaptive = SpinPolicy::Adaptive;
+        assert_eq!(budget(REPLY_SPIN, adaptive, true), (SWAMPED_SPIN, true));
+        assert_eq!(budget(REPLY_SPIN, adaptive, false), (REPLY_SPIN, false));
+        assert_eq!(
+            budget(REPLY_SPIN, SpinPolicy::Always, true),
+            (REPLY_SPIN, false)
+        );
+        // A short look ends at the first look past its end; another reads the clock only
+        // every eighth look.
+        let looks_until_done = |short: bool| {
+            let now = monotonic_ns();
+            let mut spinner = Spinner {
+                end: Some(now),
+                looks: 0,
+                last: now,
+                preempted: false,
+                short,
+            };
+            while spinner.keep_going() {}
+            spinner.looks
         };
-        if let Some(left) = look(true) {
-            assert!(left <= SWAMPED_SPIN.as_nanos() as u64, "{left} ns");
-        }
-        if let Some(left) = look(false) {
-            assert!(left > SWAMPED_SPIN.as_nanos() as u64, "{left} ns");
-        }
-        CROWDED.store(false, Ordering::Relaxed);
+        assert_eq!(looks_until_done(true), 1);
+        assert_eq!(looks_until_done(false), 8);
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn multiproc_life_before_main() {
 /// Runs before `main` (and before a test harness parses its arguments) in every binary that
 /// links multiproc. In a normal start it only looks at one environment variable.
 pub(crate) fn on_load() {
+    sys::watch_forks();
     let Some(role) = std::env::var_os(ENV) else {
         // Registered here, before any thread: a later registration could race a fork.
         child::finish_at_exit();

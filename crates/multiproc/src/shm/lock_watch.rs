@@ -6,23 +6,25 @@
 //! hand-off. Now a waiter with no deadline lists the word it sleeps on
 //! ([`sys::while_listed`]) and sleeps without a limit; one thread per process wakes every
 //! word that stayed listed for a whole [`TICK`] ([`sys::wake_listed`]), and the woken waiter
-//! checks the owner as before. The thread starts at the first such sleep, parks while
-//! nothing is listed (the next listing wakes it), and a forked child starts its own. When it
+//! checks the owner as before: every 50-100 ms, since a word is woken once it stayed
+//! listed across two ticks. The thread starts at the first such sleep, parks while nothing is
+//! listed (the next listing wakes it), and a forked child starts its own. When it
 //! cannot start, or every listing is taken, waiters sleep in slices as before.
 
 use crate::sys;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long a listed sleep lasts at least before the watcher wakes it (at most twice that):
 /// the slice of a waiter that checks by itself.
 const TICK: Duration = super::lock_word::LIVENESS_SLICE;
 
-/// The process whose watcher runs (its pid), or is starting ([`STARTING`]) or could not
-/// start ([`FAILED`]) in it.
-static OWNER: AtomicU32 = AtomicU32::new(0);
-const STARTING: u32 = 1 << 31;
-const FAILED: u32 = 1 << 30;
+/// The process image whose watcher runs (its fork generation above its pid: a pid alone can
+/// be a parent's that was reused), or is starting ([`STARTING`]) or could not start
+/// ([`FAILED`]) in it.
+static OWNER: AtomicU64 = AtomicU64::new(0);
+const STARTING: u64 = 1 << 31;
+const FAILED: u64 = 1 << 30;
 /// 1 while the watcher sleeps until a listing wakes it.
 static PARKED: AtomicU32 = AtomicU32::new(0);
 
@@ -44,7 +46,7 @@ pub(crate) fn watched<R>(word: &AtomicU32, f: impl FnOnce(bool) -> R) -> R {
 
 /// Whether this process's watcher runs; starts it if no thread of this process has tried.
 fn running() -> bool {
-    let me = sys::getpid();
+    let me = u64::from(sys::fork_generation()) << 32 | u64::from(sys::getpid());
     let cur = OWNER.load(Ordering::Acquire);
     if cur == me {
         return true;
@@ -108,10 +110,22 @@ mod test {
         false
     }
 
+    /// The voluntary context switches of thread `tid` of this process (one per sleep).
+    fn sleeps(tid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches")
+    }
+
     #[test]
-    fn a_waiter_with_no_deadline_is_listed_while_it_sleeps_and_one_with_a_deadline_is_not() {
-        // Held by this process, which is alive: no waiter takes it over.
-        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(sys::getpid())));
+    fn a_waiter_with_no_deadline_is_listed_and_woken_while_it_sleeps_and_one_with_a_deadline_is_not_listed()
+     {
+        // Held by another process that lives for the whole test (the one that runs it): every
+        // check finds the holder alive, and no waiter takes the lock over.
+        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(sys::getppid())));
         let timed = std::thread::spawn(|| {
             lock_word::lock(word, Some(Instant::now() + Duration::from_millis(200)))
         });
@@ -121,13 +135,21 @@ mod test {
             "a waiter with a deadline sleeps in slices"
         );
         assert_eq!(timed.join().unwrap(), Acquired::TimedOut);
-        let waiter = std::thread::spawn(|| lock_word::lock(word, None));
+        let (tid_tx, tid) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tid_tx.send(sys::gettid()).unwrap();
+            lock_word::lock(word, None)
+        });
+        let tid = tid.recv().unwrap();
         assert!(
             eventually(|| sys::is_listed(word)),
             "the waiter lists the word"
         );
-        // Past the watcher's ticks: woken, it finds the holder alive and sleeps again.
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(20));
+        let before = sleeps(tid);
+        // Two ticks and more: the watcher wakes it, it finds the holder alive and sleeps again.
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(sleeps(tid) > before, "the watcher woke the waiter");
         assert!(sys::is_listed(word) && !waiter.is_finished());
         lock_word::unlock(word);
         assert_eq!(waiter.join().unwrap(), Acquired::Yes);

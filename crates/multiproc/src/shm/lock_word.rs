@@ -121,6 +121,8 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
                 {
                     return Acquired::FromDead(owner);
                 }
+                // Alive: the next check after another while, not at every wake-up.
+                seen = Some((cur | WAITERS, Instant::now()));
             }
         }
     };

@@ -17,7 +17,8 @@
 //! - processes ([`process`]): [`spawn_self`], [`fork_then`], [`CHILD_BOOTSTRAP_FD`],
 //!   [`take_inherited_fd`], [`close_inline`], [`pidfd_open`], [`try_wait`], [`ExitStatus`],
 //!   [`process_alive`], [`getpid`], [`gettid`], [`getppid`], [`exit_now`], [`at_exit`],
-//!   [`remove_env`], [`affinity_cpu_count`], [`online_cpu_count`];
+//!   [`remove_env`], [`affinity_cpu_count`], [`online_cpu_count`], [`watch_forks`],
+//!   [`fork_generation`];
 //! - limits and the child's surroundings ([`limits`]): [`Resource`], [`set_rlimit`],
 //!   [`UNLIMITED`], [`allow_cpu_time`], [`resident_bytes`], [`set_nice`], [`change_dir`], [`edit_env`], [`is_root`], [`set_user`],
 //!   [`set_group`], [`redirect`], [`pipe`], [`report_alloc_failure_on_abort`];
@@ -75,9 +76,9 @@ pub(crate) use net::{
     SockTarget, accept, connect, listen, local_tcp_address, send_parts, shutdown,
 };
 pub(crate) use process::{
-    CHILD_BOOTSTRAP_FD, ExitStatus, affinity_cpu_count, at_exit, close_inline, exit_now, fork_then,
-    getpid, getppid, gettid, online_cpu_count, pidfd_open, process_alive, remove_env, spawn_self,
-    take_inherited_fd, try_wait,
+    CHILD_BOOTSTRAP_FD, ExitStatus, affinity_cpu_count, at_exit, close_inline, exit_now,
+    fork_generation, fork_then, getpid, getppid, gettid, online_cpu_count, pidfd_open,
+    process_alive, remove_env, spawn_self, take_inherited_fd, try_wait, watch_forks,
 };
 pub(crate) use shm::{Region, memfd_with};
 pub(crate) use signal::{

@@ -78,7 +78,7 @@ pub(crate) fn getpid() -> u32 {
     use std::sync::atomic::Ordering::Relaxed;
     match PID.load(Relaxed) {
         0 => {
-            forget_pid_when_forked();
+            watch_forks();
             let pid = nix::unistd::getpid().as_raw() as u32;
             PID.store(pid, Relaxed);
             pid
@@ -87,19 +87,32 @@ pub(crate) fn getpid() -> u32 {
     }
 }
 
-/// Makes a child forked by any means (not only `fork_then`) forget the cached pid: a lock
-/// taken there must name the child, and a process whose pid differs from its watcher's
-/// starts its own (`shm::lock_watch`).
-fn forget_pid_when_forked() {
+/// Forks this process image went through: a forked child counts one more than its parent
+/// (`shm::lock_watch` tells by it that its thread is its parent's, not its own).
+static FORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// How many forks made this process image (see [`FORKS`]).
+pub(crate) fn fork_generation() -> u32 {
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Makes a child forked by any means (not only [`fork_then`]) forget the cached pid and count
+/// its fork: a lock taken there must name the child, and a child has no thread of its
+/// parent's. Called before `main`, while the process has one thread (and lazily, in case
+/// that hook did not run).
+pub(crate) fn watch_forks() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     static REGISTERED: AtomicBool = AtomicBool::new(false);
     extern "C" fn in_child() {
         PID.store(0, Relaxed);
+        FORKS.fetch_add(1, Relaxed);
     }
     if !REGISTERED.swap(true, Relaxed) {
         // SAFETY: registers a handler that the C library runs in the child after a fork; it
-        // only stores to an atomic (async-signal-safe). Registered once per process image.
-        unsafe { nix::libc::pthread_atfork(None, None, Some(in_child)) };
+        // only writes atomics (async-signal-safe). Registered once per process image.
+        if unsafe { nix::libc::pthread_atfork(None, None, Some(in_child)) } != 0 {
+            REGISTERED.store(false, Relaxed);
+        }
     }
 }
 
