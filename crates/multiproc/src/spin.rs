@@ -250,8 +250,13 @@ pub(crate) struct Spinner {
 impl Spinner {
     /// A spin of at most `max` if the policy allows one now.
     pub(crate) fn new(max: Duration) -> Spinner {
-        let max = budget(max, mode(), SWAMPED.load(Ordering::Relaxed));
-        if max.is_zero() || !may_spin() {
+        // `may_spin` takes a new sample of the machine's load when the last one is stale.
+        let max = if !max.is_zero() && may_spin() {
+            budget(max, mode(), SWAMPED.load(Ordering::Relaxed))
+        } else {
+            Duration::ZERO
+        };
+        if max.is_zero() {
             return Spinner {
                 end: None,
                 looks: 0,

@@ -429,12 +429,19 @@ mod tests {
         assert!(matches!(b.recv_bytes(), Err(ConnectionError::BadFrame(_))));
     }
 
-    #[test]
-    fn poll_and_wait_see_a_message_received_behind_another() {
+    /// A pair where two messages were sent and the first received: the second came with it
+    /// and waits in the receiver's inbox.
+    fn second_message_in_the_inbox() -> (crate::Connection, crate::Connection) {
         let (a, b) = crate::pipe(true).unwrap();
         a.send_bytes(b"first").unwrap();
         a.send_bytes(b"second").unwrap();
         assert_eq!(b.recv_bytes().unwrap(), b"first");
+        (a, b)
+    }
+
+    #[test]
+    fn poll_and_wait_see_a_message_received_behind_another() {
+        let (a, b) = second_message_in_the_inbox();
         // "second" came with "first": the socket is empty, the connection is not.
         assert!(!crate::sys::poll_readable(&[b.as_fd()], Some(Duration::ZERO)).unwrap()[0]);
         let (idle, _other) = crate::pipe(true).unwrap();
@@ -580,10 +587,7 @@ mod tests {
 
     #[test]
     fn a_handshake_after_messages_were_received_is_refused() {
-        let (a, b) = crate::pipe(true).unwrap();
-        a.send_bytes(b"one").unwrap();
-        a.send_bytes(b"two").unwrap();
-        assert_eq!(b.recv_bytes().unwrap(), b"one");
+        let (_a, b) = second_message_in_the_inbox();
         let err = b
             .authenticate_server(b"key", Duration::from_millis(100))
             .unwrap_err();

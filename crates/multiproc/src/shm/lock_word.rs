@@ -103,8 +103,8 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
             sys::futex_wait(word, cur | WAITERS, slice);
             // The same holder for most of a slice (or for the whole of a slice cut short by the
             // deadline): is it alive? A wake-up sooner than that lost a race for the lock.
-            if (since.elapsed() >= LIVENESS_SLICE * 7 / 8
-                || slice.is_some_and(|s| t0.elapsed() >= s))
+            let woke = Instant::now();
+            if (woke - since >= LIVENESS_SLICE * 7 / 8 || slice.is_some_and(|s| woke - t0 >= s))
                 && word.load(Ordering::Relaxed) == cur | WAITERS
             {
                 let owner = cur & !WAITERS;
@@ -122,7 +122,7 @@ pub(crate) fn lock(word: &AtomicU32, deadline: Option<Instant>) -> Acquired {
                     return Acquired::FromDead(owner);
                 }
                 // Alive: the next check after another while, not at every wake-up.
-                seen = Some((cur | WAITERS, Instant::now()));
+                seen = Some((cur | WAITERS, woke));
             }
         }
     };
