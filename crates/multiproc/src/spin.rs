@@ -15,7 +15,7 @@
 //!   [`CROWDED_SCORE`] one wait in [`PROBE_EVERY`] still spins, so the score can recover. A
 //!   consumer whose producer runs flat out on the other CPU keeps spinning (it hits); a
 //!   request/reply client among more clients than CPUs stops (it misses);
-//! - not at all on a swamped machine (at least twice as many runnable tasks as CPUs): there
+//! - not at all on a swamped machine (at least [`SWAMPED_PER_CPU`] runnable tasks per CPU): there
 //!   a spin that hits has still kept a CPU from tasks that wait for one (see `budget`);
 //! - not for a while after spins keep missing: [`MISSES_TO_BACK_OFF`] misses in a row stop
 //!   spinning in this process for a back-off that doubles (up to [`MAX_BACKOFF`]) while misses
@@ -44,6 +44,12 @@ use crate::sys::monotonic_ns;
 
 /// How often the machine's runnable count is read at most.
 const SAMPLE_EVERY: u64 = 5_000_000;
+/// Runnable tasks per CPU from which the machine is swamped and waits do not spin. Three, not
+/// two: beside one CPU hog, a pool's caller, handler and workers on two CPUs made four or five
+/// runnable tasks in most samples (with no spins at two per CPU, across-CPU round trips paid a
+/// wake-up each, 7x a spinning one); eight manager clients made twelve or more. At four, eight
+/// clients beside a hog did 0.93x the blocking-only operations; at three, 1.03x.
+const SWAMPED_PER_CPU: usize = 3;
 /// Misses in a row that stop spinning for a while.
 const MISSES_TO_BACK_OFF: u32 = 8;
 /// The hit score (out of 1024) a crowded machine asks of spinning, and how often a wait
@@ -71,7 +77,7 @@ const MAX_BACKOFF: u64 = 32_000_000;
 #[non_exhaustive]
 pub enum SpinPolicy {
     /// Spin while it pays: never on one CPU; while the machine has more runnable tasks than
-    /// CPUs, only while spins keep hitting; never while it has twice as many; and not for a
+    /// CPUs, only while spins keep hitting; never while it has three times as many; and not for a
     /// while after spins keep missing. The default.
     Adaptive,
     /// Never spin: every wait sleeps at once (the least CPU, the slowest wake-ups).
@@ -126,7 +132,7 @@ fn cpus() -> usize {
 }
 
 /// When the runnable count was last read, whether it exceeded the CPUs, and whether it was
-/// at least twice their number.
+/// at least [`SWAMPED_PER_CPU`] times their number.
 static SAMPLED_AT: AtomicU64 = AtomicU64::new(0);
 static CROWDED: AtomicBool = AtomicBool::new(false);
 static SWAMPED: AtomicBool = AtomicBool::new(false);
@@ -164,7 +170,7 @@ fn crowded(now: u64) -> bool {
         let n = runnable().unwrap_or(0);
         let c = n > cpus();
         CROWDED.store(c, Ordering::Relaxed);
-        SWAMPED.store(n >= 2 * cpus(), Ordering::Relaxed);
+        SWAMPED.store(n >= SWAMPED_PER_CPU * cpus(), Ordering::Relaxed);
         return c;
     }
     CROWDED.load(Ordering::Relaxed)
@@ -223,7 +229,7 @@ fn record_miss() {
 }
 
 /// How long a wait may look (at most `max`) under `policy`: nothing on a swamped machine
-/// (at least twice as many runnable tasks as CPUs) under the adaptive policy. There even a
+/// (at least [`SWAMPED_PER_CPU`] runnable tasks per CPU) under the adaptive policy. There even a
 /// spin that hits has kept a CPU from tasks that wait for one: eight manager clients on two
 /// CPUs did 0.83-0.90x the operations of blocking-only with 50 µs spins, and 0.95-1.03x
 /// with looks of 3 µs.
