@@ -1049,3 +1049,35 @@ fn a_message_whose_descriptors_are_lost_is_dropped_and_the_others_come(
     assert_eq!(outcomes, ["before", "lost", "after"]);
     p.join().unwrap();
 }
+
+/// A connection gives up its socket only with nothing received and not yet handed out: the
+/// messages it took in with a burst are not dropped with it, the error gives it back.
+#[test]
+fn a_connection_keeps_its_socket_while_it_holds_messages_not_yet_handed_out() {
+    let (a, b) = pipe(true).unwrap();
+    a.send_bytes(b"one").unwrap();
+    a.send_bytes(b"two").unwrap();
+    // Both messages are in the socket: the first receive takes in both.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        b.recv_bytes_timeout(Duration::from_secs(5)).unwrap(),
+        b"one"
+    );
+    let refused = OwnedFd::try_from(b).unwrap_err();
+    assert!(
+        refused.to_string().contains("not yet handed out"),
+        "{refused}"
+    );
+    let b = refused.into_connection();
+    assert_eq!(
+        b.recv_bytes_timeout(Duration::from_secs(5)).unwrap(),
+        b"two"
+    );
+    // Everything handed out: the socket comes out, and carries what the peer sends next.
+    let fd = OwnedFd::try_from(b).unwrap();
+    a.send_bytes(b"three").unwrap();
+    let mut raw = std::fs::File::from(fd);
+    let mut got = [0u8; 9];
+    raw.read_exact(&mut got).unwrap();
+    assert_eq!(&got[4..], b"three");
+}

@@ -63,11 +63,10 @@ fn receive(sock: &mut std::fs::File, buf: &mut [u8], wait: Wait) -> std::io::Res
 /// The two ends of a socketpair: ours as a file to drive raw, the other to hand to a child.
 pub(crate) fn socketpair() -> multiproc::Result<(std::fs::File, Fd)> {
     // A duplex pipe's ends are socketpair ends; take their descriptors to drive them raw.
+    // Fresh ends hold no message, so each gives up its socket.
     let (a, b) = pipe(true)?;
-    Ok((
-        std::fs::File::from(OwnedFd::from(a)),
-        Fd::from(OwnedFd::from(b)),
-    ))
+    let socket = |c| OwnedFd::try_from(c).map_err(std::io::Error::other);
+    Ok((std::fs::File::from(socket(a)?), Fd::from(socket(b)?)))
 }
 
 /// Seconds per round trip of 8 bytes between this process and an echo on `ends.there`, both

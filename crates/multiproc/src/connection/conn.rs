@@ -579,15 +579,67 @@ impl AsRawFd for Connection {
     }
 }
 
-/// The connection's socket. Bytes of messages the connection has received and not yet handed
-/// out (a burst of messages is taken in by one receive) are dropped with it: take a
-/// descriptor from a connection only before it receives, or after it has received
-/// everything the peer sent.
-impl From<Connection> for OwnedFd {
-    fn from(c: Connection) -> OwnedFd {
-        OwnedFd::from(c.fd)
+/// The connection's socket, when the connection holds nothing it has received and not yet
+/// handed out. One receive takes in every message that has arrived, so after a burst the next
+/// messages may be in the connection rather than in the socket; then the conversion fails and
+/// the error gives the connection back, messages and all.
+///
+/// ```
+/// use std::os::fd::OwnedFd;
+/// let (a, b) = multiproc::pipe(true)?;
+/// a.send_bytes(b"one")?;
+/// a.send_bytes(b"two")?;
+/// std::thread::sleep(std::time::Duration::from_millis(50)); // both are in the socket now
+/// assert_eq!(b.recv_bytes()?, b"one"); // "two" came in with "one": `b` holds it
+/// let b = match OwnedFd::try_from(b) {
+///     Ok(_) => unreachable!("`b` holds a message"),
+///     Err(refused) => refused.into_connection(),
+/// };
+/// assert_eq!(b.recv_bytes()?, b"two");
+/// let fd = OwnedFd::try_from(b)?;
+/// # drop(fd);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl TryFrom<Connection> for OwnedFd {
+    type Error = IntoFdError;
+
+    fn try_from(c: Connection) -> Result<OwnedFd, IntoFdError> {
+        if c.received_nothing() {
+            Ok(OwnedFd::from(c.fd))
+        } else {
+            Err(IntoFdError(c))
+        }
     }
 }
+
+/// A [`Connection`] that holds messages (or descriptors) it has received and not yet handed
+/// out, so it cannot give up its socket without losing them (`OwnedFd::try_from`). Gives the
+/// connection back: receive the rest, then try again.
+pub struct IntoFdError(Connection);
+
+impl IntoFdError {
+    /// The connection, with everything it held.
+    pub fn into_connection(self) -> Connection {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for IntoFdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("IntoFdError").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for IntoFdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the connection holds messages it has received and not yet handed out: receive \
+             them before taking its socket",
+        )
+    }
+}
+
+impl std::error::Error for IntoFdError {}
 
 impl Serialize for Connection {
     /// A connection travels as its descriptor, and with the bytes it has received and not yet

@@ -22,7 +22,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 pub use address::{Address, ToAddress};
-pub use conn::{Connection, DEFAULT_MAX_MESSAGE};
+pub use conn::{Connection, DEFAULT_MAX_MESSAGE, IntoFdError};
 pub use listener::{
     Client, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES, Listener,
     ListenerBuilder,

@@ -116,10 +116,22 @@ pub(crate) fn watch_forks() {
     }
 }
 
-/// This thread's id (cached per thread).
+/// This thread's id (cached per thread, and taken anew in a forked child, whose one thread
+/// has an id of its own).
 pub(crate) fn gettid() -> u32 {
-    thread_local!(static TID: u32 = nix::unistd::gettid().as_raw() as u32);
-    TID.with(|t| *t)
+    use std::cell::Cell;
+    // (fork generation, id); no thread has id 0.
+    thread_local!(static TID: Cell<(u32, u32)> = const { Cell::new((0, 0)) });
+    let forks = fork_generation();
+    TID.with(|cached| match cached.get() {
+        (at, tid) if at == forks && tid != 0 => tid,
+        _ => {
+            watch_forks();
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            cached.set((forks, tid));
+            tid
+        }
+    })
 }
 
 /// The parent's id (1 or a subreaper once the parent is gone).
@@ -300,5 +312,36 @@ pub(crate) fn process_alive(pid: u32) -> bool {
             Some("Z" | "X")
         ),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child forked by any means, from a thread whose id is cached, has a thread id of its
+    /// own: an `RLock` taken there must not name a thread of the parent's (whose id a thread
+    /// of the child could later get).
+    #[test]
+    fn a_forked_child_has_its_own_thread_id() {
+        watch_forks();
+        let before = gettid();
+        // SAFETY: the child only compares two thread ids (no allocation, no lock) and ends
+        // with `_exit`.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let real = nix::unistd::gettid().as_raw() as u32;
+                exit_now(if gettid() == real && real != before {
+                    0
+                } else {
+                    1
+                })
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+                assert_eq!(gettid(), before, "the parent's thread keeps its id");
+            }
+        }
     }
 }
