@@ -76,6 +76,12 @@ pub(crate) fn dict_clients(clients: u32, ops: u32, policy: u8) -> Result<f64, St
 
 const AUTHKEY: &[u8] = b"multiproc-bench";
 
+/// "1 client process", "8 client processes".
+fn processes(clients: u32) -> String {
+    let s = if clients == 1 { "" } else { "es" };
+    format!("{clients} client process{s}")
+}
+
 fn spin_policy(p: u8) -> multiproc::SpinPolicy {
     match p {
         1 => multiproc::SpinPolicy::Never,
@@ -174,7 +180,9 @@ fn placed(
 struct Unplaced {
     start: Samples,
     spawn: Samples,
-    many: Vec<(u32, [Samples; 3])>,
+    /// Per client count: the adaptive, blocking-only and always-spinning policies' dict
+    /// operations, and raw round trips (`raw::raw_clients`).
+    many: Vec<(u32, [Samples; 4])>,
 }
 
 fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplaced> {
@@ -194,16 +202,22 @@ fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplace
     let mut many = Vec::new();
     for clients in [1u32, 2, 4, 8] {
         let ops = total_ops / clients;
-        let mut by_policy = [Vec::new(), Vec::new(), Vec::new()];
+        let mut by_policy = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let invalid = |e| multiproc::Error::from(multiproc::ManagerError::Invalid(e));
         // These rows swing ±20% between runs of the same binary: five repetitions in full
         // mode, so that the ratio to blocking-only means something.
         for _ in 0..reps.min(5) {
-            for (policy, out) in by_policy.iter_mut().enumerate() {
+            let [policies @ .., raw_rates] = &mut by_policy;
+            for (policy, out) in policies.iter_mut().enumerate() {
                 let rate = super::helper(&dict_clients, (clients, ops, policy as u8))?
                     .join()?
-                    .map_err(|e| multiproc::Error::from(multiproc::ManagerError::Invalid(e)))?;
+                    .map_err(invalid)?;
                 out.push(rate);
             }
+            let rate = super::helper(&raw::raw_clients, (clients, ops))?
+                .join()?
+                .map_err(invalid)?;
+            raw_rates.push(rate);
         }
         many.push((clients, by_policy.map(Samples)));
     }
@@ -283,7 +297,7 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
             &u.spawn,
             &[],
         );
-        for (clients, [adaptive, never, always]) in &u.many {
+        for (clients, [adaptive, never, always, raw]) in &u.many {
             let py = r.cpython(
                 "mp_manager.py",
                 &format!("py.mgr.dict.clients{clients}"),
@@ -291,14 +305,24 @@ pub(crate) fn run(r: &mut Report) -> multiproc::Result<()> {
             );
             r.row(
                 "manager",
-                &format!("dict ops, {clients} client processes"),
+                &format!("dict ops, {}", processes(*clients)),
                 Unit::Rate,
                 adaptive,
                 &[
                     ("blocking only", Some(never.median())),
                     ("always spinning", Some(always.median())),
+                    ("raw echo RT, a thread per client", Some(raw.median())),
                     ("CPython", py),
                 ],
+            );
+        }
+        for (clients, [.., raw]) in &u.many {
+            r.row(
+                "manager",
+                &format!("raw echo RT, {}", processes(*clients)),
+                Unit::Rate,
+                raw,
+                &[],
             );
         }
     }

@@ -1,6 +1,6 @@
 //! The raw round trip our request/reply figures (pipe, pool, manager) are compared with: 8
 //! bytes over a `socketpair` driven with plain reads and writes, in the same placement, once
-//! blocking and once spinning.
+//! blocking and once spinning; and the raw form of the manager's many-clients rows.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -27,11 +27,63 @@ pub(crate) enum Wait {
 #[multiproc::func]
 pub(crate) fn raw_echo(cpu: Cpu, fd: Fd, wait: Wait) {
     cpu.pin().expect("pin");
-    let mut sock = std::fs::File::from(fd.into_owned());
+    echo(std::fs::File::from(fd.into_owned()), wait).expect("echo");
+}
+
+/// Echoes 8-byte messages on `sock` until the other end closes.
+fn echo(mut sock: std::fs::File, wait: Wait) -> std::io::Result<()> {
     let mut buf = [0u8; SMALL];
-    while receive(&mut sock, &mut buf, wait).expect("read") {
-        sock.write_all(&buf).expect("write");
+    while receive(&mut sock, &mut buf, wait)? {
+        sock.write_all(&buf)?;
     }
+    Ok(())
+}
+
+/// One client process of [`raw_clients`]: waits for the start, then `n` blocking round trips.
+#[multiproc::func]
+pub(crate) fn raw_client(fd: Fd, start: multiproc::Event, n: u32) -> Result<(), String> {
+    let mut sock = std::fs::File::from(fd.into_owned());
+    start.wait();
+    let mut buf = [7u8; SMALL];
+    for _ in 0..n {
+        sock.write_all(&buf).map_err(|e| e.to_string())?;
+        if !receive(&mut sock, &mut buf, Wait::Block).map_err(|e| e.to_string())? {
+            return Err("the echo ended".into());
+        }
+    }
+    Ok(())
+}
+
+/// Round trips per second of `clients` processes, each against a thread of this process that
+/// echoes on a socketpair of its own, every wait a blocking read: the manager's many-clients
+/// rows with nothing but the messages (its server, too, has a thread per connection).
+#[multiproc::func]
+pub(crate) fn raw_clients(clients: u32, n: u32) -> Result<f64, String> {
+    let err = |e: multiproc::Error| e.to_string();
+    let start = multiproc::Event::new().map_err(|e| e.to_string())?;
+    let mut echoes = Vec::new();
+    let mut kids = Vec::new();
+    for _ in 0..clients {
+        let (ours, theirs) = socketpair().map_err(err)?;
+        echoes.push(std::thread::spawn(move || echo(ours, Wait::Block)));
+        kids.push(
+            super::helper(&raw_client, (theirs, start.clone(), n)).map_err(|e| e.to_string())?,
+        );
+    }
+    // Every client started and waiting, as in the manager's rows: then the clock starts.
+    std::thread::sleep(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    start.set();
+    for k in kids {
+        k.join().map_err(|e| e.to_string())??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for e in echoes {
+        e.join()
+            .map_err(|_| "an echo thread panicked".to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(f64::from(clients) * f64::from(n) / secs)
 }
 
 /// Fills `buf` from `sock`, waiting as `wait` says; false at the end of the stream.
