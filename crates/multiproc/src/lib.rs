@@ -62,7 +62,7 @@ pub mod sync;
 mod sys;
 
 pub use codec::Fd;
-pub use connection::{Address, Client, Connection, Listener, pipe, wait};
+pub use connection::{Address, Client, Connection, IntoFdError, Listener, pipe, wait};
 pub use cpu::cpu_count;
 pub use error::{
     CodecError, ConnectionError, Error, ManagerError, NotRegistered, PoolError, ProcessError,

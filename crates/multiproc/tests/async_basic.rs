@@ -234,6 +234,44 @@ fn a_send_dropped_part_way_is_finished_by_the_next_send() {
     });
 }
 
+/// A connection whose async send was dropped part way sends the rest before it gives up its
+/// socket or travels to another process: the peer gets the whole message, then what comes
+/// through the socket or the copy.
+#[test]
+fn a_send_dropped_part_way_is_finished_before_the_socket_is_taken_or_sent() {
+    both_runtimes(|| async {
+        for travel in [false, true] {
+            let (a, b) = multiproc::pipe(true).unwrap();
+            let big: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+            // Nobody reads: the socket's buffer fills and the send waits part way.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), a.send_bytes_async(&big))
+                    .await
+                    .is_err()
+            );
+            let reader = std::thread::spawn(move || {
+                let t = Duration::from_secs(10);
+                (b.recv_bytes_timeout(t), b.recv_bytes_timeout(t))
+            });
+            if travel {
+                // Sent through another pipe, as to a child, and used from the copy.
+                let (c, d) = multiproc::pipe(true).unwrap();
+                c.send(&a).unwrap();
+                drop(a);
+                let copy: Connection = d.recv_timeout(Duration::from_secs(10)).unwrap();
+                copy.send_bytes(b"after").unwrap();
+            } else {
+                let fd = OwnedFd::try_from(a).unwrap();
+                let mut raw = std::fs::File::from(fd);
+                raw.write_all(&frame(b"after")).unwrap();
+            }
+            let (first, second) = reader.join().unwrap();
+            assert_eq!(first.unwrap(), big, "travel: {travel}");
+            assert_eq!(second.unwrap(), b"after", "travel: {travel}");
+        }
+    });
+}
+
 #[test]
 fn accept_and_connect_async_run_handshakes_concurrently() {
     both_runtimes(|| async {

@@ -203,7 +203,7 @@ fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplace
     for clients in [1u32, 2, 4, 8] {
         let ops = total_ops / clients;
         let mut by_policy = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-        let invalid = |e| multiproc::Error::from(multiproc::ManagerError::Invalid(e));
+        let failed = |e: String| multiproc::Error::from(std::io::Error::other(e));
         // These rows swing ±20% between runs of the same binary: five repetitions in full
         // mode, so that the ratio to blocking-only means something.
         for _ in 0..reps.min(5) {
@@ -211,12 +211,13 @@ fn unplaced(r: &Report, reps: usize, starts: usize) -> multiproc::Result<Unplace
             for (policy, out) in policies.iter_mut().enumerate() {
                 let rate = super::helper(&dict_clients, (clients, ops, policy as u8))?
                     .join()?
-                    .map_err(invalid)?;
+                    .map_err(failed)?;
                 out.push(rate);
             }
-            let rate = super::helper(&raw::raw_clients, (clients, ops))?
+            // As many round trips per client as a dict client's sets and gets.
+            let rate = super::helper(&raw::raw_clients, (clients, 2 * ops))?
                 .join()?
-                .map_err(invalid)?;
+                .map_err(failed)?;
             raw_rates.push(rate);
         }
         many.push((clients, by_policy.map(Samples)));

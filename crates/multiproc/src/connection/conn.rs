@@ -582,14 +582,14 @@ impl AsRawFd for Connection {
 /// The connection's socket, when the connection holds nothing it has received and not yet
 /// handed out. One receive takes in every message that has arrived, so after a burst the next
 /// messages may be in the connection rather than in the socket; then the conversion fails and
-/// the error gives the connection back, messages and all.
+/// the error gives the connection back, messages and all. The rest of a message an async send
+/// left part-sent goes out first (as before any send), so the peer never sees half a message.
 ///
 /// ```
 /// use std::os::fd::OwnedFd;
 /// let (a, b) = multiproc::pipe(true)?;
 /// a.send_bytes(b"one")?;
 /// a.send_bytes(b"two")?;
-/// std::thread::sleep(std::time::Duration::from_millis(50)); // both are in the socket now
 /// assert_eq!(b.recv_bytes()?, b"one"); // "two" came in with "one": `b` holds it
 /// let b = match OwnedFd::try_from(b) {
 ///     Ok(_) => unreachable!("`b` holds a message"),
@@ -604,46 +604,74 @@ impl TryFrom<Connection> for OwnedFd {
     type Error = IntoFdError;
 
     fn try_from(c: Connection) -> Result<OwnedFd, IntoFdError> {
+        if let Err(e) = c.finish_async_send() {
+            return Err(IntoFdError {
+                conn: c,
+                unsent: Some(e),
+            });
+        }
         if c.received_nothing() {
             Ok(OwnedFd::from(c.fd))
         } else {
-            Err(IntoFdError(c))
+            Err(IntoFdError {
+                conn: c,
+                unsent: None,
+            })
         }
     }
 }
 
-/// A [`Connection`] that holds messages (or descriptors) it has received and not yet handed
-/// out, so it cannot give up its socket without losing them (`OwnedFd::try_from`). Gives the
-/// connection back: receive the rest, then try again.
-pub struct IntoFdError(Connection);
+/// A [`Connection`] that could not give up its socket without losing data
+/// (`OwnedFd::try_from`): it holds bytes or descriptors it has received and not yet handed
+/// out, or the rest of a message an async send began could not go out. Gives the connection
+/// back.
+pub struct IntoFdError {
+    conn: Connection,
+    /// Why the rest of a part-sent message did not go out, if that is what failed.
+    unsent: Option<ConnectionError>,
+}
 
 impl IntoFdError {
     /// The connection, with everything it held.
     pub fn into_connection(self) -> Connection {
-        self.0
+        self.conn
     }
 }
 
 impl std::fmt::Debug for IntoFdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("IntoFdError").finish_non_exhaustive()
+        f.debug_struct("IntoFdError")
+            .field("unsent", &self.unsent)
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Display for IntoFdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "the connection holds messages it has received and not yet handed out: receive \
-             them before taking its socket",
-        )
+        match &self.unsent {
+            None => f.write_str(
+                "the connection holds bytes or descriptors it has received and not yet handed \
+                 out: receive them before taking its socket",
+            ),
+            Some(e) => write!(
+                f,
+                "the rest of a message an async send began could not be sent before taking \
+                 the socket: {e}"
+            ),
+        }
     }
 }
 
-impl std::error::Error for IntoFdError {}
+impl std::error::Error for IntoFdError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.unsent.as_ref().map(|e| e as _)
+    }
+}
 
 impl Serialize for Connection {
     /// A connection travels as its descriptor, and with the bytes it has received and not yet
-    /// handed out (see `inbox`), so that the next messages are not lost on the way. One with
+    /// handed out (see `inbox`), so that the next messages are not lost on the way. The rest
+    /// of a message an async send left part-sent goes out first. One with
     /// part of a long message, or with descriptors received and not yet handed out, or that
     /// another thread is receiving on, cannot travel (an error).
     ///
@@ -658,6 +686,12 @@ impl Serialize for Connection {
                 codec::serialize_fd(self.0, serializer)
             }
         }
+        // The copy's first send must not land inside a message this end left part-sent.
+        self.finish_async_send().map_err(|e| {
+            S::Error::custom(format!(
+                "the rest of a message an async send began could not be sent: {e}"
+            ))
+        })?;
         // A receive, `poll` or `try_recv` elsewhere holds the inbox only briefly; one that
         // blocks in another thread holds it until its message comes.
         let inbox = (0..1000)
