@@ -653,6 +653,10 @@ pub enum Error {
     /// See [`ConnectionError`].
     #[error(transparent)]
     Connection(#[from] ConnectionError),
+    /// See [`IntoFdError`](crate::IntoFdError): a connection that could not give up its
+    /// socket (it is inside).
+    #[error(transparent)]
+    IntoFd(Box<crate::connection::IntoFdError>),
     /// See [`SyncError`].
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -671,6 +675,12 @@ pub enum Error {
     /// An operating system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+impl From<crate::connection::IntoFdError> for Error {
+    fn from(e: crate::connection::IntoFdError) -> Error {
+        Error::IntoFd(Box::new(e))
+    }
 }
 
 /// `Result` with the crate's umbrella [`Error`].

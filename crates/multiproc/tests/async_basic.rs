@@ -205,18 +205,24 @@ fn a_receive_dropped_in_the_middle_of_a_message_loses_nothing() {
     });
 }
 
+/// A duplex pipe whose first end has a 4 MiB message part-sent: nobody reads, so the socket's
+/// buffer fills and the async send, given 50 ms, is dropped part way. The message comes back.
+async fn part_sent() -> (Connection, Connection, Vec<u8>) {
+    let (a, b) = multiproc::pipe(true).unwrap();
+    let big: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), a.send_bytes_async(&big))
+            .await
+            .is_err()
+    );
+    (a, b, big)
+}
+
 #[test]
 fn a_send_dropped_part_way_is_finished_by_the_next_send() {
     both_runtimes(|| async {
         for next_sync in [false, true] {
-            let (a, b) = multiproc::pipe(true).unwrap();
-            let big: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
-            // Nobody reads: the socket's buffer fills and the send waits part way.
-            assert!(
-                tokio::time::timeout(Duration::from_millis(50), a.send_bytes_async(&big))
-                    .await
-                    .is_err()
-            );
+            let (a, b, big) = part_sent().await;
             let reader = std::thread::spawn(move || {
                 let first = b.recv_bytes().unwrap();
                 let second = b.recv_bytes().unwrap();
@@ -241,14 +247,7 @@ fn a_send_dropped_part_way_is_finished_by_the_next_send() {
 fn a_send_dropped_part_way_is_finished_before_the_socket_is_taken_or_sent() {
     both_runtimes(|| async {
         for travel in [false, true] {
-            let (a, b) = multiproc::pipe(true).unwrap();
-            let big: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
-            // Nobody reads: the socket's buffer fills and the send waits part way.
-            assert!(
-                tokio::time::timeout(Duration::from_millis(50), a.send_bytes_async(&big))
-                    .await
-                    .is_err()
-            );
+            let (a, b, big) = part_sent().await;
             let reader = std::thread::spawn(move || {
                 let t = Duration::from_secs(10);
                 (b.recv_bytes_timeout(t), b.recv_bytes_timeout(t))
@@ -269,6 +268,20 @@ fn a_send_dropped_part_way_is_finished_before_the_socket_is_taken_or_sent() {
             assert_eq!(first.unwrap(), big, "travel: {travel}");
             assert_eq!(second.unwrap(), b"after", "travel: {travel}");
         }
+    });
+}
+
+/// A connection whose part-sent rest finds no room within its bound does not travel (the peer
+/// may be read by this very thread later): an error that says so, not a hang.
+#[test]
+fn a_connection_whose_part_sent_message_finds_no_room_refuses_to_travel() {
+    both_runtimes(|| async {
+        let (a, _b, _) = part_sent().await;
+        let (c, _d) = multiproc::pipe(true).unwrap();
+        let t = std::time::Instant::now();
+        let err = c.send(&a).unwrap_err();
+        assert!(err.to_string().contains("waits for room"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     });
 }
 

@@ -63,13 +63,7 @@ pub(crate) fn dict_clients(clients: u32, ops: u32, policy: u8) -> Result<f64, St
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     // Every client connected and waiting: then the clock starts.
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let t = Instant::now();
-    start.set().map_err(err)?;
-    for k in kids {
-        k.join().map_err(|e| e.to_string())??;
-    }
-    let secs = t.elapsed().as_secs_f64();
+    let secs = raw::time_clients(kids, || start.set().map_err(err))?;
     server.shutdown();
     Ok(2.0 * f64::from(clients) * f64::from(ops) / secs)
 }

@@ -70,14 +70,10 @@ pub(crate) fn raw_clients(clients: u32, n: u32) -> Result<f64, String> {
             super::helper(&raw_client, (theirs, start.clone(), n)).map_err(|e| e.to_string())?,
         );
     }
-    // Every client started and waiting, as in the manager's rows: then the clock starts.
-    std::thread::sleep(Duration::from_millis(100));
-    let t = std::time::Instant::now();
-    start.set();
-    for k in kids {
-        k.join().map_err(|e| e.to_string())??;
-    }
-    let secs = t.elapsed().as_secs_f64();
+    let secs = time_clients(kids, || {
+        start.set();
+        Ok(())
+    })?;
     for e in echoes {
         e.join()
             .map_err(|_| "an echo thread panicked".to_string())?
@@ -115,10 +111,11 @@ fn receive(sock: &mut std::fs::File, buf: &mut [u8], wait: Wait) -> std::io::Res
 /// The two ends of a socketpair: ours as a file to drive raw, the other to hand to a child.
 pub(crate) fn socketpair() -> multiproc::Result<(std::fs::File, Fd)> {
     // A duplex pipe's ends are socketpair ends; take their descriptors to drive them raw.
-    // Fresh ends hold no message, so each gives up its socket.
     let (a, b) = pipe(true)?;
-    let socket = |c| OwnedFd::try_from(c).map_err(std::io::Error::other);
-    Ok((std::fs::File::from(socket(a)?), Fd::from(socket(b)?)))
+    Ok((
+        std::fs::File::from(OwnedFd::try_from(a)?),
+        Fd::from(OwnedFd::try_from(b)?),
+    ))
 }
 
 /// Seconds per round trip of 8 bytes between this process and an echo on `ends.there`, both
@@ -145,4 +142,19 @@ pub(crate) fn round_trip(
     drop(ours);
     echo.join()?;
     Ok(secs)
+}
+
+/// Seconds from `start` (called once every client process has had time to start and wait
+/// for it) until every one of `kids` has ended well: the many-clients rows' clock.
+pub(crate) fn time_clients(
+    kids: Vec<multiproc::Process<Result<(), String>>>,
+    start: impl FnOnce() -> Result<(), String>,
+) -> Result<f64, String> {
+    std::thread::sleep(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    start()?;
+    for k in kids {
+        k.join().map_err(|e| e.to_string())??;
+    }
+    Ok(t.elapsed().as_secs_f64())
 }

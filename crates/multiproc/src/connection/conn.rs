@@ -583,7 +583,8 @@ impl AsRawFd for Connection {
 /// handed out. One receive takes in every message that has arrived, so after a burst the next
 /// messages may be in the connection rather than in the socket; then the conversion fails and
 /// the error gives the connection back, messages and all. The rest of a message an async send
-/// left part-sent goes out first (as before any send), so the peer never sees half a message.
+/// left part-sent goes out first, waiting for the peer to make room as a send does; if that
+/// fails (the peer is gone), the stream is broken and the error says so.
 ///
 /// ```
 /// use std::os::fd::OwnedFd;
@@ -621,6 +622,14 @@ impl TryFrom<Connection> for OwnedFd {
     }
 }
 
+/// What a failure to send the rest of a part-sent message says first.
+const UNSENT: &str = "the rest of a message an async send began could not be sent";
+
+/// How long a connection about to travel waits for room for the rest of a message an async
+/// send left part-sent.
+#[cfg(feature = "tokio")]
+const TRAVEL_FLUSH: Duration = Duration::from_secs(1);
+
 /// A [`Connection`] that could not give up its socket without losing data
 /// (`OwnedFd::try_from`): it holds bytes or descriptors it has received and not yet handed
 /// out, or the rest of a message an async send began could not go out. Gives the connection
@@ -632,9 +641,16 @@ pub struct IntoFdError {
 }
 
 impl IntoFdError {
-    /// The connection, with everything it held.
+    /// The connection, with everything it had received (after a failed send of a message's
+    /// rest, its stream is broken: see [`IntoFdError::send_failure`]).
     pub fn into_connection(self) -> Connection {
         self.conn
+    }
+
+    /// Why the rest of a message an async send left part-sent could not go out, when that is
+    /// why the conversion failed.
+    pub fn send_failure(&self) -> Option<&ConnectionError> {
+        self.unsent.as_ref()
     }
 }
 
@@ -653,11 +669,7 @@ impl std::fmt::Display for IntoFdError {
                 "the connection holds bytes or descriptors it has received and not yet handed \
                  out: receive them before taking its socket",
             ),
-            Some(e) => write!(
-                f,
-                "the rest of a message an async send began could not be sent before taking \
-                 the socket: {e}"
-            ),
+            Some(e) => write!(f, "{UNSENT}, so the connection's stream is broken: {e}"),
         }
     }
 }
@@ -686,12 +698,23 @@ impl Serialize for Connection {
                 codec::serialize_fd(self.0, serializer)
             }
         }
-        // The copy's first send must not land inside a message this end left part-sent.
-        self.finish_async_send().map_err(|e| {
-            S::Error::custom(format!(
-                "the rest of a message an async send began could not be sent: {e}"
-            ))
-        })?;
+        // The copy's first send must not land inside a message this end left part-sent. Its
+        // rest goes out now, waiting for room a little only: the peer may be read by this
+        // very thread later on.
+        #[cfg(feature = "tokio")]
+        match self
+            .async_side
+            .finish_send_within(self.fd.as_fd(), TRAVEL_FLUSH)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(S::Error::custom(
+                    "a connection cannot be sent while the rest of a message an async send \
+                     began waits for room: let the peer read it first",
+                ));
+            }
+            Err(e) => return Err(S::Error::custom(format!("{UNSENT}: {e}"))),
+        }
         // A receive, `poll` or `try_recv` elsewhere holds the inbox only briefly; one that
         // blocks in another thread holds it until its message comes.
         let inbox = (0..1000)

@@ -45,6 +45,26 @@ impl AsyncSide {
         Ok(())
     }
 
+    /// Sends the rest of a frame an async send started, waiting for room at most `within`
+    /// (a connection about to travel: the peer may be this very thread's next reader, so it
+    /// must not wait for ever). Whether nothing is left.
+    pub(super) fn finish_send_within(
+        &self,
+        fd: BorrowedFd<'_>,
+        within: std::time::Duration,
+    ) -> Result<bool, ConnectionError> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Poll::Ready(r) = self.advance_send(fd, &mut None, &[]) {
+                return r.map(|()| true);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || sys::poll(&[(fd, true)], Some(left))? != [true] {
+                return Ok(false);
+            }
+        }
+    }
+
     /// Sends what it can of an earlier frame's rest, then of `mine` (with `fds` on its first
     /// byte), without waiting: `Ready` once `mine` went out whole.
     fn advance_send(
