@@ -123,8 +123,11 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
             // copy-on-write fault in the child.
             forkserver::forget_in_child(&mut client);
             reaper::forget_in_child(&mut reaper);
+            // Forgotten, not dropped: dropping one can take a lock another thread of the
+            // parent held at the fork (a reactor's, for a child awaited in a runtime), which
+            // nobody here would ever release.
             if !children.is_empty() {
-                children.clear();
+                std::mem::forget(std::mem::take(&mut *children));
             }
             // Another thread's spare report channel: the parent's, not ours.
             if let Some((a, b)) = spare.take() {
