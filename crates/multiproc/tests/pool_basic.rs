@@ -739,9 +739,51 @@ fn a_caller_on_its_workers_cpu_leaves_callbacks_and_iterators_served(
     }
 }
 
+/// What a process holds open: paths, `anon_inode:[eventfd]` and the like, and `socket` or
+/// `pipe` for those.
+fn open_descriptor_kinds(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            match t.split_once(":[") {
+                Some((kind @ ("socket" | "pipe"), _)) => kind.to_string(),
+                _ => t,
+            }
+        })
+        .collect()
+}
+
+/// A worker's report ring is waited for on futexes and the worker's connection only: it
+/// carries no doorbell, so a pool costs no eventfd per worker (in the worker, nor in the
+/// parent, which holds the same ring).
+fn a_pool_worker_holds_no_doorbell(method: multiproc::StartMethod) {
+    let _leaks = LeakCheck::new();
+    let eventfds = |pid| {
+        open_descriptor_kinds(pid)
+            .iter()
+            .filter(|k| k.as_str() == "anon_inode:[eventfd]")
+            .count()
+    };
+    let pool = Pool::builder()
+        .processes(3)
+        .start_method(method)
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(&square, 0..10u64).unwrap().len(), 10);
+    for &pid in pool.initial_pids() {
+        let kinds = open_descriptor_kinds(pid);
+        assert_eq!(eventfds(pid), 0, "worker {pid} holds {kinds:?}");
+    }
+    pool.close();
+    pool.join().unwrap();
+}
+
 per_start_method!(
     multiproc::test;
     spinning_callers_leave_callbacks_and_maps_served,
     a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task,
-    a_caller_on_its_workers_cpu_leaves_callbacks_and_iterators_served
+    a_caller_on_its_workers_cpu_leaves_callbacks_and_iterators_served,
+    a_pool_worker_holds_no_doorbell
 );

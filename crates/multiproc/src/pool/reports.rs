@@ -50,7 +50,8 @@ pub(crate) struct Reports {
 
 impl Reports {
     pub(crate) fn new() -> Result<Reports, PoolError> {
-        let ring = Ring::new(0, crate::queue::DEFAULT_QUEUE_BYTES)
+        // Waited for on futexes and the worker's connection only: no doorbell.
+        let ring = Ring::without_bell(0, crate::queue::DEFAULT_QUEUE_BYTES)
             .map_err(PoolError::io("cannot make a report ring"))?;
         Ok(Reports { ring })
     }

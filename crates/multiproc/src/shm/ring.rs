@@ -120,8 +120,9 @@ pub(crate) enum Tally {
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     block: Block,
-    /// Rung after each change while someone watches (async waiters, `poll`).
-    bell: Bell,
+    /// Rung after each change while someone watches (async waiters, `poll`). A ring nobody
+    /// watches that way (a pool worker's reports) has none: one descriptor less per worker.
+    bell: Option<Bell>,
     max_items: u64,
     data_size: u64,
     warm: Arc<Warm>,
@@ -147,7 +148,7 @@ impl serde::Serialize for Ring {
 
 impl<'de> serde::Deserialize<'de> for Ring {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (block, bell) = <(Block, Bell)>::deserialize(deserializer)?;
+        let (block, bell) = <(Block, Option<Bell>)>::deserialize(deserializer)?;
         if block.len() < DATA + 64 {
             return Err(serde::de::Error::custom(
                 "shared memory too small for a queue",
@@ -172,15 +173,25 @@ impl Ring {
     /// A ring of `data_size` bytes (virtual: memory is used as items arrive and given back
     /// as they leave) holding at most `max_items` items (0: no item limit).
     pub(crate) fn new(max_items: u64, data_size: usize) -> Result<Ring, QueueError> {
+        Ring::with_bell(max_items, data_size, Some(Bell::new()?))
+    }
+
+    /// [`Ring::new`] with no doorbell: for a ring that no one waits for in a reactor or in
+    /// `poll` (its `bell_for_poll` and `wait_until` must not be called).
+    pub(crate) fn without_bell(max_items: u64, data_size: usize) -> Result<Ring, QueueError> {
+        Ring::with_bell(max_items, data_size, None)
+    }
+
+    fn with_bell(max_items: u64, data_size: usize, bell: Option<Bell>) -> Result<Ring, QueueError> {
         let block = Block::new("multiproc-queue", DATA + data_size)?;
         block.u64_at(MAX_ITEMS).store(max_items, Ordering::Relaxed);
         block
             .u64_at(DATA_SIZE)
             .store(data_size as u64, Ordering::Release);
-        Ok(Ring::from_block(block, Bell::new()?))
+        Ok(Ring::from_block(block, bell))
     }
 
-    fn from_block(block: Block, bell: Bell) -> Ring {
+    fn from_block(block: Block, bell: Option<Bell>) -> Ring {
         let max_items = block.u64_at(MAX_ITEMS).load(Ordering::Acquire);
         // Never trust the header beyond the mapping (the block came from another process).
         let data_size = block
@@ -441,7 +452,21 @@ impl Ring {
             self.u32(word).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(word), n);
         }
-        self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
+        self.ring_bell();
+    }
+
+    /// After a change: rings the doorbell if there is one and someone watches it.
+    fn ring_bell(&self) {
+        if let Some(bell) = &self.bell {
+            bell.ring_if_watched(self.u32(BELL_WATCHERS));
+        }
+    }
+
+    /// The doorbell, which only a ring made [`without_bell`](Ring::without_bell) lacks.
+    fn bell(&self) -> &Bell {
+        self.bell
+            .as_ref()
+            .expect("a ring without a doorbell is never waited for through one")
     }
 
     /// Sleeps on `word` until woken, unless `ready()` already holds once registered as a
@@ -555,9 +580,11 @@ impl Ring {
                 }
             }
             if wait == Blocking::Try {
-                self.bell.quiet(self.u32(BELL_WATCHERS), || {
-                    self.may_have_items() || self.is_closed()
-                });
+                if let Some(bell) = &self.bell {
+                    bell.quiet(self.u32(BELL_WATCHERS), || {
+                        self.may_have_items() || self.is_closed()
+                    });
+                }
                 return Err(QueueError::Empty);
             }
             if spin.keep_going() {
@@ -629,7 +656,7 @@ impl Ring {
         self.u32(NOT_FULL).fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(self.u32(NOT_EMPTY), u32::MAX);
         sys::futex_wake(self.u32(NOT_FULL), u32::MAX);
-        self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
+        self.ring_bell();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -646,7 +673,7 @@ impl Ring {
         if left == 0 {
             self.u32(ALL_DONE).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.u32(ALL_DONE), u32::MAX);
-            self.bell.ring_if_watched(self.u32(BELL_WATCHERS));
+            self.ring_bell();
         }
         Ok(())
     }
@@ -680,7 +707,7 @@ impl Ring {
     /// The ring's doorbell for `poll`: readable when an item may have come (or the ring was
     /// closed). Every process's changes ring it from now on.
     pub(crate) fn bell_for_poll(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.bell.for_poll(self.u32(BELL_WATCHERS))
+        self.bell().for_poll(self.u32(BELL_WATCHERS))
     }
 
     /// Runs `op` until it is ready, waiting in the runtime's reactor for the ring's changes
@@ -690,7 +717,7 @@ impl Ring {
         &self,
         op: impl FnMut() -> std::task::Poll<R>,
     ) -> std::io::Result<R> {
-        self.bell.wait_until(self.u32(BELL_WATCHERS), op).await
+        self.bell().wait_until(self.u32(BELL_WATCHERS), op).await
     }
 
     /// Waits until every task put has been marked done; `false` on timeout.
