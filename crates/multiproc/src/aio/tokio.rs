@@ -2,18 +2,34 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::pin::{Pin, pin};
 use std::task::Poll;
 
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, futures::Notified};
 
 /// How long an awaited read looks for its data before it sleeps in the reactor, when
 /// spinning pays (the synchronous receive's budget).
 const SPIN: std::time::Duration = crate::spin::REPLY_SPIN;
 
 /// A descriptor registered with the runtime's reactor (edge-triggered), so tasks can wait
-/// until it is readable or writable. Any number of tasks may wait on one watch at once.
+/// until it is readable or writable. Any number of tasks may wait on one watch at once, each
+/// for a condition of its own (a queue's doorbell: items for a getter, room for a putter).
+///
+/// # Why no wake-up is lost between tasks
+/// The reactor keeps one readiness per descriptor, and a task whose try finds nothing clears
+/// it. Another task of this process may have made its last try before the event that
+/// readiness stands for, and not be registered with the reactor yet: it would then sleep
+/// through that event, which the first task used up for a condition of its own. So every
+/// waiting task also listens on [`cleared`](Watch::cleared) from before each try, and a task
+/// that clears the readiness tells them all to try again.
 #[derive(Debug)]
-pub(crate) struct Watch(AsyncFd<OwnedFd>, ::tokio::runtime::Id);
+pub(crate) struct Watch {
+    fd: AsyncFd<OwnedFd>,
+    runtime: ::tokio::runtime::Id,
+    cleared: Notify,
+}
 
 impl Watch {
     /// Registers `fd` with the reactor of the runtime this is called in; an error outside
@@ -33,7 +49,11 @@ impl Watch {
         let registered =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| AsyncFd::new(owned)));
         match registered {
-            Ok(r) => r.map(|a| Watch(a, runtime.id())),
+            Ok(r) => r.map(|fd| Watch {
+                fd,
+                runtime: runtime.id(),
+                cleared: Notify::new(),
+            }),
             Err(_) => Err(io::Error::other(
                 "an async method of multiproc needs a tokio runtime with its I/O driver \
                  (`enable_io()` or `enable_all()` on the runtime builder)",
@@ -43,15 +63,19 @@ impl Watch {
 
     /// Whether this was registered with the reactor of the runtime polling now.
     pub(crate) fn in_current_runtime(&self) -> bool {
-        ::tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.1)
+        ::tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.runtime)
     }
 
     /// Runs `op` until it is ready, waiting for the descriptor to become readable after each
     /// try that was not: `op` tries without waiting (a non-blocking receive, a look at shared
     /// memory) and returns `Pending` when it must wait for the next readiness event. No
     /// event is missed between a try and the wait: readiness that arrives in between stays
-    /// recorded until a try that follows it has run.
+    /// recorded until a try that follows it has run, in this task or (see [`Watch`]) in every
+    /// task waiting on this watch.
     pub(crate) async fn readable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
+        // Listening from before the first try (see [`Watch`]).
+        let mut told = pin!(self.cleared.notified());
+        told.as_mut().enable();
         if let Poll::Ready(r) = op() {
             return Ok(r);
         }
@@ -72,26 +96,54 @@ impl Watch {
                 }
             }
         }
-        loop {
-            let mut guard = self.0.readable().await?;
-            if let Poll::Ready(r) = op() {
-                return Ok(r);
-            }
-            guard.clear_ready();
-        }
+        self.sleep_until(Interest::READABLE, told.as_mut(), op)
+            .await
     }
 
     /// [`readable`](Watch::readable) for writing.
     pub(crate) async fn writable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
+        let mut told = pin!(self.cleared.notified());
+        told.as_mut().enable();
         if let Poll::Ready(r) = op() {
             return Ok(r);
         }
+        self.sleep_until(Interest::WRITABLE, told.as_mut(), op)
+            .await
+    }
+
+    /// The waiting part of [`readable`](Watch::readable) and [`writable`](Watch::writable),
+    /// after a try that was not ready (`told` listening since before it).
+    async fn sleep_until<'a, R>(
+        &'a self,
+        interest: Interest,
+        mut told: Pin<&mut Notified<'a>>,
+        mut op: impl FnMut() -> Poll<R>,
+    ) -> io::Result<R> {
         loop {
-            let mut guard = self.0.writable().await?;
+            let woke = {
+                let mut ready = pin!(self.fd.ready(interest));
+                std::future::poll_fn(|cx| match ready.as_mut().poll(cx) {
+                    Poll::Ready(guard) => Poll::Ready(Some(guard)),
+                    Poll::Pending => told.as_mut().poll(cx).map(|()| None),
+                })
+                .await
+            };
+            // Listening again before the next try.
+            told.set(self.cleared.notified());
+            told.as_mut().enable();
+            let Some(guard) = woke else {
+                // Another task cleared the readiness: look again, clearing nothing.
+                if let Poll::Ready(r) = op() {
+                    return Ok(r);
+                }
+                continue;
+            };
+            let mut guard = guard?;
             if let Poll::Ready(r) = op() {
                 return Ok(r);
             }
             guard.clear_ready();
+            self.cleared.notify_waiters();
         }
     }
 }
@@ -146,5 +198,78 @@ impl Gate {
     pub(crate) async fn enter(&self) -> Pass<'_> {
         // The semaphore is never closed.
         Pass(self.0.acquire().await.expect("a gate is never closed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sys;
+
+    /// Task Y makes a try that comes before a change (it looked, then was held up), while the
+    /// doorbell rings for that change and task X, waiting on the same watch for something
+    /// else, takes the readiness, finds nothing for itself and clears it. Y's next wait must
+    /// not sleep through the change (it did, for ever: a queue's getter and putter tasks
+    /// stalled each other now and then on a multi-thread runtime).
+    #[test]
+    fn a_task_whose_try_came_before_the_ring_is_not_left_asleep_by_another_clearing() {
+        let rt = ::tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bell = sys::doorbell().unwrap();
+        let watch = Arc::new(rt.block_on(async { Watch::new(bell.as_fd()) }).unwrap());
+        let ready = Arc::new(AtomicBool::new(false));
+        // 1: Y's next try is to be held up; 2: it is, having looked; 3: let go.
+        let step = Arc::new(AtomicU32::new(0));
+        let y = rt.spawn({
+            let (watch, ready, step) = (watch.clone(), ready.clone(), step.clone());
+            async move {
+                watch
+                    .readable(|| {
+                        let seen = ready.load(Ordering::SeqCst);
+                        if step
+                            .compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                        {
+                            while step.load(Ordering::SeqCst) != 3 {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                        }
+                        if seen { Poll::Ready(()) } else { Poll::Pending }
+                    })
+                    .await
+            }
+        });
+        let settle = || std::thread::sleep(Duration::from_millis(50));
+        // Y sleeps in the reactor; a first ring wakes it for the try that is held up.
+        settle();
+        step.store(1, Ordering::SeqCst);
+        sys::ring_doorbell(bell.as_fd());
+        while step.load(Ordering::SeqCst) != 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The change Y waits for, rung while Y's try is under way; X uses up the readiness.
+        ready.store(true, Ordering::SeqCst);
+        sys::ring_doorbell(bell.as_fd());
+        settle();
+        let x = rt.spawn({
+            let watch = watch.clone();
+            async move { watch.readable(|| Poll::<()>::Pending).await }
+        });
+        settle();
+        step.store(3, Ordering::SeqCst);
+        let woke = rt.block_on(async { ::tokio::time::timeout(Duration::from_secs(5), y).await });
+        x.abort();
+        assert!(
+            matches!(woke, Ok(Ok(Ok(())))),
+            "the task slept through the change it waited for: {woke:?}"
+        );
     }
 }
