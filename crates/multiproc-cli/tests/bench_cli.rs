@@ -27,14 +27,19 @@ fn temp(name: &str) -> std::path::PathBuf {
 #[test]
 fn every_group_runs_and_emits_json_and_a_chart() {
     let (json, svg) = (temp("out.json"), temp("out.svg"));
-    let out = Command::new(BIN)
-        .args(["bench", "--tiny", "--no-python", "--json"])
-        .arg(&json)
-        .arg("--chart")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    let stdout = common::stdout_of(out);
+    // About 15 s; a bench that hangs fails here with its output, before the harness's limit.
+    let stdout = bench_within(
+        &[
+            "bench",
+            "--tiny",
+            "--no-python",
+            "--json",
+            json.to_str().unwrap(),
+            "--chart",
+            svg.to_str().unwrap(),
+        ],
+        Duration::from_secs(90),
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["size"], "tiny");
@@ -111,7 +116,8 @@ fn burner_pids(stdout: &str) -> Vec<u32> {
     pids.split(' ').map(|p| p.parse().unwrap()).collect()
 }
 
-/// Runs the bench with `args`, its output read as it comes; killed if it takes over `limit`.
+/// Runs the bench with `args`, its output read as it comes; killed if it takes over `limit`,
+/// and then the test fails with what it printed so far (which row it was at).
 fn bench_within(args: &[&str], limit: Duration) -> String {
     let mut child = common::Reaped(
         Command::new(BIN)
@@ -121,16 +127,29 @@ fn bench_within(args: &[&str], limit: Duration) -> String {
             .spawn()
             .unwrap(),
     );
-    let mut stdout = child.0.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).map(|_| s)
-    });
+    let read_all = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            from.read_to_string(&mut s).map(|_| s)
+        })
+    };
+    let stdout = read_all(Box::new(child.0.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.0.stderr.take().unwrap()));
     let ended = common::eventually(limit, || matches!(child.0.try_wait(), Ok(Some(_))));
-    assert!(ended, "bench {args:?} still running after {limit:?}");
+    if !ended {
+        let _ = child.0.kill();
+    }
     let status = child.0.wait().unwrap();
-    let stdout = reader.join().unwrap().unwrap();
-    assert!(status.success(), "{status:?}\n{stdout}");
+    // Both ends close once the bench's helpers, daemonic, have died with it.
+    let (stdout, stderr) = (
+        stdout.join().unwrap().unwrap(),
+        stderr.join().unwrap().unwrap(),
+    );
+    assert!(
+        ended,
+        "bench {args:?} still running after {limit:?}; it printed:\n{stdout}\n{stderr}"
+    );
+    assert!(status.success(), "{status:?}\n{stdout}\n{stderr}");
     stdout
 }
 

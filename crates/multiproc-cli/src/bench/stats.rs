@@ -71,20 +71,29 @@ impl Samples {
     }
 }
 
-/// Seconds per call of `f` (given the call's index) over `n` calls, fewer if `budget` runs out
-/// first: a placement where waiting goes badly (a spin on the CPU the other end needs) costs
-/// the run a bounded time instead of minutes, and still gives its figure.
+/// The shortest sample [`per_call`] takes (or a tenth of its budget, if less): many scheduler
+/// time slices (a few milliseconds each). A shorter sample of a fast figure on a busy machine
+/// often falls between two preemptions of a process by a CPU burner and shows a quiet
+/// machine, while a slower figure's sample spans them: the two would not be comparable.
+pub(crate) const MIN_SAMPLE: Duration = Duration::from_millis(50);
+
+/// Seconds per call of `f` (given the call's index) over `n` calls, more if they took less
+/// than [`MIN_SAMPLE`], fewer if `budget` runs out first: a placement where waiting goes badly
+/// (a spin on the CPU the other end needs) costs the run a bounded time instead of minutes,
+/// and still gives its figure.
 pub(crate) fn per_call<E>(
     n: u32,
     budget: Duration,
     mut f: impl FnMut(u32) -> Result<(), E>,
 ) -> Result<f64, E> {
+    let shortest = MIN_SAMPLE.min(budget / 10);
     let t = Instant::now();
-    let mut done = 0;
-    while done < n.max(1) {
+    let mut done = 0u32;
+    loop {
         f(done)?;
         done += 1;
-        if t.elapsed() > budget {
+        let elapsed = t.elapsed();
+        if elapsed > budget || (done >= n && elapsed >= shortest) || done == u32::MAX {
             break;
         }
     }
@@ -139,9 +148,21 @@ mod test {
         .unwrap();
         assert!((10..100).contains(&calls), "{calls} calls");
         assert!(secs >= 1e-3, "{secs}");
+        // Calls quicker than the shortest sample: more of them, numbered on.
+        let (mut seen, t) = (Vec::new(), Instant::now());
+        per_call(3, Duration::from_secs(60), |i| {
+            seen.push(i);
+            std::thread::sleep(Duration::from_millis(1));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!(t.elapsed() >= MIN_SAMPLE, "{:?}", t.elapsed());
+        assert!(seen.len() > 3 && seen.iter().copied().eq(0..seen.len() as u32));
+        // Slow calls: `n` of them.
         let mut seen = Vec::new();
         per_call(3, Duration::from_secs(60), |i| {
             seen.push(i);
+            std::thread::sleep(MIN_SAMPLE / 2);
             Ok::<(), ()>(())
         })
         .unwrap();
