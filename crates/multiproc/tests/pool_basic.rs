@@ -780,10 +780,52 @@ fn a_pool_worker_holds_no_doorbell(method: multiproc::StartMethod) {
     pool.join().unwrap();
 }
 
+/// Each worker holds the same descriptors, however many were started before it: a forked
+/// worker held every earlier worker's connection, ring, progress area, pidfd and report
+/// channel (the pool's side of them), six more per worker.
+fn a_pool_worker_holds_nothing_of_the_workers_started_before_it(method: multiproc::StartMethod) {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::builder()
+        .processes(5)
+        .start_method(method)
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(&square, 0..10u64).unwrap().len(), 10);
+    let held: Vec<Vec<String>> = pool
+        .initial_pids()
+        .iter()
+        .map(|&pid| open_descriptor_kinds(pid))
+        .collect();
+    assert!(held.iter().all(|h| h.len() == held[0].len()), "{held:#?}");
+    pool.close();
+    pool.join().unwrap();
+}
+
+/// The same for a closure pool, whose workers are always forks.
+#[multiproc::test]
+fn a_closure_pool_worker_holds_nothing_of_the_workers_started_before_it() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::builder()
+        .processes(5)
+        .build_closure(|x: u64| x * x)
+        .unwrap();
+    assert_eq!(pool.map(0..10u64).unwrap().len(), 10);
+    let pool = pool.pool();
+    let held: Vec<Vec<String>> = pool
+        .initial_pids()
+        .iter()
+        .map(|&pid| open_descriptor_kinds(pid))
+        .collect();
+    assert!(held.iter().all(|h| h.len() == held[0].len()), "{held:#?}");
+    pool.close();
+    pool.join().unwrap();
+}
+
 per_start_method!(
     multiproc::test;
     spinning_callers_leave_callbacks_and_maps_served,
     a_sleeping_caller_is_woken_by_its_worker_and_by_whatever_ends_its_task,
     a_caller_on_its_workers_cpu_leaves_callbacks_and_iterators_served,
-    a_pool_worker_holds_no_doorbell
+    a_pool_worker_holds_no_doorbell,
+    a_pool_worker_holds_nothing_of_the_workers_started_before_it
 );

@@ -217,6 +217,7 @@ fn builder(method: StartMethod) -> multiproc::Builder {
 
 per_start_method!(
     typed_result_and_identity,
+    a_child_holds_no_descriptor_of_its_siblings,
     several_arguments,
     exit_codes,
     panic_message_comes_back,
@@ -253,6 +254,48 @@ fn typed_result_and_identity(method: StartMethod) {
     assert_eq!(r.identity.len(), 1);
     assert!(!r.daemon);
     assert_eq!(r.cpus, multiproc::cpu_count());
+}
+
+/// The kinds of descriptor this process holds (`/proc/self/fd` link targets, with the
+/// numbers of sockets, pipes and inodes cut off).
+#[multiproc::func]
+fn my_descriptor_kinds() -> Vec<String> {
+    let mut kinds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| match t.display().to_string() {
+            // The listing itself.
+            t if t.starts_with("/proc/") => "/proc/PID/fd".to_string(),
+            t => t.split(":[").next().unwrap_or(&t).to_string(),
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// A child keeps nothing of this process's side of its other children (their pidfds and
+/// report channels): under the fork method, a child holds what its parent held at the fork,
+/// and held every earlier sibling's.
+fn a_child_holds_no_descriptor_of_its_siblings(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let kinds = |p: Process<Vec<String>>| p.join().unwrap();
+    let alone = kinds(builder(method).start(&my_descriptor_kinds, ()).unwrap());
+    let siblings: Vec<_> = (0..4)
+        .map(|_| builder(method).start(&sleep_ms, 2_000).unwrap())
+        .collect();
+    let beside = kinds(builder(method).start(&my_descriptor_kinds, ()).unwrap());
+    assert_eq!(
+        beside, alone,
+        "alone: {alone:?}; beside four siblings: {beside:?}"
+    );
+    assert!(
+        !beside.iter().any(|k| k == "anon_inode:[pidfd]"),
+        "{beside:?}"
+    );
+    for s in siblings {
+        s.terminate().unwrap();
+        let _ = s.join();
+    }
 }
 
 fn several_arguments(method: StartMethod) {

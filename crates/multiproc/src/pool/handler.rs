@@ -26,6 +26,7 @@ use super::wire::{FromWorker, ToWorker};
 use super::worker::{WorkerLimits, multiproc_pool_worker};
 use crate::connection::{Connection, pipe, wait};
 use crate::error::TaskError;
+use crate::process::parent_only::Listed;
 use crate::process::setup::Setup;
 use crate::process::{Outcome, Process, StartMethod};
 
@@ -73,6 +74,9 @@ fn depth(avg: Duration) -> usize {
 }
 
 pub(crate) struct Worker {
+    /// Our side of the worker, which a worker forked after it must not keep (first: unlisted
+    /// before the descriptors close).
+    _listed: Listed,
     process: Process<()>,
     /// Shared with callers while the worker is lent (see `State::lent`).
     conn: Arc<Connection>,
@@ -95,7 +99,9 @@ pub(crate) struct Worker {
 impl Worker {
     fn new(process: Process<()>, conn: Connection, reports: Reports, progress: Progress) -> Worker {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        use std::os::fd::AsFd;
         Worker {
+            _listed: Listed::new(&[conn.as_fd(), reports.as_fd(), progress.as_fd()]),
             process,
             conn: Arc::new(conn),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

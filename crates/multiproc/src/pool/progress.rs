@@ -72,6 +72,13 @@ impl Kept {
     }
 }
 
+/// The area's shared memory.
+impl std::os::fd::AsFd for Progress {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.block.0.as_fd()
+    }
+}
+
 impl Progress {
     pub(crate) fn new() -> std::io::Result<Progress> {
         Ok(Progress {

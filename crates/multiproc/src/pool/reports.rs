@@ -48,6 +48,13 @@ pub(crate) struct Reports {
     ring: Ring,
 }
 
+/// The ring's shared memory.
+impl std::os::fd::AsFd for Reports {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
 impl Reports {
     pub(crate) fn new() -> Result<Reports, PoolError> {
         // Waited for on futexes and the worker's connection only: no doorbell.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::parent_only::ParentFd;
 use super::wire::{self, Kind, Outcome};
 use crate::error::{CodecError, ProcessError};
 use crate::sys::{self, ExitStatus};
@@ -24,7 +25,7 @@ pub(crate) struct ChildShared {
     via_forkserver: bool,
     /// The `#[multiproc::test]` that started it (see `scope`), or `scope::NONE`.
     scope: u64,
-    pidfd: OwnedFd,
+    pidfd: ParentFd,
     /// The reactor's watch of the pidfd, for `join_async`.
     #[cfg(feature = "tokio")]
     watch: crate::aio::LazyWatch,
@@ -38,9 +39,9 @@ pub(crate) struct ChildShared {
 #[derive(Debug, Default)]
 struct ChildState {
     /// The channel from the child (non-blocking); dropped once the child is over.
-    sock: Option<Arc<OwnedFd>>,
+    sock: Option<Arc<ParentFd>>,
     /// A forked child's end of the channel, kept to reuse the pair (see [`report_pair`]).
-    theirs: Option<OwnedFd>,
+    theirs: Option<ParentFd>,
     buf: Vec<u8>,
     outcome: Option<Outcome>,
     outcome_taken: bool,
@@ -84,12 +85,12 @@ impl ChildShared {
             daemon,
             via_forkserver,
             scope,
-            pidfd,
+            pidfd: ParentFd::new(pidfd),
             #[cfg(feature = "tokio")]
             watch: Default::default(),
             state: Mutex::new(ChildState {
-                sock: Some(Arc::new(sock)),
-                theirs,
+                sock: Some(Arc::new(ParentFd::new(sock))),
+                theirs: theirs.map(ParentFd::new),
                 ..ChildState::default()
             }),
             limits: None,
@@ -147,7 +148,7 @@ impl ChildShared {
             if let (Some(sock), Some(theirs), true) = (sock, theirs, clean)
                 && let Ok(ours) = Arc::try_unwrap(sock)
             {
-                put_back_pair(ours, theirs);
+                put_back_pair(ours.into_owned(), theirs.into_owned());
             }
             st.buf = Vec::new();
             st.fds.clear();

@@ -10,7 +10,9 @@ use super::builder::Streams;
 use super::handle::{self, Process};
 use super::setup::StreamEnds;
 use super::wire::{Outcome, Start};
-use super::{bootstrap, child, current, forkserver, panics, reaper, registry, scope, setup};
+use super::{
+    bootstrap, child, current, forkserver, panics, parent_only, reaper, registry, scope, setup,
+};
 use crate::error::ProcessError;
 use crate::sys;
 
@@ -111,14 +113,23 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
         child::lock_spare_pair(),
         reaper::lock_reaper(),
         scope::lock_scopes(),
+        parent_only::lock(),
     ));
     // Room for the new child's entry now, so that registering it after the fork does not
     // reallocate while the child shares our pages.
-    if let Some((_, children, _, _, _, _)) = locks.as_mut() {
+    if let Some((_, children, _, _, _, _, _)) = locks.as_mut() {
         children.reserve(1);
     }
-    let pid = sys::fork_then(&[close], || {
-        if let Some((mut client, mut children, me, mut spare, mut reaper, scopes)) = locks.take() {
+    // Closed in the child: the parent's side of its children and pool workers, listed under
+    // the lock held across the fork.
+    let close: Vec<RawFd> = match &locks {
+        Some((.., listed)) => listed.iter().copied().chain([close]).collect(),
+        None => vec![close],
+    };
+    let pid = sys::fork_then(&close, || {
+        if let Some((mut client, mut children, me, mut spare, mut reaper, scopes, mut listed)) =
+            locks.take()
+        {
             // Written only when there is something to forget: each write to a static is a
             // copy-on-write fault in the child.
             forkserver::forget_in_child(&mut client);
@@ -134,8 +145,10 @@ fn fork_child(close: RawFd, body: impl FnOnce() -> i32) -> std::io::Result<u32> 
                 sys::close_inline(a);
                 sys::close_inline(b);
             }
+            // Closed above (`close`); the list is this child's own from now on.
+            parent_only::forget_in_child(&mut listed);
             // The running tests' scopes are left as they are: no test ends in this child.
-            drop((client, children, me, spare, reaper, scopes));
+            drop((client, children, me, spare, reaper, scopes, listed));
         }
         drop((stdout, stderr));
         body()

@@ -39,6 +39,7 @@ mod forkserver;
 mod handle;
 mod output;
 mod panics;
+pub(crate) mod parent_only;
 mod reaper;
 pub(crate) mod registry;
 mod scope;

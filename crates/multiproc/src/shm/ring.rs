@@ -169,6 +169,13 @@ impl Drop for Held<'_> {
     }
 }
 
+/// The ring's shared memory (not its doorbell).
+impl std::os::fd::AsFd for Ring {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.block.0.as_fd()
+    }
+}
+
 impl Ring {
     /// A ring of `data_size` bytes (virtual: memory is used as items arrive and given back
     /// as they leave) holding at most `max_items` items (0: no item limit).

@@ -1,0 +1,121 @@
+//! Descriptors only this process may hold: its side of its own children (their pidfds and
+//! report channels, a pool's connections to its workers and their rings). A child forked
+//! from this process (the `fork` start method, a closure pool's workers) would otherwise
+//! keep a copy of each, for as long as it runs: a pool's last worker held every earlier
+//! worker's, so descriptors grew with the square of the workers, and a worker held another
+//! one's connection open. A fork (`fork::fork_child`) closes every listed descriptor in the
+//! child.
+//!
+//! A descriptor is listed from when it is open until just before it is closed, under the
+//! lock the fork holds, so a forked child closes exactly the listed descriptors open at the
+//! fork. Objects forgotten in a child (its copy of the parent's children) may still drop
+//! there: a descriptor listed by another process image is then forgotten, not closed, since
+//! its number may belong to a file of the child by then.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::sys;
+
+static LISTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// The list, held across a fork (see `fork::fork_child`).
+pub(super) fn lock() -> MutexGuard<'static, Vec<RawFd>> {
+    LISTED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// In a child just forked with the list held, after `fork_then` closed every listed
+/// descriptor: the list is the child's own from now on. Written only when there is something
+/// to forget: each write is a copy-on-write fault on the path the parent waits for.
+pub(super) fn forget_in_child(listed: &mut Vec<RawFd>) {
+    if !listed.is_empty() {
+        listed.clear();
+    }
+}
+
+/// Takes `fds` off the list (one entry each).
+fn unlist(fds: &[RawFd]) {
+    let mut listed = lock();
+    for fd in fds {
+        if let Some(i) = listed.iter().rposition(|l| l == fd) {
+            listed.swap_remove(i);
+        }
+    }
+}
+
+/// Descriptors that something else owns, listed while this lives: declared before their
+/// owners in a struct, so that it drops first.
+#[derive(Debug)]
+pub(crate) struct Listed {
+    fds: Vec<RawFd>,
+    forks: u32,
+}
+
+impl Listed {
+    pub(crate) fn new(fds: &[BorrowedFd<'_>]) -> Listed {
+        let fds: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        lock().extend_from_slice(&fds);
+        Listed {
+            fds,
+            forks: sys::fork_generation(),
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        // In a forked child the list is the child's own (emptied at the fork).
+        if self.forks == sys::fork_generation() {
+            unlist(&self.fds);
+        }
+    }
+}
+
+/// A descriptor listed for as long as it is open.
+#[derive(Debug)]
+pub(crate) struct ParentFd {
+    fd: Option<OwnedFd>,
+    forks: u32,
+}
+
+impl ParentFd {
+    pub(crate) fn new(fd: OwnedFd) -> ParentFd {
+        lock().push(fd.as_raw_fd());
+        ParentFd {
+            fd: Some(fd),
+            forks: sys::fork_generation(),
+        }
+    }
+
+    /// The descriptor, no longer listed (kept by something a forked child closes itself).
+    pub(crate) fn into_owned(mut self) -> OwnedFd {
+        let fd = self
+            .fd
+            .take()
+            .expect("a ParentFd holds its descriptor until dropped");
+        unlist(&[fd.as_raw_fd()]);
+        fd
+    }
+}
+
+impl AsFd for ParentFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd
+            .as_ref()
+            .expect("a ParentFd holds its descriptor until dropped")
+            .as_fd()
+    }
+}
+
+impl Drop for ParentFd {
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else { return };
+        if self.forks == sys::fork_generation() {
+            unlist(&[fd.as_raw_fd()]);
+            drop(fd);
+        } else {
+            // A forked child's copy: closed at the fork, its number maybe reused since.
+            std::mem::forget(fd);
+        }
+    }
+}
