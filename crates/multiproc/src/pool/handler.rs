@@ -101,7 +101,14 @@ impl Worker {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         use std::os::fd::AsFd;
         Worker {
-            _listed: Listed::new(&[conn.as_fd(), reports.as_fd(), progress.as_fd()]),
+            // The pidfd too: only the handler thread, which a forked child does not have,
+            // signals or waits for a worker.
+            _listed: Listed::new(&[
+                conn.as_fd(),
+                reports.as_fd(),
+                progress.as_fd(),
+                process.sentinel(),
+            ]),
             process,
             conn: Arc::new(conn),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

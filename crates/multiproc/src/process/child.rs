@@ -25,7 +25,11 @@ pub(crate) struct ChildShared {
     via_forkserver: bool,
     /// The `#[multiproc::test]` that started it (see `scope`), or `scope::NONE`.
     scope: u64,
-    pidfd: ParentFd,
+    /// Not listed in `parent_only`: a forked child may still signal its sibling through a copy
+    /// of this handle (as CPython's `terminate` can), and `sentinel` stays valid there.
+    pidfd: OwnedFd,
+    /// The fork generation of the process image that started it (see [`Self::progress`]).
+    forks: u32,
     /// The reactor's watch of the pidfd, for `join_async`.
     #[cfg(feature = "tokio")]
     watch: crate::aio::LazyWatch,
@@ -85,7 +89,8 @@ impl ChildShared {
             daemon,
             via_forkserver,
             scope,
-            pidfd: ParentFd::new(pidfd),
+            pidfd,
+            forks: sys::fork_generation(),
             #[cfg(feature = "tokio")]
             watch: Default::default(),
             state: Mutex::new(ChildState {
@@ -109,6 +114,14 @@ impl ChildShared {
     fn progress(&self, st: &mut ChildState) -> io::Result<()> {
         if st.status.is_some() {
             return Ok(());
+        }
+        if self.forks != sys::fork_generation() {
+            // A copy of the handle in a forked child, whose report channel was closed at the
+            // fork (`parent_only`); the child is not its child either.
+            return Err(io::Error::other(
+                "this process was started by the parent of this forked process: only that \
+                 process can wait for it",
+            ));
         }
         if !self.via_forkserver {
             if let Some(s) = sys::try_wait(self.pid)? {

@@ -1,5 +1,5 @@
-//! Descriptors only this process may hold: its side of its own children (their pidfds and
-//! report channels, a pool's connections to its workers and their rings). A child forked
+//! Descriptors only this process may hold: its side of its own children (their report
+//! channels; a pool's connections to its workers, their rings and pidfds). A child forked
 //! from this process (the `fork` start method, a closure pool's workers) would otherwise
 //! keep a copy of each, for as long as it runs: a pool's last worker held every earlier
 //! worker's, so descriptors grew with the square of the workers, and a worker held another
@@ -9,8 +9,10 @@
 //! A descriptor is listed from when it is open until just before it is closed, under the
 //! lock the fork holds, so a forked child closes exactly the listed descriptors open at the
 //! fork. Objects forgotten in a child (its copy of the parent's children) may still drop
-//! there: a descriptor listed by another process image is then forgotten, not closed, since
-//! its number may belong to a file of the child by then.
+//! there: a [`ParentFd`] listed by another process image is then forgotten, not closed, since
+//! its number may belong to a file of the child by then. The owner of a [`Listed`] set, a
+//! pool's worker, is only ever dropped by its pool's handler thread, which a forked child
+//! does not have.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
