@@ -73,9 +73,9 @@ impl Watch {
     /// recorded until a try that follows it has run, in this task or (see [`Watch`]) in every
     /// task waiting on this watch.
     pub(crate) async fn readable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
-        // Listening from before the first try (see [`Watch`]).
+        // Listening from before the first try (see [`Watch`]): a `Notified` sees every
+        // `notify_waiters` made after it was created, polled or not (one atomic load; no lock).
         let mut told = pin!(self.cleared.notified());
-        told.as_mut().enable();
         if let Poll::Ready(r) = op() {
             return Ok(r);
         }
@@ -103,7 +103,6 @@ impl Watch {
     /// [`readable`](Watch::readable) for writing.
     pub(crate) async fn writable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
         let mut told = pin!(self.cleared.notified());
-        told.as_mut().enable();
         if let Poll::Ready(r) = op() {
             return Ok(r);
         }
@@ -130,7 +129,6 @@ impl Watch {
             };
             // Listening again before the next try.
             told.set(self.cleared.notified());
-            told.as_mut().enable();
             let Some(guard) = woke else {
                 // Another task cleared the readiness: look again, clearing nothing.
                 if let Poll::Ready(r) = op() {
@@ -211,13 +209,15 @@ mod tests {
     use super::*;
     use crate::sys;
 
-    /// Task Y makes a try that comes before a change (it looked, then was held up), while the
+    /// Task Y makes its first try before a change (it looked, then was held up), while the
     /// doorbell rings for that change and task X, waiting on the same watch for something
-    /// else, takes the readiness, finds nothing for itself and clears it. Y's next wait must
-    /// not sleep through the change (it did, for ever: a queue's getter and putter tasks
-    /// stalled each other now and then on a multi-thread runtime).
+    /// else, takes the readiness, finds nothing for itself and clears it. Y, no longer
+    /// registered when the ring came, must not sleep through the change: only X's word can
+    /// wake it (it slept for ever: a queue's getter and putter tasks stalled each other now
+    /// and then on a multi-thread runtime). No spinning, which would look again.
     #[test]
     fn a_task_whose_try_came_before_the_ring_is_not_left_asleep_by_another_clearing() {
+        crate::set_spin_policy(crate::SpinPolicy::Never);
         let rt = ::tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -226,19 +226,17 @@ mod tests {
         let bell = sys::doorbell().unwrap();
         let watch = Arc::new(rt.block_on(async { Watch::new(bell.as_fd()) }).unwrap());
         let ready = Arc::new(AtomicBool::new(false));
-        // 1: Y's next try is to be held up; 2: it is, having looked; 3: let go.
-        let step = Arc::new(AtomicU32::new(0));
+        // 0: Y's first try is under way, having looked; 1: let go.
+        let held = Arc::new(AtomicU32::new(2));
         let y = rt.spawn({
-            let (watch, ready, step) = (watch.clone(), ready.clone(), step.clone());
+            let (watch, ready, held) = (watch.clone(), ready.clone(), held.clone());
             async move {
                 watch
                     .readable(|| {
                         let seen = ready.load(Ordering::SeqCst);
-                        if step
-                            .compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst)
-                            .is_ok()
-                        {
-                            while step.load(Ordering::SeqCst) != 3 {
+                        if held.load(Ordering::SeqCst) == 2 {
+                            held.store(0, Ordering::SeqCst);
+                            while held.load(Ordering::SeqCst) != 1 {
                                 std::thread::sleep(Duration::from_millis(1));
                             }
                         }
@@ -247,26 +245,34 @@ mod tests {
                     .await
             }
         });
-        let settle = || std::thread::sleep(Duration::from_millis(50));
-        // Y sleeps in the reactor; a first ring wakes it for the try that is held up.
-        settle();
-        step.store(1, Ordering::SeqCst);
-        sys::ring_doorbell(bell.as_fd());
-        while step.load(Ordering::SeqCst) != 2 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // The change Y waits for, rung while Y's try is under way; X uses up the readiness.
+        let until = |cond: &dyn Fn() -> bool| {
+            while !cond() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        until(&|| held.load(Ordering::SeqCst) == 0);
+        // The change Y waits for, rung while its try is under way; X uses up the readiness:
+        // its first try, then a second one once the reactor reported the ring, then it clears.
         ready.store(true, Ordering::SeqCst);
         sys::ring_doorbell(bell.as_fd());
-        settle();
+        let tries = Arc::new(AtomicU32::new(0));
         let x = rt.spawn({
-            let watch = watch.clone();
-            async move { watch.readable(|| Poll::<()>::Pending).await }
+            let (watch, tries) = (watch.clone(), tries.clone());
+            async move {
+                watch
+                    .readable(|| {
+                        tries.fetch_add(1, Ordering::SeqCst);
+                        Poll::<()>::Pending
+                    })
+                    .await
+            }
         });
-        settle();
-        step.store(3, Ordering::SeqCst);
+        until(&|| tries.load(Ordering::SeqCst) >= 2);
+        std::thread::sleep(Duration::from_millis(50));
+        held.store(1, Ordering::SeqCst);
         let woke = rt.block_on(async { ::tokio::time::timeout(Duration::from_secs(5), y).await });
         x.abort();
+        crate::set_spin_policy(crate::SpinPolicy::Adaptive);
         assert!(
             matches!(woke, Ok(Ok(Ok(())))),
             "the task slept through the change it waited for: {woke:?}"
