@@ -119,11 +119,16 @@ fn burner_pids(stdout: &str) -> Vec<u32> {
 /// Runs the bench with `args`, its output read as it comes; killed if it takes over `limit`,
 /// and then the test fails with what it printed so far (which row it was at).
 fn bench_within(args: &[&str], limit: Duration) -> String {
+    use std::os::unix::process::CommandExt;
+    // A process group of its own: at the deadline the bench goes with every process it
+    // started, its plain commands (a redis server, cluster workers) too, which would keep
+    // its output open.
     let mut child = common::Reaped(
         Command::new(BIN)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .unwrap(),
     );
@@ -137,10 +142,11 @@ fn bench_within(args: &[&str], limit: Duration) -> String {
     let stderr = read_all(Box::new(child.0.stderr.take().unwrap()));
     let ended = common::eventually(limit, || matches!(child.0.try_wait(), Ok(Some(_))));
     if !ended {
-        let _ = child.0.kill();
+        let group = nix::unistd::Pid::from_raw(-(child.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::SIGKILL);
     }
     let status = child.0.wait().unwrap();
-    // Both ends close once the bench's helpers, daemonic, have died with it.
+    // Both ends close once the bench's helpers (daemonic, or in its group) have died too.
     let (stdout, stderr) = (
         stdout.join().unwrap().unwrap(),
         stderr.join().unwrap().unwrap(),

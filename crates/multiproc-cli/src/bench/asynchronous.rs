@@ -14,7 +14,7 @@ use super::pipe::conn_echo;
 use super::place::Cpu;
 use super::pool::ident;
 use super::report::{Report, Unit};
-use super::stats::{Samples, per_call};
+use super::stats::{Samples, per_call, per_call_async};
 
 /// The runtime the async side runs on: one thread, the plainest setting.
 fn runtime() -> multiproc::Result<tokio::runtime::Runtime> {
@@ -30,18 +30,14 @@ fn pool_rt_async(
     n: u32,
     budget: Duration,
 ) -> multiproc::Result<f64> {
-    rt.block_on(async {
-        let t = Instant::now();
-        let mut done = 0u32;
-        while done < n.max(1) {
-            pool.apply_async(&ident, u64::from(done))?.await?;
-            done += 1;
-            if t.elapsed() > budget {
-                break;
-            }
-        }
-        Ok(t.elapsed().as_secs_f64() / f64::from(done))
-    })
+    rt.block_on(per_call_async(
+        n,
+        budget,
+        async |i| -> multiproc::Result<()> {
+            pool.apply_async(&ident, u64::from(i))?.await?;
+            Ok(())
+        },
+    ))
 }
 
 /// Seconds per typed round trip with an echo process, awaited or not.
@@ -59,19 +55,15 @@ fn conn_rt(
             Ok(())
         });
     }
-    rt.block_on(async {
-        let t = Instant::now();
-        let mut done = 0u32;
-        while done < n.max(1) {
+    rt.block_on(per_call_async(
+        n,
+        budget,
+        async |_| -> multiproc::Result<()> {
             ours.send_async(&7u64).await?;
             std::hint::black_box(ours.recv_async::<u64>().await?);
-            done += 1;
-            if t.elapsed() > budget {
-                break;
-            }
-        }
-        Ok(t.elapsed().as_secs_f64() / f64::from(done))
-    })
+            Ok(())
+        },
+    ))
 }
 
 /// Items per second through a queue, a producer task and a consumer task in this process
@@ -133,18 +125,14 @@ fn dict_set(
     if !asynchronous {
         return Ok(per_call(n, budget, |i| d.set(&u64::from(i % 64), &7))?);
     }
-    rt.block_on(async {
-        let t = Instant::now();
-        let mut done = 0u32;
-        while done < n.max(1) {
-            d.set_async(&u64::from(done % 64), &7).await?;
-            done += 1;
-            if t.elapsed() > budget {
-                break;
-            }
-        }
-        Ok(t.elapsed().as_secs_f64() / f64::from(done))
-    })
+    rt.block_on(per_call_async(
+        n,
+        budget,
+        async |i| -> multiproc::Result<()> {
+            d.set_async(&u64::from(i % 64), &7).await?;
+            Ok(())
+        },
+    ))
 }
 
 /// The threads of this process now (`Threads` of `/proc/self/status`).

@@ -86,18 +86,39 @@ pub(crate) fn per_call<E>(
     budget: Duration,
     mut f: impl FnMut(u32) -> Result<(), E>,
 ) -> Result<f64, E> {
-    let shortest = MIN_SAMPLE.min(budget / 10);
     let t = Instant::now();
     let mut done = 0u32;
     loop {
         f(done)?;
         done += 1;
-        let elapsed = t.elapsed();
-        if elapsed > budget || (done >= n && elapsed >= shortest) || done == u32::MAX {
+        if sampled(done, n, t.elapsed(), budget) {
             break;
         }
     }
     Ok(t.elapsed().as_secs_f64() / f64::from(done))
+}
+
+/// [`per_call`] of an async `f`, awaited in turn.
+pub(crate) async fn per_call_async<E>(
+    n: u32,
+    budget: Duration,
+    mut f: impl AsyncFnMut(u32) -> Result<(), E>,
+) -> Result<f64, E> {
+    let t = Instant::now();
+    let mut done = 0u32;
+    loop {
+        f(done).await?;
+        done += 1;
+        if sampled(done, n, t.elapsed(), budget) {
+            break;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() / f64::from(done))
+}
+
+/// Whether a sample of `done` calls after `elapsed` is over (see [`per_call`]).
+fn sampled(done: u32, n: u32, elapsed: Duration, budget: Duration) -> bool {
+    elapsed > budget || (done >= n && elapsed >= MIN_SAMPLE.min(budget / 10)) || done == u32::MAX
 }
 
 /// Runs a measurement that reports its own figure `reps` times.
