@@ -780,45 +780,60 @@ fn a_pool_worker_holds_no_doorbell(method: multiproc::StartMethod) {
     pool.join().unwrap();
 }
 
-/// Each worker holds the same descriptors, however many were started before it: a forked
-/// worker held every earlier worker's connection, ring, progress area, pidfd and report
-/// channel (the pool's side of them), six more per worker.
+/// How many descriptors each worker of a pool of five holds (with start method `method`, or
+/// a closure pool for `None`).
+#[multiproc::func]
+fn descriptors_per_worker(method: Option<String>) -> Vec<Vec<String>> {
+    let held = |pool: &Pool| -> Vec<Vec<String>> {
+        let held = pool
+            .initial_pids()
+            .iter()
+            .map(|&pid| open_descriptor_kinds(pid))
+            .collect();
+        pool.close();
+        pool.join().unwrap();
+        held
+    };
+    let builder = Pool::builder().processes(5);
+    match method {
+        Some(m) => {
+            let pool = builder.start_method(m.parse().unwrap()).build().unwrap();
+            assert_eq!(pool.map(&square, 0..10u64).unwrap().len(), 10);
+            held(&pool)
+        }
+        None => {
+            let pool = builder.build_closure(|x: u64| x * x).unwrap();
+            assert_eq!(pool.map(0..10u64).unwrap().len(), 10);
+            held(pool.pool())
+        }
+    }
+}
+
+/// Every worker holds as many descriptors as the first, however many were started before
+/// it: a forked worker held every earlier worker's connection, ring, progress area, pidfd
+/// and report channel (the pool's side of them), six more per worker. Looked at in a process
+/// of its own: the other tests of this binary, which the plain test harness runs beside this
+/// one, make descriptors a fork inherits too.
+fn assert_workers_hold_as_many_descriptors(method: Option<String>) {
+    let held = multiproc::Process::builder()
+        .start_method(multiproc::StartMethod::Spawn)
+        .start(&descriptors_per_worker, method)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(held.iter().all(|h| h.len() == held[0].len()), "{held:#?}");
+}
+
 fn a_pool_worker_holds_nothing_of_the_workers_started_before_it(method: multiproc::StartMethod) {
     let _leaks = LeakCheck::new();
-    let pool = Pool::builder()
-        .processes(5)
-        .start_method(method)
-        .build()
-        .unwrap();
-    assert_eq!(pool.map(&square, 0..10u64).unwrap().len(), 10);
-    let held: Vec<Vec<String>> = pool
-        .initial_pids()
-        .iter()
-        .map(|&pid| open_descriptor_kinds(pid))
-        .collect();
-    assert!(held.iter().all(|h| h.len() == held[0].len()), "{held:#?}");
-    pool.close();
-    pool.join().unwrap();
+    assert_workers_hold_as_many_descriptors(Some(method.to_string()));
 }
 
 /// The same for a closure pool, whose workers are always forks.
 #[multiproc::test]
 fn a_closure_pool_worker_holds_nothing_of_the_workers_started_before_it() {
     let _leaks = LeakCheck::new();
-    let pool = Pool::builder()
-        .processes(5)
-        .build_closure(|x: u64| x * x)
-        .unwrap();
-    assert_eq!(pool.map(0..10u64).unwrap().len(), 10);
-    let pool = pool.pool();
-    let held: Vec<Vec<String>> = pool
-        .initial_pids()
-        .iter()
-        .map(|&pid| open_descriptor_kinds(pid))
-        .collect();
-    assert!(held.iter().all(|h| h.len() == held[0].len()), "{held:#?}");
-    pool.close();
-    pool.join().unwrap();
+    assert_workers_hold_as_many_descriptors(None);
 }
 
 per_start_method!(

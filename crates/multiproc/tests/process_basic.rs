@@ -277,26 +277,41 @@ fn my_descriptor_kinds() -> Vec<String> {
     kinds
 }
 
-/// A child keeps nothing of this process's side of its other children (their report
-/// channels): under the fork method, a child held what its parent held at the fork, two
-/// sockets per earlier sibling. (A sibling's pidfd stays, so that a forked copy of its handle
-/// can still signal it.)
-fn a_child_holds_no_descriptor_of_its_siblings(method: StartMethod) {
-    let _leaks = LeakCheck::new();
+/// The descriptors of a child started alone and of one started beside four running
+/// siblings, all with `method`.
+#[multiproc::func]
+fn descriptors_alone_and_beside_siblings(method: String) -> (Vec<String>, Vec<String>) {
+    let method: StartMethod = method.parse().unwrap();
     let kinds = |p: Process<Vec<String>>| p.join().unwrap();
     let alone = kinds(builder(method).start(&my_descriptor_kinds, ()).unwrap());
     let siblings: Vec<_> = (0..4)
         .map(|_| builder(method).start(&sleep_ms, 2_000).unwrap())
         .collect();
     let beside = kinds(builder(method).start(&my_descriptor_kinds, ()).unwrap());
-    assert_eq!(
-        beside, alone,
-        "alone: {alone:?}; beside four siblings: {beside:?}"
-    );
     for s in siblings {
         s.terminate().unwrap();
         let _ = s.join();
     }
+    (alone, beside)
+}
+
+/// A child keeps nothing of this process's side of its other children (their report
+/// channels): under the fork method, a child held what its parent held at the fork, two
+/// sockets per earlier sibling. (A sibling's pidfd stays, so that a forked copy of its handle
+/// can still signal it.) Looked at in a process of its own: the other tests of this binary,
+/// which the plain test harness runs beside this one, make descriptors a fork inherits too.
+fn a_child_holds_no_descriptor_of_its_siblings(method: StartMethod) {
+    let _leaks = LeakCheck::new();
+    let (alone, beside) = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .start(&descriptors_alone_and_beside_siblings, method.to_string())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        beside, alone,
+        "alone: {alone:?}; beside four siblings: {beside:?}"
+    );
 }
 
 /// A forked child has a copy of its parent's handle of a sibling: it can signal the sibling
