@@ -829,6 +829,30 @@ fn a_pool_worker_holds_nothing_of_the_workers_started_before_it(method: multipro
     assert_workers_hold_as_many_descriptors(Some(method.to_string()));
 }
 
+/// A forked child's copy of its parent's pool refuses work with an error (no thread of the
+/// pool runs there, and the fork closed the pool's descriptors), and ending the copy leaves
+/// the pool to the parent, which goes on using it.
+#[multiproc::test]
+fn a_forked_child_cannot_use_its_parents_pool() {
+    let _leaks = LeakCheck::new();
+    let pool = Pool::builder().processes(2).build().unwrap();
+    assert_eq!(pool.map(&square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+    let child = multiproc::Process::builder()
+        .fork(|| {
+            let refused = matches!(
+                pool.apply_async(&square, 3u64).map(drop),
+                Err(multiproc::TaskError::Invalid(_))
+            );
+            pool.terminate();
+            refused
+        })
+        .unwrap();
+    assert!(child.join().unwrap());
+    assert_eq!(pool.map(&square, 0..4u64).unwrap(), [0, 1, 4, 9]);
+    pool.close();
+    pool.join().unwrap();
+}
+
 /// The same for a closure pool, whose workers are always forks.
 #[multiproc::test]
 fn a_closure_pool_worker_holds_nothing_of_the_workers_started_before_it() {

@@ -353,10 +353,7 @@ impl PoolBuilder {
             .spawn(move || handler::run(thread_shared, cfg, wake_r, workers))
             .map_err(TaskError::io("cannot start the pool's thread"))?;
         let pool = Pool {
-            core: Core {
-                shared,
-                workers: processes,
-            },
+            core: Core::new(shared, processes),
             handler: Mutex::new(Some(handle)),
             pids,
         };
@@ -373,9 +370,38 @@ impl PoolBuilder {
 pub(crate) struct Core {
     pub(crate) shared: Shared,
     pub(crate) workers: usize,
+    /// The fork generation of the process that made the pool (see [`Core::usable`]).
+    forks: u32,
 }
 
 impl Core {
+    pub(crate) fn new(shared: Shared, workers: usize) -> Core {
+        Core {
+            shared,
+            workers,
+            forks: crate::sys::fork_generation(),
+        }
+    }
+
+    /// Whether this is a forked child's copy of its parent's pool: no thread of the pool
+    /// runs here, and its descriptors were closed at the fork.
+    pub(crate) fn inherited(&self) -> bool {
+        self.forks != crate::sys::fork_generation()
+    }
+
+    /// An error for a forked child's copy (tasks there would wait for ever, or go through
+    /// descriptors the fork closed).
+    pub(crate) fn usable(&self) -> Result<(), TaskError> {
+        if self.inherited() {
+            return Err(TaskError::Invalid(
+                "this pool was made by the parent of this forked process: a forked child \
+                 cannot use it (make a pool in the child)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn processes(&self) -> usize {
         self.workers
     }
@@ -402,6 +428,7 @@ impl Core {
         job: Option<u64>,
         timeout: Option<Duration>,
     ) -> Result<u64, TaskError> {
+        self.usable()?;
         if chunksize == 0 {
             return Err(TaskError::Invalid("chunksize must be at least 1".into()));
         }
@@ -592,6 +619,11 @@ impl Core {
 /// of microseconds). The broker's failures (`DeadLetter`, `Expired`, `BrokerLost`, `Broker`)
 /// cannot occur. A task sent to a worker counts as started for
 /// [`AsyncResult::cancel`]: a worker holds a few chunks ahead of the one it runs.
+///
+/// A pool belongs to the process that made it. In a child forked from that process (a
+/// closure given to [`Process::fork`](crate::Process::fork) that borrows it), it refuses
+/// work with [`TaskError::Invalid`], and `close`, `terminate` and dropping it do nothing
+/// there: the pool is the parent's to end.
 pub struct Pool {
     core: Core,
     handler: Mutex<Option<JoinHandle<()>>>,
@@ -855,12 +887,19 @@ impl Pool {
 
     /// No more tasks; the workers exit once every submitted task is done.
     pub fn close(&self) {
+        if self.core.inherited() {
+            return;
+        }
         self.core.shared.lock().close();
         self.core.shared.poke();
     }
 
     /// Stops the workers now; unfinished tasks fail with [`TaskError::Terminated`].
     pub fn terminate(&self) {
+        // A forked child's copy: the pool is the parent's to end.
+        if self.core.inherited() {
+            return;
+        }
         self.core.shared.lock().terminate();
         self.core.shared.poke();
         self.join_handler();
@@ -869,6 +908,7 @@ impl Pool {
     /// Waits for the workers to exit; call [`close`](Pool::close) or
     /// [`terminate`](Pool::terminate) first.
     pub fn join(&self) -> Result<(), TaskError> {
+        self.core.usable()?;
         {
             let st = self.core.shared.lock();
             if !st.is_closed() && !st.is_terminated() {

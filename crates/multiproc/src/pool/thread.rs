@@ -103,10 +103,7 @@ impl ThreadPoolBuilder {
             wake: Wake::Threads(Condvar::new()),
         });
         let crew = Arc::new(Crew {
-            core: Core {
-                shared,
-                workers: threads,
-            },
+            core: Core::new(shared, threads),
             closure: self.closure,
             timeout: self.task_timeout,
             slots: Mutex::new(Vec::new()),
@@ -282,6 +279,9 @@ impl ThreadPool {
 
     /// No more tasks; the threads end once every submitted task is done.
     pub fn close(&self) {
+        if self.crew.core.inherited() {
+            return;
+        }
         self.crew.core.shared.lock().close();
         self.crew.core.shared.poke();
     }
@@ -290,12 +290,16 @@ impl ThreadPool {
     /// stopped: a running task goes on in its thread until it returns (its result is
     /// dropped), and the thread ends then.
     pub fn terminate(&self) {
-        self.crew.stop();
+        // A forked child's copy: the threads are the parent's to end.
+        if !self.crew.core.inherited() {
+            self.crew.stop();
+        }
     }
 
     /// Waits until every thread ended (call [`close`](Self::close) or
     /// [`terminate`](Self::terminate) first); a timed-out task's thread is not waited for.
     pub fn join(&self) -> Result<(), TaskError> {
+        self.crew.core.usable()?;
         {
             let st = self.crew.core.shared.lock();
             if !st.is_closed() && !st.is_terminated() {
@@ -321,7 +325,7 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     /// Terminates: unfinished tasks fail, the threads end after their running task.
     fn drop(&mut self) {
-        self.crew.stop();
+        self.terminate();
     }
 }
 
