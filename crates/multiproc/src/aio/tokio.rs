@@ -2,12 +2,12 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::pin::{Pin, pin};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{Notify, futures::Notified};
 
 /// How long an awaited read looks for its data before it sleeps in the reactor, when
 /// spinning pays (the synchronous receive's budget).
@@ -21,14 +21,20 @@ const SPIN: std::time::Duration = crate::spin::REPLY_SPIN;
 /// The reactor keeps one readiness per descriptor, and a task whose try finds nothing clears
 /// it. Another task of this process may have made its last try before the event that
 /// readiness stands for, and not be registered with the reactor yet: it would then sleep
-/// through that event, which the first task used up for a condition of its own. So every
-/// waiting task also listens on [`cleared`](Watch::cleared) from before each try, and a task
-/// that clears the readiness tells them all to try again.
+/// through that event, which the first task used up for a condition of its own. So a task
+/// counts its clearing in [`clears`](Watch::clears) before it clears, and a task that has
+/// just registered with the reactor tries again if the count moved since its last try.
+///
+/// That is enough: an event that came before the registration either is still there (the
+/// registration returns at once) or was cleared, and the count moved before the clearing,
+/// which the registering task has seen (tokio clears and reads the readiness with release and
+/// acquire); an event after the registration wakes every registered task, and a woken task
+/// always gets its try. Costs one atomic load per registration, one increment per clearing.
 #[derive(Debug)]
 pub(crate) struct Watch {
     fd: AsyncFd<OwnedFd>,
     runtime: ::tokio::runtime::Id,
-    cleared: Notify,
+    clears: AtomicU64,
 }
 
 impl Watch {
@@ -52,7 +58,7 @@ impl Watch {
             Ok(r) => r.map(|fd| Watch {
                 fd,
                 runtime: runtime.id(),
-                cleared: Notify::new(),
+                clears: AtomicU64::new(0),
             }),
             Err(_) => Err(io::Error::other(
                 "an async method of multiproc needs a tokio runtime with its I/O driver \
@@ -73,9 +79,8 @@ impl Watch {
     /// recorded until a try that follows it has run, in this task or (see [`Watch`]) in every
     /// task waiting on this watch.
     pub(crate) async fn readable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
-        // Listening from before the first try (see [`Watch`]): a `Notified` sees every
-        // `notify_waiters` made after it was created, polled or not (one atomic load; no lock).
-        let mut told = pin!(self.cleared.notified());
+        // The clearings seen before the first try (see [`Watch`]).
+        let seen = self.clears.load(Ordering::SeqCst);
         if let Poll::Ready(r) = op() {
             return Ok(r);
         }
@@ -96,26 +101,24 @@ impl Watch {
                 }
             }
         }
-        self.sleep_until(Interest::READABLE, told.as_mut(), op)
-            .await
+        self.sleep_until(Interest::READABLE, seen, op).await
     }
 
     /// [`readable`](Watch::readable) for writing.
     pub(crate) async fn writable<R>(&self, mut op: impl FnMut() -> Poll<R>) -> io::Result<R> {
-        let mut told = pin!(self.cleared.notified());
+        let seen = self.clears.load(Ordering::SeqCst);
         if let Poll::Ready(r) = op() {
             return Ok(r);
         }
-        self.sleep_until(Interest::WRITABLE, told.as_mut(), op)
-            .await
+        self.sleep_until(Interest::WRITABLE, seen, op).await
     }
 
     /// The waiting part of [`readable`](Watch::readable) and [`writable`](Watch::writable),
-    /// after a try that was not ready (`told` listening since before it).
-    async fn sleep_until<'a, R>(
-        &'a self,
+    /// after a try that was not ready; `seen`: the clearings counted before that try.
+    async fn sleep_until<R>(
+        &self,
         interest: Interest,
-        mut told: Pin<&mut Notified<'a>>,
+        mut seen: u64,
         mut op: impl FnMut() -> Poll<R>,
     ) -> io::Result<R> {
         loop {
@@ -123,25 +126,27 @@ impl Watch {
                 let mut ready = pin!(self.fd.ready(interest));
                 std::future::poll_fn(|cx| match ready.as_mut().poll(cx) {
                     Poll::Ready(guard) => Poll::Ready(Some(guard)),
-                    Poll::Pending => told.as_mut().poll(cx).map(|()| None),
+                    // Registered: cleared since the last try? Then try again (see [`Watch`]).
+                    Poll::Pending => match self.clears.load(Ordering::SeqCst) {
+                        now if now == seen => Poll::Pending,
+                        _ => Poll::Ready(None),
+                    },
                 })
                 .await
             };
-            // Listening again before the next try.
-            told.set(self.cleared.notified());
-            let Some(guard) = woke else {
-                // Another task cleared the readiness: look again, clearing nothing.
-                if let Poll::Ready(r) = op() {
-                    return Ok(r);
-                }
-                continue;
-            };
-            let mut guard = guard?;
+            let guard = woke.transpose()?;
+            seen = self.clears.load(Ordering::SeqCst);
             if let Poll::Ready(r) = op() {
                 return Ok(r);
             }
-            guard.clear_ready();
-            self.cleared.notify_waiters();
+            if let Some(mut guard) = guard {
+                // Counted before the clearing; our own count is not news to us, another
+                // task's in between is.
+                if self.clears.fetch_add(1, Ordering::SeqCst) == seen {
+                    seen += 1;
+                }
+                guard.clear_ready();
+            }
         }
     }
 }

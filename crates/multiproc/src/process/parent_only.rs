@@ -35,16 +35,6 @@ pub(super) fn forget_in_child(listed: &mut Vec<RawFd>) {
     }
 }
 
-/// Takes `fds` off the list (one entry each).
-fn unlist(fds: &[RawFd]) {
-    let mut listed = lock();
-    for fd in fds {
-        if let Some(i) = listed.iter().rposition(|l| l == fd) {
-            listed.swap_remove(i);
-        }
-    }
-}
-
 /// Descriptors that something else owns, listed while this lives: declared before their
 /// owners in a struct, so that it drops first.
 #[derive(Debug)]
@@ -62,41 +52,53 @@ impl Listed {
             forks: sys::fork_generation(),
         }
     }
+
+    /// Whether this process image listed them (not a forked child, whose list is its own).
+    fn here(&self) -> bool {
+        self.forks == sys::fork_generation()
+    }
+
+    /// Takes them off the list now (one entry each); nothing in a forked child.
+    fn unlist(&mut self) {
+        if !self.here() {
+            return;
+        }
+        let mut listed = lock();
+        for fd in std::mem::take(&mut self.fds) {
+            if let Some(i) = listed.iter().rposition(|&l| l == fd) {
+                listed.swap_remove(i);
+            }
+        }
+    }
 }
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        // In a forked child the list is the child's own (emptied at the fork).
-        if self.forks == sys::fork_generation() {
-            unlist(&self.fds);
-        }
+        self.unlist();
     }
 }
 
 /// A descriptor listed for as long as it is open.
 #[derive(Debug)]
 pub(crate) struct ParentFd {
+    listed: Listed,
     fd: Option<OwnedFd>,
-    forks: u32,
 }
 
 impl ParentFd {
     pub(crate) fn new(fd: OwnedFd) -> ParentFd {
-        lock().push(fd.as_raw_fd());
         ParentFd {
+            listed: Listed::new(&[fd.as_fd()]),
             fd: Some(fd),
-            forks: sys::fork_generation(),
         }
     }
 
     /// The descriptor, no longer listed (kept by something a forked child closes itself).
     pub(crate) fn into_owned(mut self) -> OwnedFd {
-        let fd = self
-            .fd
+        self.listed.unlist();
+        self.fd
             .take()
-            .expect("a ParentFd holds its descriptor until dropped");
-        unlist(&[fd.as_raw_fd()]);
-        fd
+            .expect("a ParentFd holds its descriptor until dropped")
     }
 }
 
@@ -112,8 +114,9 @@ impl AsFd for ParentFd {
 impl Drop for ParentFd {
     fn drop(&mut self) {
         let Some(fd) = self.fd.take() else { return };
-        if self.forks == sys::fork_generation() {
-            unlist(&[fd.as_raw_fd()]);
+        if self.listed.here() {
+            // Unlisted, then closed.
+            self.listed.unlist();
             drop(fd);
         } else {
             // A forked child's copy: closed at the fork, its number maybe reused since.
